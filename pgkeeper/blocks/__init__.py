@@ -1,0 +1,6 @@
+"""Prefect blocks: how pgkeeper is configured. Registered through `prefect.collections`."""
+
+from pgkeeper.blocks.postgres import PostgresConnection
+from pgkeeper.blocks.repository import BackupRepository
+
+__all__ = ["BackupRepository", "PostgresConnection"]

@@ -1,0 +1,1 @@
+"""The `pgkeeper` command line: thin; parses arguments and calls flows."""

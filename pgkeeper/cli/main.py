@@ -1,0 +1,64 @@
+"""Entry point. Command modules are imported lazily: `wal-push` must not pay for Prefect."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+# Each module defines register(subparsers); its handlers import heavy things themselves.
+COMMAND_MODULES = [
+    "pgkeeper.cli.backup_cmd",
+    "pgkeeper.cli.catalog_cmd",
+    "pgkeeper.cli.demo_cmd",
+    "pgkeeper.cli.server_cmd",
+]
+
+# archive_command / restore_command: dispatched before argparse and before anything heavy.
+FAST_COMMANDS = {
+    "wal-push": "pgkeeper.wal.push",
+    "wal-fetch": "pgkeeper.wal.fetch",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pgkeeper", description="PostgreSQL backup and recovery as Prefect flows.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    for name, module in FAST_COMMANDS.items():
+        sub.add_parser(name, help=f"see `pgkeeper {name} --help` ({module})", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] in FAST_COMMANDS:
+        module = importlib.import_module(FAST_COMMANDS[args_list[0]])
+        return int(module.main(args_list[1:]))
+    parser = build_parser()
+    args = parser.parse_args(args_list)
+    from pgkeeper.errors import PgkeeperError
+
+    try:
+        return int(args.func(args) or 0)
+    except PgkeeperError as exc:
+        print(f"pgkeeper: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pgkeeper: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug or os.environ.get("PGKEEPER_DEBUG"):
+            raise
+        print(f"pgkeeper: error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

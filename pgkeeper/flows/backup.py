@@ -1,0 +1,45 @@
+"""The backup flow: preflight → dump (in a snapshot, counted) → verify → manifest → report."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
+from pgkeeper.manifest import Manifest
+from pgkeeper.tasks.dump import dump_database
+from pgkeeper.tasks.preflight import preflight
+from pgkeeper.tasks.report import report_backup
+from pgkeeper.tasks.store import abandon_backup, begin_backup, write_manifest
+from pgkeeper.tasks.verify import quick_verify
+
+
+@flow(name="backup", log_prints=True)
+def backup(
+    database: str | None = None,
+    connection_block: str = DEFAULT_CONNECTION_BLOCK,
+    repository_block: str = DEFAULT_REPOSITORY_BLOCK,
+    host: str | None = None,
+    port: int | None = None,
+    user: str | None = None,
+    backup_dir: str | None = None,
+    labels: list[str] | None = None,
+) -> Manifest:
+    """Back up one database into the repository and prove the file reads back.
+
+    Settings come from the named blocks, else from the old scripts' environment variables;
+    the other parameters override them.
+    """
+    conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
+    repo = load_repository(repository_block, path=backup_dir)
+
+    info = preflight(conn, repo)
+    backup_id = begin_backup(repo)
+    try:
+        dumped = dump_database(conn, repo, backup_id, info.table_bytes)
+        check = quick_verify(repo, backup_id, dumped.file, repo.compression, len(dumped.tables))
+        manifest = write_manifest(repo, backup_id, info, dumped, check, labels or [])
+    except BaseException:
+        abandon_backup(repo, backup_id)
+        raise
+    report_backup(manifest, repo.local().describe(), info.warnings)
+    return manifest

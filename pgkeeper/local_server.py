@@ -1,0 +1,140 @@
+"""Making sure flows run against a Prefect API, never in Prefect's slow ephemeral mode.
+
+If PREFECT_API_URL is set (environment or active Prefect profile) it is used. Otherwise a
+local Prefect server (SQLite under pgkeeper's home, loopback only) is started once in the
+background and reused. Nothing here imports prefect: it must run before prefect is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from pgkeeper.errors import PgkeeperError
+from pgkeeper.home import pgkeeper_home
+
+DEFAULT_PORT = 4200
+QUIET_PREFECT = {
+    # Without internet, telemetry logs an ERROR on every run.
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+}
+
+
+def server_dir() -> Path:
+    path = pgkeeper_home() / "prefect-server"
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def local_api_url(port: int | None = None) -> str:
+    port = port or int(os.environ.get("PGKEEPER_SERVER_PORT", DEFAULT_PORT))
+    return f"http://127.0.0.1:{port}/api"
+
+
+def configured_api_url() -> str | None:
+    """PREFECT_API_URL from the environment or the active Prefect profile, if any."""
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    home = Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect"))
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml"))
+    try:
+        data = tomllib.loads(profiles.read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active", "ephemeral")
+    url = data.get("profiles", {}).get(active, {}).get("PREFECT_API_URL")
+    return str(url) if url else None
+
+
+def is_healthy(api_url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout) as r:
+            return r.status == 200 and json.loads(r.read() or b"true") is True
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _pid_file() -> Path:
+    return server_dir() / "server.pid"
+
+
+def start_local_server(port: int | None = None, timeout: float = 120) -> str:
+    """Start (or find running) the local Prefect server; return its API URL."""
+    url = local_api_url(port)
+    if is_healthy(url):
+        return url
+    sdir = server_dir()
+    env = {**os.environ, **QUIET_PREFECT, "PREFECT_HOME": str(sdir / "home")}
+    env.pop("PREFECT_API_URL", None)
+    log = open(sdir / "server.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+         "--port", url.split(":")[-1].split("/")[0]],
+        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    _pid_file().write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise PgkeeperError(f"the local Prefect server exited at start-up: see {sdir / 'server.log'}")
+        if is_healthy(url):
+            return url
+        time.sleep(0.5)
+    stop_local_server()
+    raise PgkeeperError(f"the local Prefect server did not start within {timeout:.0f} s: "
+                        f"see {sdir / 'server.log'}")
+
+
+def stop_local_server() -> bool:
+    """Stop the server we started; True if one was running."""
+    pid_file = _pid_file()
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return False
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pid_file.unlink(missing_ok=True)
+        return False
+    for _ in range(100):
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def ensure_api(announce: bool = True) -> str:
+    """Point this process at a Prefect API before prefect is imported; return its URL."""
+    for k, v in QUIET_PREFECT.items():
+        os.environ.setdefault(k, v)
+    url = configured_api_url()
+    if url:
+        return url
+    url = local_api_url()
+    if not is_healthy(url):
+        if announce:
+            print(f"No Prefect API configured: starting a local Prefect server at {url[:-4]} "
+                  "(stop it with `pgkeeper server stop`)", file=sys.stderr)
+        start_local_server()
+    elif announce:
+        print(f"Using the local Prefect server at {url[:-4]}", file=sys.stderr)
+    os.environ["PREFECT_API_URL"] = url
+    return url

@@ -1,0 +1,93 @@
+"""The manifest: everything needed to trust and restore a backup, stored beside its files.
+
+No database of our own: the repository (local or S3) is the catalog.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+FORMAT_VERSION = 1
+
+
+class StoredFile(BaseModel):
+    name: str
+    size: int = Field(description="Bytes as stored (compressed, encrypted).")
+    sha256: str = Field(description="sha256 of the stored bytes.")
+    raw_size: int | None = Field(default=None, description="Bytes before compression.")
+
+
+class Verification(BaseModel):
+    at: datetime
+    method: str = Field(description="'quick' (checksum, format) or 'restore' (a restore drill).")
+    ok: bool
+    restore_seconds: float | None = None
+    checks: dict[str, str] = Field(default_factory=dict, description="check name -> PASS/FAIL detail")
+
+
+class Manifest(BaseModel):
+    format_version: int = FORMAT_VERSION
+    backup_id: str
+    kind: Literal["logical", "physical"] = "logical"
+    database: str
+    server_version: str
+    system_identifier: str | None = None
+    tool_version: str
+    started_at: datetime
+    finished_at: datetime
+    start_lsn: str | None = None
+    stop_lsn: str | None = None
+    timeline: int | None = None
+    compression: str
+    encryption: str | None = None
+    size: int = Field(description="Total stored bytes of all files.")
+    raw_size: int | None = None
+    database_size: int | None = Field(default=None, description="pg_database_size at backup time.")
+    files: list[StoredFile]
+    tables: dict[str, int] = Field(default_factory=dict,
+                                   description="schema.table -> rows, counted in the dump's snapshot")
+    objects: dict[str, int] = Field(default_factory=dict,
+                                    description="tables, indexes, sequences, constraints")
+    labels: list[str] = Field(default_factory=list, description="e.g. 'pre-restore'")
+    verifications: list[Verification] = Field(default_factory=list)
+
+    @property
+    def duration_seconds(self) -> float:
+        return (self.finished_at - self.started_at).total_seconds()
+
+    @property
+    def ratio(self) -> float | None:
+        """How much smaller than the raw dump the stored backup is (raw / stored)."""
+        return self.raw_size / self.size if self.raw_size and self.size else None
+
+    @property
+    def status(self) -> str:
+        """'verified' once a restore drill passed, 'failed' if the last check failed."""
+        if not self.verifications:
+            return "unverified"
+        last = self.verifications[-1]
+        if not last.ok:
+            return "failed"
+        if any(v.ok and v.method == "restore" for v in self.verifications):
+            return "verified"
+        return "checked"
+
+    @property
+    def last_restore_seconds(self) -> float | None:
+        for v in reversed(self.verifications):
+            if v.ok and v.restore_seconds is not None:
+                return v.restore_seconds
+        return None
+
+    def age_seconds(self, now: datetime | None = None) -> float:
+        return ((now or datetime.now(UTC)) - self.finished_at).total_seconds()
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json(indent=2).encode() + b"\n"
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Manifest:
+        return cls.model_validate_json(data)

@@ -1,0 +1,57 @@
+"""The one atomic-write path: temp name in the same directory, fsync, rename, fsync directory.
+
+Kept free of heavy imports: wal-push (PostgreSQL's archive_command) uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+FILE_MODE = 0o600
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: int = FILE_MODE, overwrite: bool = True) -> Iterator[BinaryIO]:
+    """Write `path` all-or-nothing. On error the temp file is removed and `path` is untouched.
+
+    With overwrite=False the final step is a link, so an existing file is never replaced
+    (the caller gets FileExistsError and decides whether it is an identical duplicate).
+    """
+    tmp = temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f  # type: ignore[misc]
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
+        fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    with atomic_file(path, mode) as f:
+        f.write(data)

@@ -1,0 +1,1 @@
+"""The units of work. Each is small and retryable, and passes paths and small records."""

@@ -1,0 +1,125 @@
+"""Dump: pg_dump -Fc -Z0 streamed through the compressor, hashed on the way, written once.
+
+One pass over the data: pg_dump's stdout is compressed, hashed and written to a temp file in
+the backup folder, renamed only when pg_dump has exited cleanly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from pgkeeper import codec, pgtools
+from pgkeeper.blocks.postgres import PostgresConnection
+from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.errors import RepositoryError
+from pgkeeper.fmt import human_bytes
+from pgkeeper.manifest import StoredFile
+from pgkeeper.tasks.policy import RETRYABLE
+from pgkeeper.tasks.snapshot import exported_snapshot, object_counts, table_row_counts
+
+PROGRESS_EVERY_S = 2.0
+
+
+class DumpResult(BaseModel):
+    file: StoredFile
+    tables: dict[str, int]
+    objects: dict[str, int]
+    started_at: datetime
+    finished_at: datetime
+
+
+def dump_file_name(database: str, compression: str) -> str:
+    return f"{database}.dump{codec.SUFFIX[compression]}"
+
+
+def stream_dump(conn: PostgresConnection, repo: BackupRepository, backup_id: str, snapshot: str,
+                on_progress: Callable[[int], None] = lambda _n: None) -> StoredFile:
+    """Run pg_dump in `snapshot` and store its output compressed; return what was stored."""
+    storage = repo.local()
+    name = dump_file_name(conn.database, repo.compression)
+    argv = [pgtools.tool("pg_dump"), "-Fc", "-Z0", "-w", f"--snapshot={snapshot}"]
+    comp = codec.compressor(repo.compression, repo.level())
+    digest = hashlib.sha256()
+    raw = stored = 0
+    buf = bytearray(codec.CHUNK)
+    view = memoryview(buf)
+    with tempfile.TemporaryFile() as err, pgtools.child(
+        argv, env=conn.libpq_env(), timeout=repo.dump_timeout_seconds,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+    ) as dump:
+        try:
+            with storage.write_file(backup_id, name) as out:
+                last_report = time.monotonic()
+                assert dump.proc.stdout is not None
+                while n := dump.proc.stdout.readinto(buf):  # type: ignore[attr-defined]
+                    raw += n
+                    piece = comp.compress(view[:n])
+                    if piece:
+                        digest.update(piece)
+                        out.write(piece)
+                        stored += len(piece)
+                    if time.monotonic() - last_report > PROGRESS_EVERY_S:
+                        on_progress(raw)
+                        last_report = time.monotonic()
+                piece = comp.flush()
+                digest.update(piece)
+                out.write(piece)
+                stored += len(piece)
+                err.seek(0)
+                dump.check(err.read(), repo.dump_timeout_seconds)
+        except OSError as exc:
+            raise RepositoryError(f"writing {backup_id}/{name} failed: {exc.strerror}") from None
+    return StoredFile(name=name, size=stored, sha256=digest.hexdigest(), raw_size=raw)
+
+
+def _artifact_key(database: str) -> str:
+    return "backup-progress-" + re.sub(r"[^a-z0-9-]+", "-", database.lower()).strip("-")
+
+
+@task(name="dump", cache_policy=NO_CACHE, **RETRYABLE)
+def dump_database(conn: PostgresConnection, repo: BackupRepository, backup_id: str,
+                  estimated_raw_bytes: int) -> DumpResult:
+    """Dump the database in an exported snapshot, counting its rows in that same snapshot."""
+    logger = get_run_logger()
+    started = datetime.now(UTC)
+    progress_id = create_progress_artifact(0.0, key=_artifact_key(conn.database),
+                                           description=f"pg_dump of {conn.database} ({backup_id})")
+
+    def report(raw: int) -> None:
+        pct = min(99.0, 100.0 * raw / max(estimated_raw_bytes, 1))
+        update_progress_artifact(progress_id, pct)
+        logger.info("dumped %s (about %.0f%%)", human_bytes(raw), pct)
+
+    counts: dict[str, object] = {}
+    with exported_snapshot(conn) as (holder, snapshot):
+        # Count rows while pg_dump streams: same snapshot, no extra wall time.
+        def count() -> None:
+            try:
+                counts["tables"] = table_row_counts(holder)
+                counts["objects"] = object_counts(holder)
+            except Exception as exc:  # reported below, after the dump
+                counts["error"] = exc
+
+        counter = threading.Thread(target=count, name="row-counts", daemon=True)
+        counter.start()
+        stored = stream_dump(conn, repo, backup_id, snapshot, report)
+        counter.join()
+    if "error" in counts:
+        raise counts["error"]  # type: ignore[misc]
+    update_progress_artifact(progress_id, 100.0)
+    logger.info("stored %s as %s (%s, sha256 %s)", conn.database, stored.name,
+                human_bytes(stored.size), stored.sha256[:16])
+    return DumpResult(file=stored, tables=counts["tables"], objects=counts["objects"],  # type: ignore[arg-type]
+                      started_at=started, finished_at=datetime.now(UTC))

@@ -1,0 +1,59 @@
+"""Claiming, finishing and abandoning a backup folder in the repository."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from pgkeeper import __version__
+from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.errors import RepositoryError
+from pgkeeper.manifest import Manifest, Verification
+from pgkeeper.names import new_backup_id
+from pgkeeper.tasks.dump import DumpResult
+from pgkeeper.tasks.preflight import ServerInfo
+from pgkeeper.tasks.verify import QuickCheck
+
+
+@task(name="begin-backup", cache_policy=NO_CACHE)
+def begin_backup(repo: BackupRepository) -> str:
+    """Claim a fresh backup id; two backups started in the same second get the next second."""
+    storage = repo.local()
+    storage.ensure_writable()
+    now = datetime.now(UTC)
+    for attempt in range(30):
+        backup_id = new_backup_id(now + timedelta(seconds=attempt))
+        try:
+            storage.begin_backup(backup_id)
+            return backup_id
+        except RepositoryError:
+            if not storage.backup_dir(backup_id).exists():
+                raise
+    raise RepositoryError(f"could not claim a new backup id in {storage.root}")
+
+
+@task(name="write-manifest", cache_policy=NO_CACHE)
+def write_manifest(repo: BackupRepository, backup_id: str, info: ServerInfo, dumped: DumpResult,
+                   check: QuickCheck, labels: list[str]) -> Manifest:
+    """Write manifest.json last: from this moment on the backup exists and is listed."""
+    manifest = Manifest(
+        backup_id=backup_id, kind="logical", database=info.database,
+        server_version=info.server_version, system_identifier=info.system_identifier,
+        tool_version=f"pgkeeper {__version__}", started_at=dumped.started_at,
+        finished_at=datetime.now(UTC), compression=repo.compression, size=dumped.file.size,
+        raw_size=dumped.file.raw_size, database_size=info.database_size, files=[dumped.file],
+        tables=dumped.tables, objects=dumped.objects, labels=labels,
+        verifications=[Verification(at=datetime.now(UTC), method="quick", ok=True, checks=check.checks)],
+    )
+    repo.local().finish_backup(backup_id, manifest.to_bytes())
+    get_run_logger().info("manifest written: backup %s is complete", backup_id)
+    return manifest
+
+
+@task(name="abandon-backup", cache_policy=NO_CACHE)
+def abandon_backup(repo: BackupRepository, backup_id: str) -> None:
+    """Remove a backup that did not complete, so nothing half-made stays behind."""
+    repo.local().abandon_backup(backup_id)
+    get_run_logger().warning("backup %s did not complete; its files were removed", backup_id)

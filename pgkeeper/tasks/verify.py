@@ -1,0 +1,96 @@
+"""Quick verification of a stored dump: checksum, decompression, pg_restore reads its TOC."""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from collections import Counter
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from pgkeeper import pgtools
+from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.errors import IntegrityError
+from pgkeeper.manifest import StoredFile
+from pgkeeper.tasks.checksum import checked_chunks
+from pgkeeper.tasks.policy import RETRYABLE
+
+
+class QuickCheck(BaseModel):
+    raw_size: int
+    toc: dict[str, int]  # TOC entry kind -> count, e.g. {"TABLE DATA": 5, "INDEX": 4}
+    checks: dict[str, str]
+
+
+def toc_kinds(listing: str) -> Counter[str]:
+    """Count `pg_restore --list` entries by kind ("TABLE DATA", "INDEX", ...)."""
+    kinds: Counter[str] = Counter()
+    for line in listing.splitlines():
+        if not line or line.startswith(";"):
+            continue
+        # "3345; 0 16390 TABLE DATA public company postgres"
+        parts = line.split(" ", 3)
+        if len(parts) < 4:
+            continue
+        rest = parts[3]
+        for kind in ("TABLE DATA", "SEQUENCE SET", "FK CONSTRAINT", "CONSTRAINT", "INDEX", "TABLE",
+                     "SEQUENCE", "EXTENSION", "SCHEMA", "VIEW", "FUNCTION"):
+            if rest.startswith(kind + " "):
+                kinds[kind] += 1
+                break
+    return kinds
+
+
+def read_dump_toc(repo: BackupRepository, backup_id: str, file: StoredFile, compression: str) -> QuickCheck:
+    """One pass over the stored file: hash it, decompress it, and let pg_restore list it."""
+    storage = repo.local()
+    label = f"{backup_id}/{file.name}"
+    with tempfile.TemporaryFile() as listing, tempfile.TemporaryFile() as err, pgtools.child(
+        [pgtools.tool("pg_restore"), "--list"], stdin=subprocess.PIPE, stdout=listing, stderr=err,
+        timeout=3600,
+    ) as restore, storage.open_file(backup_id, file.name) as stream:
+        assert restore.proc.stdin is not None
+        stdin = restore.proc.stdin
+        state = {"open": True}
+
+        def feed(chunk: bytes) -> None:
+            # pg_restore stops reading once it has the TOC; the rest is still hashed.
+            if state["open"]:
+                try:
+                    stdin.write(chunk)
+                except BrokenPipeError:
+                    state["open"] = False
+
+        raw = checked_chunks(stream, compression, file.sha256, label, feed)
+        try:
+            stdin.close()
+        except BrokenPipeError:
+            pass
+        err.seek(0)
+        try:
+            restore.check(err.read())
+        except pgtools.ToolFailed as exc:
+            raise IntegrityError(f"{label}: pg_restore cannot read it ({exc})") from None
+        listing.seek(0)
+        kinds = toc_kinds(listing.read().decode("utf-8", "replace"))
+    if file.raw_size is not None and raw != file.raw_size:
+        raise IntegrityError(f"{label}: decompressed to {raw} bytes, manifest says {file.raw_size}")
+    return QuickCheck(raw_size=raw, toc=dict(kinds), checks={
+        "integrity": f"PASS sha256 {file.sha256[:16]}..., decompressed {raw} bytes",
+        "format": f"PASS {kinds['TABLE DATA']} tables, {kinds['INDEX']} indexes",
+    })
+
+
+@task(name="quick-verify", cache_policy=NO_CACHE, **RETRYABLE)
+def quick_verify(repo: BackupRepository, backup_id: str, file: StoredFile, compression: str,
+                 expected_tables: int) -> QuickCheck:
+    """The stored dump decompresses, its hash matches, and it holds every table we counted."""
+    check = read_dump_toc(repo, backup_id, file, compression)
+    found = check.toc.get("TABLE DATA", 0)
+    if found != expected_tables:
+        raise IntegrityError(f"{backup_id}: the dump holds {found} tables, the snapshot counted "
+                             f"{expected_tables}")
+    get_run_logger().info("verified %s: %s", backup_id, "; ".join(check.checks.values()))
+    return check

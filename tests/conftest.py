@@ -1,0 +1,98 @@
+"""The test harness: real PostgreSQL 15 clusters, a real Prefect API, nothing mocked.
+
+Everything a test starts is stopped here, even when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+# Before anything imports prefect or pgkeeper's retry policy.
+_HOME = Path(tempfile.mkdtemp(prefix="pgkeeper-test-home-"))
+os.environ.update({
+    "PGKEEPER_HOME": str(_HOME / "pgkeeper"),
+    "PREFECT_HOME": str(_HOME / "prefect"),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PGKEEPER_TASK_RETRIES": os.environ.get("PGKEEPER_TASK_RETRIES", "1"),
+    "PGKEEPER_RETRY_DELAY_SECONDS": "0.2",
+    "PREFECT_LOGGING_LEVEL": "INFO",
+})
+for var in ("PREFECT_API_URL", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD",
+            "POSTGRES_DB", "BACKUP_DIR", "S3_BUCKET", "ENABLE_S3_UPLOAD"):
+    os.environ.pop(var, None)
+
+import pytest  # noqa: E402
+from pydantic import SecretStr  # noqa: E402
+
+from pgkeeper.localcluster import LocalCluster, scratch_dir  # noqa: E402
+from tests.helpers import create_database, drop_database  # noqa: E402
+
+PASSWORD = "t0p-secret-Pw-" + uuid.uuid4().hex[:8]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api() -> Iterator[str]:
+    """A temporary Prefect API for the whole session (SQLite, loopback)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        url = PREFECT_API_URL.value()
+        os.environ["PREFECT_API_URL"] = url  # for the CLI processes tests start
+        yield url
+    os.environ.pop("PREFECT_API_URL", None)
+    shutil.rmtree(_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[LocalCluster]:
+    """One real PostgreSQL 15 cluster for the session; tests make their own databases in it."""
+    base = scratch_dir("pgkeeper-pg-")
+    cluster = LocalCluster(base / "data", password=PASSWORD).init().start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def crm_db(pg: LocalCluster) -> Iterator[str]:
+    """A fresh sample CRM database (about 3 MB); its name."""
+    from pgkeeper.sample_crm import create_crm
+
+    name = "crm_" + uuid.uuid4().hex[:8]
+    create_database(pg, name)
+    create_crm(pg.conninfo(name), scale=0.3)
+    try:
+        yield name
+    finally:
+        drop_database(pg, name)
+
+
+@pytest.fixture
+def conn(pg: LocalCluster, crm_db: str):  # -> PostgresConnection
+    from pgkeeper.blocks.postgres import PostgresConnection
+
+    return PostgresConnection(host=pg.host, port=pg.port, user="postgres",
+                              password=SecretStr(pg.password), database=crm_db)
+
+
+@pytest.fixture
+def repo(tmp_path: Path):  # -> BackupRepository
+    from pgkeeper.blocks.repository import BackupRepository
+
+    return BackupRepository(path=str(tmp_path / "repo"))
+
+
+@pytest.fixture
+def pg_env(pg: LocalCluster, crm_db: str, tmp_path: Path) -> dict[str, str]:
+    """The old scripts' variables, pointing at the test database and a fresh repository."""
+    return {"POSTGRES_HOST": pg.host, "POSTGRES_PORT": str(pg.port), "POSTGRES_USER": "postgres",
+            "POSTGRES_PASSWORD": pg.password, "POSTGRES_DB": crm_db, "BACKUP_DIR": str(tmp_path / "repo")}

@@ -1,0 +1,58 @@
+"""Small helpers tests share: what a user would compare after a backup or restore."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from pgkeeper.localcluster import LocalCluster
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def user_tables(conninfo: str) -> list[tuple[str, str]]:
+    with psycopg.connect(conninfo) as c:
+        return c.execute(
+            "SELECT schemaname, tablename FROM pg_tables "
+            "WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1, 2").fetchall()
+
+
+def table_fingerprints(conninfo: str) -> dict[str, tuple[int, str]]:
+    """Per table: (row count, md5 of all rows in a stable order). Equal means equal data."""
+    out = {}
+    with psycopg.connect(conninfo) as c:
+        for schema, table in user_tables(conninfo):
+            ident = sql.Identifier(schema, table)
+            q = sql.SQL("SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') "
+                        "FROM {} t").format(ident)
+            n, digest = c.execute(q).fetchone()
+            out[f"{schema}.{table}"] = (n, digest)
+    return out
+
+
+def create_database(cluster: LocalCluster, name: str) -> str:
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    return cluster.conninfo(name)
+
+
+def drop_database(cluster: LocalCluster, name: str) -> None:
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
+        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def database_exists(cluster: LocalCluster, name: str) -> bool:
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
+        return bool(c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone())
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run `pgkeeper ...` in a fresh process, as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "pgkeeper.cli.main", *args], env=full_env,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
