@@ -85,7 +85,8 @@ def run_demo(scale: float = 2.0) -> int:
     ui = api[:-4] if api.endswith("/api") else api
     print()
     print(f"See the run in the Prefect UI: {ui}/runs/flow-run/{run_id}")
-    print(f"Repository: {DEMO_DIR / 'repository'}   Demo database: {cluster.conninfo(DEMO_DB).rsplit(' password=', 1)[0]}")
+    where = cluster.conninfo(DEMO_DB).rsplit(" password=", 1)[0]
+    print(f"Repository: {DEMO_DIR / 'repository'}   Demo database: {where}")
     print("Stop the demo database and the local Prefect server with: make stop")
     return 0
 

@@ -75,12 +75,12 @@ def start_local_server(port: int | None = None, timeout: float = 120) -> str:
     sdir = server_dir()
     env = {**os.environ, **QUIET_PREFECT, "PREFECT_HOME": str(sdir / "home")}
     env.pop("PREFECT_API_URL", None)
-    log = open(sdir / "server.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", url.split(":")[-1].split("/")[0]],
-        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True)
+    with open(sdir / "server.log", "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", url.split(":")[-1].split("/")[0]],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
     _pid_file().write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -1,0 +1,77 @@
+"""Database-level operations pgkeeper needs: create, drop, rename, terminate, count.
+
+Names are always quoted with psycopg.sql.Identifier; nothing is formatted into SQL by hand.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from pgkeeper.blocks.postgres import PostgresConnection
+from pgkeeper.names import check_identifier
+from pgkeeper.tasks.snapshot import object_counts, table_row_counts
+
+MAINTENANCE_DB = "postgres"
+
+
+def _admin(conn: PostgresConnection) -> psycopg.Connection:
+    """An autocommit connection to the maintenance database (CREATE/DROP DATABASE need it)."""
+    db = MAINTENANCE_DB if conn.database != MAINTENANCE_DB else "template1"
+    return conn.connect(database=db, autocommit=True)
+
+
+def database_exists(conn: PostgresConnection, name: str) -> bool:
+    with _admin(conn) as c:
+        return c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
+
+
+def create_database(conn: PostgresConnection, name: str) -> None:
+    """An empty database from template0 (so nothing from template1 collides with the dump)."""
+    check_identifier("database", name)
+    with _admin(conn) as c:
+        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+
+
+def drop_database(conn: PostgresConnection, name: str) -> None:
+    check_identifier("database", name)
+    with _admin(conn) as c:
+        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def rename_database(conn: PostgresConnection, old: str, new: str) -> None:
+    check_identifier("database", new)
+    with _admin(conn) as c:
+        c.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
+
+
+def terminate_connections(conn: PostgresConnection, name: str) -> int:
+    """End every other session on `name`; return how many were ended."""
+    with _admin(conn) as c:
+        rows = c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchall()
+    return len(rows)
+
+
+def database_size(conn: PostgresConnection, name: str) -> int | None:
+    with _admin(conn) as c:
+        row = c.execute("SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s",
+                        (name,)).fetchone()
+    return int(row[0]) if row else None
+
+
+def count_database(conn: PostgresConnection, name: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Row counts per table and object counts of database `name`, as the manifest records them."""
+    with conn.connect(database=name) as c:
+        c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        return table_row_counts(c), object_counts(c)
+
+
+def count_differences(expected: dict[str, int], actual: dict[str, int]) -> list[str]:
+    """Human lines for every table whose count differs, is missing, or is unexpected."""
+    diffs = []
+    for table in sorted(set(expected) | set(actual)):
+        e, a = expected.get(table), actual.get(table)
+        if e != a:
+            diffs.append(f"{table}: expected {'absent' if e is None else e}, found {'absent' if a is None else a}")
+    return diffs

@@ -1,0 +1,56 @@
+"""Putting a stored dump back into a database with pg_restore.
+
+The stored file is decompressed (checksum-checked on the same pass) into a local work file,
+because pg_restore -j needs a seekable archive.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+from pgkeeper import pgtools
+from pgkeeper.blocks.postgres import PostgresConnection
+from pgkeeper.errors import RepositoryError
+from pgkeeper.manifest import StoredFile
+from pgkeeper.tasks.checksum import checked_chunks
+
+
+def materialize_dump(source: BinaryIO, file: StoredFile, compression: str, dest: Path, label: str) -> Path:
+    """Write the decompressed archive to `dest`, refusing it if its sha256 is not the manifest's."""
+    try:
+        with open(dest, "wb") as out:
+            dest.chmod(0o600)
+            checked_chunks(source, compression, file.sha256, label, out.write)
+    except OSError as exc:
+        dest.unlink(missing_ok=True)
+        raise RepositoryError(f"cannot write work file {dest}: {exc.strerror}") from None
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    return dest
+
+
+def pg_restore_into(conn: PostgresConnection, archive: Path, database: str, jobs: int = 2,
+                    no_owner: bool = True, timeout: float = 6 * 3600) -> float:
+    """Restore `archive` into the existing empty `database`; return the seconds it took.
+
+    --no-owner (default) lets a role that is not the original owner restore: objects end up
+    owned by the restoring role. --exit-on-error: a partial restore is a failed restore.
+    """
+    argv = [pgtools.tool("pg_restore"), "-w", "--exit-on-error", f"--jobs={max(jobs, 1)}",
+            f"--dbname={database}"]
+    if no_owner:
+        argv += ["--no-owner", "--no-privileges"]
+    argv.append(str(archive))
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as err, pgtools.child(
+            argv, env=conn.libpq_env(database), timeout=timeout,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err) as proc:
+        proc.wait()
+        err.seek(0)
+        proc.check(err.read(), timeout)
+    return time.monotonic() - started
