@@ -96,3 +96,59 @@ def pg_env(pg: LocalCluster, crm_db: str, tmp_path: Path) -> dict[str, str]:
     """The old scripts' variables, pointing at the test database and a fresh repository."""
     return {"POSTGRES_HOST": pg.host, "POSTGRES_PORT": str(pg.port), "POSTGRES_USER": "postgres",
             "POSTGRES_PASSWORD": pg.password, "POSTGRES_DB": crm_db, "BACKUP_DIR": str(tmp_path / "repo")}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server on loopback, spoken to over real HTTP (never the in-process mock)."""
+    from moto.server import ThreadedMotoServer
+
+    from pgkeeper.localcluster import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A new empty bucket on the moto server; its name."""
+    import boto3
+
+    name = "pgkeeper-test-" + uuid.uuid4().hex[:10]
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
+
+
+class _Inbox:
+    def __init__(self) -> None:
+        self.messages: list = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's name)
+        from email import message_from_bytes, policy
+
+        self.messages.append(message_from_bytes(envelope.content, policy=policy.default))
+        return "250 Message accepted for delivery"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[str, int, list]]:
+    """A real SMTP server (aiosmtpd) on loopback: (host, port, received messages)."""
+    from aiosmtpd.controller import Controller
+
+    from pgkeeper.localcluster import free_port
+
+    inbox = _Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield controller.hostname, controller.port, inbox.messages
+    finally:
+        controller.stop()

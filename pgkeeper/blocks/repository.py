@@ -32,6 +32,15 @@ class BackupRepository(Block):
     def local(self) -> LocalStorage:
         return LocalStorage(Path(self.path))
 
+    def storage(self, source: str = "local"):  # -> LocalStorage | S3Storage
+        """The driver for `source` ('local' or 's3'). Both offer describe, list_backup_ids,
+        read_manifest, write_manifest, open_file(backup_id, name) and delete_backup."""
+        if source == "local":
+            return self.local()
+        if source == "s3":
+            raise NotImplementedError("the S3 driver is not built yet")
+        raise ValueError(f"unknown repository source {source!r}: use 'local' or 's3'")
+
     def level(self) -> int:
         if self.compression_level is not None:
             return self.compression_level
