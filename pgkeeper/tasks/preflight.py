@@ -6,6 +6,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
+from pgkeeper.alerts import warn
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups
@@ -67,7 +68,7 @@ def preflight(conn: PostgresConnection, repo: BackupRepository) -> ServerInfo:
             f"{human_bytes(free)} free")
     if total and (free - estimate) / total < repo.min_free_fraction:
         warnings.append(f"low disk space: {human_bytes(free)} free of {human_bytes(total)} in {storage.root}")
-        logger.warning(warnings[-1])
+        warn("low-disk", warnings[-1], database=conn.database, free_bytes=free, total_bytes=total)
     logger.info("server %s, PostgreSQL %s, database %s is %s; repository %s has %s free",
                 conn.describe(), version, conn.database, human_bytes(db_size), storage.root, human_bytes(free))
     return ServerInfo(database=conn.database, server_version=version, system_identifier=sysid,
