@@ -1,0 +1,69 @@
+"""The `archive_command` / `restore_command` strings, runnable by the server's OS user.
+
+PostgreSQL runs them as its own user (postgres), through /bin/sh, with a bare environment.
+So they name pgkeeper by absolute path and the WAL config file explicitly. When pgkeeper's
+interpreter is out of that user's reach (e.g. a venv built on a python under /root, which is
+0700), we fall back to a system python of the same version with pgkeeper's site-packages on
+PYTHONPATH (compiled modules such as zstandard are ABI-compatible within a minor version).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import sysconfig
+from functools import cache
+from pathlib import Path
+
+import pgkeeper
+from pgkeeper.errors import PgkeeperError
+
+SERVER_USER = "postgres"
+
+
+def _as(user: str) -> list[str]:
+    return ["runuser", "-u", user, "--"] if os.geteuid() == 0 and user else []
+
+
+def _runs_as(user: str, argv: list[str]) -> bool:
+    try:
+        r = subprocess.run([*_as(user), *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+@cache
+def pgkeeper_command(user: str = SERVER_USER) -> str:
+    """A shell prefix that runs the pgkeeper CLI as `user`."""
+    script = Path(sys.executable).parent / "pgkeeper"
+    probe = ["wal-push", "--help"]
+    if script.exists() and (not _as(user) or _runs_as(user, [str(script), *probe])):
+        return shlex.quote(str(script))
+    package_root = str(Path(pgkeeper.__file__).resolve().parent.parent)
+    site = sysconfig.get_paths()["purelib"]
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (f"/usr/bin/{version}", f"/usr/local/bin/{version}", "/usr/bin/python3"):
+        if not Path(python).exists():
+            continue
+        argv = ["env", f"PYTHONPATH={package_root}:{site}", python, "-m", "pgkeeper.cli.main"]
+        if _runs_as(user, [*argv, *probe]):
+            return " ".join(shlex.quote(a) for a in argv)
+    raise PgkeeperError(f"the {user} OS user cannot run pgkeeper ({script}): install pgkeeper "
+                       "where that user can read and execute it")
+
+
+def archive_command(config_path: Path | str, user: str = SERVER_USER) -> str:
+    return f"{pgkeeper_command(user)} wal-push --config {shlex.quote(str(config_path))} %p"
+
+
+def restore_command(config_path: Path | str, user: str = SERVER_USER) -> str:
+    return f"{pgkeeper_command(user)} wal-fetch --config {shlex.quote(str(config_path))} %f %p"
+
+
+def conf_quote(value: str) -> str:
+    """A postgresql.conf string literal."""
+    return "'" + value.replace("'", "''") + "'"

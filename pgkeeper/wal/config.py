@@ -1,0 +1,116 @@
+"""Where the WAL commands find the archive, without Prefect: a small JSON file.
+
+PostgreSQL runs `archive_command` / `restore_command` as its own OS user, in a bare
+environment, hundreds of times an hour; loading a Prefect block there would cost seconds.
+So `pgkeeper wal-setup` and `pgkeeper base-backup` write what the block says into a JSON file
+and put its path into the command itself (`pgkeeper wal-push --config /etc/pgkeeper/wal.json %p`):
+
+    {"spool": "/backups/wal",                 # the local archive (the repository's wal/)
+     "s3": {"bucket": "b", "prefix": "pgkeeper", "endpoint_url": null, "region": null},
+     "compression_level": 1}
+
+Precedence: command-line flags (--spool, --repo) over the file named by --config, over
+$PGKEEPER_WAL_CONFIG, over /etc/pgkeeper/wal.json. S3 may also come from S3_BUCKET /
+S3_PREFIX / AWS_ENDPOINT_URL. Credentials come from boto3's usual chain unless the file holds
+them (it is then 0600 and owned by the server user).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pgkeeper.errors import PgkeeperError
+from pgkeeper.storage.atomic import atomic_write_bytes
+
+DEFAULT_CONFIG = Path("/etc/pgkeeper/wal.json")
+ENV_CONFIG = "PGKEEPER_WAL_CONFIG"
+
+
+class WalConfigError(PgkeeperError):
+    """The WAL archive settings are missing or unreadable."""
+
+
+@dataclass
+class S3Target:
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+
+    def wal_prefix(self) -> str:
+        """Key prefix of the WAL archive: <prefix>/wal/ (the repository's wal/ prefix)."""
+        base = self.prefix.strip("/")
+        return f"{base}/wal/" if base else "wal/"
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.wal_prefix()}"
+
+
+@dataclass
+class WalConfig:
+    spool: str
+    s3: S3Target | None = None
+    compression_level: int = 1
+    keep_local_seconds: float = field(default=0.0)
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), indent=2).encode() + b"\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WalConfig:
+        s3 = data.get("s3")
+        try:
+            return cls(spool=str(data["spool"]), s3=S3Target(**s3) if s3 else None,
+                       compression_level=int(data.get("compression_level", 1)),
+                       keep_local_seconds=float(data.get("keep_local_seconds", 0.0)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WalConfigError(f"WAL config is incomplete or malformed: {exc}") from None
+
+
+def config_path(explicit: str | None = None) -> Path:
+    return Path(explicit or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG)
+
+
+def s3_from_env(env: dict[str, str] | os._Environ = os.environ) -> S3Target | None:
+    if not env.get("S3_BUCKET"):
+        return None
+    return S3Target(bucket=env["S3_BUCKET"], prefix=env.get("S3_PREFIX", ""),
+                    endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+                    region=env.get("AWS_DEFAULT_REGION") or None)
+
+
+def load(config: str | None = None, spool: str | None = None, repo: str | None = None) -> WalConfig:
+    """The settings for one wal-push/wal-fetch call."""
+    path = config_path(config)
+    data: dict = {}
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        # A missing default file is fine when flags say where the archive is; a named one is not.
+        if config or not (spool or repo):
+            raise WalConfigError(f"no WAL archive configured: {path} does not exist "
+                                 "(run `pgkeeper wal-setup`, or pass --repo DIR)") from None
+    except (OSError, ValueError) as exc:
+        raise WalConfigError(f"cannot read WAL config {path}: {exc}") from None
+    if repo:
+        data["spool"] = str(Path(repo) / "wal")
+    if spool:
+        data["spool"] = spool
+    cfg = WalConfig.from_dict(data)
+    if cfg.s3 is None:
+        cfg.s3 = s3_from_env()
+    return cfg
+
+
+def write(path: Path, cfg: WalConfig, owner: tuple[int, int] | None = None) -> Path:
+    """Write the config atomically, 0600, owned by the server's OS user if given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, cfg.to_json(), mode=0o600)
+    if owner is not None and os.geteuid() == 0:
+        os.chown(path, *owner)
+    return path

@@ -1,0 +1,52 @@
+"""`pgkeeper wal-push [--config F | --repo DIR | --spool DIR] %p`: PostgreSQL's archive_command.
+
+Imports neither Prefect nor boto3 (a test holds us to it): PostgreSQL calls this once per
+16 MB segment, serially, and every millisecond here is archive lag. The segment is zstd-
+compressed into the local spool atomically; the wal-ship flow moves it on to S3 later.
+Exit 0 means "safely archived" (also for an identical duplicate); anything else makes
+PostgreSQL keep the segment and try again, so a differing duplicate exits 1 loudly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pgkeeper.errors import PgkeeperError
+from pgkeeper.wal import config
+from pgkeeper.wal.naming import BadWalName, check_wal_name
+from pgkeeper.wal.spool import LocalWalStore
+
+
+def add_location_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help=f"WAL config file (default ${config.ENV_CONFIG} or {config.DEFAULT_CONFIG})")
+    p.add_argument("--repo", help="local repository directory: WAL goes to DIR/wal")
+    p.add_argument("--spool", help="local WAL spool directory (overrides --repo)")
+
+
+def main(argv: Sequence[str]) -> int:
+    p = argparse.ArgumentParser(prog="pgkeeper wal-push",
+                                description="Archive one WAL file (use as archive_command with %%p).")
+    add_location_args(p)
+    p.add_argument("wal_path", help="path of the WAL file (%%p)")
+    args = p.parse_args(list(argv))
+    name = Path(args.wal_path).name
+    try:
+        cfg = config.load(args.config, spool=args.spool, repo=args.repo)
+        check_wal_name(name)
+        raw = Path(args.wal_path).read_bytes()
+        LocalWalStore(cfg.spool).put(name, raw, cfg.compression_level)
+    except (PgkeeperError, BadWalName) as exc:
+        print(f"pgkeeper wal-push: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"pgkeeper wal-push: error: cannot archive {name}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,145 @@
+"""The local WAL archive (the spool): one compressed object per WAL file, named with its sha256.
+
+Every write goes through pgkeeper.storage.atomic: a pushed file appears complete or not at
+all (a killed push leaves only a hidden `.name.tmp-<pid>` file, which nothing lists).
+Imports stay light: this runs inside archive_command.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+
+from pgkeeper.errors import IntegrityError, PgkeeperError
+from pgkeeper.storage.atomic import atomic_file
+from pgkeeper.wal.naming import check_wal_name, object_name, parse_object_name, wal_dir
+
+CHUNK = 1 << 20
+
+
+class WalConflict(PgkeeperError):
+    """A WAL file of this name is already archived with different content."""
+
+
+@dataclass(frozen=True)
+class StoredWal:
+    name: str  # the WAL file name PostgreSQL uses
+    sha256: str  # of the raw (uncompressed) file
+    path: Path
+
+    @property
+    def key(self) -> str:
+        """Object key below the wal/ prefix (the same locally and in S3)."""
+        return f"{self.path.parent.name}/{self.path.name}"
+
+
+def sha256_hex(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def compress_to(f, raw: bytes, level: int) -> None:
+    """zstd with a frame checksum, streamed so the temp file grows as we go."""
+    cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
+    with cctx.stream_writer(f, size=len(raw), closefd=False) as w:
+        view = memoryview(raw)
+        for i in range(0, len(view), CHUNK):
+            w.write(view[i:i + CHUNK])
+
+
+def decompress_checked(data: bytes, name: str, sha256: str) -> bytes:
+    """The raw WAL file, or IntegrityError if the object is corrupt or not what its name says."""
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 31)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"archived {name} is corrupt: {exc}") from None
+    actual = sha256_hex(raw)
+    if actual != sha256:
+        raise IntegrityError(f"archived {name} does not match its checksum "
+                             f"(got {actual[:16]}..., expected {sha256[:16]}...)")
+    return raw
+
+
+class LocalWalStore:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def find(self, name: str) -> list[StoredWal]:
+        """Stored copies of WAL file `name` (normally zero or one)."""
+        check_wal_name(name)
+        d = self.root / wal_dir(name)
+        prefix = name + "-"
+        try:
+            entries = os.listdir(d)
+        except FileNotFoundError:
+            return []
+        found = []
+        for entry in entries:
+            if entry.startswith(prefix):
+                parsed = parse_object_name(entry)
+                if parsed and parsed[0] == name:
+                    found.append(StoredWal(name, parsed[1], d / entry))
+        return found
+
+    def put(self, name: str, raw: bytes, level: int = 1) -> tuple[str, StoredWal]:
+        """Archive `raw` as `name`: ('stored'|'duplicate', object). A differing copy is refused."""
+        sha = sha256_hex(raw)
+        for existing in self.find(name):
+            if existing.sha256 == sha:
+                return "duplicate", existing
+            raise WalConflict(f"{name} is already archived in {self.root} with different content "
+                              f"(sha256 {existing.sha256[:16]}..., this one {sha[:16]}...); "
+                              "the archived copy was left unchanged")
+        d = self.root / wal_dir(name)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = d / object_name(name, sha)
+        try:
+            with atomic_file(path, overwrite=False) as f:
+                compress_to(f, raw, level)
+        except FileExistsError:
+            return "duplicate", StoredWal(name, sha, path)  # an identical push won the race
+        return "stored", StoredWal(name, sha, path)
+
+    def read(self, obj: StoredWal) -> bytes:
+        """The raw WAL file, checksum-checked."""
+        return decompress_checked(obj.path.read_bytes(), obj.name, obj.sha256)
+
+    def objects(self) -> Iterator[StoredWal]:
+        """Every stored WAL object (temp files and strangers are skipped)."""
+        if not self.root.is_dir():
+            return
+        for d in sorted(self.root.iterdir()):
+            if not d.is_dir() or d.name.startswith("."):
+                continue
+            for entry in sorted(os.listdir(d)):
+                parsed = parse_object_name(entry)
+                if parsed:
+                    yield StoredWal(parsed[0], parsed[1], d / entry)
+
+    def stale_temp_files(self, older_than_s: float) -> list[Path]:
+        """Leftovers of killed pushes (hidden temp files) older than a limit."""
+        import time
+
+        found = []
+        if not self.root.is_dir():
+            return found
+        now = time.time()
+        for d in self.root.iterdir():
+            if d.is_dir():
+                for p in d.glob(".*.tmp-*"):
+                    try:
+                        if now - p.stat().st_mtime > older_than_s:
+                            found.append(p)
+                    except FileNotFoundError:
+                        pass
+        return found
+
+    def remove(self, obj: StoredWal) -> None:
+        obj.path.unlink(missing_ok=True)

@@ -1,0 +1,153 @@
+"""wal-push / wal-fetch as PostgreSQL calls them: separate processes, exit codes, the spool."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.helpers import ROOT, run_cli
+
+SEG = "000000010000000000000003"
+
+
+def segment_bytes(seed: int, size: int = 16 << 20) -> bytes:
+    """WAL-like content: some varied pages, the rest zeros (as after archive_timeout)."""
+    head = os.urandom(1 << 20) if seed < 0 else bytes((i * seed) % 251 for i in range(1 << 16)) * 16
+    return head + b"\0" * (size - len(head))
+
+
+def stored(spool: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(spool)): p.read_bytes() for p in spool.rglob("*") if p.is_file()}
+
+
+def test_push_then_fetch_round_trips_segments_history_and_backup_files(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    files = {SEG: segment_bytes(3), "00000002.history": b"1\t0/3000000\tno recovery target specified\n",
+             "000000010000000000000003.00000028.backup": b"START WAL LOCATION: 0/3000028\n"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        r = run_cli("wal-push", "--spool", str(spool), str(tmp_path / name))
+        assert r.returncode == 0, r.stderr
+    names = sorted(stored(spool))
+    assert len(names) == 3 and all(n.endswith(".zst") for n in names)
+    assert any(n.startswith("history/00000002.history-") for n in names)
+    for name, data in files.items():
+        out = tmp_path / f"restored-{name}"
+        r = run_cli("wal-fetch", "--spool", str(spool), name, str(out))
+        assert r.returncode == 0, r.stderr
+        assert out.read_bytes() == data
+
+
+def test_fetch_of_a_missing_file_exits_1_quietly(tmp_path: Path) -> None:
+    r = run_cli("wal-fetch", "--repo", str(tmp_path), "00000005.history", str(tmp_path / "x"))
+    assert (r.returncode, r.stderr) == (1, "")
+    assert not (tmp_path / "x").exists()
+
+
+def test_identical_duplicate_is_accepted_and_a_differing_one_refused(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    seg = tmp_path / SEG
+    seg.write_bytes(segment_bytes(3))
+    assert run_cli("wal-push", "--spool", str(spool), str(seg)).returncode == 0
+    before = stored(spool)
+    mtimes = {p: p.stat().st_mtime_ns for p in spool.rglob("*.zst")}
+
+    again = run_cli("wal-push", "--spool", str(spool), str(seg))
+    assert again.returncode == 0, again.stderr
+
+    seg.write_bytes(segment_bytes(7))
+    clash = run_cli("wal-push", "--spool", str(spool), str(seg))
+    assert clash.returncode == 1
+    assert SEG in clash.stderr and "different content" in clash.stderr
+    assert len(clash.stderr.strip().splitlines()) == 1
+    assert stored(spool) == before
+    assert {p: p.stat().st_mtime_ns for p in spool.rglob("*.zst")} == mtimes
+    out = tmp_path / "out"
+    assert run_cli("wal-fetch", "--spool", str(spool), SEG, str(out)).returncode == 0
+    assert out.read_bytes() == segment_bytes(3)
+
+
+def test_a_corrupt_archived_segment_aborts_recovery_instead_of_ending_it(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    (tmp_path / SEG).write_bytes(segment_bytes(3))
+    assert run_cli("wal-push", "--spool", str(spool), str(tmp_path / SEG)).returncode == 0
+    obj = next(spool.rglob("*.zst"))
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    obj.write_bytes(bytes(data))
+    r = run_cli("wal-fetch", "--spool", str(spool), SEG, str(tmp_path / "out"))
+    assert r.returncode > 125  # PostgreSQL aborts recovery rather than promoting early
+    assert SEG in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_spool_and_bad_names_fail_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / SEG).write_bytes(b"x" * 1000)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = run_cli("wal-push", "--spool", str(blocker / "spool"), str(tmp_path / SEG))
+    assert r.returncode == 1 and SEG in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("wal-push", "--spool", str(tmp_path / "s"), str(tmp_path / "notwal.txt"))
+    assert r.returncode == 1 and "notwal.txt" in r.stderr
+    r = run_cli("wal-fetch", "--spool", str(tmp_path / "s"), "../../etc/passwd", str(tmp_path / "o"))
+    assert r.returncode != 0 and not (tmp_path / "o").exists()
+    r = run_cli("wal-push", str(tmp_path / SEG), env={"PGKEEPER_WAL_CONFIG": str(tmp_path / "none.json")})
+    assert r.returncode == 1 and "none.json" in r.stderr
+
+
+def test_push_path_imports_neither_prefect_nor_boto3(tmp_path: Path) -> None:
+    (tmp_path / SEG).write_bytes(segment_bytes(3))
+    code = (
+        "import sys, json\n"
+        "from pgkeeper.cli.main import main\n"
+        f"rc1 = main(['wal-push', '--spool', {str(tmp_path / 'spool')!r}, {str(tmp_path / SEG)!r}])\n"
+        f"rc2 = main(['wal-fetch', '--spool', {str(tmp_path / 'spool')!r}, {SEG!r}, {str(tmp_path / 'o')!r}])\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'prefect', 'boto3', 'botocore', 'pydantic'})\n"
+        "print(json.dumps([rc1, rc2, heavy]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == [0, 0, []]
+    # And as PostgreSQL runs it: the console script, seen through -X importtime.
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "pgkeeper.cli.main", "wal-push",
+                        "--spool", str(tmp_path / "spool"), str(tmp_path / SEG)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "zstandard" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("prefect", "boto3", "botocore")}
+
+
+def test_push_killed_mid_write_leaves_nothing_wal_fetch_would_return(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    big = tmp_path / SEG
+    # Incompressible and large, so the write takes long enough to be interrupted.
+    with open(big, "wb") as f:
+        for _ in range(24):
+            f.write(os.urandom(8 << 20))
+    proc = subprocess.Popen([sys.executable, "-m", "pgkeeper.cli.main", "wal-push", "--spool", str(spool),
+                             str(big)], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        temp = []
+        while time.monotonic() < deadline and proc.poll() is None:
+            temp = [p for p in spool.rglob(".*.tmp-*") if p.stat().st_size > 0]
+            if temp:
+                break
+            time.sleep(0.002)
+        assert temp, "the push finished before it could be interrupted"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert list(spool.rglob("*.zst")) == []
+    r = run_cli("wal-fetch", "--spool", str(spool), SEG, str(tmp_path / "out"))
+    assert r.returncode == 1 and not (tmp_path / "out").exists()
+    # PostgreSQL retries the push: it succeeds despite the leftover temp file.
+    assert run_cli("wal-push", "--spool", str(spool), str(big)).returncode == 0
+    assert run_cli("wal-fetch", "--spool", str(spool), SEG, str(tmp_path / "out")).returncode == 0
+    assert (tmp_path / "out").read_bytes() == big.read_bytes()
