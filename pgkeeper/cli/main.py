@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "pgkeeper.cli.catalog_cmd",
     "pgkeeper.cli.demo_cmd",
     "pgkeeper.cli.server_cmd",
+    "pgkeeper.cli.verify_cmd",
 ]
 
 # archive_command / restore_command: dispatched before argparse and before anything heavy.

@@ -18,6 +18,10 @@ from pgkeeper.tasks.checksum import checked_chunks
 from pgkeeper.tasks.policy import RETRYABLE
 
 
+class UnreadableDump(IntegrityError):
+    """The stored bytes are intact (checksum matched) but pg_restore cannot read the archive."""
+
+
 class QuickCheck(BaseModel):
     raw_size: int
     toc: dict[str, int]  # TOC entry kind -> count, e.g. {"TABLE DATA": 5, "INDEX": 4}
@@ -43,9 +47,10 @@ def toc_kinds(listing: str) -> Counter[str]:
     return kinds
 
 
-def read_dump_toc(repo: BackupRepository, backup_id: str, file: StoredFile, compression: str) -> QuickCheck:
+def read_dump_toc(repo: BackupRepository, backup_id: str, file: StoredFile, compression: str,
+                  source: str = "local") -> QuickCheck:
     """One pass over the stored file: hash it, decompress it, and let pg_restore list it."""
-    storage = repo.local()
+    storage = repo.storage(source)
     label = f"{backup_id}/{file.name}"
     with tempfile.TemporaryFile() as listing, tempfile.TemporaryFile() as err, pgtools.child(
         [pgtools.tool("pg_restore"), "--list"], stdin=subprocess.PIPE, stdout=listing, stderr=err,
@@ -72,7 +77,7 @@ def read_dump_toc(repo: BackupRepository, backup_id: str, file: StoredFile, comp
         try:
             restore.check(err.read())
         except pgtools.ToolFailed as exc:
-            raise IntegrityError(f"{label}: pg_restore cannot read it ({exc})") from None
+            raise UnreadableDump(f"{label}: pg_restore cannot read it ({exc})") from None
         listing.seek(0)
         kinds = toc_kinds(listing.read().decode("utf-8", "replace"))
     if file.raw_size is not None and raw != file.raw_size:

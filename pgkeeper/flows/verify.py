@@ -1,0 +1,138 @@
+"""The verify flow: a backup counts as good only after a real restore of it matched the source.
+
+resolve → fetch (test 1) → format (test 2) → restore drill (test 3) → data (test 4)
+→ freshness (test 5) → anomalies → record in the manifest → artifacts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from pgkeeper.anomaly import DEFAULT_THRESHOLD
+from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_repository
+from pgkeeper.errors import PgkeeperError
+from pgkeeper.tasks.drill import (
+    drop_scratch_after_run,
+    restore_drill,
+    scratch_connection,
+    scratch_database_name,
+    work_area,
+)
+from pgkeeper.tasks.verify import UnreadableDump
+from pgkeeper.tasks.verify_checks import (
+    CheckResult,
+    VerificationFailed,
+    VerifyReport,
+    check_anomalies,
+    check_data,
+    check_format,
+    check_freshness,
+    check_stream,
+    fetch_dump,
+    integrity_passed,
+    resolve_for_verify,
+    restore_passed,
+)
+from pgkeeper.tasks.verify_record import record_verification, report_verification
+
+T = TypeVar("T")
+
+
+@flow(name="verify", log_prints=True, on_crashed=[drop_scratch_after_run],
+      on_cancellation=[drop_scratch_after_run])
+def verify(
+    backup: str = "latest",
+    database: str | None = None,
+    restore: bool = True,
+    source: str = "local",
+    connection_block: str | None = DEFAULT_CONNECTION_BLOCK,
+    repository_block: str | None = DEFAULT_REPOSITORY_BLOCK,
+    host: str | None = None,
+    port: int | None = None,
+    user: str | None = None,
+    backup_dir: str | None = None,
+    scratch_connection_block: str | None = None,
+    jobs: int = 2,
+    max_age_hours: float = 26.0,
+    anomaly_threshold: float = DEFAULT_THRESHOLD,
+    history: int = 10,
+    work_dir: str | None = None,
+    restore_timeout_seconds: float = 6 * 3600,
+) -> VerifyReport:
+    """Prove a backup ('latest', an id, or an old file name) by restoring it into a scratch database.
+
+    The scratch database lives on the backed-up database's server unless
+    `scratch_connection_block` names another, and is dropped whatever happens. With
+    restore=False only integrity and format are checked. Fails the run if any check fails;
+    warns (pgkeeper.warning event) when the backup shrank by more than `anomaly_threshold`.
+    """
+    log = get_run_logger()
+    repo = load_repository(repository_block, path=backup_dir)
+    catalog = resolve_for_verify(repo, source, backup, database)
+    target = catalog.target
+    log.info("verifying %s of %s from %s", target.backup_id, target.database, source)
+    checks: list[CheckResult] = []
+
+    def check(number: int, step: Callable[..., T], *args: Any) -> T | None:
+        """Run one step; a PgkeeperError becomes that test's FAIL line instead of ending the run."""
+        try:
+            return step(*args)
+        except PgkeeperError as exc:
+            add(CheckResult.failed(number, exc))
+            return None
+
+    def add(result: CheckResult | None) -> None:
+        if result is not None:
+            checks.append(result)
+            (log.info if result.ok else log.error)(result.line())
+
+    rto: float | None = None
+    if restore:
+        scratch = scratch_connection(connection_block, scratch_connection_block, host, port, user)
+        with work_area(work_dir) as work:
+            fetched = check(1, fetch_dump, repo, source, target, str(work))
+            if fetched:
+                add(integrity_passed())
+            fmt = check(2, check_format, target, fetched.path) if fetched else None
+            add(fmt)
+            drill = check(3, restore_drill, scratch, fetched.path, scratch_database_name(flow_run.id),
+                          jobs, restore_timeout_seconds) if fetched and fmt else None
+            if fetched and drill:
+                rto = fetched.seconds + drill.restore_seconds
+                add(restore_passed(drill))
+                add(check(4, check_data, target, drill.tables, drill.objects))
+    else:
+        try:
+            fmt = check_stream(repo, source, target)
+            add(integrity_passed())
+            add(fmt)
+        except UnreadableDump as exc:  # the bytes were intact; the archive is not what it should be
+            add(integrity_passed())
+            add(CheckResult.failed(2, exc))
+        except PgkeeperError as exc:
+            add(CheckResult.failed(1, exc))
+    for number in range(1, 5):
+        if not any(c.number == number for c in checks):
+            why = "restore not requested" if not restore and number > 2 else "an earlier test failed"
+            checks.append(CheckResult.skipped(number, why))
+    add(check(5, check_freshness, catalog.backups, max_age_hours))
+    checks.sort(key=lambda c: c.number)
+
+    anomalies = check_anomalies(target, catalog.backups, anomaly_threshold)
+    report = VerifyReport(backup_id=target.backup_id, database=target.database, source=source,
+                          method="restore" if restore else "quick", checks=checks,
+                          restore_seconds=rto, anomalies=anomalies)
+    updated = record_verification(repo, source, report)
+    recent = [updated if m.backup_id == updated.backup_id else m for m in catalog.backups][-history:]
+    report_verification(report, recent)
+    for line in report.lines():
+        log.info(line)
+    if not report.ok:
+        failed = [c.title for c in report.checks if c.status == "FAIL"]
+        raise VerificationFailed(f"backup {report.backup_id} failed verification: " + "; ".join(failed),
+                                 report=report)
+    return report
