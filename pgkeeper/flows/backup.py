@@ -5,8 +5,10 @@ from __future__ import annotations
 from prefect import flow
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
+from pgkeeper.deployments.limits import backup_slot
 from pgkeeper.manifest import Manifest
 from pgkeeper.tasks.dump import dump_database
+from pgkeeper.tasks.notify import mail_backup_success
 from pgkeeper.tasks.preflight import preflight
 from pgkeeper.tasks.report import report_backup
 from pgkeeper.tasks.store import abandon_backup, begin_backup, write_manifest
@@ -32,14 +34,16 @@ def backup(
     conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
     repo = load_repository(repository_block, path=backup_dir)
 
-    info = preflight(conn, repo)
-    backup_id = begin_backup(repo)
-    try:
-        dumped = dump_database(conn, repo, backup_id, info.table_bytes)
-        check = quick_verify(repo, backup_id, dumped.file, repo.compression, len(dumped.tables))
-        manifest = write_manifest(repo, backup_id, info, dumped, check, labels or [])
-    except BaseException:
-        abandon_backup(repo, backup_id)
-        raise
+    with backup_slot(conn.database):  # never two backups of one database at once
+        info = preflight(conn, repo)
+        backup_id = begin_backup(repo)
+        try:
+            dumped = dump_database(conn, repo, backup_id, info.table_bytes)
+            check = quick_verify(repo, backup_id, dumped.file, repo.compression, len(dumped.tables))
+            manifest = write_manifest(repo, backup_id, info, dumped, check, labels or [])
+        except BaseException:
+            abandon_backup(repo, backup_id)
+            raise
     report_backup(manifest, repo.local().describe(), info.warnings)
+    mail_backup_success(manifest, repo, info.warnings)  # only when mail is configured
     return manifest

@@ -1,0 +1,102 @@
+"""The automations that turn run failures and pgkeeper warnings into mail.
+
+They live on the Prefect server (the UI's Automations page shows them) and act there: the
+server renders the templates and calls the pgkeeper-mail block's `notify`. So a run whose
+process was killed (Crashed) or that ran out of time (TimedOut) still produces mail, and no
+flow of ours sends failure mail, so a failing notifier can never trigger itself.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from uuid import UUID
+
+from prefect.automations import Automation, EventTrigger, SendNotification
+from prefect.events.schemas.automations import AutomationCore, Posture
+
+from pgkeeper.alerts import WARNING_EVENT
+
+FAILURE_AUTOMATION = "pgkeeper: mail on failed run"
+WARNING_AUTOMATION = "pgkeeper: mail on warning"
+TAG = "pgkeeper"
+FAILURE_EVENTS = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
+# notify() reads this line to look up which step failed; see blocks/notify.py.
+RUN_ID_LINE = "Flow run id: "
+
+FAILURE_SUBJECT = "[pgkeeper] {{ flow.name }} run {{ flow_run.name }} {{ flow_run.state.name }}"
+FAILURE_BODY = """\
+The pgkeeper flow {{ flow.name }} (run {{ flow_run.name }}{% if deployment %}, deployment \
+{{ deployment.name }}{% endif %}) ended {{ flow_run.state.name }}.
+
+Error: {{ flow_run.state.message or "no message (the process may have been killed)" }}
+Started: {{ flow_run.start_time }}
+Run: {{ flow_run|ui_url }}
+""" + RUN_ID_LINE + "{{ flow_run.id }}\n"
+
+WARNING_SUBJECT = "[pgkeeper] warning ({{ event.payload.kind }}) on {{ event.payload.database }}"
+WARNING_BODY = """\
+{{ event.payload.message }}
+
+Kind: {{ event.payload.kind }}
+Database: {{ event.payload.database }}
+{% if flow_run %}Run: {{ flow_run.name }} {{ flow_run|ui_url }}
+{% endif %}"""
+
+
+def failure_automation(block_document_id: UUID) -> Automation:
+    return Automation(
+        name=FAILURE_AUTOMATION,
+        description="Mail when a pgkeeper run fails, crashes or times out.",
+        trigger=EventTrigger(
+            expect=FAILURE_EVENTS,
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{TAG}"},
+            posture=Posture.Reactive, threshold=1, within=0,
+        ),
+        actions=[SendNotification(block_document_id=block_document_id, subject=FAILURE_SUBJECT,
+                                  body=FAILURE_BODY)],
+    )
+
+
+def warning_automation(block_document_id: UUID) -> Automation:
+    return Automation(
+        name=WARNING_AUTOMATION,
+        description="Mail the warnings pgkeeper runs emit (low disk, anomaly, archive lag).",
+        trigger=EventTrigger(
+            expect={WARNING_EVENT}, match={"prefect.resource.id": "pgkeeper.database.*"},
+            posture=Posture.Reactive, threshold=1, within=0,
+        ),
+        actions=[SendNotification(block_document_id=block_document_id, subject=WARNING_SUBJECT,
+                                  body=WARNING_BODY)],
+    )
+
+
+def _comparable(a: Automation) -> str:
+    """What makes two automations the same: everything but ids the server assigns."""
+    data: dict[str, Any] = AutomationCore(**a.model_dump(include=set(AutomationCore.model_fields))).model_dump(
+        mode="json", exclude={"owner_resource"})
+    data["trigger"].pop("id", None)
+    return json.dumps(data, sort_keys=True)
+
+
+def apply_automation(wanted: Automation) -> str:
+    """Create or update the automation named like `wanted`; 'created', 'updated' or 'unchanged'."""
+    try:
+        existing = Automation.read(name=wanted.name)
+    except ValueError:
+        wanted.create()
+        return "created"
+    if _comparable(existing) == _comparable(wanted):
+        return "unchanged"
+    wanted.id = existing.id
+    wanted.update()
+    return "updated"
+
+
+def remove_automation(name: str) -> bool:
+    try:
+        existing = Automation.read(name=name)
+    except ValueError:
+        return False
+    return bool(existing.delete())

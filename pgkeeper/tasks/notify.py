@@ -1,0 +1,93 @@
+"""Mail from inside a run: the success mail after a backup.
+
+Failure and warning mail do not come from here: Prefect automations send them (see
+pgkeeper/deployments/automations.py), so they also go out when a run's process is killed.
+Mail is only sent when notifications are configured (the pgkeeper-mail block, or the old
+scripts' ENABLE_EMAIL_ALERTS variables); a mail that cannot be sent never fails a backup.
+"""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from pgkeeper.blocks.notify import MailNotification
+from pgkeeper.catalog import list_backups
+from pgkeeper.fmt import human_bytes, human_seconds
+from pgkeeper.manifest import Manifest
+from pgkeeper.tasks.policy import RETRYABLE
+
+DEFAULT_NOTIFICATION_BLOCK = "pgkeeper-mail"
+
+
+def load_notification(block_name: str | None = DEFAULT_NOTIFICATION_BLOCK) -> MailNotification | None:
+    """The saved mail block, else one built from ENABLE_EMAIL_ALERTS & co., else None."""
+    from pgkeeper.config import load_block
+    from pgkeeper.deployments.env import notification_from_env
+
+    return load_block(MailNotification, block_name) or notification_from_env()
+
+
+def run_url() -> str | None:
+    from prefect.runtime import flow_run
+
+    try:
+        return flow_run.ui_url
+    except Exception:
+        return None
+
+
+def last_restore_drill(repo_storage, database: str) -> tuple[str, float] | None:  # noqa: ANN001
+    """(backup id, restore seconds) of the newest backup of `database` whose restore drill passed."""
+    for m in reversed(list_backups(repo_storage, database)):
+        if m.last_restore_seconds is not None:
+            return m.backup_id, m.last_restore_seconds
+    return None
+
+
+def success_mail(m: Manifest, location: str, warnings: list[str], drill: tuple[str, float] | None,
+                 url: str | None) -> tuple[str, str]:
+    """(subject, body) of the mail a successful backup sends: the figures someone checks."""
+    ratio = f"{m.ratio:.1f}x" if m.ratio else "-"
+    checks = m.verifications[-1].checks if m.verifications else {}
+    verification = m.status + (" (" + ", ".join(f"{k}: {v}" for k, v in checks.items()) + ")" if checks else "")
+    rto = (f"{human_seconds(drill[1])} (restore drill of {drill[0]})" if drill
+           else "not measured yet: no restore drill has passed for this database")
+    subject = f"backup of {m.database} OK: {m.backup_id}, {human_bytes(m.size)}"
+    lines = [
+        f"Backup {m.backup_id} of database {m.database} completed.",
+        "",
+        f"Size:          {human_bytes(m.size)} (raw dump {human_bytes(m.raw_size)})",
+        f"Ratio:         {ratio} ({m.compression})",
+        f"Duration:      {human_seconds(m.duration_seconds)}",
+        f"Tables:        {len(m.tables)} tables, {sum(m.tables.values())} rows",
+        f"Verification:  {verification}",
+        f"RTO:           {rto}",
+        f"Location:      {location}",
+        f"Database size: {human_bytes(m.database_size)} (PostgreSQL {m.server_version})",
+    ]
+    if warnings:
+        lines += ["", "Warnings:"] + [f"- {w}" for w in warnings]
+    if url:
+        lines += ["", f"Run: {url}"]
+    return subject, "\n".join(lines) + "\n"
+
+
+@task(name="send-mail", cache_policy=NO_CACHE, **RETRYABLE)
+def send_mail(notification: MailNotification, subject: str, body: str) -> None:
+    notification.send(subject, body)
+
+
+def mail_backup_success(manifest: Manifest, repo, warnings: list[str]) -> None:  # noqa: ANN001
+    """Send the success mail when notifications are configured; log, never raise, if it fails."""
+    notification = load_notification()
+    if notification is None:
+        return
+    storage = repo.local()
+    subject, body = success_mail(manifest, storage.describe(), warnings,
+                                 last_restore_drill(storage, manifest.database), run_url())
+    try:
+        send_mail(notification, subject, body)
+    except Exception as exc:
+        # The backup is good; a mail server outage must not turn it into a failure alert.
+        get_run_logger().warning("could not send the success mail: %s", type(exc).__name__)
