@@ -1,0 +1,173 @@
+"""The restore flow: resolve → fetch → prove readable → confirm → safety backup → shadow restore
+→ count → swap → count again → report. Nothing destructive happens before the swap, and the
+swap is a single transaction; any failure leaves the target as it was and says so.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from prefect import flow, get_run_logger
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.states import Cancelled, State
+
+from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
+from pgkeeper.flows.backup import backup as backup_flow
+from pgkeeper.tasks.restore_steps import (
+    RestoreFailed,
+    RestoreReport,
+    check_counts,
+    check_readable,
+    cleanup_work_file,
+    confirmation_form,
+    fetch_backup,
+    refusal,
+    report_restore,
+    resolve_restore,
+    restore_shadow,
+    unchanged_line,
+)
+from pgkeeper.tasks.swap import drop_database_task, expire_old_copies, swap_back, swap_into_place
+
+CONFIRM_POLL_SECONDS = 2
+
+
+@flow(name="restore", log_prints=True)
+def restore(
+    backup: str = "latest",
+    mode: Literal["replace", "new"] = "replace",
+    target: str | None = None,
+    source: Literal["local", "s3"] = "local",
+    confirmed: bool = False,
+    confirm_timeout_seconds: int = 3600,
+    safety_backup: bool = True,
+    keep_old: bool = True,
+    keep_old_hours: float = 72,
+    keep_ownership: bool = False,
+    jobs: int = 2,
+    database: str | None = None,
+    connection_block: str = DEFAULT_CONNECTION_BLOCK,
+    repository_block: str = DEFAULT_REPOSITORY_BLOCK,
+    host: str | None = None,
+    port: int | None = None,
+    user: str | None = None,
+    backup_dir: str | None = None,
+) -> RestoreReport | State:
+    """Restore a backup into a database without risking the one that is there.
+
+    The backup goes into a new shadow database first; only when its row counts equal the
+    backup's manifest is it swapped in (one transaction), so a failure at any step leaves the
+    target exactly as it was. In replace mode the run pauses for confirmation first.
+
+    Args:
+        backup: `latest` (newest backup of `database` that is not a pre-restore safety copy),
+            a backup id such as `backup_20240315_143022`, or an old file name such as
+            `backup_20240315_143022.sql.gz`.
+        mode: `replace` puts the backup in place of `target` (asks for confirmation, keeps the
+            previous database under `<target>_pre_restore_<time>`); `new` creates `target`,
+            which must not exist, and touches nothing else (no confirmation needed).
+        target: database to restore into. Default in replace mode: the backup's own database.
+            Required in new mode.
+        source: read the backup from the `local` repository or from `s3`.
+        confirmed: skip the confirmation form (the CLI sets it after asking on the terminal).
+        confirm_timeout_seconds: how long the form waits; then the run is cancelled, unchanged.
+        safety_backup: back up the current target (label `pre-restore`) before replacing it.
+        keep_old: keep the replaced database (renamed) instead of dropping it after the swap.
+        keep_old_hours: how long a kept copy is kept; each restore drops copies past their time.
+        keep_ownership: restore the original owners and GRANTs (the roles must exist here).
+            Default: objects are owned by the restoring role and GRANTs are skipped, which
+            works on any server, e.g. a fresh one without the application's roles.
+        jobs: parallel pg_restore jobs.
+        database: the database whose backups `latest` looks at (default: the connection's).
+        connection_block: saved pgkeeper-postgres-connection block (else POSTGRES_* variables).
+        repository_block: saved pgkeeper-backup-repository block (else BACKUP_DIR).
+        host: override the connection's host.
+        port: override the connection's port.
+        user: override the connection's role.
+        backup_dir: override the repository's local directory.
+    """
+    logger = get_run_logger()
+    started = time.monotonic()
+    conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
+    repo = load_repository(repository_block, path=backup_dir)
+
+    expire_old_copies(conn)
+    plan = resolve_restore(conn, repo, backup, source, mode, target)
+    # From here on every failure ends with one line saying what state the target is in.
+    work_file = None
+    shadow_started = False
+    waited = 0.0
+    safety_id = None
+    try:
+        work_file = fetch_backup(repo, plan)
+        toc = check_readable(plan, work_file)
+
+        if mode == "replace" and not confirmed:
+            asked = time.monotonic()
+            form = confirmation_form(plan, toc, safety_backup)
+            try:
+                answer = pause_flow_run(wait_for_input=form, timeout=confirm_timeout_seconds,
+                                        poll_interval=CONFIRM_POLL_SECONDS)
+            except FlowPauseTimeout:
+                return Cancelled(message=f"no confirmation within {confirm_timeout_seconds} s: restore cancelled, "
+                                         f"{unchanged_line(plan)}")
+            waited = time.monotonic() - asked
+            reason = refusal(plan, answer.confirm, answer.database_name)
+            if reason:
+                logger.warning(reason)
+                return Cancelled(message=reason)
+
+        if mode == "replace" and plan.target_exists and safety_backup:
+            safety_id = backup_flow(database=plan.target, connection_block=connection_block, host=host, port=port,
+                                    user=user, repository_block=repository_block, backup_dir=backup_dir,
+                                    labels=["pre-restore"]).backup_id
+
+        shadow_started = True
+        restore_seconds = restore_shadow(conn, plan, work_file, jobs, keep_ownership, repo.dump_timeout_seconds)
+        check_counts(conn, plan.shadow, plan)
+        swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id,
+                               keep_old_hours)
+    except BaseException as exc:
+        dropped = _drop_quietly(conn, plan.shadow) if shadow_started else True
+        if not isinstance(exc, Exception):
+            raise
+        raise RestoreFailed(f"restore of {plan.backup_id} into {plan.target} stopped: {exc}; "
+                            f"{unchanged_line(plan, dropped)}") from exc
+    finally:
+        if work_file is not None:
+            cleanup_work_file(work_file)
+
+    try:
+        tables = check_counts(conn, plan.target, plan)
+    except Exception as exc:
+        swap_back(conn, plan.target, swap.retired_as, plan.shadow)
+        raise RestoreFailed(f"restore of {plan.backup_id}: the swapped-in database did not check out ({exc}); "
+                            f"the swap was undone and {unchanged_line(plan)}") from exc
+
+    keep_until = None
+    if swap.retired_as and not keep_old:
+        drop_database_task(conn, swap.retired_as)
+    elif swap.retired_as:
+        keep_until = datetime.now(UTC) + timedelta(hours=keep_old_hours)
+
+    report = RestoreReport(
+        backup_id=plan.backup_id, source=plan.source, target=plan.target, mode=plan.mode, tables=tables,
+        objects=plan.objects, restore_seconds=restore_seconds,
+        rto_seconds=time.monotonic() - started - waited, waited_seconds=waited,
+        terminated_sessions=swap.terminated, old_copy=swap.retired_as if keep_old else None,
+        old_copy_keep_until=keep_until, safety_backup_id=safety_id,
+    )
+    report_restore(report)
+    return report
+
+
+def _drop_quietly(conn, name: str) -> bool:  # conn: PostgresConnection
+    """Drop the shadow after a failure; False if even that failed (the message will say so)."""
+    try:
+        drop_database_task(conn, name)
+        return True
+    except Exception:
+        return False

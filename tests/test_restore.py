@@ -1,0 +1,203 @@
+"""The restore flow, as a user sees it: data back to the backup's state, nothing lost on the way."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from pgkeeper.errors import BadName, NotFound
+from tests.helpers import database_exists, drop_database, table_fingerprints
+
+
+@pytest.fixture
+def env(pg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The flows read the old scripts' variables (no blocks saved in the test API)."""
+    for k, v in pg_env.items():
+        monkeypatch.setenv(k, v)
+    return pg_env
+
+
+def old_copies(pg, target: str) -> list[str]:
+    with psycopg.connect(pg.conninfo()) as c:
+        return [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s ORDER BY 1",
+                                        (target + "_pre_restore_%",)).fetchall()]
+
+
+def leftovers(pg, target: str) -> list[str]:
+    """Shadow databases a restore of `target` left behind (there must be none)."""
+    with psycopg.connect(pg.conninfo()) as c:
+        return [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                        (target + "_restoring_%",)).fetchall()]
+
+
+@pytest.fixture
+def cleanup_copies(pg, crm_db):
+    yield
+    for name in old_copies(pg, crm_db) + leftovers(pg, crm_db):
+        drop_database(pg, name)
+
+
+def change_data(pg, db: str) -> None:
+    with psycopg.connect(pg.conninfo(db), autocommit=True) as c:
+        c.execute("DELETE FROM activity WHERE id % 3 = 0")
+        c.execute("UPDATE company SET name = 'changed ' || id WHERE id % 2 = 0")
+        c.execute("CREATE TABLE added_after_backup (x int)")
+
+
+def test_replace_puts_back_the_backup_state_and_keeps_the_old_copy(pg, crm_db, env, repo, cleanup_copies):
+    from pgkeeper.catalog import list_backups
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+
+    at_backup = table_fingerprints(pg.conninfo(crm_db))
+    manifest = backup()
+    change_data(pg, crm_db)
+    changed = table_fingerprints(pg.conninfo(crm_db))
+    assert changed != at_backup
+
+    report = restore("latest", confirmed=True)
+
+    assert table_fingerprints(pg.conninfo(crm_db)) == at_backup
+    assert report.backup_id == manifest.backup_id
+    assert report.tables == manifest.tables
+    [old] = old_copies(pg, crm_db)
+    assert report.old_copy == old and report.old_copy_keep_until is not None
+    assert table_fingerprints(pg.conninfo(old)) == changed
+    assert leftovers(pg, crm_db) == []
+    # The safety backup of what was replaced is in the repository, labelled.
+    safety = [m for m in list_backups(repo.local(), crm_db) if "pre-restore" in m.labels]
+    assert [m.backup_id for m in safety] == [report.safety_backup_id]
+    assert safety[0].tables == {t: n for t, (n, _) in changed.items()}
+    # ... and `latest` still means the regular backup, not the safety copy.
+    again = restore("latest", confirmed=True, safety_backup=False, keep_old=False)
+    assert again.backup_id == manifest.backup_id
+    assert len(old_copies(pg, crm_db)) == 1
+
+
+def test_into_a_new_database_leaves_the_source_untouched(pg, crm_db, env, repo):
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+
+    at_backup = table_fingerprints(pg.conninfo(crm_db))
+    backup()
+    change_data(pg, crm_db)
+    changed = table_fingerprints(pg.conninfo(crm_db))
+    copy = crm_db + "_copy"
+    try:
+        report = restore("latest", mode="new", target=copy)
+        assert report.old_copy is None and report.safety_backup_id is None
+        assert table_fingerprints(pg.conninfo(copy)) == at_backup
+        assert table_fingerprints(pg.conninfo(crm_db)) == changed
+        assert old_copies(pg, crm_db) == [] and leftovers(pg, copy) == []
+        # A second restore into the same (now existing) name is refused, the copy left alone.
+        with pytest.raises(BadName, match="already exists"):
+            restore("latest", mode="new", target=copy)
+        assert table_fingerprints(pg.conninfo(copy)) == at_backup
+    finally:
+        drop_database(pg, copy)
+
+
+def test_replace_of_a_database_that_does_not_exist_creates_it(pg, crm_db, env, repo):
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+
+    at_backup = table_fingerprints(pg.conninfo(crm_db))
+    backup()
+    drop_database(pg, crm_db)
+    report = restore("latest", confirmed=True)
+    assert report.safety_backup_id is None and report.old_copy is None
+    assert table_fingerprints(pg.conninfo(crm_db)) == at_backup
+
+
+def test_open_and_reconnecting_sessions_on_the_target_are_ended(pg, crm_db, env, repo, cleanup_copies):
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+
+    at_backup = table_fingerprints(pg.conninfo(crm_db))
+    backup()
+    change_data(pg, crm_db)
+    idle = psycopg.connect(pg.conninfo(crm_db))
+    in_tx = psycopg.connect(pg.conninfo(crm_db))
+    in_tx.execute("SELECT count(*) FROM company")  # holds a transaction open (and a lock)
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def client() -> None:
+        # An application that reconnects as soon as it is thrown out.
+        while not stop.is_set():
+            try:
+                with psycopg.connect(pg.conninfo(crm_db), connect_timeout=2) as c:
+                    while not stop.is_set():
+                        seen.append(c.execute("SELECT current_database()").fetchone()[0])
+                        time.sleep(0.01)
+            except psycopg.Error:
+                time.sleep(0.01)
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    try:
+        report = restore("latest", confirmed=True, safety_backup=False)
+    finally:
+        stop.set()
+        t.join(10)
+        for c in (idle, in_tx):
+            c.close()
+    assert report.terminated_sessions >= 3
+    assert table_fingerprints(pg.conninfo(crm_db)) == at_backup
+    assert seen  # the client did work before (and after) the swap
+
+
+def test_extensions_in_the_dump_come_back(pg, crm_db, env, repo, cleanup_copies):
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+
+    with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
+        c.execute("CREATE EXTENSION hstore")
+        c.execute("CREATE EXTENSION pgcrypto")
+        c.execute("CREATE TABLE tagged (id int PRIMARY KEY, tags hstore, h bytea)")
+        c.execute("INSERT INTO tagged SELECT i, hstore('k', i::text), digest(i::text, 'sha256') "
+                  "FROM generate_series(1, 500) i")
+    at_backup = table_fingerprints(pg.conninfo(crm_db))
+    backup()
+    with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
+        c.execute("DELETE FROM tagged WHERE id > 10")
+    restore("latest", confirmed=True, safety_backup=False)
+    assert table_fingerprints(pg.conninfo(crm_db)) == at_backup
+    with psycopg.connect(pg.conninfo(crm_db)) as c:
+        assert c.execute("SELECT tags -> 'k' FROM tagged WHERE id = 42").fetchone()[0] == "42"
+        assert c.execute("SELECT encode(digest('x', 'sha1'), 'hex')").fetchone()[0].startswith("11f6ad8e")
+
+
+@pytest.mark.parametrize("name, error", [
+    ("../etc", BadName), ("backup_20240315_143022", NotFound), ("backup_2024_bad", BadName),
+])
+def test_bad_names_change_nothing(pg, crm_db, env, repo, name, error):
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+
+    backup()
+    before = table_fingerprints(pg.conninfo(crm_db))
+    with pytest.raises(error) as exc:
+        restore(name, confirmed=True)
+    assert "\n" not in str(exc.value)
+    assert table_fingerprints(pg.conninfo(crm_db)) == before
+    assert old_copies(pg, crm_db) == [] and leftovers(pg, crm_db) == []
+
+
+def test_latest_with_no_backups_and_bad_targets(pg, crm_db, env, repo):
+    from pgkeeper.flows.restore import restore
+
+    before = table_fingerprints(pg.conninfo(crm_db))
+    with pytest.raises(NotFound, match="'latest' has nothing to point to"):
+        restore("latest", confirmed=True)
+    from pgkeeper.flows.backup import backup
+
+    backup()
+    for target in ("../etc", "a b; drop", "postgres"):
+        with pytest.raises(BadName):
+            restore("latest", target=target, confirmed=True)
+    assert not database_exists(pg, "../etc")
+    assert table_fingerprints(pg.conninfo(crm_db)) == before
