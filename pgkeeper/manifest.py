@@ -41,6 +41,7 @@ class Manifest(BaseModel):
     start_lsn: str | None = None
     stop_lsn: str | None = None
     timeline: int | None = None
+    wal_segment_size: int | None = Field(default=None, description="Physical backups: bytes per WAL segment.")
     compression: str
     encryption: str | None = None
     size: int = Field(description="Total stored bytes of all files.")
@@ -53,6 +54,9 @@ class Manifest(BaseModel):
                                     description="tables, indexes, sequences, constraints")
     labels: list[str] = Field(default_factory=list, description="e.g. 'pre-restore'")
     verifications: list[Verification] = Field(default_factory=list)
+    # What happened after the manifest was written (offsite upload, retention), for the run's
+    # caller to show; never stored: the manifest on disk was final before any of it happened.
+    outcome: list[str] = Field(default_factory=list, exclude=True)
 
     @property
     def duration_seconds(self) -> float:

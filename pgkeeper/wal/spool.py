@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +43,10 @@ def sha256_hex(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def compress_to(f, raw: bytes, level: int) -> None:
-    """zstd with a frame checksum, streamed so the temp file grows as we go."""
+def compress(raw: bytes, level: int) -> bytes:
+    """zstd with a frame checksum (the C library drops the GIL, see put())."""
     cctx = zstandard.ZstdCompressor(level=level, write_checksum=True, write_content_size=True)
-    with cctx.stream_writer(f, size=len(raw), closefd=False) as w:
-        view = memoryview(raw)
-        for i in range(0, len(view), CHUNK):
-            w.write(view[i:i + CHUNK])
+    return cctx.compress(raw)
 
 
 def decompress_checked(data: bytes, name: str, sha256: str) -> bytes:
@@ -90,7 +88,16 @@ class LocalWalStore:
 
     def put(self, name: str, raw: bytes, level: int = 1) -> tuple[str, StoredWal]:
         """Archive `raw` as `name`: ('stored'|'duplicate', object). A differing copy is refused."""
-        sha = sha256_hex(raw)
+        # Hash on a second thread while zstd compresses: both release the GIL, and this is
+        # most of wal-push's time (PostgreSQL waits on it for every segment).
+        digest: list[str] = []
+        hasher = threading.Thread(target=lambda: digest.append(sha256_hex(raw)))
+        hasher.start()
+        try:
+            packed = compress(raw, level)
+        finally:
+            hasher.join()
+        sha = digest[0]
         for existing in self.find(name):
             if existing.sha256 == sha:
                 return "duplicate", existing
@@ -102,7 +109,9 @@ class LocalWalStore:
         path = d / object_name(name, sha)
         try:
             with atomic_file(path, overwrite=False) as f:
-                compress_to(f, raw, level)
+                view = memoryview(packed)
+                for i in range(0, len(view), CHUNK):
+                    f.write(view[i:i + CHUNK])
         except FileExistsError:
             return "duplicate", StoredWal(name, sha, path)  # an identical push won the race
         return "stored", StoredWal(name, sha, path)

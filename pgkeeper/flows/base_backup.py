@@ -1,0 +1,59 @@
+"""The base-backup flow: preflight → pg_basebackup → WAL archived → pg_verifybackup → manifest →
+offsite copy → report. The physical half of point-in-time recovery (the other half is WAL)."""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
+from pgkeeper.manifest import Manifest
+from pgkeeper.tasks.basebackup import (
+    check_wal_archived,
+    physical_preflight,
+    report_base_backup,
+    take_base_backup,
+    verify_base_backup,
+    wal_settings,
+    write_physical_manifest,
+)
+from pgkeeper.tasks.store import abandon_backup, begin_backup
+
+
+@flow(name="base-backup", log_prints=True)
+def base_backup(
+    database: str | None = None,
+    connection_block: str = DEFAULT_CONNECTION_BLOCK,
+    repository_block: str = DEFAULT_REPOSITORY_BLOCK,
+    host: str | None = None,
+    port: int | None = None,
+    user: str | None = None,
+    backup_dir: str | None = None,
+    wal_config: str | None = None,
+    verify: bool = True,
+    labels: list[str] | None = None,
+) -> Manifest:
+    """Take a physical base backup of the whole cluster into the repository.
+
+    `wal_config` names the file archive_command/restore_command read; it is refreshed from the
+    repository block so that wal-push follows changes to the block.
+    """
+    conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
+    repo = load_repository(repository_block, path=backup_dir)
+
+    walcfg = wal_settings(repo, wal_config)
+    info = physical_preflight(conn, repo)
+    backup_id = begin_backup(repo)
+    try:
+        files = take_base_backup(conn, repo, backup_id)
+        segments = check_wal_archived(walcfg, files.start_lsn, files.stop_lsn, files.timeline, info.wal_segment_size)
+        checks = verify_base_backup(repo, backup_id, files, walcfg, segments) if verify else {}
+        manifest = write_physical_manifest(repo, backup_id, conn.database, info, files, checks, labels or [])
+    except BaseException:
+        abandon_backup(repo, backup_id)
+        raise
+    if repo.has_offsite():
+        from pgkeeper.tasks.offsite import upload_backup
+
+        upload_backup(repo, backup_id)
+    report_base_backup(manifest, repo.local().describe())
+    return manifest

@@ -1,0 +1,76 @@
+"""What a server needs for WAL archiving: its settings, a spool it can write, a config file.
+
+Shared by `pgkeeper wal-setup`, the base-backup flow (which refreshes the config file from
+the repository block), the tests and the benchmark. No Prefect here.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from pathlib import Path
+from typing import Any
+
+from pgkeeper.errors import PgkeeperError
+from pgkeeper.wal import config as walconfig
+from pgkeeper.wal.command import SERVER_USER, archive_command, conf_quote
+
+
+def server_ids(user: str = SERVER_USER) -> tuple[int, int] | None:
+    """(uid, gid) of the server's OS user when we are root and must hand files to it."""
+    if os.geteuid() != 0:
+        return None
+    pw = pwd.getpwnam(user)
+    return pw.pw_uid, pw.pw_gid
+
+
+def prepare_spool(spool: Path, user: str = SERVER_USER) -> Path:
+    """Create the spool so that the server user can write it (archive_command runs as that user)."""
+    spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ids = server_ids(user)
+    if ids is not None:
+        os.chown(spool, *ids)
+        for d in spool.rglob("*"):
+            os.chown(d, *ids)
+        # Every parent must be traversable by that user; we do not loosen them ourselves.
+        for parent in spool.resolve().parents:
+            st = parent.stat()
+            if not (st.st_mode & 0o001 or st.st_uid == ids[0] or (st.st_gid == ids[1] and st.st_mode & 0o010)):
+                raise PgkeeperError(f"the {user} OS user cannot reach the WAL spool {spool}: "
+                                    f"{parent} is not searchable by it (chmod o+x {parent})")
+    return spool
+
+
+def write_config(path: Path, cfg: walconfig.WalConfig, user: str = SERVER_USER) -> Path:
+    prepare_spool(Path(cfg.spool), user)
+    return walconfig.write(path, cfg, server_ids(user))
+
+
+def archive_settings(config_path: Path | str, archive_timeout: str = "60s",
+                     user: str = SERVER_USER) -> dict[str, str]:
+    """postgresql.conf lines (name -> literal) that archive every WAL file through wal-push."""
+    return {
+        "wal_level": "replica",
+        "archive_mode": "on",
+        "archive_command": conf_quote(archive_command(config_path, user)),
+        "archive_timeout": conf_quote(archive_timeout),
+    }
+
+
+def config_from_repository(repo: Any, previous: walconfig.WalConfig | None = None) -> walconfig.WalConfig:
+    """The WAL settings a BackupRepository block implies: spool <path>/wal, its offsite bucket."""
+    s3 = None
+    bucket = getattr(repo, "offsite", None)
+    if bucket is not None:
+        creds = bucket.credentials
+        params = creds.aws_client_parameters
+        secret = getattr(creds, "aws_secret_access_key", None)
+        s3 = walconfig.S3Target(
+            bucket=bucket.bucket_name, prefix=(bucket.bucket_folder or "").strip("/"),
+            endpoint_url=params.endpoint_url, region=getattr(creds, "region_name", None),
+            access_key_id=getattr(creds, "aws_access_key_id", None),
+            secret_access_key=secret.get_secret_value() if secret else None)
+    return walconfig.WalConfig(
+        spool=str(Path(repo.path) / "wal"), s3=s3,
+        compression_level=previous.compression_level if previous else 1,
+        keep_local_seconds=previous.keep_local_seconds if previous else 0.0)

@@ -1,0 +1,72 @@
+"""The base-backup flow against a real cluster that archives through wal-push."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from pydantic import SecretStr
+
+from pgkeeper.blocks.postgres import PostgresConnection
+from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.catalog import list_backups
+from pgkeeper.wal.archive import segments_between
+from pgkeeper.wal.spool import LocalWalStore
+from pgkeeper.wal.testing import ArchivingCluster, archiving_cluster
+from tests.conftest import PASSWORD
+
+
+@pytest.fixture(scope="module")
+def arch() -> Iterator[ArchivingCluster]:
+    with archiving_cluster(PASSWORD) as a:
+        yield a
+
+
+def blocks(cluster, repo_path: Path) -> tuple[str, str]:
+    suffix = uuid.uuid4().hex[:8]
+    PostgresConnection(host=cluster.host, port=cluster.port, user="postgres", password=SecretStr(cluster.password),
+                       database="postgres").save(f"bb-db-{suffix}", overwrite=True)
+    BackupRepository(path=str(repo_path)).save(f"bb-repo-{suffix}", overwrite=True)
+    return f"bb-db-{suffix}", f"bb-repo-{suffix}"
+
+
+def test_base_backup_is_stored_verified_and_its_wal_archived(arch: ArchivingCluster) -> None:
+    from pgkeeper.flows.base_backup import base_backup
+
+    with psycopg.connect(arch.cluster.conninfo(), autocommit=True) as c:
+        c.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10000) g")
+        sysid = str(c.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])
+    db, repo_block = blocks(arch.cluster, arch.repo_path)
+    m = base_backup(connection_block=db, repository_block=repo_block, wal_config=str(arch.config_path))
+
+    assert m.kind == "physical" and m.timeline == 1 and m.system_identifier == sysid
+    assert m.start_lsn and m.stop_lsn and m.wal_segment_size == 16 * 1024 * 1024
+    folder = arch.repo_path / "backups" / m.backup_id
+    names = {f.name for f in m.files}
+    assert {"base.tar.zst", "backup_manifest"} <= names
+    assert sorted(p.name for p in folder.iterdir()) == sorted(names | {"manifest.json"})
+    pg_manifest = json.loads((folder / "backup_manifest").read_text())
+    assert pg_manifest["WAL-Ranges"][0]["Start-LSN"] == m.start_lsn
+    assert m.status == "checked"
+    assert all(v.startswith("PASS") for v in m.verifications[0].checks.values())
+    # The WAL the backup needs to become consistent is in the archive now.
+    archived = {o.name for o in LocalWalStore(arch.repo_path / "wal").objects()}
+    assert set(segments_between(m.start_lsn, m.stop_lsn, 1)) <= archived
+    assert [b.backup_id for b in list_backups(BackupRepository(path=str(arch.repo_path)).local())] == [m.backup_id]
+    cfg = json.loads(arch.config_path.read_text())
+    assert cfg["spool"] == str(arch.repo_path / "wal")
+
+
+def test_base_backup_refuses_a_server_that_does_not_archive(pg, tmp_path: Path) -> None:
+    from pgkeeper.flows.base_backup import base_backup
+
+    db, repo_block = blocks(pg, tmp_path / "repo")
+    state = base_backup(connection_block=db, repository_block=repo_block, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="archiving is off"):
+        state.result()
+    assert not list((tmp_path / "repo" / "backups").glob("backup_*"))
