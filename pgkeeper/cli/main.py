@@ -14,7 +14,10 @@ COMMAND_MODULES = [
     "pgkeeper.cli.catalog_cmd",
     "pgkeeper.cli.demo_cmd",
     "pgkeeper.cli.restore_cmd",
+    "pgkeeper.cli.retention_cmd",
     "pgkeeper.cli.server_cmd",
+    "pgkeeper.cli.setup_cmd",
+    "pgkeeper.cli.serve_cmd",
     "pgkeeper.cli.verify_cmd",
 ]
 

@@ -11,9 +11,18 @@ from pgkeeper.config import load_block
 B = TypeVar("B", bound=Block)
 
 
+def _settings_only(value: Any) -> Any:
+    # A loaded block also dumps its document id and name (keys starting with "_").
+    if isinstance(value, dict):
+        return {k: _settings_only(v) for k, v in value.items() if not k.startswith("_")}
+    if isinstance(value, list):
+        return [_settings_only(v) for v in value]
+    return value
+
+
 def _plain(block: Block) -> Any:
     # Secrets revealed for the comparison only; the result is never printed or logged.
-    return block.model_dump(mode="json", context={"include_secrets": True})
+    return _settings_only(block.model_dump(mode="json", context={"include_secrets": True}))
 
 
 def save_block(block: B, name: str) -> tuple[str, B]:

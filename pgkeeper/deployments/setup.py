@@ -1,0 +1,129 @@
+"""`pgkeeper setup`: from the old scripts' environment to a running service's configuration.
+
+Blocks (connection, repository, S3, SMTP, mail, Sentry DSN), the work pool, the variables
+prefect.yaml reads, the deployments and the automations. Each step creates what is missing,
+updates what differs and leaves the rest alone, so a second run changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, connection_from_env, repository_from_env
+from pgkeeper.deployments import env as envmod
+from pgkeeper.deployments.blocks import save_block
+from pgkeeper.deployments.server_objects import DEFAULT_WORK_POOL, ensure_variable, ensure_work_pool
+
+SMTP_BLOCK = "pgkeeper-smtp"
+MAIL_BLOCK = "pgkeeper-mail"
+AWS_BLOCK = "pgkeeper-aws"
+S3_BLOCK = "pgkeeper-s3"
+SENTRY_BLOCK = "pgkeeper-sentry-dsn"
+
+Report = Callable[[str, str], None]
+
+
+def s3_bucket_from_env(env: Mapping[str, str]):  # -> S3Bucket, with its credentials saved
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+    secret = env.get("AWS_SECRET_ACCESS_KEY")
+    creds = AwsCredentials(
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
+        aws_secret_access_key=SecretStr(secret) if secret else None,
+        region_name=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None,
+        aws_client_parameters=AwsClientParameters(endpoint_url=endpoint))
+    return creds, lambda saved: S3Bucket(bucket_name=env["S3_BUCKET"].strip(), credentials=saved,
+                                         bucket_folder=env.get("S3_PREFIX", "").strip().strip("/"))
+
+
+def repository_fields(env: Mapping[str, str], offsite: Any | None) -> dict[str, Any]:
+    """The repository block's settings that the environment decides (only fields it has)."""
+    base = repository_from_env(env)
+    fields = base.model_dump(exclude={"block_type_slug"})
+    known = type(base).model_fields
+    if "offsite" in known:
+        fields["offsite"] = offsite
+    if "s3_upload" in known:
+        fields["s3_upload"] = offsite is not None
+    if "retention_days" in known and env.get("RETENTION_DAYS", "").strip():
+        fields["retention_days"] = envmod.int_var(env, "RETENTION_DAYS", 30)
+    return fields
+
+
+def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = None,
+              report: Report = lambda item, outcome: None) -> list[tuple[str, str]]:
+    """Apply the environment; returns (item, 'created'|'updated'|'unchanged'|'removed'|'off')."""
+    from pgkeeper.blocks.repository import BackupRepository
+    from pgkeeper.deployments.automations import (
+        FAILURE_AUTOMATION,
+        WARNING_AUTOMATION,
+        apply_automation,
+        failure_automation,
+        remove_automation,
+        warning_automation,
+    )
+    from pgkeeper.deployments.deploy import apply_deployments, default_prefect_yaml
+    from pgkeeper.names import check_identifier
+
+    envmod.check_environment(env)
+    check_identifier("database", env["POSTGRES_DB"])
+    done: list[tuple[str, str]] = []
+
+    def note(item: str, outcome: str) -> None:
+        done.append((item, outcome))
+        report(item, outcome)
+
+    conn = connection_from_env(env)
+    if not isinstance(conn.password, SecretStr) and conn.password is not None:
+        conn = conn.model_copy(update={"password": SecretStr(str(conn.password))})
+    note(f"block {DEFAULT_CONNECTION_BLOCK} ({conn.describe()})", save_block(conn, DEFAULT_CONNECTION_BLOCK)[0])
+
+    offsite = None
+    if envmod.enabled(env, "ENABLE_S3_UPLOAD"):
+        creds, make_bucket = s3_bucket_from_env(env)
+        outcome, saved_creds = save_block(creds, AWS_BLOCK)
+        note(f"block {AWS_BLOCK}", outcome)
+        outcome, offsite = save_block(make_bucket(saved_creds), S3_BLOCK)
+        note(f"block {S3_BLOCK} (s3://{env['S3_BUCKET'].strip()}/{env.get('S3_PREFIX', '').strip('/')})", outcome)
+    repo = BackupRepository(**repository_fields(env, offsite))
+    note(f"block {DEFAULT_REPOSITORY_BLOCK} ({repo.path})", save_block(repo, DEFAULT_REPOSITORY_BLOCK)[0])
+
+    mail_block_id = None
+    mail = envmod.notification_from_env(env)
+    if mail is not None:
+        outcome, saved_creds = save_block(mail.credentials, SMTP_BLOCK)
+        note(f"block {SMTP_BLOCK} ({env['SMTP_HOST'].strip()})", outcome)
+        mail = mail.model_copy(update={"credentials": saved_creds})
+        outcome, saved_mail = save_block(mail, MAIL_BLOCK)
+        note(f"block {MAIL_BLOCK} (to {', '.join(mail.recipients)})", outcome)
+        mail_block_id = saved_mail._block_document_id
+
+    dsn = envmod.sentry_dsn_from_env(env)
+    if dsn:
+        from prefect.blocks.system import Secret
+
+        note(f"block {SENTRY_BLOCK}", save_block(Secret(value=SecretStr(dsn)), SENTRY_BLOCK)[0])
+
+    pool = env.get("PGKEEPER_WORK_POOL", DEFAULT_WORK_POOL).strip() or DEFAULT_WORK_POOL
+    note(f"work pool {pool} (process)", ensure_work_pool(pool))
+    yaml_path = (prefect_yaml or default_prefect_yaml()).resolve()
+    settings = {"pgkeeper_project_dir": str(yaml_path.parent),
+                "pgkeeper_timezone": (env.get("PGKEEPER_TIMEZONE") or env.get("TZ") or "UTC").strip()}
+    for name, value in settings.items():
+        note(f"variable {name}={value}", ensure_variable(name, value))
+    note(f"deployments from {yaml_path}", apply_deployments(yaml_path, settings))
+
+    if mail_block_id is not None:
+        note(f"automation {FAILURE_AUTOMATION!r}", apply_automation(failure_automation(mail_block_id)))
+        note(f"automation {WARNING_AUTOMATION!r}", apply_automation(warning_automation(mail_block_id)))
+    else:
+        for name in (FAILURE_AUTOMATION, WARNING_AUTOMATION):
+            note(f"automation {name!r}", "removed" if remove_automation(name) else "off (ENABLE_EMAIL_ALERTS)")
+    return done

@@ -1,0 +1,103 @@
+"""`pgkeeper setup` from the old scripts' environment: what it creates, twice, and bad input."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from tests.helpers import run_cli
+
+SMTP_PASS = "smtp-Pw-" + uuid.uuid4().hex[:8]
+AWS_SECRET = "aws-Secret-" + uuid.uuid4().hex[:8]
+SENTRY_DSN = "http://publickey" + uuid.uuid4().hex[:6] + "@127.0.0.1:9/1"
+
+
+@pytest.fixture
+def setup_env(pg_env, smtp_server, s3_endpoint, s3_bucket) -> dict[str, str]:
+    host, port, _ = smtp_server
+    return {**pg_env, "ENABLE_EMAIL_ALERTS": "true", "ALERT_EMAIL": "dba@example.com, ops@example.com",
+            "SMTP_HOST": host, "SMTP_PORT": str(port), "SMTP_USER": "pgkeeper", "SMTP_PASS": SMTP_PASS,
+            "ENABLE_S3_UPLOAD": "true", "S3_BUCKET": s3_bucket, "S3_PREFIX": "crm-backups",
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_ENDPOINT_URL": s3_endpoint,
+            "RETENTION_DAYS": "14", "SENTRY_DSN": SENTRY_DSN, "PGKEEPER_TIMEZONE": "Europe/Paris"}
+
+
+def block_document(slug: str, name: str) -> dict:
+    """The block as the API (and so the UI) shows it: secrets are not revealed."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        doc = client.read_block_document_by_name(name, block_type_slug=slug, include_secrets=False)
+    return doc.data
+
+
+def test_setup_from_environment_then_again_changes_nothing(setup_env, pg_env) -> None:
+    from prefect.automations import Automation
+    from prefect.client.orchestration import get_client
+
+    first = run_cli("setup", env=setup_env)
+    assert first.returncode == 0, first.stderr
+    out = first.stdout + first.stderr
+    for secret in (pg_env["POSTGRES_PASSWORD"], SMTP_PASS, AWS_SECRET, SENTRY_DSN):
+        assert secret not in out
+
+    # Secrets given through the environment are secrets in the blocks.
+    db = block_document("pgkeeper-postgres-connection", "pgkeeper-db")
+    assert db["database"] == pg_env["POSTGRES_DB"] and db["port"] == int(pg_env["POSTGRES_PORT"])
+    smtp = block_document("email-server-credentials", "pgkeeper-smtp")
+    aws = block_document("aws-credentials", "pgkeeper-aws")
+    sentry = block_document("secret", "pgkeeper-sentry-dsn")
+    dumped = json.dumps([db, smtp, aws, sentry], default=str)
+    for secret in (pg_env["POSTGRES_PASSWORD"], SMTP_PASS, AWS_SECRET, SENTRY_DSN):
+        assert secret not in dumped
+    assert db["password"].startswith("*") and smtp["password"].startswith("*")
+
+    repo = block_document("pgkeeper-backup-repository", "pgkeeper-repo")
+    assert repo["path"] == pg_env["BACKUP_DIR"] and repo["retention_days"] == 14
+    mail = block_document("pgkeeper-mail-notification", "pgkeeper-mail")
+    assert mail["recipients"] == ["dba@example.com", "ops@example.com"]
+
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool("pgkeeper").type == "process"
+        daily = client.read_deployment_by_name("backup/daily")
+        assert daily.tags == ["pgkeeper"] and daily.work_pool_name == "pgkeeper"
+        assert daily.parameters == {"connection_block": "pgkeeper-db", "repository_block": "pgkeeper-repo"}
+        assert daily.global_concurrency_limit is not None and daily.global_concurrency_limit.limit == 1
+        schedule = daily.schedules[0].schedule
+        assert schedule.cron == "0 2 * * *" and schedule.timezone == "Europe/Paris"
+        updated_before = daily.updated
+    failure = Automation.read(name="pgkeeper: mail on failed run")
+    expected = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
+    assert expected <= failure.trigger.expect
+
+    second = run_cli("setup", env=setup_env)
+    assert second.returncode == 0, second.stderr
+    assert "nothing to change" in second.stdout
+    assert "created" not in second.stdout and "updated" not in second.stdout
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment_by_name("backup/daily").updated == updated_before
+    assert len(Automation.read(name="pgkeeper: mail on failed run").actions) == 1
+
+    changed = run_cli("setup", env={**setup_env, "ALERT_EMAIL": "new@example.com"})
+    assert changed.returncode == 0, changed.stderr
+    assert "updated  block pgkeeper-mail" in changed.stdout
+    assert block_document("pgkeeper-mail-notification", "pgkeeper-mail")["recipients"] == ["new@example.com"]
+
+
+@pytest.mark.parametrize("missing", ["POSTGRES_PASSWORD", "BACKUP_DIR"])
+def test_missing_required_variable_is_one_clear_line(pg_env, missing) -> None:
+    env = {k: v for k, v in pg_env.items() if k != missing}
+    result = run_cli("setup", env=env)
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"pgkeeper: error: missing required environment variable: {missing} "
+                     "(see `pgkeeper setup --help`)"]
+
+
+def test_mail_alerts_need_their_variables(pg_env) -> None:
+    result = run_cli("setup", env={**pg_env, "ENABLE_EMAIL_ALERTS": "true"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("pgkeeper: error: missing required environment variables: ALERT_EMAIL, "
+                                     "SMTP_HOST (see `pgkeeper setup --help`)")
