@@ -54,7 +54,44 @@ def repository_from_env(env: Mapping[str, str] = os.environ) -> BackupRepository
     fields: dict[str, Any] = {"path": env.get("BACKUP_DIR", "/backups")}
     if env.get("PGKEEPER_COMPRESSION"):
         fields["compression"] = env["PGKEEPER_COMPRESSION"]
+    fields.update(offsite_from_env(env))
     return BackupRepository(**fields)
+
+
+def _env_number(env: Mapping[str, str], name: str) -> int | None:
+    if not env.get(name):
+        return None
+    try:
+        return int(env[name])
+    except ValueError:
+        raise BadName(f"{name}={env[name]!r} is not a whole number") from None
+
+
+def offsite_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The old scripts' S3_BUCKET, S3_PREFIX, ENABLE_S3_UPLOAD, RETENTION_DAYS and the AWS_*
+    variables as repository fields. Without AWS_ACCESS_KEY_ID, boto3's usual chain applies."""
+    fields: dict[str, Any] = {}
+    days = _env_number(env, "RETENTION_DAYS")
+    if days is not None:
+        fields["retention_days"] = days
+    if not env.get("S3_BUCKET"):
+        return fields
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    # MinIO, R2 and friends want path-style addressing; AWS itself is fine with it too.
+    params = AwsClientParameters(endpoint_url=endpoint,
+                                 config={"s3": {"addressing_style": "path"}} if endpoint else None)
+    credentials = AwsCredentials(
+        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"), aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=env.get("AWS_SESSION_TOKEN"),
+        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"), aws_client_parameters=params)
+    fields["offsite"] = S3Bucket(bucket_name=env["S3_BUCKET"], bucket_folder=env.get("S3_PREFIX", "").strip("/"),
+                                 credentials=credentials)
+    # The old scripts uploaded only with ENABLE_S3_UPLOAD=true; the bucket is still readable without it.
+    fields["s3_upload"] = env.get("ENABLE_S3_UPLOAD", "").strip().lower() in ("1", "true", "yes", "on")
+    return fields
 
 
 def _override(block: B, overrides: Mapping[str, Any]) -> B:

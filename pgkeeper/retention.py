@@ -1,7 +1,8 @@
 """Which backups to keep: a pure policy (no I/O), the same for the local directory and S3.
 
 Grandfather-father-son over complete backups, per (kind, database) group:
-  - daily:   the newest backup of each of the last `daily_days` calendar days (UTC),
+  - daily:   every backup of the last `daily_days` calendar days (UTC): the old scripts'
+             RETENTION_DAYS, so nothing they kept is removed, however often backups run,
   - weekly:  the newest backup of each of the last `weekly_weeks` ISO weeks,
   - monthly: the newest backup of each of the last `monthly_months` calendar months,
   - minimum: the newest `min_count` backups, whatever their age,
@@ -16,8 +17,9 @@ Nothing is removed at all while the newest backup failed:
   - the newest complete backup of a group failed its last verification -> nothing is removed
     in that group.
 Only complete backups count towards the rules. A complete backup whose last verification
-failed fills no daily/weekly/monthly slot (a good backup of the same period is preferred) and
-counts towards the minimum only when there are not enough good ones. Incomplete backups get no
+failed is kept inside the daily window like any other, but fills no weekly/monthly slot (a good
+backup of the same period is preferred) and counts towards the minimum only when there are
+not enough good ones. Incomplete backups get no
 decision here: garbage collection removes them once they are old enough.
 Labels (e.g. "pre-restore") change nothing: such backups are kept by the same rules.
 """
@@ -112,10 +114,9 @@ def _plan_group(group: str, items: list[BackupRecord], policy: RetentionPolicy) 
     for r in (good + failed)[:max(policy.min_count, 0)]:
         keep.add(r.backup_id, f"one of the newest {policy.min_count}")
 
-    daily = _newest_per_period(good, lambda r: r.taken_at.date(),
-                               lambda r: (anchor - r.taken_at.date()).days, policy.daily_days)
-    for backup_id, day in daily.items():
-        keep.add(backup_id, f"daily: newest of {day}")
+    for r in items:
+        if (anchor - r.taken_at.date()).days < policy.daily_days:
+            keep.add(r.backup_id, f"daily: within the last {policy.daily_days} days")
 
     anchor_week = _week_start(anchor)
     weekly = _newest_per_period(

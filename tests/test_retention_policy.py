@@ -73,16 +73,19 @@ def test_every_invariant_holds_on_random_histories(records, policy):
         good = [r for r in items if r.good]
         if good:
             assert good[0].backup_id in kept
-            # The newest good backup of each day inside the daily window stays.
-            anchor = items[0].taken_at.date()
-            seen_days = set()
-            for r in good:
-                day = r.taken_at.date()
-                if day in seen_days:
-                    continue
-                seen_days.add(day)
-                if (anchor - day).days < policy.daily_days and items[0].good:
-                    assert r.backup_id in kept, f"{r.backup_id}: newest of {day} inside the daily window"
+        # Every backup inside the daily window stays (the old scripts' RETENTION_DAYS).
+        anchor = items[0].taken_at.date()
+        for r in items:
+            if (anchor - r.taken_at.date()).days < policy.daily_days:
+                assert r.backup_id in kept, f"{r.backup_id}: inside the daily window"
+        # Each of the last weekly_weeks weeks keeps its newest good backup.
+        if items[0].good:
+            monday = anchor - timedelta(days=anchor.weekday())
+            for week in range(policy.weekly_weeks):
+                start = monday - timedelta(weeks=week)
+                in_week = [r for r in good if start <= r.taken_at.date() < start + timedelta(days=7)]
+                if in_week:
+                    assert in_week[0].backup_id in kept, f"{in_week[0].backup_id}: newest of week {start}"
 
     # Running retention again over what was kept removes nothing more (no cascade).
     survivors = [r for r in records if not r.complete or r.backup_id in kept]
@@ -142,3 +145,12 @@ def test_400_daily_backups_leave_exactly_the_gfs_set():
     assert by_id[new_backup_id(datetime(2023, 12, 31, 2, 0, 5, tzinfo=UTC))] == "monthly: newest of 2023-12"
     assert "newest verified backup" in by_id[new_backup_id(drill)]
     assert "weekly: newest of 2024-W06" in by_id[new_backup_id(datetime(2024, 2, 11, 2, 0, 5, tzinfo=UTC))]
+
+
+def test_several_backups_a_day_are_all_kept_inside_the_daily_window():
+    newest = datetime(2024, 3, 15, 23, tzinfo=UTC)
+    records = [record(newest - timedelta(hours=h)) for h in range(0, 24 * 10)]  # hourly, 10 days
+    decisions = plan(records, RetentionPolicy(daily_days=3, weekly_weeks=0, monthly_months=0, min_count=1))
+    kept = [d for d in decisions if d.keep]
+    assert len(kept) == 72  # Mar 13, 14, 15: every hour
+    assert all(d.reason.startswith("daily: within the last 3 days") or "newest" in d.reason for d in kept)

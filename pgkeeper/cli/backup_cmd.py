@@ -25,5 +25,6 @@ def run(args: argparse.Namespace) -> int:
     m = backup(**connection_params(args), **repository_params(args), labels=args.label)
     ratio = f", ratio {m.ratio:.1f}x" if m.ratio else ""
     print(f"backup {m.backup_id} of {m.database}: {human_bytes(m.size)}{ratio}, {len(m.tables)} tables, "
-          f"{sum(m.tables.values())} rows, {human_seconds(m.duration_seconds)}, {m.status}")
+          f"{sum(m.tables.values())} rows, {human_seconds(m.duration_seconds)}, {m.status}"
+          + "".join(f"; {line}" for line in m.outcome))
     return 0

@@ -11,18 +11,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list the backups in the repository")
     add_repository_args(p)
     p.add_argument("--database", "-d", help="only backups of this database")
+    p.add_argument("--s3", action="store_true", help="the catalog in the offsite bucket, read from the bucket alone")
     p.set_defaults(func=run)
 
 
 def open_repository(args: argparse.Namespace):  # -> BackupRepository
     """The repository from flags/env without Prefect when possible, else from its block."""
-    if needs_blocks(args):
+    import os
+
+    # The bucket named by S3_BUCKET needs no block (a new machine may have nothing else).
+    use_blocks = needs_blocks(args) and not (
+        getattr(args, "s3", False) and os.environ.get("S3_BUCKET") and not args.repository_block)
+    if use_blocks:
         from pgkeeper.local_server import ensure_api
 
         ensure_api(announce=False)
     from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
 
-    block = (args.repository_block or DEFAULT_REPOSITORY_BLOCK) if needs_blocks(args) else None
+    block = (args.repository_block or DEFAULT_REPOSITORY_BLOCK) if use_blocks else None
     return load_repository(block, path=args.backup_dir)
 
 
@@ -31,9 +37,10 @@ def run(args: argparse.Namespace) -> int:
     from pgkeeper.fmt import human_bytes, human_seconds
 
     repo = open_repository(args)
-    backups = list_backups(repo.local(), args.database)
+    storage = repo.storage("s3") if getattr(args, "s3", False) else repo.local()
+    backups = list_backups(storage, args.database)
     if not backups:
-        print(f"no backups in {repo.local().describe()}")
+        print(f"no backups in {storage.describe()}")
         return 0
     rows = []
     for m in backups:
@@ -45,5 +52,5 @@ def run(args: argparse.Namespace) -> int:
         ])
     print_table(["ID", "FINISHED", "DATABASE", "KIND", "SIZE", "RATIO", "TABLES", "STATUS", "RTO", "LABELS"],
                 rows)
-    print(f"{len(backups)} backup(s) in {repo.local().describe()}")
+    print(f"{len(backups)} backup(s) in {storage.describe()}")
     return 0

@@ -6,6 +6,7 @@ from prefect import flow
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.deployments.limits import backup_slot
+from pgkeeper.flows.retention import after_backup
 from pgkeeper.manifest import Manifest
 from pgkeeper.tasks.dump import dump_database
 from pgkeeper.tasks.notify import mail_backup_success
@@ -45,5 +46,6 @@ def backup(
             abandon_backup(repo, backup_id)
             raise
     report_backup(manifest, repo.local().describe(), info.warnings)
+    manifest.outcome = after_backup(repo, backup_id)  # offsite upload → retention → garbage collection
     mail_backup_success(manifest, repo, info.warnings)  # only when mail is configured
     return manifest

@@ -16,7 +16,7 @@ import contextlib
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -225,6 +225,23 @@ class S3Storage:
                 first = result["Errors"][0]
                 raise RepositoryError(f"could not delete s3://{self.bucket_name}/{first.get('Key')}: "
                                       f"{first.get('Code')}", transient=True)
+
+    def orphan_objects(self) -> dict[str, list[StoredObject]]:
+        """Objects of backups that have no manifest, by backup id."""
+        objects = self.list_objects()
+        complete = {o.name.split("/")[1] for o in objects if o.name.endswith("/" + MANIFEST)}
+        orphans: dict[str, list[StoredObject]] = {}
+        for o in objects:
+            parts = o.name.split("/")
+            if len(parts) == 3 and is_backup_id(parts[1]) and parts[1] not in complete:
+                orphans.setdefault(parts[1], []).append(o)
+        return orphans
+
+    def incomplete_backups(self, stale_after_s: float = 2 * 86400) -> list[str]:
+        """Backups with objects but no manifest, untouched for `stale_after_s` (0: all of them)."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=stale_after_s)
+        return sorted(i for i, objs in self.orphan_objects().items()
+                      if stale_after_s <= 0 or all(o.last_modified < cutoff for o in objs))
 
     def pending_uploads(self, under: str = "backups/") -> list[PendingUpload]:
         found = []

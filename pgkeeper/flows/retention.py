@@ -1,0 +1,55 @@
+"""The retention flow: apply the keep policy to the local repository or the bucket, then collect
+the debris of interrupted backups and uploads. Also the steps the backup flow runs after a
+backup: offsite upload → retention → garbage collection."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow
+
+from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
+from pgkeeper.tasks.offsite import collect_garbage, upload_backup
+from pgkeeper.tasks.retention import RetentionReport, apply_retention
+
+
+def after_backup(repo: BackupRepository, backup_id: str) -> list[str]:
+    """Upload (when offsite is configured), then retention and garbage collection on every
+    source; one line per step for the caller. Runs inside the backup flow."""
+    lines = []
+    sources = ["local"]
+    if repo.has_offsite():
+        uploaded = upload_backup(repo, backup_id)
+        lines.append(f"uploaded to {uploaded.location}, checksum verified")
+        sources.append("s3")
+    reports = [apply_retention(repo, source) for source in sources]
+    if len(reports) == 1:
+        lines.append(f"retention: {reports[0].summary()}")
+    else:
+        lines.append("retention: " + ", ".join(f"{r.summary()} ({r.source})" for r in reports))
+    for source in sources:
+        collect_garbage(repo, source)
+    return lines
+
+
+@flow(name="retention", log_prints=True)
+def retention(
+    repository_block: str = DEFAULT_REPOSITORY_BLOCK,
+    backup_dir: str | None = None,
+    sources: list[Literal["local", "s3"]] | None = None,
+    dry_run: bool = False,
+    gc_safety_hours: float | None = None,
+) -> list[RetentionReport]:
+    """Keep what the policy says (never the newest verified backup, never fewer than the
+    minimum, nothing at all while the newest backup failed), remove the rest, then collect
+    garbage. `sources` defaults to the local repository, plus the bucket when uploads are on.
+    A dry run reports the same decisions and removes nothing."""
+    repo = load_repository(repository_block, path=backup_dir)
+    sources = sources or (["local", "s3"] if repo.has_offsite() else ["local"])
+    reports = []
+    for source in sources:
+        reports.append(apply_retention(repo, source, dry_run))
+        if not dry_run:
+            collect_garbage(repo, source, gc_safety_hours)
+    return reports
