@@ -91,6 +91,7 @@ def verify(
             (log.info if result.ok else log.error)(result.line())
 
     rto: float | None = None
+    scratch_server: str | None = None
     if restore:
         scratch = scratch_connection(connection_block, scratch_connection_block, host, port, user)
         with work_area(work_dir) as work:
@@ -102,7 +103,7 @@ def verify(
             drill = check(3, restore_drill, scratch, fetched.path, scratch_database_name(flow_run.id),
                           jobs, restore_timeout_seconds) if fetched and fmt else None
             if fetched and drill:
-                rto = fetched.seconds + drill.restore_seconds
+                rto, scratch_server = fetched.seconds + drill.restore_seconds, drill.server
                 add(restore_passed(drill))
                 add(check(4, check_data, target, drill.tables, drill.objects))
     else:
@@ -125,12 +126,11 @@ def verify(
     anomalies = check_anomalies(target, catalog.backups, anomaly_threshold)
     report = VerifyReport(backup_id=target.backup_id, database=target.database, source=source,
                           method="restore" if restore else "quick", checks=checks,
-                          restore_seconds=rto, anomalies=anomalies)
+                          restore_seconds=rto, scratch_server=scratch_server, anomalies=anomalies)
     updated = record_verification(repo, source, report)
     recent = [updated if m.backup_id == updated.backup_id else m for m in catalog.backups][-history:]
     report_verification(report, recent)
-    for line in report.lines():
-        log.info(line)
+    (log.info if report.ok else log.error)(report.lines()[-1])
     if not report.ok:
         failed = [c.title for c in report.checks if c.status == "FAIL"]
         raise VerificationFailed(f"backup {report.backup_id} failed verification: " + "; ".join(failed),

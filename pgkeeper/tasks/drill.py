@@ -17,12 +17,12 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.config import load_block, load_connection
 from pgkeeper.errors import NotFound
-from pgkeeper.pgdb import count_database, create_database, drop_database
+from pgkeeper.pgdb import count_database, create_database, database_exists, drop_database
 from pgkeeper.tasks.pg_restore import pg_restore_into
 from pgkeeper.tasks.policy import RETRYABLE
 
@@ -31,6 +31,7 @@ SCRATCH_PREFIX = "pgkeeper_verify_"
 
 class DrillResult(BaseModel):
     database: str
+    server: str = Field(description="user@host:port the drill restored into")
     restore_seconds: float
     tables: dict[str, int]
     objects: dict[str, int]
@@ -93,7 +94,8 @@ def restore_drill(scratch: PostgresConnection, archive: str, name: str, jobs: in
         # by now, and DROP ... WITH (FORCE) ends the server sessions it left.
         _drop(scratch, name, quiet=failed)
     log.info("scratch database %s dropped", name)
-    return DrillResult(database=name, restore_seconds=seconds, tables=tables, objects=objects)
+    return DrillResult(database=name, server=scratch.describe(name).rsplit('/', 1)[0],
+                       restore_seconds=seconds, tables=tables, objects=objects)
 
 
 def drop_scratch_after_run(flow: Any, flow_run: Any, state: Any) -> None:
@@ -108,9 +110,13 @@ def drop_scratch_after_run(flow: Any, flow_run: Any, state: Any) -> None:
     try:
         conn = scratch_connection(params.get("connection_block"), params.get("scratch_connection_block"),
                                   params.get("host"), params.get("port"), params.get("user"))
+        if not database_exists(conn, name):
+            logger.info("verify run %s ended %s: scratch database %s was already gone", flow_run.name,
+                        state.name, name)
+            return
         drop_database(conn, name)
-        logger.info("verify run %s ended %s: scratch database %s is dropped", flow_run.name,
-                    state.name, name)
+        logger.warning("verify run %s ended %s: scratch database %s was left behind and is now dropped",
+                       flow_run.name, state.name, name)
     except Exception as exc:
         logger.error("verify run %s ended %s and scratch database %s could not be dropped: %s",
                      flow_run.name, state.name, name, exc)

@@ -76,6 +76,7 @@ class VerifyReport(BaseModel):
     method: Literal["restore", "quick"]
     checks: list[CheckResult]
     restore_seconds: float | None = Field(default=None, description="measured RTO: fetch + restore")
+    scratch_server: str | None = Field(default=None, description="where the restore drill ran")
     anomalies: list[str] = Field(default_factory=list)
 
     @property
