@@ -201,3 +201,25 @@ def test_latest_with_no_backups_and_bad_targets(pg, crm_db, env, repo):
             restore("latest", target=target, confirmed=True)
     assert not database_exists(pg, "../etc")
     assert table_fingerprints(pg.conninfo(crm_db)) == before
+
+
+def test_restore_from_s3_when_the_local_copy_is_gone(pg, crm_db, env, repo, s3_endpoint, s3_bucket, monkeypatch):
+    import shutil
+
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+
+    for k, v in {"S3_BUCKET": s3_bucket, "S3_PREFIX": "restore-test", "ENABLE_S3_UPLOAD": "true",
+                 "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(k, v)
+    at_backup = table_fingerprints(pg.conninfo(crm_db))
+    manifest = backup()
+    shutil.rmtree(repo.path)  # the local disk is lost: only the bucket has it
+    change_data(pg, crm_db)
+    copy = crm_db + "_from_s3"
+    try:
+        report = restore(manifest.backup_id, mode="new", target=copy, source="s3")
+        assert report.source == "s3" and report.tables == manifest.tables
+        assert table_fingerprints(pg.conninfo(copy)) == at_backup
+    finally:
+        drop_database(pg, copy)

@@ -1,0 +1,99 @@
+"""`pgkeeper restore`: put a backup back, asking on the terminal first (the UI asks with a form)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from pgkeeper.cli.common import add_connection_args, add_repository_args, connection_params, repository_params
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("restore", help="restore a backup (into a new database first, then swapped in)",
+                       description="Restore BACKUP ('latest', backup_YYYYMMDD_HHMMSS or an old file name such as "
+                                   "backup_20240315_143022.sql.gz). Replacing a database asks for its name first; "
+                                   "the previous database is kept, renamed.")
+    p.add_argument("backup", help="latest, a backup id, or an old backup file name")
+    p.add_argument("--from-s3", action="store_true", help="read the backup from S3 instead of the local repository")
+    p.add_argument("--into", metavar="NAME", help="restore into a new database NAME; nothing else is touched")
+    p.add_argument("--target", metavar="NAME", help="replace database NAME (default: the backup's own database)")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--jobs", "-j", type=int, default=2, help="parallel pg_restore jobs (default 2)")
+    p.add_argument("--no-safety-backup", action="store_true",
+                   help="do not back up the current database before replacing it")
+    p.add_argument("--drop-old", action="store_true", help="drop the replaced database instead of keeping it")
+    p.add_argument("--keep-old-hours", type=float, default=72,
+                   help="how long the replaced database is kept (default 72)")
+    p.add_argument("--keep-ownership", action="store_true",
+                   help="restore original owners and GRANTs (the roles must exist on this server)")
+    add_connection_args(p)
+    add_repository_args(p)
+    p.set_defaults(func=run)
+
+
+def describe_plan(plan) -> str:  # plan: RestorePlan
+    from pgkeeper.fmt import human_bytes, human_seconds
+
+    now = (f"exists, {human_bytes(plan.target_size)}; it will be kept as {plan.retire_as}"
+           if plan.target_exists else "does not exist yet; it will be created")
+    return "\n".join([
+        f"Replace database {plan.target} with backup {plan.backup_id}",
+        f"  target:   {plan.target} ({now})",
+        f"  backup:   {plan.backup_id} of {plan.backup_database}, from {plan.source} ({plan.location})",
+        f"  age:      {human_seconds(plan.age_seconds)}, finished {plan.finished_at:%Y-%m-%d %H:%M:%S} UTC",
+        f"  size:     {human_bytes(plan.size)} stored, {len(plan.tables)} tables, {sum(plan.tables.values())} rows",
+        f"  status:   {plan.status}",
+        "The backup is restored into a new database and checked before anything is swapped.",
+    ])
+
+
+def ask(plan) -> bool:
+    """The terminal's confirmation: the target's name typed back."""
+    print(describe_plan(plan))
+    try:
+        typed = input(f"Type the database name ({plan.target}) to go ahead: ")
+    except EOFError:
+        print("\nno answer (use --yes when there is no terminal): nothing was changed", file=sys.stderr)
+        return False
+    if typed.strip() != plan.target:
+        print(f"{typed.strip()!r} is not {plan.target!r}: restore cancelled, nothing was changed", file=sys.stderr)
+        return False
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    from pgkeeper.local_server import ensure_api
+
+    ensure_api()
+    from pgkeeper.config import load_connection, load_repository
+    from pgkeeper.flows.restore import restore
+    from pgkeeper.fmt import human_seconds
+    from pgkeeper.tasks.restore_steps import plan_restore
+
+    if args.into and args.target:
+        print("pgkeeper: error: give --into (a new database) or --target (a database to replace), not both",
+              file=sys.stderr)
+        return 2
+    conn_params, repo_params = connection_params(args), repository_params(args)
+    mode = "new" if args.into else "replace"
+    target = args.into or args.target
+    source = "s3" if args.from_s3 else "local"
+    conn = load_connection(conn_params["connection_block"], database=args.database, host=args.host,
+                           port=args.port, user=args.user)
+    repo = load_repository(repo_params["repository_block"], path=args.backup_dir)
+    # Resolved here so that what was confirmed is what runs, even if a new backup lands meanwhile.
+    plan = plan_restore(conn, repo, args.backup, source, mode, target)
+    if mode == "replace" and not args.yes and not ask(plan):
+        return 1
+    report = restore(backup=plan.backup_id, mode=mode, target=plan.target, source=source, confirmed=True,
+                     safety_backup=not args.no_safety_backup, keep_old=not args.drop_old,
+                     keep_old_hours=args.keep_old_hours, keep_ownership=args.keep_ownership, jobs=args.jobs,
+                     **conn_params, **repo_params)
+    print(f"restored {report.backup_id} into {report.target}: {len(report.tables)} tables, "
+          f"{sum(report.tables.values())} rows, checked against the manifest; RTO {human_seconds(report.rto_seconds)}")
+    if report.safety_backup_id:
+        print(f"safety backup of the replaced database: {report.safety_backup_id}")
+    if report.old_copy and report.old_copy_keep_until:
+        print(f"previous database kept as {report.old_copy} until "
+              f"{report.old_copy_keep_until:%Y-%m-%d %H:%M} UTC")
+    return 0

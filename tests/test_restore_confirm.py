@@ -1,0 +1,116 @@
+"""The confirmation form: the run pauses in the Prefect API and nothing happens until it is
+answered correctly. Driven through the real harness API with resume_flow_run, as the UI does."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.helpers import table_fingerprints
+from tests.test_restore import change_data, cleanup_copies, env, leftovers, old_copies  # noqa: F401
+
+
+def paused_run(stop: threading.Event, timeout: float = 120):
+    """The one paused flow run of this session's API, once its form is saved."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.input.actions import read_flow_run_input
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline and not stop.is_set():
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))))
+            for run in runs:
+                description = read_flow_run_input("paused-1-description", flow_run_id=run.id)
+                if description:
+                    return run, description
+            time.sleep(0.2)
+    return None, None
+
+
+def restore_answering(answer: dict[str, Any] | None, **params: Any):
+    """Run the restore flow here; a second thread plays the operator at the paused form."""
+    from prefect.flow_runs import resume_flow_run
+
+    from pgkeeper.flows.restore import restore
+
+    seen: dict[str, Any] = {}
+    stop = threading.Event()
+
+    def operator() -> None:
+        run, description = paused_run(stop)
+        seen["description"] = description
+        if run is not None and answer is not None:
+            resume_flow_run(run.id, run_input=answer)
+
+    t = threading.Thread(target=operator, daemon=True)
+    t.start()
+    try:
+        state = restore("latest", return_state=True, **params)
+    finally:
+        stop.set()
+        t.join(30)
+    return state, seen.get("description")
+
+
+@pytest.fixture
+def backed_up(pg, crm_db, env, repo):  # noqa: F811 (fixture from test_restore)
+    """A backup of the CRM, then changes the restore would undo: (state at backup, state now)."""
+    from pgkeeper.flows.backup import backup
+
+    at_backup = table_fingerprints(pg.conninfo(crm_db))
+    backup()
+    change_data(pg, crm_db)
+    return at_backup, table_fingerprints(pg.conninfo(crm_db))
+
+
+def assert_nothing_happened(pg, crm_db, repo, now) -> None:
+    from pgkeeper.catalog import list_backups
+
+    assert table_fingerprints(pg.conninfo(crm_db)) == now
+    assert old_copies(pg, crm_db) == [] and leftovers(pg, crm_db) == []
+    assert [m.labels for m in list_backups(repo.local(), crm_db)] == [[]]  # no safety backup was made
+
+
+def test_a_wrong_name_is_refused_and_nothing_happens(pg, crm_db, repo, backed_up):
+    _, now = backed_up
+    state, description = restore_answering({"confirm": True, "database_name": crm_db + "x"})
+    assert description is not None
+    assert state.is_cancelled()
+    assert "restore refused, nothing was changed" in state.message
+    assert_nothing_happened(pg, crm_db, repo, now)
+
+
+def test_an_unticked_form_is_refused(pg, crm_db, repo, backed_up):
+    _, now = backed_up
+    state, _ = restore_answering({"confirm": False, "database_name": crm_db})
+    assert state.is_cancelled() and "not confirmed" in state.message
+    assert_nothing_happened(pg, crm_db, repo, now)
+
+
+def test_the_form_describes_the_restore_and_a_correct_answer_proceeds(pg, crm_db, repo, backed_up,
+                                                                      cleanup_copies):  # noqa: F811
+    at_backup, now = backed_up
+    state, description = restore_answering({"confirm": True, "database_name": crm_db})
+    assert state.is_completed(), state.message
+    for expected in (crm_db, "backup_", "Age", "Size", "Verification", "exists,", "pre-restore"):
+        assert expected in description
+    assert table_fingerprints(pg.conninfo(crm_db)) == at_backup
+    [old] = old_copies(pg, crm_db)
+    assert table_fingerprints(pg.conninfo(old)) == now
+    report = state.result()
+    assert report.waited_seconds > 0 and report.rto_seconds > 0
+
+
+def test_no_answer_before_the_timeout_cancels_cleanly(pg, crm_db, repo, backed_up):
+    _, now = backed_up
+    state, description = restore_answering(None, confirm_timeout_seconds=4)
+    assert description is not None  # it did pause with its form
+    assert state.is_cancelled() and "no confirmation within 4 s" in state.message
+    assert "unchanged" in state.message
+    assert_nothing_happened(pg, crm_db, repo, now)

@@ -1,0 +1,179 @@
+"""When a restore fails, the target is byte-for-byte what it was, the shadow is gone, and the run
+says so in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.helpers import create_database, database_exists, drop_database, table_fingerprints
+from tests.test_restore import change_data, env, leftovers, old_copies  # noqa: F401
+
+
+def backup_then_change(pg, crm_db):
+    from pgkeeper.flows.backup import backup
+
+    m = backup()
+    change_data(pg, crm_db)
+    return m, table_fingerprints(pg.conninfo(crm_db))
+
+
+def failed_restore(**params):
+    from pgkeeper.flows.restore import restore
+
+    state = restore("latest", confirmed=True, return_state=True, **params)
+    assert state.is_failed()
+    with pytest.raises(Exception) as exc:
+        state.result()
+    return str(exc.value)
+
+
+def assert_untouched(pg, crm_db, before) -> None:
+    assert table_fingerprints(pg.conninfo(crm_db)) == before
+    assert leftovers(pg, crm_db) == [] and old_copies(pg, crm_db) == []
+    with psycopg.connect(pg.conninfo(crm_db)) as c:  # still accepting connections
+        assert c.execute("SELECT datallowconn FROM pg_database WHERE datname = current_database()").fetchone()[0]
+
+
+def test_a_corrupt_backup_is_refused_before_anything_is_touched(pg, crm_db, env, repo):  # noqa: F811
+    m, before = backup_then_change(pg, crm_db)
+    stored = Path(repo.path) / "backups" / m.backup_id / m.files[0].name
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    stored.write_bytes(bytes(data))
+    message = failed_restore()
+    assert m.backup_id in message and f"database {crm_db} is unchanged" in message
+    assert "sha256 mismatch" in message or "corrupt" in message.lower()
+    assert "\n" not in message
+    assert_untouched(pg, crm_db, before)
+
+
+def test_counts_that_do_not_match_the_manifest_stop_before_the_swap(pg, crm_db, env, repo):  # noqa: F811
+    m, before = backup_then_change(pg, crm_db)
+    path = Path(repo.path) / "backups" / m.backup_id / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["tables"]["public.company"] += 1
+    path.write_text(json.dumps(manifest))
+    message = failed_restore(safety_backup=False)
+    assert "does not match backup" in message and "public.company" in message
+    assert f"database {crm_db} is unchanged" in message
+    assert_untouched(pg, crm_db, before)
+
+
+def test_a_killed_pg_restore_leaves_the_target_as_it_was(pg, crm_db, env, repo):  # noqa: F811
+    from pgkeeper.flows.restore import restore
+
+    with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:  # enough data to hit mid-way
+        c.execute("CREATE TABLE bulk AS SELECT i, md5(i::text) AS t FROM generate_series(1, 400000) i")
+    m, before = backup_then_change(pg, crm_db)
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(
+        state=restore("latest", confirmed=True, safety_backup=False, return_state=True)))
+    runner.start()
+    killed = 0
+    mark = f"--dbname={crm_db}_restoring_".encode()
+    try:
+        while runner.is_alive():
+            for pid in pids_with_arg(mark):  # only this test's pg_restore, never anyone else's
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.005)
+    finally:
+        runner.join()
+    assert killed
+    state = result["state"]
+    assert state.is_failed()
+    with pytest.raises(Exception, match="pg_restore was killed by signal 9") as exc:
+        state.result()
+    assert f"database {crm_db} is unchanged" in str(exc.value)
+    assert_untouched(pg, crm_db, before)
+
+
+def pids_with_arg(arg: bytes) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path("/proc", entry, "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"pg_restore" in cmdline and arg in cmdline:
+            found.append(int(entry))
+    return found
+
+
+def test_missing_roles_with_keep_ownership_fail_cleanly(pg, crm_db, env, repo):  # noqa: F811
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+
+    role = f"owner_{crm_db}"
+    with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
+        c.execute(f"CREATE ROLE {role}")
+        c.execute(f"ALTER TABLE deal OWNER TO {role}")
+    backup()
+    with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
+        c.execute("ALTER TABLE deal OWNER TO postgres")
+        c.execute(f"DROP ROLE {role}")
+    before = table_fingerprints(pg.conninfo(crm_db))
+    message = failed_restore(safety_backup=False, keep_ownership=True)
+    assert "pg_restore failed" in message and role in message and "unchanged" in message
+    assert_untouched(pg, crm_db, before)
+    # The default (owned by the restoring role, no GRANTs) restores on a server without that role.
+    report = restore("latest", confirmed=True, safety_backup=False, keep_old=False)
+    assert report.tables["public.deal"] > 0
+
+
+def test_a_swap_that_cannot_complete_puts_everything_back(pg, conn):
+    from pgkeeper.tasks.swap import SwapFailed, swap_databases
+
+    live, incoming, retire = "swap_live", "swap_incoming", "swap_retired"
+    for name in (live, incoming, retire):
+        create_database(pg, name)
+    try:
+        with psycopg.connect(pg.conninfo(live), autocommit=True) as c:
+            c.execute("CREATE TABLE t AS SELECT 1 AS x")
+        before = table_fingerprints(pg.conninfo(live))
+        client = psycopg.connect(pg.conninfo(live))
+        with pytest.raises(SwapFailed, match="already exists") as exc:  # the retired name is taken
+            swap_databases(conn, live=live, incoming=incoming, retire_as=retire)
+        assert "\n" not in str(exc.value)
+        with pytest.raises(psycopg.OperationalError):  # its session was ended by the attempt
+            client.execute("SELECT 1")
+        client.close()
+        assert table_fingerprints(pg.conninfo(live)) == before  # accepting connections again, same data
+        assert database_exists(pg, incoming) and database_exists(pg, retire)
+    finally:
+        for name in (live, incoming, retire):
+            drop_database(pg, name)
+
+
+def test_expired_old_copies_are_dropped_by_the_next_restore(pg, crm_db, env, repo):  # noqa: F811
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+
+    backup()
+    expired, fresh = f"{crm_db}_pre_restore_20200101_000000", f"{crm_db}_pre_restore_20990101_000000"
+    for name, until in ((expired, "2020-01-04T00:00:00+00:00"), (fresh, "2099-01-04T00:00:00+00:00")):
+        create_database(pg, name)
+        with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+            c.execute(f"COMMENT ON DATABASE {name} IS 'pgkeeper pre-restore copy of {crm_db}, replaced by "
+                      f"backup backup_20200101_000000 at 2020-01-01T00:00:00+00:00; keep until {until}'")
+    try:
+        report = restore("latest", confirmed=True, safety_backup=False, keep_old_hours=0.01)
+        assert not database_exists(pg, expired)
+        assert database_exists(pg, fresh) and database_exists(pg, report.old_copy)
+    finally:
+        for name in old_copies(pg, crm_db):
+            drop_database(pg, name)
+
