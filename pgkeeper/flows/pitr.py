@@ -1,0 +1,63 @@
+"""The pitr flow: recover the cluster, as it was at a moment, into a new data directory.
+
+choose base backup → unpack (checksum-checked) → recovery settings → start → wait for
+promotion → report. The original cluster is never touched.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow
+
+from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
+from pgkeeper.tasks.recovery import (
+    RecoveryResult,
+    choose_base_backup,
+    configure_recovery,
+    parse_target,
+    report_recovery,
+    resolve_source,
+    restore_base_backup,
+    start_recovery,
+    wait_for_promotion,
+)
+from pgkeeper.wal.config import load as load_wal_config
+from pgkeeper.wal.setup import config_from_repository
+
+
+@flow(name="pitr", log_prints=True)
+def pitr(
+    data_dir: str,
+    port: int = 5439,
+    target_time: str | None = None,
+    target_lsn: str | None = None,
+    target_name: str | None = None,
+    latest: bool = False,
+    repository_block: str = DEFAULT_REPOSITORY_BLOCK,
+    backup_dir: str | None = None,
+    source: str = "auto",
+    wal_config: str | None = None,
+    keep_archiving: bool = False,
+    timeout_seconds: int = 3600,
+) -> RecoveryResult:
+    """Recover to `target_time` (or an LSN, a restore point, or the latest archived WAL) into
+    `data_dir`, start PostgreSQL there on `port`, and leave it running and promoted.
+
+    `source` is where the base backup is read: 'local', 's3', or 'auto' (local if it holds a
+    base backup, else the offsite bucket: recovery on a new machine that has only the bucket).
+    WAL comes from `wal_config` if given, else from the repository block (spool, then S3).
+    """
+    started = time.monotonic()
+    target = parse_target(target_time, target_lsn, target_name, latest)
+    repo = load_repository(repository_block, path=backup_dir)
+    source = resolve_source(repo, source)
+    walcfg = load_wal_config(wal_config) if wal_config else config_from_repository(repo)
+
+    manifest = choose_base_backup(repo, source, target)
+    restore_base_backup(repo, source, manifest, data_dir)
+    configure_recovery(data_dir, walcfg, target, port, keep_archiving)
+    start_recovery(data_dir, port, target, timeout_seconds)
+    result = wait_for_promotion(data_dir, port, manifest.backup_id, target, started, timeout_seconds)
+    report_recovery(result)
+    return result

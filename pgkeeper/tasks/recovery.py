@@ -1,0 +1,306 @@
+"""Point-in-time recovery, step by step: choose a base backup, unpack it, tell PostgreSQL where
+the WAL is and where to stop, start it, wait until it has promoted itself, say where it got to.
+
+The recovered server runs as the postgres OS user (when we are root) on its own port, and
+fetches WAL with `pgkeeper wal-fetch` (spool first, then S3). Archiving is switched off in
+it unless asked for: a copy recovered beside a running original must not push its new
+timeline into the original's archive.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from pgkeeper import pgtools
+from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.catalog import list_backups
+from pgkeeper.errors import BadName, NotFound, PgkeeperError
+from pgkeeper.localcluster import make_server_dir
+from pgkeeper.manifest import Manifest
+from pgkeeper.tasks.basebackup import unpack_backup
+from pgkeeper.wal import config as walconfig
+from pgkeeper.wal.command import SERVER_USER, conf_quote, restore_command
+from pgkeeper.wal.naming import parse_lsn
+from pgkeeper.wal.setup import server_ids
+
+WAL_CONFIG_NAME = "pgkeeper-wal.json"
+LOG_NAME = "log/pgkeeper-pitr.log"
+
+
+class RecoveryFailed(PgkeeperError):
+    """PostgreSQL could not recover to the requested point."""
+
+
+class RecoveryTarget(BaseModel):
+    kind: Literal["time", "lsn", "name", "latest"]
+    value: str | None = None
+
+    def describe(self) -> str:
+        return "the end of the archived WAL" if self.kind == "latest" else f"{self.kind} {self.value}"
+
+    def settings(self) -> dict[str, str]:
+        if self.kind == "latest":
+            return {}
+        return {f"recovery_target_{self.kind}": conf_quote(str(self.value)),
+                "recovery_target_action": "'promote'"}
+
+
+class RecoveryResult(BaseModel):
+    data_dir: str
+    port: int
+    backup_id: str
+    target: str
+    timeline: int | None
+    reached: str  # what PostgreSQL said about where it stopped
+    last_transaction_at: datetime | None
+    seconds: float
+
+
+def parse_target(target_time: str | None = None, target_lsn: str | None = None,
+                 target_name: str | None = None, latest: bool = False) -> RecoveryTarget:
+    """Exactly one target; a time without a zone is taken as UTC."""
+    given = [k for k, v in (("time", target_time), ("lsn", target_lsn), ("name", target_name),
+                            ("latest", latest)) if v]
+    if len(given) != 1:
+        raise BadName("give exactly one recovery target: --target-time, --target-lsn, --target-name or --latest")
+    if target_time:
+        try:
+            when = datetime.fromisoformat(target_time.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise BadName(f"recovery target time {target_time!r} is not a time like "
+                          "'2024-03-15 14:30:00+00'") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return RecoveryTarget(kind="time", value=when.astimezone(UTC).isoformat(sep=" "))
+    if target_lsn:
+        if not re.fullmatch(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}", target_lsn.strip()):
+            raise BadName(f"recovery target LSN {target_lsn!r} is not like 0/3000060")
+        return RecoveryTarget(kind="lsn", value=target_lsn.strip().upper())
+    if target_name:
+        if len(target_name) > 63 or "'" in target_name or "\n" in target_name:
+            raise BadName(f"restore point name {target_name!r} is not acceptable")
+        return RecoveryTarget(kind="name", value=target_name)
+    return RecoveryTarget(kind="latest")
+
+
+def physical_backups(repo: BackupRepository, source: str) -> list[Manifest]:
+    return [m for m in list_backups(repo.storage(source)) if m.kind == "physical"]
+
+
+@task(name="resolve-source", cache_policy=NO_CACHE)
+def resolve_source(repo: BackupRepository, source: str) -> str:
+    """'auto': the local repository if it holds a base backup, else the offsite bucket."""
+    if source in ("local", "s3"):
+        return source
+    if source != "auto":
+        raise BadName(f"unknown source {source!r}: use 'local', 's3' or 'auto'")
+    return "local" if physical_backups(repo, "local") or not repo.offsite else "s3"
+
+
+@task(name="choose-base-backup", cache_policy=NO_CACHE)
+def choose_base_backup(repo: BackupRepository, source: str, target: RecoveryTarget) -> Manifest:
+    """The newest base backup that was consistent before the target."""
+    backups = physical_backups(repo, source)
+    where = repo.storage(source).describe()
+    if not backups:
+        raise NotFound(f"no base backups in {where}: run `pgkeeper base-backup` first")
+    if target.kind == "time":
+        when = datetime.fromisoformat(str(target.value))
+        eligible = [m for m in backups if m.finished_at <= when]
+        if not eligible:
+            first = min(backups, key=lambda m: m.finished_at)
+            raise NotFound(f"the target {when.isoformat(sep=' ')} is before the oldest base backup "
+                           f"({first.backup_id}, consistent from {first.finished_at.isoformat(sep=' ')})")
+        chosen = max(eligible, key=lambda m: m.finished_at)
+    elif target.kind == "lsn":
+        want = parse_lsn(str(target.value))
+        eligible = [m for m in backups if m.stop_lsn and parse_lsn(m.stop_lsn) <= want]
+        if not eligible:
+            raise NotFound(f"the target LSN {target.value} is before the oldest base backup's end "
+                           f"({backups[0].backup_id}, {backups[0].stop_lsn})")
+        chosen = max(eligible, key=lambda m: parse_lsn(m.stop_lsn or "0/0"))
+    else:
+        chosen = backups[-1]
+    get_run_logger().info("recovering from base backup %s (%s, WAL from %s) to %s", chosen.backup_id, where,
+                          chosen.start_lsn, target.describe())
+    return chosen
+
+
+def _chown_tree(path: Path) -> None:
+    ids = server_ids()
+    if ids is None:
+        return
+    os.chown(path, *ids)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), *ids, follow_symlinks=False)
+
+
+@task(name="restore-base-backup", cache_policy=NO_CACHE)
+def restore_base_backup(repo: BackupRepository, source: str, manifest: Manifest, data_dir: str) -> str:
+    """Unpack the base backup into a new (or empty) data directory, every file checksum-checked."""
+    dest = Path(data_dir)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise BadName(f"{dest} is not empty: pitr only recovers into a new or empty directory")
+    created = not dest.exists()
+    make_server_dir(dest)
+    storage = repo.storage(source)
+    try:
+        unpack_backup(lambda name: storage.open_file(manifest.backup_id, name), manifest.files, dest)
+        for leftover in ("postmaster.pid", "postmaster.opts", "standby.signal"):
+            (dest / leftover).unlink(missing_ok=True)
+        (dest / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
+        (dest / "log").mkdir(exist_ok=True)
+        _chown_tree(dest)
+        dest.chmod(0o700)
+    except BaseException:
+        if created:
+            shutil.rmtree(dest, ignore_errors=True)
+        else:
+            for child in dest.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        raise
+    get_run_logger().info("base backup %s unpacked into %s", manifest.backup_id, dest)
+    return str(dest)
+
+
+@task(name="configure-recovery", cache_policy=NO_CACHE)
+def configure_recovery(data_dir: str, walcfg: walconfig.WalConfig, target: RecoveryTarget, port: int,
+                       keep_archiving: bool = False) -> str:
+    """recovery.signal plus restore_command and the target in postgresql.auto.conf."""
+    dest = Path(data_dir)
+    cfg_path = walconfig.write(dest / WAL_CONFIG_NAME, walcfg, server_ids())
+    command = restore_command(cfg_path)
+    settings = {"port": str(port), "restore_command": conf_quote(command), **target.settings()}
+    if not keep_archiving:
+        settings["archive_mode"] = "'off'"
+    with open(dest / "postgresql.auto.conf", "a") as f:
+        f.write("\n# pgkeeper pitr: recovery settings\n")
+        for k, v in settings.items():
+            f.write(f"{k} = {v}\n")
+    signal = dest / "recovery.signal"
+    signal.write_text("")
+    ids = server_ids()
+    if ids is not None:
+        os.chown(signal, *ids)
+    get_run_logger().info("restore_command = %s; target: %s", command, target.describe())
+    return command
+
+
+def _as_server() -> list[str]:
+    return ["runuser", "-u", SERVER_USER, "--"] if server_ids() is not None else []
+
+
+def _log_lines(data_dir: Path) -> list[str]:
+    try:
+        return (data_dir / LOG_NAME).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def _explain_failure(data_dir: Path, target: RecoveryTarget) -> str:
+    lines = _log_lines(data_dir)
+    fatal = [ln for ln in lines if "FATAL" in ln or "PANIC" in ln]
+    last_xact = [ln for ln in lines if "last completed transaction was at log time" in ln]
+    reached = f" (WAL replayed up to a transaction at {last_xact[-1].split('log time')[-1].strip()})" \
+        if last_xact else ""
+    if any("recovery ended before configured recovery target was reached" in ln for ln in fatal):
+        return f"the target {target.describe()} is past the last archived WAL{reached}: nothing was promoted"
+    if any("before consistent recovery point" in ln for ln in fatal):
+        return f"the target {target.describe()} is before the base backup became consistent"
+    detail = fatal[-1].split("FATAL:")[-1].strip() if fatal else (lines[-1] if lines else "no log")
+    return f"recovery failed: {detail} (see {data_dir / LOG_NAME})"
+
+
+@task(name="start-recovery", cache_policy=NO_CACHE)
+def start_recovery(data_dir: str, port: int, target: RecoveryTarget, timeout_seconds: int = 3600) -> None:
+    """Start PostgreSQL on the recovered directory; it replays WAL from the archive."""
+    dest = Path(data_dir)
+    log = dest / LOG_NAME
+    log.touch()
+    ids = server_ids()
+    if ids is not None:
+        os.chown(log, *ids)
+    r = subprocess.run([*_as_server(), pgtools.tool("pg_ctl"), "-D", str(dest), "-l", str(log), "-o", f"-p {port}",
+                        "-w", "-t", str(timeout_seconds), "start"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_seconds + 30)
+    if r.returncode != 0:
+        raise RecoveryFailed(_explain_failure(dest, target))
+
+
+def _control_state(data_dir: Path) -> tuple[str, int | None]:
+    out = pgtools.run([pgtools.tool("pg_controldata"), str(data_dir)], env={"LC_ALL": "C"})
+    state = re.search(r"Database cluster state:\s*(.+)", out)
+    tli = re.search(r"Latest checkpoint's TimeLineID:\s*(\d+)", out)
+    return (state.group(1).strip() if state else "unknown"), (int(tli.group(1)) if tli else None)
+
+
+def _running(data_dir: Path) -> bool:
+    r = subprocess.run([*_as_server(), pgtools.tool("pg_ctl"), "-D", str(data_dir), "status"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return r.returncode == 0
+
+
+@task(name="wait-for-promotion", cache_policy=NO_CACHE)
+def wait_for_promotion(data_dir: str, port: int, backup_id: str, target: RecoveryTarget,
+                       started: float, timeout_seconds: int = 3600) -> RecoveryResult:
+    """Wait until recovery ended and the server promoted itself; report the point reached."""
+    dest = Path(data_dir)
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        lines = _log_lines(dest)
+        promoted = any("database system is ready to accept connections" in ln for ln in lines) and \
+            any("archive recovery complete" in ln or "selected new timeline ID" in ln for ln in lines)
+        if promoted and _control_state(dest)[0] == "in production":
+            break
+        if not _running(dest):
+            raise RecoveryFailed(_explain_failure(dest, target))
+        if time.monotonic() > deadline:
+            raise RecoveryFailed(f"recovery did not finish within {timeout_seconds} s; the server is still "
+                                 f"running in {dest} (see {dest / LOG_NAME})")
+        time.sleep(0.5)
+    stop = [ln for ln in lines if "recovery stopping" in ln]
+    last = [ln for ln in lines if "last completed transaction was at log time" in ln]
+    new_tli = [ln for ln in lines if "selected new timeline ID" in ln]
+    timeline = int(re.findall(r"selected new timeline ID: (\d+)", new_tli[-1])[0]) if new_tli else None
+    last_at = None
+    if last:
+        stamp = last[-1].split("log time", 1)[1].strip()
+        try:
+            last_at = datetime.fromisoformat(stamp.replace(" ", "T", 1))
+        except ValueError:
+            last_at = None
+    reached = (stop[-1].split("LOG:", 1)[-1].strip() if stop else
+               "end of the archived WAL") + (f"; last transaction at {last_at}" if last_at else "")
+    result = RecoveryResult(data_dir=str(dest), port=port, backup_id=backup_id, target=target.describe(),
+                            timeline=timeline, reached=reached, last_transaction_at=last_at,
+                            seconds=time.monotonic() - started)
+    get_run_logger().info("recovered cluster in %s on port %d, promoted on timeline %s: %s", dest, port,
+                          timeline, reached)
+    return result
+
+
+@task(name="report-recovery")
+def report_recovery(result: RecoveryResult) -> None:
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact("\n".join([
+        "# Point-in-time recovery", "", "| | |", "|---|---|",
+        f"| Data directory | `{result.data_dir}` (port {result.port}) |",
+        f"| Base backup | `{result.backup_id}` |",
+        f"| Target | {result.target} |",
+        f"| Reached | {result.reached} |",
+        f"| New timeline | {result.timeline} |",
+        f"| Duration | {result.seconds:.1f} s |",
+    ]), key="pitr", description=f"Recovery to {result.target}")
