@@ -74,3 +74,33 @@ def test_work_area_is_removed(tmp_path: Path):
         (work / "x.dump").write_bytes(b"data")
         raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_from_s3_records_in_the_bucket_and_locally(env, pg, s3_endpoint, s3_bucket,  # noqa: F811
+                                                          monkeypatch):
+    import shutil
+
+    from pgkeeper.config import repository_from_env
+    from pgkeeper.manifest import Manifest
+
+    s3 = {"S3_BUCKET": s3_bucket, "S3_PREFIX": "crm-backups", "ENABLE_S3_UPLOAD": "true",
+          "AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1"}
+    for k, v in s3.items():
+        monkeypatch.setenv(k, v)
+    m = take_backup(env)  # uploads the offsite copy
+    bucket = repository_from_env().storage("s3")
+    local = repository_from_env().local()
+
+    # Verified locally: both copies record it.
+    run_verify(env)
+    assert Manifest.from_bytes(bucket.read_manifest(m.backup_id)).status == "verified"
+    assert Manifest.from_bytes(local.read_manifest(m.backup_id)).status == "verified"
+
+    # The local disk is lost: the bucket alone is verified, and records it.
+    shutil.rmtree(Path(env["BACKUP_DIR"]) / "backups" / m.backup_id)
+    report = run_verify(env, source="s3", backup=m.backup_id + ".sql.gz")
+    assert report.ok and report.source == "s3" and report.restore_seconds
+    recorded = Manifest.from_bytes(bucket.read_manifest(m.backup_id))
+    assert [v.method for v in recorded.verifications] == ["quick", "restore", "restore"]
+    assert scratch_databases(pg) == []
