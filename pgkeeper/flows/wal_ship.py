@@ -1,0 +1,35 @@
+"""The wal-ship flow, scheduled every few minutes: spool → S3, then is the archiver healthy?"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
+from pgkeeper.tasks.basebackup import wal_settings
+from pgkeeper.tasks.wal_ship import ArchiverStatus, check_archiver, read_archiver, report_archive, ship_spool
+
+
+@flow(name="wal-ship", log_prints=True)
+def wal_ship(
+    connection_block: str = DEFAULT_CONNECTION_BLOCK,
+    repository_block: str = DEFAULT_REPOSITORY_BLOCK,
+    database: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    user: str | None = None,
+    backup_dir: str | None = None,
+    wal_config: str | None = None,
+    keep_local_seconds: float | None = None,
+    max_lag_seconds: float = 900,
+) -> ArchiverStatus:
+    """Move spooled WAL to the offsite bucket and fail (so the failure mail fires) when
+    PostgreSQL cannot archive or archiving lags more than `max_lag_seconds`."""
+    conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
+    repo = load_repository(repository_block, path=backup_dir)
+
+    walcfg = wal_settings(repo, wal_config)
+    shipped = ship_spool(walcfg, keep_local_seconds)
+    status = read_archiver(conn)
+    report_archive(status, shipped)
+    check_archiver(status, max_lag_seconds, conn.database)
+    return status
