@@ -12,6 +12,7 @@ from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
 from pgkeeper.tasks.offsite import collect_garbage, upload_backup
 from pgkeeper.tasks.retention import RetentionReport, apply_retention
+from pgkeeper.tasks.wal_ship import expire_archived_wal
 
 
 def after_backup(repo: BackupRepository, backup_id: str) -> list[str]:
@@ -52,4 +53,5 @@ def retention(
         reports.append(apply_retention(repo, source, dry_run))
         if not dry_run:
             collect_garbage(repo, source, gc_safety_hours)
+    expire_archived_wal(repo, dry_run)  # WAL no remaining base backup needs (pgkeeper.wal.retention)
     return reports

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -176,3 +177,17 @@ def check_archiver(status: ArchiverStatus, max_lag_seconds: float, database: str
     if lag > max_lag_seconds / 2:
         warn("archive-lag", f"WAL archiving on {status.server} is {human_seconds(lag)} behind "
              f"({status.pending_segments} segment(s) waiting)", database=database, lag_seconds=lag)
+
+
+@task(name="expire-wal", cache_policy=NO_CACHE, **RETRYABLE)
+def expire_archived_wal(repo: Any, dry_run: bool = False) -> str:
+    """After retention: drop WAL that none of the remaining base backups (local or S3) needs."""
+    from pgkeeper.catalog import list_backups
+    from pgkeeper.wal.retention import expire_wal
+
+    kept = [m for m in list_backups(repo.local()) if m.kind == "physical"]
+    if repo.offsite is not None:
+        kept += [m for m in list_backups(repo.storage("s3")) if m.kind == "physical"]
+    result = expire_wal(repo, kept, dry_run)
+    get_run_logger().info("WAL retention: %s", result.summary())
+    return result.summary()
