@@ -62,6 +62,24 @@ def test_good_backup_passes_all_five_and_records_rto(env, pg):
     assert set(last.checks) == {"integrity", "format", "restore", "data", "freshness"}
     assert scratch_databases(pg) == []
 
+    checks_table, history_table = latest_artifacts(f"verify-{m.database.replace('_', '-')}",
+                                                   f"backup-history-{m.database.replace('_', '-')}")
+    assert [row["result"] for row in checks_table] == ["PASS"] * 5
+    assert history_table[0]["backup"] == m.backup_id and history_table[0]["status"] == "verified"
+    assert history_table[0]["rto"] != "-" and history_table[0]["rows"] == str(sum(m.tables.values()))
+
+
+def latest_artifacts(*keys: str) -> list[list[dict]]:
+    import json
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_latest_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=list(keys))))
+    by_key = {a.key: a.data for a in found}
+    return [json.loads(by_key[k]) if isinstance(by_key[k], str) else by_key[k] for k in keys]
+
 
 def dump_path(env: dict[str, str], m: Manifest) -> Path:
     return Path(env["BACKUP_DIR"]) / "backups" / m.backup_id / m.files[0].name
@@ -157,6 +175,10 @@ def test_cli_verify_prints_one_line_per_test(env, pg):
     assert lines[0].startswith("Test 1: file integrity (sha256, decompression) ...")
     assert f"{len(m.tables)} tables" in lines[1] and f"{len(m.tables)}/{len(m.tables)} tables" in lines[3]
     assert lines[5].startswith("Backup is valid and restorable. RTO measured: ")
+
+    listed = run_cli("list", env=env)
+    row = next(ln for ln in listed.stdout.splitlines() if ln.startswith(m.backup_id))
+    assert " verified " in row and " s " in row  # status and RTO (e.g. "0.3 s")
 
     path = dump_path(env, m)
     with open(path, "r+b") as f:

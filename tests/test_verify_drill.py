@@ -104,3 +104,64 @@ def test_verify_from_s3_records_in_the_bucket_and_locally(env, pg, s3_endpoint, 
     recorded = Manifest.from_bytes(bucket.read_manifest(m.backup_id))
     assert [v.method for v in recorded.verifications] == ["quick", "restore", "restore"]
     assert scratch_databases(pg) == []
+
+
+def test_cancelling_a_served_run_mid_restore_drops_the_scratch_database(env, pg, crm_db):  # noqa: F811
+    """The UI's Cancel button: the runner stops the run; the on_cancellation hook runs too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.states import Cancelling
+
+    from tests.helpers import ROOT
+    from tests.test_verify import SLOW_INDEX, restoring_sessions
+
+    with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
+        c.execute(SLOW_INDEX)
+    take_backup(env)
+    name = "verify-cancel-" + uuid.uuid4().hex[:6]
+    server = subprocess.Popen(
+        [sys.executable, "-c", f"from pgkeeper.flows.verify import verify; verify.serve(name={name!r}, "
+                               "print_starting_message=False, pause_on_shutdown=False)"],
+        env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        run = None
+        deadline = time.monotonic() + 90
+        while run is None and time.monotonic() < deadline:
+            try:
+                run = run_deployment(f"verify/{name}", timeout=0,
+                                     parameters={"connection_block": None, "repository_block": None,
+                                                 "backup_dir": env["BACKUP_DIR"]})
+            except Exception:  # the deployment is not registered yet
+                time.sleep(0.5)
+        assert run is not None, "the served deployment never appeared"
+        scratch = f"pgkeeper_verify_{run.id.hex[:8]}"
+        while scratch not in restoring_sessions(pg) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert scratch in restoring_sessions(pg), "the drill never reached the slow index"
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, Cancelling(), force=True)
+            while time.monotonic() < deadline:
+                state = client.read_flow_run(run.id).state
+                if state and state.is_final() and not database_exists(pg, scratch):
+                    break
+                time.sleep(0.3)
+        assert state is not None and state.is_cancelled(), state
+        assert not database_exists(pg, scratch)
+        assert scratch_databases(pg) == []
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        server.stderr.close()
