@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "pgkeeper.cli.setup_cmd",
     "pgkeeper.cli.serve_cmd",
     "pgkeeper.cli.verify_cmd",
+    "pgkeeper.cli.wal_cmd",
+    "pgkeeper.cli.pitr_cmd",
 ]
 
 # archive_command / restore_command: dispatched before argparse and before anything heavy.
