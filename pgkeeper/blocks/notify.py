@@ -8,6 +8,7 @@ The SMTP settings live in prefect-email's EmailServerCredentials (password kept 
 
 from __future__ import annotations
 
+import re
 import socket
 import sys
 from email.message import EmailMessage
@@ -29,6 +30,8 @@ class MailNotification(NotificationBlock):
     recipients: list[str] = Field(description="Addresses that receive the mail.")
     sender: str | None = Field(default=None, description="From address; default the SMTP user or pgkeeper@host.")
     subject_prefix: str = Field(default="[pgkeeper]", description="Put in front of every subject.")
+    ui_url: str | None = Field(default=None, description="The Prefect UI's address, for links in the mail "
+                               "(the server itself may not know the address users reach it at).")
 
     def from_address(self) -> str:
         return self.sender or self.credentials.username or f"pgkeeper@{socket.getfqdn()}"
@@ -47,7 +50,7 @@ class MailNotification(NotificationBlock):
         """Send one plain-text mail (called by automations on the server, or by `send`)."""
         from anyio import to_thread
 
-        body = await with_failed_step(body)
+        body = await with_failed_step(body, self.ui_url)
         msg = self.message(subject or "notification", body)
 
         def _send() -> None:
@@ -61,7 +64,7 @@ class MailNotification(NotificationBlock):
         run_coro_as_sync(self.notify(body, subject=subject))
 
 
-async def with_failed_step(body: str) -> str:
+async def with_failed_step(body: str, ui_url: str | None = None) -> str:
     """Add the step that failed to an automation's failure mail.
 
     The server knows the run but its templates cannot reach the run's task runs; the body
@@ -73,11 +76,14 @@ async def with_failed_step(body: str) -> str:
     marker = next((line for line in body.splitlines() if line.startswith(RUN_ID_LINE)), None)
     if marker is None:
         return body
+    run_id = marker[len(RUN_ID_LINE):].strip()
+    if ui_url and "\nRun: None" in body:
+        body = body.replace("\nRun: None", f"\nRun: {ui_url.rstrip('/')}/runs/flow-run/{run_id}")
     if "prefect.server.api.server" not in sys.modules:
         # Not inside a Prefect server: no in-process API to ask; keep the id for the reader.
         return body
     try:
-        step = await _failed_step(marker[len(RUN_ID_LINE):].strip())
+        step = await _failed_step(run_id)
     except Exception:
         step = None
     return body.replace(marker, f"Step: {step}" if step else "Step: unknown (no task had failed)")
@@ -100,5 +106,7 @@ async def _failed_step(flow_run_id: str) -> str | None:
     for run in response.json():
         state = (run.get("state") or {}).get("type")
         if state in {"FAILED", "CRASHED", "RUNNING"}:
-            return f"{run['name']} ({(run.get('state') or {}).get('name', state).lower()})"
+            # Task run names are the task's name plus a short random suffix.
+            name = re.sub(r"-[0-9a-f]{3}$", "", run["name"])
+            return f"{name} ({(run.get('state') or {}).get('name', state).lower()})"
     return None

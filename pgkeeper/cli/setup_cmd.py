@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     def report(item: str, outcome: str) -> None:
         print(f"{outcome:>10}  {item}", flush=True)
 
-    done = run_setup(os.environ, args.prefect_yaml, report)
+    done = run_setup({**os.environ, "PREFECT_API_URL": url}, args.prefect_yaml, report)
     changed = sum(outcome in {"created", "updated", "removed"} for _, outcome in done)
     print(f"pgkeeper is set up against {url}: {changed} change(s)" if changed
           else f"pgkeeper is set up against {url}: nothing to change")

@@ -80,8 +80,10 @@ def notification_from_env(env: Mapping[str, str] = os.environ):  # -> MailNotifi
         return None
     from pgkeeper.blocks.notify import MailNotification
 
+    ui = env.get("PREFECT_UI_URL") or (env["PREFECT_API_URL"].removesuffix("/").removesuffix("/api")
+                                       if env.get("PREFECT_API_URL") else None)
     return MailNotification(credentials=smtp_credentials_from_env(env), recipients=recipients(env),
-                            sender=env.get("ALERT_FROM") or None)
+                            sender=env.get("ALERT_FROM") or None, ui_url=ui)
 
 
 def sentry_dsn_from_env(env: Mapping[str, str] = os.environ) -> str | None:

@@ -1,0 +1,182 @@
+"""pgkeeper as a service, end to end: a real `prefect server start`, `pgkeeper setup` from the
+environment, prefect.yaml deployed, a process worker, real SMTP.
+
+A scheduled-style backup run completes with its artifact and sends the success mail; a run
+that fails and a run whose process is killed each send exactly one failure mail (through the
+automation), naming the flow and the run. Everything started here is stopped in `finally`,
+the worker before the server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgkeeper.localcluster import free_port
+from tests.helpers import ROOT, run_cli
+
+SMTP_PASS = "smtp-Pw-" + uuid.uuid4().hex[:8]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop(proc: subprocess.Popen, grace: float = 20) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def healthy(api: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def service(pg_env, smtp_server) -> Iterator[tuple[str, dict[str, str], list]]:
+    """A real Prefect server and a pgkeeper worker, set up from the old scripts' variables."""
+    host, smtp_port, messages = smtp_server
+    home = Path(tempfile.mkdtemp(prefix="pgkeeper-e2e-"))
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    base_env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PGKEEPER_HOME": str(home / "pgkeeper"),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    base_env.pop("PREFECT_API_URL", None)
+    server_log = open(home / "server.log", "wb")  # noqa: SIM115 (closed in finally)
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=base_env, stdout=server_log, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL, start_new_session=True)
+    worker = None
+    try:
+        wait_for(lambda: healthy(api) or server.poll() is not None, 120, "the Prefect server")
+        assert server.poll() is None, (home / "server.log").read_text()[-3000:]
+        env = {**base_env, **pg_env, "PREFECT_API_URL": api, "ENABLE_EMAIL_ALERTS": "true",
+               "ALERT_EMAIL": "dba@example.com", "SMTP_HOST": host, "SMTP_PORT": str(smtp_port),
+               "SMTP_PASS": SMTP_PASS, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
+        result = run_cli("setup", env=env)
+        assert result.returncode == 0, result.stdout + result.stderr
+        worker_log = open(home / "worker.log", "wb")  # noqa: SIM115
+        worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "pgkeeper",
+                                   "--type", "process"], env=env, cwd=ROOT, stdout=worker_log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        yield api, env, messages
+    finally:
+        if worker is not None:
+            stop(worker)
+        stop(server)
+        server_log.close()
+
+
+def api_settings(api: str):  # noqa: ANN201
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings({PREFECT_API_URL: api})
+
+
+def start_run(api: str, deployment: str, parameters: dict | None = None):  # noqa: ANN201
+    from prefect.deployments import run_deployment
+
+    with api_settings(api):
+        return run_deployment(deployment, parameters=parameters or {}, timeout=0)
+
+
+def read_run(api: str, run_id):  # noqa: ANN001, ANN201
+    from prefect.client.orchestration import get_client
+
+    with api_settings(api), get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id)
+
+
+def final_run(api: str, run_id, timeout: float = 180):  # noqa: ANN001, ANN201
+    return wait_for(lambda: (r := read_run(api, run_id)).state.is_final() and r, timeout, "the run to finish")
+
+
+def mails_about(messages: list, run_name: str) -> list:
+    return [m for m in messages if run_name in m["Subject"]]
+
+
+def test_service_end_to_end(service, pg_env) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
+    from prefect.concurrency.sync import concurrency
+
+    from pgkeeper.deployments.limits import database_limit_name
+
+    api, env, messages = service
+    password = pg_env["POSTGRES_PASSWORD"]
+
+    # 1. The nightly backup, started by hand: Completed, with its artifact and a success mail.
+    ok = final_run(api, start_run(api, "backup/daily").id)
+    assert ok.state.type.value == "COMPLETED", ok.state.message
+    with api_settings(api), get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[ok.id])))
+    assert any(pg_env["POSTGRES_DB"] in str(a.data) for a in artifacts)
+    success = wait_for(lambda: [m for m in messages if "OK" in m["Subject"]], 30, "the success mail")
+    assert len(success) == 1 and pg_env["POSTGRES_DB"] in success[0]["Subject"]
+    assert "Size:" in success[0].get_content() and ("KB" in success[0]["Subject"] or "MB" in success[0]["Subject"])
+
+    # 2. A run that fails (nothing listens on that port): exactly one failure mail.
+    failed = final_run(api, start_run(api, "backup/daily", {"port": free_port()}).id)
+    assert failed.state.type.value == "FAILED"
+    mail = wait_for(lambda: mails_about(messages, failed.name), 60, "the failure mail")
+    assert "backup" in mail[0]["Subject"] and "Failed" in mail[0]["Subject"]
+    body = mail[0].get_content()
+    assert "server unreachable" in body
+    assert "Step: preflight (failed)" in body
+    assert f"Run: {api.removesuffix('/api')}/runs/flow-run/{failed.id}" in body
+
+    # 3. A run whose process is killed: it waits for the database's backup slot (held here),
+    #    gets SIGKILL, the worker reports it Crashed, and one failure mail goes out.
+    with api_settings(api), concurrency(database_limit_name(pg_env["POSTGRES_DB"]), strict=True):
+        doomed = start_run(api, "backup/daily")
+        running = wait_for(lambda: (r := read_run(api, doomed.id)).state.is_running() and r.infrastructure_pid
+                           and r, 90, "the run to start")
+        os.kill(int(str(running.infrastructure_pid).rsplit(":", 1)[-1]), signal.SIGKILL)
+        crashed = final_run(api, doomed.id, timeout=60)
+    assert crashed.state.type.value == "CRASHED"
+    mail = wait_for(lambda: mails_about(messages, crashed.name), 60, "the crash mail")
+    assert "backup" in mail[0]["Subject"] and "Crashed" in mail[0]["Subject"]
+
+    # Exactly one mail per failure, even after the automation had time to misbehave.
+    time.sleep(5)
+    assert len(mails_about(messages, failed.name)) == 1
+    assert len(mails_about(messages, crashed.name)) == 1
+    assert len([m for m in messages if "OK" in m["Subject"]]) == 1
+
+    # Secrets given through the environment appear in no mail, log or artifact.
+    with api_settings(api), get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
+            any_=[ok.id, failed.id, crashed.id])))
+    assert logs
+    for secret in (password, SMTP_PASS):
+        assert all(secret not in m.as_string() for m in messages)
+        assert all(secret not in log.message for log in logs)
+        assert all(secret not in str(a.data) for a in artifacts)
