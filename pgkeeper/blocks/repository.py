@@ -40,6 +40,9 @@ class BackupRepository(Block):
     s3_storage_class: str | None = Field(default=None, description="e.g. STANDARD_IA; default STANDARD.")
     s3_part_size_mb: int = Field(default=64, description="Multipart part size in MiB (at least 5).")
     s3_max_concurrency: int = Field(default=4, description="Parts uploaded in parallel.")
+    s3_checksum: Literal["CRC32", "SHA256"] = Field(
+        default="CRC32", description="Per-part checksum S3 verifies on arrival and pgkeeper compares after "
+                                     "upload (the manifest's sha256 is checked on the same local pass).")
     gc_safety_hours: float = Field(
         default=24.0, description="Incomplete uploads and orphan objects younger than this are left alone.")
 
@@ -73,7 +76,7 @@ class BackupRepository(Block):
             raise RepositoryError("no offsite bucket is configured (set S3_BUCKET or the repository block's offsite)")
         return S3Storage(self.offsite, encryption=self.s3_encryption, kms_key_id=self.s3_kms_key_id,
                          storage_class=self.s3_storage_class, part_size=self.s3_part_size_mb * MiB,
-                         max_concurrency=self.s3_max_concurrency)
+                         max_concurrency=self.s3_max_concurrency, checksum_algorithm=self.s3_checksum)
 
     def retention_policy(self):  # -> pgkeeper.retention.RetentionPolicy
         from pgkeeper.retention import RetentionPolicy

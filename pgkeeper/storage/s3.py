@@ -81,7 +81,8 @@ def s3_errors(what: str) -> Iterator[None]:
 
 class S3Storage:
     def __init__(self, bucket: S3Bucket, *, encryption: str = "AES256", kms_key_id: str | None = None,
-                 storage_class: str | None = None, part_size: int = 64 * MiB, max_concurrency: int = 4) -> None:
+                 storage_class: str | None = None, part_size: int = 64 * MiB, max_concurrency: int = 4,
+                 checksum_algorithm: str = "CRC32") -> None:
         self.prefix = (bucket.bucket_folder or "").strip("/")
         creds = bucket.credentials
         params = creds.aws_client_parameters
@@ -94,6 +95,7 @@ class S3Storage:
         self.storage_class = storage_class
         self.part_size = max(int(part_size), 5 * MiB)  # S3's smallest allowed part
         self.max_concurrency = max(int(max_concurrency), 1)
+        self.checksum_algorithm = checksum_algorithm.upper()
 
     # -- naming ---------------------------------------------------------------------------
 
@@ -171,9 +173,9 @@ class S3Storage:
     # -- what upload and garbage collection need ------------------------------------------
 
     def extra_args(self) -> dict[str, str]:
-        """Server-side encryption and storage class on every object; SHA-256 per part, so S3
+        """Server-side encryption and storage class on every object; a checksum per part, so S3
         refuses a part that arrives damaged and keeps a checksum we can compare afterwards."""
-        args = {"ServerSideEncryption": self.encryption, "ChecksumAlgorithm": "SHA256"}
+        args = {"ServerSideEncryption": self.encryption, "ChecksumAlgorithm": self.checksum_algorithm}
         if self.encryption == "aws:kms" and self.kms_key_id:
             args["SSEKMSKeyId"] = self.kms_key_id
         if self.storage_class:
@@ -210,11 +212,12 @@ class S3Storage:
             self.client.put_object(Bucket=self.bucket_name, Key=key, Body=data, **self.extra_args())
 
     def stored_checksum(self, backup_id: str, name: str) -> tuple[int, str | None, str | None]:
-        """(size, S3's SHA-256 checksum or None, server-side encryption) of a stored object."""
+        """(size, S3's checksum of our algorithm or None, server-side encryption) of an object."""
         key = self.key(self.object_name(backup_id, name))
         with s3_errors(f"checking s3://{self.bucket_name}/{key}"):
             head = self.client.head_object(Bucket=self.bucket_name, Key=key, ChecksumMode="ENABLED")
-        return int(head["ContentLength"]), head.get("ChecksumSHA256"), head.get("ServerSideEncryption")
+        return (int(head["ContentLength"]), head.get(f"Checksum{self.checksum_algorithm}"),
+                head.get("ServerSideEncryption"))
 
     def delete_objects(self, names: list[str]) -> None:
         for i in range(0, len(names), 1000):  # DeleteObjects takes at most 1000 keys

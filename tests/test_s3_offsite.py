@@ -1,0 +1,221 @@
+"""Offsite copies in a real (moto) S3 server over HTTP: up, listed, restored, proven, cleaned."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import psycopg
+import pytest
+
+from pgkeeper import pgtools
+from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.catalog import list_backups, resolve_backup
+from pgkeeper.config import repository_from_env
+from pgkeeper.errors import IntegrityError
+from pgkeeper.names import new_backup_id
+from pgkeeper.tasks.pg_restore import materialize_dump
+from tests.helpers import ROOT, create_database, drop_database, run_cli, table_fingerprints
+from tests.s3_faults import FaultyProxy
+from tests.test_retention_flow import make_backup, s3_env
+
+
+def s3_repo(tmp_path: Path, endpoint: str, bucket: str, prefix: str = "offsite", **fields) -> BackupRepository:
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    creds = AwsCredentials(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1",
+                           aws_client_parameters=AwsClientParameters(endpoint_url=endpoint))
+    return BackupRepository(path=str(tmp_path / f"repo-{uuid.uuid4().hex[:6]}"),
+                            offsite=S3Bucket(bucket_name=bucket, bucket_folder=prefix, credentials=creds),
+                            s3_part_size_mb=5, **fields)
+
+
+def direct(endpoint: str):
+    """A plain boto3 client straight to moto: what an operator would inspect the bucket with."""
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def object_sha256(endpoint: str, bucket: str, key: str) -> str:
+    return hashlib.sha256(direct(endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
+
+
+def keys(endpoint: str, bucket: str, prefix: str) -> list[str]:
+    pages = direct(endpoint).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+
+
+def plain_restore(pg, archive: Path, into: str) -> str:
+    create_database(pg, into)
+    subprocess.run([pgtools.tool("pg_restore"), "--no-owner", "--exit-on-error", "-d", into, str(archive)],
+                   env={**pg.libpq_env(into)}, check=True, capture_output=True)
+    return pg.conninfo(into)
+
+
+def test_backup_goes_up_is_listed_from_the_bucket_alone_and_restores(pg, crm_db, pg_env, s3_endpoint, s3_bucket,
+                                                                     tmp_path):
+    env = {**pg_env, **s3_env(s3_endpoint, s3_bucket, "nightly/crm")}
+    result = run_cli("backup", env=env)
+    assert result.returncode == 0, result.stderr
+    backup_id = result.stdout.split()[1]
+    assert (f"uploaded to s3://{s3_bucket}/nightly/crm/backups/{backup_id}/, checksum verified; "
+            "retention: kept 1, removed 0 (local), kept 1, removed 0 (s3)") in result.stdout
+
+    stored = keys(s3_endpoint, s3_bucket, "nightly/crm/")
+    assert stored == [f"nightly/crm/backups/{backup_id}/{crm_db}.dump.zst",
+                      f"nightly/crm/backups/{backup_id}/manifest.json"]
+    for key in stored:  # server-side encryption on every object
+        assert direct(s3_endpoint).head_object(Bucket=s3_bucket, Key=key)["ServerSideEncryption"] == "AES256"
+
+    # A new machine: only the bucket settings, an empty local directory, no blocks.
+    new_machine = {**s3_env(s3_endpoint, s3_bucket, "nightly/crm"), "BACKUP_DIR": str(tmp_path / "new-machine")}
+    listed = run_cli("list", "--s3", env=new_machine)
+    assert listed.returncode == 0, listed.stderr
+    assert backup_id in listed.stdout and crm_db in listed.stdout
+    assert f"1 backup(s) in s3://{s3_bucket}/nightly/crm" in listed.stdout
+    local = run_cli("list", env=new_machine)
+    assert "no backups in" in local.stdout
+
+    # Restore from the bucket alone: stream with checksum, then plain pg_restore.
+    storage = repository_from_env(new_machine).storage("s3")
+    m = resolve_backup(storage, "latest", crm_db)
+    assert m.backup_id == backup_id
+    file = m.files[0]
+    archive = materialize_dump(storage.open_file(m.backup_id, file.name), file, m.compression,
+                               tmp_path / "from-bucket.dump", storage.url(m.backup_id, file.name))
+    restored = "from_s3_" + uuid.uuid4().hex[:6]
+    try:
+        plain_restore(pg, archive, restored)
+        assert table_fingerprints(pg.conninfo(restored)) == table_fingerprints(pg.conninfo(crm_db))
+    finally:
+        drop_database(pg, restored)
+    assert not (tmp_path / "new-machine").exists()
+
+
+def test_backup_lands_intact_through_a_flaky_network(pg, crm_db, conn, s3_endpoint, s3_bucket, tmp_path):
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.tasks.offsite import fetch_backup
+
+    # Enough hard-to-compress data that the dump is uploaded in several 5 MB parts.
+    with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
+        c.execute("CREATE TABLE noise AS SELECT g AS id, md5(random()::text) || md5(random()::text) || "
+                  "md5(random()::text) || md5(random()::text) AS junk FROM generate_series(1, 160000) g")
+    suffix = uuid.uuid4().hex[:8]
+    conn.save(f"db-{suffix}")
+    with FaultyProxy(s3_endpoint, failure_rate=0.3, max_faults=40, seed=7) as proxy:
+        repo = s3_repo(tmp_path, proxy.url, s3_bucket, "flaky", s3_checksum="SHA256")  # the other algorithm
+        repo.save(f"repo-{suffix}")
+        manifest = backup(connection_block=f"db-{suffix}", repository_block=f"repo-{suffix}")
+        upload_faults = sum(proxy.faults.values())
+    assert upload_faults > 0, "the proxy should have failed some requests"
+    assert any(line.endswith("checksum verified") for line in manifest.outcome)
+    file = manifest.files[0]
+    assert file.size > 10 * 1024 * 1024  # really multipart
+    prefix = f"flaky/backups/{manifest.backup_id}/"
+    assert object_sha256(s3_endpoint, s3_bucket, prefix + file.name) == file.sha256
+    local_manifest = (Path(repo.path) / "backups" / manifest.backup_id / "manifest.json").read_bytes()
+    assert direct(s3_endpoint).get_object(Bucket=s3_bucket, Key=prefix + "manifest.json")["Body"].read() \
+        == local_manifest
+    assert direct(s3_endpoint).list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
+
+    # Downloads through a flaky network (bodies cut off half-way) resume and still check out.
+    with FaultyProxy(s3_endpoint, failure_rate=0.4, max_faults=25, seed=11) as proxy:
+        elsewhere = s3_repo(tmp_path, proxy.url, s3_bucket, "flaky")
+        fetch_backup(elsewhere, manifest.backup_id)
+        assert sum(proxy.faults.values()) > 0
+    fetched = Path(elsewhere.path) / "backups" / manifest.backup_id / file.name
+    assert hashlib.sha256(fetched.read_bytes()).hexdigest() == file.sha256
+    assert [m.backup_id for m in list_backups(elsewhere.local())] == [manifest.backup_id]
+
+
+UPLOAD_SCRIPT = """
+import sys
+from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.tasks.offsite import upload_backup
+upload_backup(BackupRepository.load(sys.argv[1]), sys.argv[2])
+"""
+
+
+def test_killed_upload_leaves_nothing_listed_and_the_next_run_collects_the_debris(s3_endpoint, s3_bucket,
+                                                                                 tmp_path):
+    from pgkeeper.flows.retention import retention
+
+    client = direct(s3_endpoint)
+    with FaultyProxy(s3_endpoint, failure_rate=0.0, delay=0.25) as slow:  # a slow link, so we can cut it
+        repo = s3_repo(tmp_path, slow.url, s3_bucket, "killed", s3_max_concurrency=1)
+        backup_id = new_backup_id()
+        make_backup(repo, backup_id, {"a.dump": os.urandom(1024 * 1024), "b.dump": os.urandom(40 * 1024 * 1024)})
+        name = "killed-" + uuid.uuid4().hex[:8]
+        repo.save(name)
+        proc = subprocess.Popen([sys.executable, "-c", UPLOAD_SCRIPT, name, backup_id], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                uploads = client.list_multipart_uploads(Bucket=s3_bucket, Prefix="killed/").get("Uploads", [])
+                if uploads and len(client.list_parts(Bucket=s3_bucket, Key=uploads[0]["Key"],
+                                                     UploadId=uploads[0]["UploadId"]).get("Parts", [])) >= 2:
+                    break
+                time.sleep(0.1)
+            assert proc.poll() is None, "the upload finished before it could be interrupted"
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+
+    # Nothing is listed: the manifest never went up. The debris is there.
+    s3 = s3_repo(tmp_path, s3_endpoint, s3_bucket, "killed").storage("s3")
+    assert s3.list_backup_ids() == []
+    listed = run_cli("list", "--s3", env={**s3_env(s3_endpoint, s3_bucket, "killed"),
+                                          "BACKUP_DIR": str(tmp_path / "elsewhere")})
+    assert "no backups in s3://" in listed.stdout, listed.stdout + listed.stderr
+    assert keys(s3_endpoint, s3_bucket, "killed/") == [f"killed/backups/{backup_id}/a.dump"]
+    assert len(client.list_multipart_uploads(Bucket=s3_bucket, Prefix="killed/").get("Uploads", [])) == 1
+
+    # The next run: retention changes nothing, garbage collection removes every piece of debris.
+    direct_repo = s3_repo(tmp_path, s3_endpoint, s3_bucket, "killed")
+    direct_repo.save(name, overwrite=True)
+    [report] = retention(repository_block=name, sources=["s3"], gc_safety_hours=0)
+    assert report.removed == []
+    assert keys(s3_endpoint, s3_bucket, "killed/") == []
+    assert client.list_multipart_uploads(Bucket=s3_bucket, Prefix="killed/").get("Uploads", []) == []
+
+
+def test_a_corrupted_object_is_refused_on_download_naming_the_object(s3_endpoint, s3_bucket, tmp_path):
+    import zstandard
+
+    from pgkeeper.tasks.offsite import fetch_backup, upload_backup
+
+    repo = s3_repo(tmp_path, s3_endpoint, s3_bucket, "corrupt")
+    backup_id = new_backup_id()
+    payload = zstandard.ZstdCompressor(level=1).compress(os.urandom(200_000) + b"x" * 200_000)
+    make_backup(repo, backup_id, {"crm.dump.zst": payload}, compression="zstd")
+    upload_backup(repo, backup_id)
+
+    key = f"corrupt/backups/{backup_id}/crm.dump.zst"
+    client = direct(s3_endpoint)
+    data = bytearray(client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
+    data[len(data) // 3] ^= 0x01  # one byte changed, e.g. by a disk that lies
+    client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(data))
+    url = f"s3://{s3_bucket}/{key}"
+
+    new_machine = s3_repo(tmp_path, s3_endpoint, s3_bucket, "corrupt")
+    with pytest.raises(IntegrityError, match=url):
+        fetch_backup(new_machine, backup_id)
+    assert list_backups(new_machine.local()) == []
+    assert not (Path(new_machine.path) / "backups" / backup_id).exists()
+
+    storage = new_machine.storage("s3")
+    m = resolve_backup(storage, backup_id)
+    dest = tmp_path / "work.dump"
+    with pytest.raises(IntegrityError, match=url):
+        materialize_dump(storage.open_file(backup_id, m.files[0].name), m.files[0], "zstd", dest,
+                         storage.url(backup_id, m.files[0].name))
+    assert not dest.exists()
