@@ -165,3 +165,21 @@ def test_cancelling_a_served_run_mid_restore_drops_the_scratch_database(env, pg,
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         server.stderr.close()
+
+
+def test_unreachable_scratch_server_fails_the_run_but_not_the_backup(env, pg):  # noqa: F811
+    from pgkeeper.blocks.postgres import PostgresConnection
+    from pgkeeper.localcluster import free_port
+    from pgkeeper.tasks.verify_checks import VerificationFailed
+    from tests.test_verify import read_manifest
+
+    block = "dead-" + uuid.uuid4().hex[:8]
+    PostgresConnection(host="127.0.0.1", port=free_port(), user="postgres", password=SecretStr("x"),
+                       connect_timeout=2).save(block)
+    m = take_backup(env)
+    with pytest.raises(VerificationFailed, match=f"backup {m.backup_id} could not be verified") as caught:
+        run_verify(env, scratch_connection_block=block)
+    report = caught.value.report
+    assert report.checks[2].status == "FAIL" and "server unreachable" in report.checks[2].title
+    assert report.lines()[-1].endswith("nothing recorded in its manifest.")
+    assert read_manifest(env, m.backup_id).verifications == m.verifications  # still just the backup's check

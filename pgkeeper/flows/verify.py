@@ -127,12 +127,17 @@ def verify(
     report = VerifyReport(backup_id=target.backup_id, database=target.database, source=source,
                           method="restore" if restore else "quick", checks=checks,
                           restore_seconds=rto, scratch_server=scratch_server, anomalies=anomalies)
-    updated = record_verification(repo, source, report)
+    if report.inconclusive:  # the verifier's trouble, not the backup's: leave its record alone
+        log.warning("verification of %s could not finish: nothing recorded", target.backup_id)
+        updated = target
+    else:
+        updated = record_verification(repo, source, report)
     recent = [updated if m.backup_id == updated.backup_id else m for m in catalog.backups][-history:]
     report_verification(report, recent)
     (log.info if report.ok else log.error)(report.lines()[-1])
     if not report.ok:
         failed = [c.title for c in report.checks if c.status == "FAIL"]
-        raise VerificationFailed(f"backup {report.backup_id} failed verification: " + "; ".join(failed),
+        verdict = "could not be verified" if report.inconclusive else "failed verification"
+        raise VerificationFailed(f"backup {report.backup_id} {verdict}: " + "; ".join(failed),
                                  report=report)
     return report

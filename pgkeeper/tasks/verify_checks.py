@@ -7,6 +7,7 @@ the flow turns that into a FAIL line and goes on with the checks that do not dep
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -21,8 +22,8 @@ from pgkeeper import anomaly, pgtools
 from pgkeeper.alerts import warn
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups, resolve_backup
-from pgkeeper.errors import IntegrityError, PgkeeperError
-from pgkeeper.fmt import human_seconds
+from pgkeeper.errors import ConnectionFailed, IntegrityError, PgkeeperError, RepositoryError
+from pgkeeper.fmt import human_bytes, human_seconds
 from pgkeeper.manifest import Manifest
 from pgkeeper.pgdb import count_differences
 from pgkeeper.tasks.drill import DrillResult
@@ -47,6 +48,8 @@ class CheckResult(BaseModel):
     number: int
     status: Status
     title: str = Field(description="what was checked and what was found, one line")
+    inconclusive: bool = Field(default=False, description="failed for want of a server or storage, "
+                                                          "not because of the backup")
 
     @property
     def key(self) -> str:
@@ -62,7 +65,9 @@ class CheckResult(BaseModel):
 
     @classmethod
     def failed(cls, number: int, error: BaseException) -> CheckResult:
-        return cls(number=number, status="FAIL", title=f"{CHECKS[number][1]}: {error}")
+        # An unreachable server or bucket, or a full work disk, says nothing about the backup.
+        return cls(number=number, status="FAIL", title=f"{CHECKS[number][1]}: {error}",
+                   inconclusive=isinstance(error, ConnectionFailed | RepositoryError))
 
     @classmethod
     def skipped(cls, number: int, why: str) -> CheckResult:
@@ -88,9 +93,18 @@ class VerifyReport(BaseModel):
         """The backup itself is sound (tests 1-4); freshness is about the repository."""
         return all(c.status != "FAIL" for c in self.checks if c.number != 5)
 
+    @property
+    def inconclusive(self) -> bool:
+        """The backup could not be judged (nothing is recorded in its manifest)."""
+        return any(c.inconclusive for c in self.checks if c.number != 5)
+
     def lines(self) -> list[str]:
         out = [c.line() for c in self.checks]
-        if self.ok and self.method == "restore":
+        if self.inconclusive:
+            failed = ", ".join(str(c.number) for c in self.checks if c.inconclusive)
+            out.append(f"Verification of {self.backup_id} could not finish (test {failed}); "
+                       "nothing recorded in its manifest.")
+        elif self.ok and self.method == "restore":
             out.append(f"Backup is valid and restorable. RTO measured: {human_seconds(self.restore_seconds)}.")
         elif self.ok:
             out.append("Backup file is intact and readable (restore not tested).")
@@ -136,6 +150,11 @@ def fetch_dump(repo: BackupRepository, source: str, manifest: Manifest, work_dir
     file = manifest.files[0]
     label = f"{manifest.backup_id}/{file.name}"
     dest = Path(work_dir) / f"{manifest.backup_id}.dump"
+    free = shutil.disk_usage(work_dir).free
+    if file.raw_size is not None and free < file.raw_size:
+        # Not the backup's fault: say so rather than fail it on a half-written work file.
+        raise RepositoryError(f"{work_dir} has {human_bytes(free)} free, the archive needs "
+                              f"{human_bytes(file.raw_size)}: give verify a work_dir with more space")
     started = time.monotonic()
     with contextlib.closing(repo.storage(source).open_file(manifest.backup_id, file.name)) as stream:
         materialize_dump(stream, file, manifest.compression, dest, label)
