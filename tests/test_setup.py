@@ -68,13 +68,19 @@ def test_setup_from_environment_then_again_changes_nothing(setup_env, pg_env) ->
         schedule = daily.schedules[0].schedule
         assert schedule.cron == "0 2 * * *" and schedule.timezone == "Europe/Paris"
         updated_before = daily.updated
+        drill = client.read_deployment_by_name("verify/weekly-drill")
+        assert drill.parameters["restore"] is True and drill.schedules[0].schedule.cron == "0 3 * * 0"
+        assert client.read_deployment_by_name("restore/on-demand").schedules == []
+        # No ENABLE_WAL_ARCHIVING: the WAL jobs exist but wait, paused.
+        assert client.read_deployment_by_name("wal-ship/every-5-minutes").paused
+        assert not daily.paused
     failure = Automation.read(name="pgkeeper: mail on failed run")
     expected = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
     assert expected <= failure.trigger.expect
 
     second = run_cli("setup", env=setup_env)
     assert second.returncode == 0, second.stderr
-    assert "nothing to change" in second.stdout
+    assert "nothing to change" in second.stdout, second.stdout
     assert "created" not in second.stdout and "updated" not in second.stdout
     with get_client(sync_client=True) as client:
         assert client.read_deployment_by_name("backup/daily").updated == updated_before

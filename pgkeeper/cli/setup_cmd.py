@@ -11,7 +11,8 @@ Reads the old scripts' variables: POSTGRES_USER, POSTGRES_DB, POSTGRES_PASSWORD,
 credentials, AWS_ENDPOINT_URL for S3-compatible stores); ENABLE_EMAIL_ALERTS, ALERT_EMAIL
 (comma-separated), SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASS (SMTP_TYPE=SSL|STARTTLS|INSECURE
 overrides the port's default); RETENTION_DAYS; SENTRY_DSN. pgkeeper's own: PGKEEPER_TIMEZONE
-(schedules, default TZ or UTC), PGKEEPER_WORK_POOL (default pgkeeper).
+(schedules, default TZ or UTC), PGKEEPER_WORK_POOL (default pgkeeper), ENABLE_WAL_ARCHIVING
+(true: WAL shipping and base backup schedules run; otherwise they are created paused).
 Running it again applies changes and leaves everything else as it is."""
 
 

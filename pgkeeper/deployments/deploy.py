@@ -13,12 +13,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from pgkeeper.errors import PgkeeperError
 
 DEPLOYED_HASH_VARIABLE = "pgkeeper_deployed"
+WAL_DEPLOYMENTS = ("wal-ship/every-5-minutes", "base-backup/daily")
 
 
 class DeployFailed(PgkeeperError):
@@ -73,7 +75,7 @@ def missing_deployments(names: list[str]) -> list[str]:
     return missing
 
 
-def fingerprint(prefect_yaml: Path, settings: dict[str, str]) -> str:
+def fingerprint(prefect_yaml: Path, settings: dict[str, Any]) -> str:
     h = hashlib.sha256(prefect_yaml.read_bytes())
     h.update(json.dumps(settings, sort_keys=True).encode())
     return h.hexdigest()
@@ -89,7 +91,7 @@ def prefect_deploy_all(prefect_yaml: Path) -> None:
         raise DeployFailed(f"`prefect deploy --all` failed: {lines[-1] if lines else 'no output'}")
 
 
-def apply_deployments(prefect_yaml: Path, settings: dict[str, str]) -> str:
+def apply_deployments(prefect_yaml: Path, settings: dict[str, Any]) -> str:
     """Deploy everything in prefect.yaml if needed; 'created', 'updated' or 'unchanged'."""
     from prefect.variables import Variable
 
@@ -101,3 +103,19 @@ def apply_deployments(prefect_yaml: Path, settings: dict[str, str]) -> str:
     prefect_deploy_all(prefect_yaml)
     Variable.set(DEPLOYED_HASH_VARIABLE, wanted, overwrite=True)
     return "created" if len(missing) == len(names) else "updated"
+
+
+def set_paused(name: str, paused: bool) -> str:
+    """Pause or resume deployment `name`; 'updated', 'unchanged' or 'absent'."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            deployment = client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return "absent"
+        if bool(deployment.paused) == paused:
+            return "unchanged"
+        (client.pause_deployment if paused else client.resume_deployment)(deployment.id)
+    return "updated"

@@ -69,7 +69,7 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
         remove_automation,
         warning_automation,
     )
-    from pgkeeper.deployments.deploy import apply_deployments, default_prefect_yaml
+    from pgkeeper.deployments.deploy import WAL_DEPLOYMENTS, apply_deployments, default_prefect_yaml, set_paused
     from pgkeeper.names import check_identifier
 
     envmod.check_environment(env)
@@ -114,11 +114,17 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
     pool = env.get("PGKEEPER_WORK_POOL", DEFAULT_WORK_POOL).strip() or DEFAULT_WORK_POOL
     note(f"work pool {pool} (process)", ensure_work_pool(pool))
     yaml_path = (prefect_yaml or default_prefect_yaml()).resolve()
-    settings = {"pgkeeper_project_dir": str(yaml_path.parent),
-                "pgkeeper_timezone": (env.get("PGKEEPER_TIMEZONE") or env.get("TZ") or "UTC").strip()}
+    settings: dict[str, Any] = {
+        "pgkeeper_project_dir": str(yaml_path.parent),
+        "pgkeeper_timezone": (env.get("PGKEEPER_TIMEZONE") or env.get("TZ") or "UTC").strip(),
+    }
     for name, value in settings.items():
         note(f"variable {name}={value}", ensure_variable(name, value))
     note(f"deployments from {yaml_path}", apply_deployments(yaml_path, settings))
+    # Without WAL archiving, wal-ship and base-backup runs could only fail: keep them paused.
+    wal_on = envmod.enabled(env, "ENABLE_WAL_ARCHIVING")
+    for name in WAL_DEPLOYMENTS:
+        note(f"deployment {name} {'active' if wal_on else 'paused'}", set_paused(name, not wal_on))
 
     if mail_block_id is not None:
         note(f"automation {FAILURE_AUTOMATION!r}", apply_automation(failure_automation(mail_block_id)))
