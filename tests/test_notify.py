@@ -103,3 +103,76 @@ def test_unreachable_mail_server_does_not_fail_the_backup(conn, repo) -> None:
     finally:
         MailNotification.delete(DEFAULT_NOTIFICATION_BLOCK)
     assert m.status != "failed"
+
+
+class _Catcher:
+    """A local HTTP server standing in for Sentry: keeps every envelope posted to it."""
+
+    def __init__(self) -> None:
+        import gzip
+        import http.server
+        import threading
+
+        from pgkeeper.localcluster import free_port
+
+        bodies: list[bytes] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    data = gzip.decompress(data)
+                bodies.append(data)
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:  # noqa: ANN002
+                pass
+
+        self.bodies = bodies
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.dsn = f"http://publickey@127.0.0.1:{self.server.server_address[1]}/1"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_failed_backup_is_reported_to_sentry_without_secrets(conn, repo, monkeypatch) -> None:
+    import json
+
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.localcluster import free_port
+
+    catcher = _Catcher()
+    monkeypatch.setenv("SENTRY_DSN", catcher.dsn)
+    conn.save("sentry-db", overwrite=True)
+    repo.save("sentry-repo", overwrite=True)
+    try:
+        state = backup(connection_block="sentry-db", repository_block="sentry-repo", port=free_port(),
+                       return_state=True)
+        assert state.is_failed()
+    finally:
+        catcher.stop()
+        import sentry_sdk
+
+        sentry_sdk.init(dsn=None)  # leave no client behind for the other tests
+    events = [json.loads(line) for body in catcher.bodies for line in body.splitlines()[1:]
+              if line.startswith(b"{") and b'"level"' in line]
+    assert len(events) == 1
+    event = events[0]
+    assert event["tags"]["flow"] == "backup" and event["tags"]["step"] == "preflight"
+    assert event["tags"]["database"] == conn.database
+    context = event["contexts"]["pgkeeper"]
+    assert context["free_disk_bytes"] > 0 and "database_size_bytes" in context
+    assert "server unreachable" in event["message"] or "server unreachable" in json.dumps(event)
+    assert conn.password.get_secret_value() not in b"".join(catcher.bodies).decode(errors="replace")
+
+
+def test_sentry_scrub_removes_the_password_everywhere() -> None:
+    from pgkeeper.sentry import scrub
+
+    event = {"message": "x pw123 y", "extra": [{"k": "pw123"}], "n": 3}
+    assert scrub(event, ["pw123"]) == {"message": "x ********** y", "extra": [{"k": "**********"}], "n": 3}

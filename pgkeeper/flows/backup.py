@@ -8,6 +8,7 @@ from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, 
 from pgkeeper.deployments.limits import backup_slot
 from pgkeeper.flows.retention import after_backup
 from pgkeeper.manifest import Manifest
+from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.dump import dump_database
 from pgkeeper.tasks.notify import mail_backup_success
 from pgkeeper.tasks.preflight import preflight
@@ -16,7 +17,7 @@ from pgkeeper.tasks.store import abandon_backup, begin_backup, write_manifest
 from pgkeeper.tasks.verify import quick_verify
 
 
-@flow(name="backup", log_prints=True)
+@flow(name="backup", log_prints=True, on_failure=[report_failure])  # Sentry, when configured
 def backup(
     database: str | None = None,
     connection_block: str = DEFAULT_CONNECTION_BLOCK,
