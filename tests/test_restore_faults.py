@@ -177,3 +177,17 @@ def test_expired_old_copies_are_dropped_by_the_next_restore(pg, crm_db, env, rep
         for name in old_copies(pg, crm_db):
             drop_database(pg, name)
 
+
+
+def test_a_second_restore_into_the_same_database_is_refused_while_one_runs(pg, crm_db, env, repo):  # noqa: F811
+    from prefect.concurrency.sync import concurrency
+
+    from pgkeeper.tasks.restore_steps import restore_slot
+
+    m, before = backup_then_change(pg, crm_db)
+    with restore_slot(crm_db):  # another restore holds the database
+        message = failed_restore(safety_backup=False)
+        assert "another restore into" in message and "unchanged" in message
+    assert_untouched(pg, crm_db, before)
+    with concurrency(f"pgkeeper-restore-{crm_db}", occupy=1, timeout_seconds=5, strict=True):
+        pass  # and the slot is free again

@@ -28,6 +28,7 @@ from pgkeeper.tasks.restore_steps import (
     report_restore,
     resolve_restore,
     restore_shadow,
+    restore_slot,
     unchanged_line,
 )
 from pgkeeper.tasks.swap import drop_database_task, expire_old_copies, swap_back, swap_into_place
@@ -112,24 +113,29 @@ def restore(
                 answer = pause_flow_run(wait_for_input=form, timeout=confirm_timeout_seconds,
                                         poll_interval=CONFIRM_POLL_SECONDS)
             except FlowPauseTimeout:
-                return Cancelled(message=f"no confirmation within {confirm_timeout_seconds} s: restore cancelled, "
-                                         f"{unchanged_line(plan)}")
+                # Prefect's API marks a run whose pause expired as failed ("never resumed"),
+                # whatever state we propose; this line in the run's log says what it means.
+                message = (f"no confirmation within {confirm_timeout_seconds} s: restore cancelled, "
+                           f"{unchanged_line(plan)}")
+                logger.warning(message)
+                return Cancelled(message=message)
             waited = time.monotonic() - asked
             reason = refusal(plan, answer.confirm, answer.database_name)
             if reason:
                 logger.warning(reason)
                 return Cancelled(message=reason)
 
-        if mode == "replace" and plan.target_exists and safety_backup:
-            safety_id = backup_flow(database=plan.target, connection_block=connection_block, host=host, port=port,
-                                    user=user, repository_block=repository_block, backup_dir=backup_dir,
-                                    labels=["pre-restore"]).backup_id
+        with restore_slot(plan.target):
+            if mode == "replace" and plan.target_exists and safety_backup:
+                safety_id = backup_flow(database=plan.target, connection_block=connection_block, host=host,
+                                        port=port, user=user, repository_block=repository_block,
+                                        backup_dir=backup_dir, labels=["pre-restore"]).backup_id
 
-        shadow_started = True
-        restore_seconds = restore_shadow(conn, plan, work_file, jobs, keep_ownership, repo.dump_timeout_seconds)
-        check_counts(conn, plan.shadow, plan)
-        swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id,
-                               keep_old_hours)
+            shadow_started = True
+            restore_seconds = restore_shadow(conn, plan, work_file, jobs, keep_ownership, repo.dump_timeout_seconds)
+            check_counts(conn, plan.shadow, plan)
+            swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id,
+                                   keep_old_hours)
     except BaseException as exc:
         dropped = _drop_quietly(conn, plan.shadow) if shadow_started else True
         if not isinstance(exc, Exception):

@@ -7,9 +7,12 @@ database. Putting the shadow in place is pgkeeper.tasks.swap's job.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -149,6 +152,24 @@ def resolve_restore(conn: PostgresConnection, repo: BackupRepository, backup: st
                           plan.status, plan.location, plan.target,
                           f"exists, {human_bytes(plan.target_size)}" if plan.target_exists else "new database")
     return plan
+
+
+@contextmanager
+def restore_slot(target: str, wait_seconds: float = 10) -> Iterator[None]:
+    """Never two restores into one database at once (a Prefect global concurrency limit, so it
+    holds across processes and workers). A second restore fails fast instead of queueing."""
+    from prefect.concurrency.sync import concurrency
+
+    from pgkeeper.deployments.server_objects import ensure_limit
+
+    name = "pgkeeper-restore-" + re.sub(r"[^a-z0-9_-]+", "-", target.lower())
+    ensure_limit(name, 1)
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True))
+        except TimeoutError:
+            raise RestoreFailed(f"another restore into {target} is running (limit {name})") from None
+        yield
 
 
 def work_root() -> Path:
