@@ -67,7 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _relay(self) -> None:
         proxy = self.server.proxy
         body = self._read_body()
-        fault = proxy.pick_fault(self.command)
+        fault = proxy.pick_fault(self.command, self.path)
         if proxy.delay:
             time.sleep(proxy.delay)
         if fault == "reset-before":
@@ -117,7 +117,7 @@ class _Server(ThreadingHTTPServer):
 
 class FaultyProxy:
     def __init__(self, upstream: str, failure_rate: float = 0.3, max_faults: int = 60, delay: float = 0.0,
-                 lifetime: float = 300.0, seed: int = 1234) -> None:
+                 lifetime: float = 300.0, seed: int = 1234, only: str | None = None) -> None:
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
@@ -125,6 +125,7 @@ class FaultyProxy:
         self.max_faults = max_faults
         self.delay = delay
         self.lifetime = lifetime
+        self.only = only  # fail only requests whose path contains this
         self.faults: Counter[str] = Counter()
         self.requests = 0
         self._random = random.Random(seed)
@@ -138,9 +139,11 @@ class FaultyProxy:
         assert self._server is not None
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def pick_fault(self, method: str) -> str | None:
+    def pick_fault(self, method: str, path: str) -> str | None:
         with self._lock:
             self.requests += 1
+            if self.only is not None and self.only not in path:
+                return None
             if sum(self.faults.values()) >= self.max_faults or self._random.random() >= self.failure_rate:
                 return None
             kinds = ["500", "reset-before", "reset-after"] + (["truncate", "truncate"] if method == "GET" else [])

@@ -115,7 +115,7 @@ def test_backup_lands_intact_through_a_flaky_network(pg, crm_db, conn, s3_endpoi
         repo.save(f"repo-{suffix}")
         manifest = backup(connection_block=f"db-{suffix}", repository_block=f"repo-{suffix}")
         upload_faults = sum(proxy.faults.values())
-    assert upload_faults > 0, "the proxy should have failed some requests"
+    assert upload_faults > 0, f"the proxy should have failed some of its {proxy.requests} requests"
     assert any(line.endswith("checksum verified") for line in manifest.outcome)
     file = manifest.files[0]
     assert file.size > 10 * 1024 * 1024  # really multipart
@@ -127,10 +127,10 @@ def test_backup_lands_intact_through_a_flaky_network(pg, crm_db, conn, s3_endpoi
     assert direct(s3_endpoint).list_multipart_uploads(Bucket=s3_bucket).get("Uploads", []) == []
 
     # Downloads through a flaky network (bodies cut off half-way) resume and still check out.
-    with FaultyProxy(s3_endpoint, failure_rate=0.4, max_faults=25, seed=11) as proxy:
+    with FaultyProxy(s3_endpoint, failure_rate=1.0, max_faults=4, seed=11, only=file.name) as proxy:
         elsewhere = s3_repo(tmp_path, proxy.url, s3_bucket, "flaky")
         fetch_backup(elsewhere, manifest.backup_id)
-        assert sum(proxy.faults.values()) > 0
+        assert proxy.faults["truncate"] > 0, proxy.faults  # a body cut off half-way was resumed
     fetched = Path(elsewhere.path) / "backups" / manifest.backup_id / file.name
     assert hashlib.sha256(fetched.read_bytes()).hexdigest() == file.sha256
     assert [m.backup_id for m in list_backups(elsewhere.local())] == [manifest.backup_id]
