@@ -300,3 +300,27 @@ def test_sigterm_mid_restore_leaves_no_scratch_database(env, pg, crm_db):
         runs = [r for r in client.read_flow_runs(limit=200) if r.id.hex.startswith(scratch.rsplit("_", 1)[1])]
     assert len(runs) == 1 and runs[0].state is not None
     assert runs[0].state.is_crashed() or runs[0].state.is_cancelled()
+
+
+FAILING_CHECK = """
+CREATE FUNCTION public.drill_check(i int) RETURNS bool IMMUTABLE LANGUAGE plpgsql AS $$
+BEGIN
+  -- Passes in the source; refuses every row inside a verify drill's scratch database.
+  IF current_database() LIKE 'pgkeeper_verify_%' THEN RAISE EXCEPTION 'drill_check refuses row %', i; END IF;
+  RETURN true;
+END $$;
+CREATE TABLE public.drill_checked (i int CHECK (public.drill_check(i)));
+INSERT INTO public.drill_checked VALUES (1);
+"""
+
+
+def test_restore_that_fails_midway_fails_test_3_and_drops_scratch(env, pg, crm_db):
+    with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
+        c.execute(FAILING_CHECK)
+    m = take_backup(env)
+
+    report = failed_report(env)
+    assert [c.status for c in report.checks] == ["PASS", "PASS", "FAIL", "SKIP", "PASS"]
+    assert "pg_restore failed" in report.checks[2].title and "drill_check refuses row" in report.checks[2].title
+    assert scratch_databases(pg) == []
+    assert read_manifest(env, m.backup_id).status == "failed"
