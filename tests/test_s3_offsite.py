@@ -181,11 +181,19 @@ def test_killed_upload_leaves_nothing_listed_and_the_next_run_collects_the_debri
 
     # The next run: retention changes nothing, garbage collection removes every piece of debris.
     direct_repo = s3_repo(tmp_path, s3_endpoint, s3_bucket, "killed")
+    direct_repo.path = repo.path  # the same machine, now with a good link
     direct_repo.save(name, overwrite=True)
     [report] = retention(repository_block=name, sources=["s3"], gc_safety_hours=0)
     assert report.removed == []
     assert keys(s3_endpoint, s3_bucket, "killed/") == []
     assert client.list_multipart_uploads(Bucket=s3_bucket, Prefix="killed/").get("Uploads", []) == []
+
+    # Uploading again works, and once it is up a repeated upload changes nothing.
+    from pgkeeper.tasks.offsite import upload_backup
+
+    upload_backup(direct_repo, backup_id)
+    assert s3.list_backup_ids() == [backup_id]
+    assert upload_backup(direct_repo, backup_id).checks == ["already uploaded, manifest identical"]
 
 
 def test_a_corrupted_object_is_refused_on_download_naming_the_object(s3_endpoint, s3_bucket, tmp_path):

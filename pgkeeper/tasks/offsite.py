@@ -154,6 +154,11 @@ def upload_backup(repo: BackupRepository, backup_id: str) -> UploadResult:
         raise RepositoryError(f"backup {backup_id} has no manifest in {local.describe()}: nothing to upload")
     manifest = Manifest.from_bytes(data)
     started = time.monotonic()
+    location = s3.url(backup_id, MANIFEST).rsplit("/", 1)[0] + "/"
+    if s3.read_manifest(backup_id) == data:  # a retry after the manifest went up: done already
+        logger.info("backup %s is already in %s", backup_id, location)
+        return UploadResult(backup_id=backup_id, location=location, files=len(manifest.files),
+                            bytes=manifest.size, seconds=0.0, checks=["already uploaded, manifest identical"])
     checks = []
     for file in manifest.files:
         checks.append(upload_checked(s3, local, backup_id, file))
@@ -166,7 +171,6 @@ def upload_backup(repo: BackupRepository, backup_id: str) -> UploadResult:
         raise IntegrityError(f"{s3.url(backup_id, MANIFEST)}: checksum differs from the local manifest",
                              transient=True)
     seconds = time.monotonic() - started
-    location = s3.url(backup_id, MANIFEST).rsplit("/", 1)[0] + "/"
     logger.info("backup %s is in %s (%s in %.1f s)", backup_id, location, human_bytes(manifest.size), seconds)
     return UploadResult(backup_id=backup_id, location=location, files=len(manifest.files), bytes=manifest.size,
                         seconds=seconds, checks=checks)
