@@ -8,7 +8,7 @@ stored backup is decompressed (checksum-checked) to one work file, and then, alt
   1. bare: CREATE DATABASE + `pg_restore -j2 --no-owner --no-privileges --exit-on-error`;
   2. flow: what the restore flow does after its fetch, as Prefect tasks in a flow: shadow
      database shaped like the target, pg_restore -j2 into it, row counts against the manifest,
-     connections refused and ended, the one-transaction swap, the counts again, old copy dropped.
+     connections refused and ended, the one-transaction swap, the swap checked (old copy kept).
 Medians of each are compared. Target: flow <= 1.15x bare. One full `restore` flow run (fetch,
 readable check and all) is timed at the end for reference.
 
@@ -101,16 +101,16 @@ def main() -> int:
     from pgkeeper.localcluster import LocalCluster, scratch_dir
     from pgkeeper.tasks.pg_restore import materialize_dump
     from pgkeeper.tasks.restore_steps import RestorePlan, check_counts, plan_restore, restore_shadow
-    from pgkeeper.tasks.swap import drop_database_task, swap_into_place
+    from pgkeeper.tasks.swap import check_swapped, drop_if_exists, swap_into_place
 
-    @flow(name="restore-bench-work")
-    def flow_work(conn: PostgresConnection, plan: RestorePlan, work_file: Path, jobs: int) -> None:
+    @flow(name="restore-bench-work", validate_parameters=False)  # local types: nothing to validate
+    def flow_work(conn: PostgresConnection, plan: RestorePlan, work_file: Path, jobs: int) -> str | None:
+        # The restore flow's steps after its fetch, in its order (the old copy is kept by default).
         restore_shadow(conn, plan, work_file, jobs, False, 6 * 3600)
         check_counts(conn, plan.shadow, plan)
         swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id, 0)
-        check_counts(conn, plan.target, plan)
-        if swap.retired_as:
-            drop_database_task(conn, swap.retired_as)
+        check_swapped(conn, swap, len(plan.tables))
+        return swap.retired_as
 
     base = Path(args.reuse) if args.reuse else scratch_dir("pgkeeper-bench-restore-")
     base.mkdir(parents=True, exist_ok=True)
@@ -141,6 +141,7 @@ def main() -> int:
                 materialize_dump(stream, manifest.files[0], manifest.compression, dump, "bench")
             print(f"work file: {dump.stat().st_size / 2**20:.0f} MB")
             # The target exists, as in a real replace; the first flow round also warms the cache.
+            drop_if_exists(conn, TARGET_DB)  # left by an earlier --reuse run
             plan = plan_restore(conn, repo, manifest.backup_id, "local", "new", TARGET_DB)
             flow_work(conn, plan, dump, args.jobs)
 
@@ -149,8 +150,10 @@ def main() -> int:
                 bare_s.append(bare_restore(cluster, dump, args.jobs))
                 plan = plan_restore(conn, repo, manifest.backup_id, "local", "replace", TARGET_DB)
                 t = time.monotonic()
-                flow_work(conn, plan, dump, args.jobs)
+                old = flow_work(conn, plan, dump, args.jobs)
                 flow_s.append(time.monotonic() - t)
+                if old:
+                    drop_if_exists(conn, old)  # not timed, as the bare database's drop is not
                 print(f"round {i + 1}: bare pg_restore -j{args.jobs} {bare_s[-1]:.2f} s, "
                       f"restore flow work {flow_s[-1]:.2f} s")
 

@@ -1,5 +1,5 @@
 """The restore flow: resolve → fetch → prove readable → confirm → safety backup → shadow restore
-→ count → swap → count again → report. Nothing destructive happens before the swap, and the
+→ count → swap → check the swap → report. Nothing destructive happens before the swap, and the
 swap is a single transaction; any failure leaves the target as it was and says so.
 """
 
@@ -31,7 +31,7 @@ from pgkeeper.tasks.restore_steps import (
     restore_slot,
     unchanged_line,
 )
-from pgkeeper.tasks.swap import drop_database_task, expire_old_copies, swap_back, swap_into_place
+from pgkeeper.tasks.swap import check_swapped, drop_database_task, expire_old_copies, swap_back, swap_into_place
 
 CONFIRM_POLL_SECONDS = 2
 
@@ -133,7 +133,7 @@ def restore(
 
             shadow_started = True
             restore_seconds = restore_shadow(conn, plan, work_file, jobs, keep_ownership, repo.dump_timeout_seconds)
-            check_counts(conn, plan.shadow, plan)
+            tables = check_counts(conn, plan.shadow, plan)
             swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id,
                                    keep_old_hours)
     except BaseException as exc:
@@ -147,7 +147,7 @@ def restore(
             cleanup_work_file(work_file)
 
     try:
-        tables = check_counts(conn, plan.target, plan)
+        check_swapped(conn, swap, len(plan.tables))
     except Exception as exc:
         swap_back(conn, plan.target, swap.retired_as, plan.shadow)
         raise RestoreFailed(f"restore of {plan.backup_id}: the swapped-in database did not check out ({exc}); "

@@ -22,6 +22,8 @@ from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.names import check_identifier
 from pgkeeper.pgdb import MAINTENANCE_DB
+from pgkeeper.tasks.policy import RETRYABLE
+from pgkeeper.tasks.snapshot import USER_TABLES
 
 OLD_COPY_MARK = "pgkeeper pre-restore copy"
 SHADOW_MARK = "pgkeeper restore in progress"
@@ -38,6 +40,12 @@ class SwapResult(BaseModel):
     retired_as: str | None  # where the previous database went (None: there was none)
     terminated: int
     seconds: float
+    oid: int  # of the database now called `target`: the restored one, whatever its name was
+
+
+def database_oid(c: psycopg.Connection, name: str) -> int | None:
+    row = c.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()
+    return int(row[0]) if row else None
 
 
 def _admin(conn: PostgresConnection) -> psycopg.Connection:
@@ -134,6 +142,9 @@ def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as
     started = time.monotonic()
     with _admin(conn) as c:
         before = connection_settings(c, live)
+        oid = database_oid(c, incoming)
+        if oid is None:
+            raise SwapFailed(f"database {incoming!r} to put in place does not exist")
         if before is None:
             try:
                 terminate_all(c, incoming)
@@ -142,7 +153,8 @@ def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as
                     c.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(_ident(live)))
             except psycopg.Error as exc:
                 raise SwapFailed(f"could not rename {incoming!r} to {live!r}: {_first_line(exc)}") from None
-            return SwapResult(target=live, retired_as=None, terminated=0, seconds=time.monotonic() - started)
+            return SwapResult(target=live, retired_as=None, terminated=0, seconds=time.monotonic() - started,
+                              oid=oid)
         assert retire_as is not None
         allow_before, _ = before
         c.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(_ident(live)))
@@ -163,7 +175,7 @@ def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as
                             _ident(retire_as), sql.Literal(comment) if comment else sql.NULL))
                         c.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(_ident(live)))
                     return SwapResult(target=live, retired_as=retire_as, terminated=ended,
-                                      seconds=time.monotonic() - started)
+                                      seconds=time.monotonic() - started, oid=oid)
                 except psycopg.errors.ObjectInUse as exc:
                     last_error = _first_line(exc)  # a session slipped in before ALLOW_CONNECTIONS: again
                     continue
@@ -230,6 +242,24 @@ def swap_into_place(conn: PostgresConnection, target: str, shadow: str, retire_a
     else:
         logger.info("%s created from the restored copy", target)
     return result
+
+
+@task(name="check-swapped", cache_policy=NO_CACHE, **RETRYABLE)
+def check_swapped(conn: PostgresConnection, swap: SwapResult, expected_tables: int) -> None:
+    """The database now called the target is the one restored and counted (same oid: a rename
+    moves no data, so its counts still hold), it accepts connections and holds every table."""
+    with _admin(conn) as c:
+        oid = database_oid(c, swap.target)
+        settings = connection_settings(c, swap.target)
+    if oid != swap.oid:
+        raise SwapFailed(f"{swap.target!r} is not the restored database after the swap")
+    if not settings or not settings[0]:
+        raise SwapFailed(f"{swap.target!r} does not accept connections after the swap")
+    with conn.connect(database=swap.target) as c:
+        c.execute("BEGIN READ ONLY")
+        tables = len(c.execute(USER_TABLES).fetchall())
+    if tables != expected_tables:
+        raise SwapFailed(f"{swap.target!r} holds {tables} tables after the swap, the backup {expected_tables}")
 
 
 @task(name="swap-back", cache_policy=NO_CACHE)
