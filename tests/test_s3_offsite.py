@@ -201,7 +201,8 @@ def test_a_corrupted_object_is_refused_on_download_naming_the_object(s3_endpoint
 
     from pgkeeper.tasks.offsite import fetch_backup, upload_backup
 
-    repo = s3_repo(tmp_path, s3_endpoint, s3_bucket, "corrupt")
+    repo = s3_repo(tmp_path, s3_endpoint, s3_bucket, "corrupt", s3_encryption="aws:kms",
+                   s3_kms_key_id="alias/pgkeeper", s3_storage_class="STANDARD_IA")
     backup_id = new_backup_id()
     payload = zstandard.ZstdCompressor(level=1).compress(os.urandom(200_000) + b"x" * 200_000)
     make_backup(repo, backup_id, {"crm.dump.zst": payload}, compression="zstd")
@@ -209,6 +210,9 @@ def test_a_corrupted_object_is_refused_on_download_naming_the_object(s3_endpoint
 
     key = f"corrupt/backups/{backup_id}/crm.dump.zst"
     client = direct(s3_endpoint)
+    head = client.head_object(Bucket=s3_bucket, Key=key)
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"], head["StorageClass"]) == \
+        ("aws:kms", "alias/pgkeeper", "STANDARD_IA")
     data = bytearray(client.get_object(Bucket=s3_bucket, Key=key)["Body"].read())
     data[len(data) // 3] ^= 0x01  # one byte changed, e.g. by a disk that lies
     client.put_object(Bucket=s3_bucket, Key=key, Body=bytes(data))
