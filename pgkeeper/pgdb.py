@@ -60,6 +60,14 @@ def database_size(conn: PostgresConnection, name: str) -> int | None:
     return int(row[0]) if row else None
 
 
+def databases_with_prefix(conn: PostgresConnection, prefix: str) -> list[str]:
+    """Names of the databases whose name starts with `prefix` (taken literally, not as a pattern)."""
+    with _admin(conn) as c:
+        rows = c.execute("SELECT datname FROM pg_database WHERE left(datname, length(%s)) = %s ORDER BY 1",
+                         (prefix, prefix)).fetchall()
+    return [r[0] for r in rows]
+
+
 def count_database(conn: PostgresConnection, name: str) -> tuple[dict[str, int], dict[str, int]]:
     """Row counts per table and object counts of database `name`, as the manifest records them."""
     with conn.connect(database=name) as c:

@@ -183,3 +183,25 @@ def test_unreachable_scratch_server_fails_the_run_but_not_the_backup(env, pg):  
     assert report.checks[2].status == "FAIL" and "server unreachable" in report.checks[2].title
     assert report.lines()[-1].endswith("nothing recorded in its manifest.")
     assert read_manifest(env, m.backup_id).verifications == m.verifications  # still just the backup's check
+
+
+def test_a_scratch_database_left_by_a_killed_run_is_reported_not_dropped(env, pg, crm_db):  # noqa: F811
+    import time
+
+    from tests.helpers import drop_database
+    from tests.test_verify import warning_events
+
+    leftover = "pgkeeper_verify_deadbeef"
+    create_database(pg, leftover)
+    try:
+        take_backup(env)
+        assert run_verify(env).ok
+        assert database_exists(pg, leftover)  # it might be another drill's: a person decides
+        deadline = time.monotonic() + 30
+        while not (events := [e for e in warning_events(crm_db) if e.payload["kind"] == "scratch-leftover"]) \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert events and events[0].payload["leftovers"] == [leftover]
+        assert leftover in events[0].payload["message"]
+    finally:
+        drop_database(pg, leftover)

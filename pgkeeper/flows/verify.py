@@ -101,7 +101,7 @@ def verify(
             fmt = check(2, check_format, target, fetched.path) if fetched else None
             add(fmt)
             drill = check(3, restore_drill, scratch, fetched.path, scratch_database_name(flow_run.id),
-                          jobs, restore_timeout_seconds) if fetched and fmt else None
+                          jobs, restore_timeout_seconds, target.database) if fetched and fmt else None
             if fetched and drill:
                 rto, scratch_server = fetched.seconds + drill.restore_seconds, drill.server
                 add(restore_passed(drill))

@@ -19,10 +19,17 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
+from pgkeeper.alerts import warn
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.config import load_block, load_connection
 from pgkeeper.errors import NotFound
-from pgkeeper.pgdb import count_database, create_database, database_exists, drop_database
+from pgkeeper.pgdb import (
+    count_database,
+    create_database,
+    database_exists,
+    databases_with_prefix,
+    drop_database,
+)
 from pgkeeper.tasks.pg_restore import pg_restore_into
 from pgkeeper.tasks.policy import RETRYABLE
 
@@ -78,10 +85,17 @@ def _drop(conn: PostgresConnection, name: str, quiet: bool) -> None:
 
 @task(name="restore-drill", cache_policy=NO_CACHE, **RETRYABLE)
 def restore_drill(scratch: PostgresConnection, archive: str, name: str, jobs: int = 2,
-                  timeout_seconds: float = 6 * 3600) -> DrillResult:
+                  timeout_seconds: float = 6 * 3600, source_database: str | None = None) -> DrillResult:
     """Test 3: pg_restore into a new scratch database, count what arrived, drop it."""
     log = get_run_logger()
-    drop_database(scratch, name)  # a leftover of an attempt that was killed outright
+    drop_database(scratch, name)  # a leftover of an earlier attempt of this same run
+    others = [d for d in databases_with_prefix(scratch, SCRATCH_PREFIX) if d != name]
+    if others:
+        # A run killed outright (SIGKILL, power loss) never reached its cleanup. It may also be
+        # another drill in progress, so a person decides: we only say so.
+        warn("scratch-leftover", f"scratch databases on {scratch.describe(others[0]).rsplit('/', 1)[0]} "
+             f"that may be left over from killed verify runs: {', '.join(others)} (drop them if no verify "
+             "is running)", database=source_database, leftovers=others)
     create_database(scratch, name)
     failed = True
     try:
