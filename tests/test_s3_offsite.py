@@ -231,3 +231,12 @@ def test_a_corrupted_object_is_refused_on_download_naming_the_object(s3_endpoint
         materialize_dump(storage.open_file(backup_id, m.files[0].name), m.files[0], "zstd", dest,
                          storage.url(backup_id, m.files[0].name))
     assert not dest.exists()
+
+
+def test_a_missing_bucket_is_one_plain_line_without_secrets(s3_endpoint, tmp_path):
+    env = {**s3_env(s3_endpoint, "no-such-bucket-here", "x"), "BACKUP_DIR": str(tmp_path / "r"),
+           "AWS_SECRET_ACCESS_KEY": "s3cr3t-" + uuid.uuid4().hex}
+    result = run_cli("list", "--s3", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == "pgkeeper: error: listing s3://no-such-bucket-here/x/backups/ failed: NoSuchBucket"
+    assert env["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr

@@ -62,19 +62,28 @@ def _error_code(exc: BaseException) -> str:
     return str(response.get("Error", {}).get("Code", "")) or type(exc).__name__
 
 
+def _transient(exc: BaseException) -> bool:
+    response = getattr(exc, "response", None)
+    if not response:
+        return True  # a connection that broke: worth another try
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    # 403/404-class answers do not get better by waiting; 5xx and throttling might.
+    return status >= 500 or _error_code(exc) in ("SlowDown", "RequestTimeout", "Throttling")
+
+
 @contextlib.contextmanager
 def s3_errors(what: str) -> Iterator[None]:
     """botocore failures as one plain RepositoryError line (no credentials, no traceback)."""
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         yield
+    except S3UploadFailedError as exc:  # the transfer manager gave up after botocore's retries
+        cause = exc.__context__ or exc.__cause__ or exc
+        raise RepositoryError(f"{what} failed: {_error_code(cause)}", transient=_transient(cause)) from None
     except ClientError as exc:
-        code = _error_code(exc)
-        status = (exc.response or {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        # 403/400-class answers do not get better by waiting; 5xx and throttling might.
-        transient = status >= 500 or code in ("SlowDown", "RequestTimeout", "Throttling")
-        raise RepositoryError(f"{what} failed: {code}", transient=transient) from None
+        raise RepositoryError(f"{what} failed: {_error_code(exc)}", transient=_transient(exc)) from None
     except BotoCoreError as exc:
         raise RepositoryError(f"{what} failed: {type(exc).__name__}", transient=True) from None
 
