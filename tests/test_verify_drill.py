@@ -105,6 +105,13 @@ def test_verify_from_s3_records_in_the_bucket_and_locally(env, pg, s3_endpoint, 
     assert [v.method for v in recorded.verifications] == ["quick", "restore", "restore"]
     assert scratch_databases(pg) == []
 
+    from tests.helpers import run_cli
+
+    cli = run_cli("verify", "--from-s3", "--no-restore", env={**env, **s3})
+    assert cli.returncode == 0, cli.stderr
+    assert cli.stdout.splitlines()[0].endswith(" PASS") and "restore not requested" in cli.stdout
+    assert Manifest.from_bytes(bucket.read_manifest(m.backup_id)).verifications[-1].method == "quick"
+
 
 def test_cancelling_a_served_run_mid_restore_drops_the_scratch_database(env, pg, crm_db):  # noqa: F811
     """The UI's Cancel button: the runner stops the run; the on_cancellation hook runs too."""
