@@ -223,3 +223,34 @@ def test_restore_from_s3_when_the_local_copy_is_gone(pg, crm_db, env, repo, s3_e
         assert table_fingerprints(pg.conninfo(copy)) == at_backup
     finally:
         drop_database(pg, copy)
+
+
+def test_the_restored_database_keeps_the_targets_owner_and_settings(pg, crm_db, env, repo, cleanup_copies):
+    """A dump (without --create) carries no database-level owner or settings: the shadow takes them
+    from the database it replaces, so applications see the same database afterwards."""
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+
+    role = f"app_{crm_db}"
+    with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+        c.execute(f"CREATE ROLE {role} LOGIN")
+        c.execute(f"ALTER DATABASE {crm_db} OWNER TO {role}")
+        c.execute(f"ALTER DATABASE {crm_db} SET work_mem = '7MB'")
+    try:
+        backup()
+        restore("latest", confirmed=True, safety_backup=False)
+        with psycopg.connect(pg.conninfo()) as c:
+            owner, settings = c.execute(
+                "SELECT pg_get_userbyid(d.datdba), s.setconfig FROM pg_database d LEFT JOIN pg_db_role_setting s "
+                "ON s.setdatabase = d.oid AND s.setrole = 0 WHERE d.datname = %s", (crm_db,)).fetchone()
+        assert owner == role and settings == ["work_mem=7MB"]
+        with psycopg.connect(pg.conninfo(crm_db)) as c:
+            assert c.execute("SHOW work_mem").fetchone()[0] == "7MB"
+    finally:
+        with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+            for name in [crm_db, *old_copies(pg, crm_db)]:
+                c.execute(f"ALTER DATABASE {name} OWNER TO postgres")
+        for name in old_copies(pg, crm_db):
+            drop_database(pg, name)
+        with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+            c.execute(f"DROP ROLE {role}")
