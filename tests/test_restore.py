@@ -225,7 +225,15 @@ def test_restore_from_s3_when_the_local_copy_is_gone(pg, crm_db, env, repo, s3_e
         drop_database(pg, copy)
 
 
-def test_the_restored_database_keeps_the_targets_owner_and_settings(pg, crm_db, env, repo, cleanup_copies):
+def database_grants(pg, name: str) -> set[tuple[str, str]]:
+    with psycopg.connect(pg.conninfo()) as c:
+        return set(c.execute(
+            "SELECT CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END, a.privilege_type "
+            "FROM pg_database d, aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a WHERE d.datname = %s",
+            (name,)).fetchall())
+
+
+def test_the_restored_database_keeps_the_targets_owner_settings_and_grants(pg, crm_db, env, repo, cleanup_copies):
     """A dump (without --create) carries no database-level owner or settings: the shadow takes them
     from the database it replaces, so applications see the same database afterwards."""
     from pgkeeper.flows.backup import backup
@@ -236,6 +244,8 @@ def test_the_restored_database_keeps_the_targets_owner_and_settings(pg, crm_db, 
         c.execute(f"CREATE ROLE {role} LOGIN")
         c.execute(f"ALTER DATABASE {crm_db} OWNER TO {role}")
         c.execute(f"ALTER DATABASE {crm_db} SET work_mem = '7MB'")
+        c.execute(f"REVOKE CONNECT, TEMPORARY ON DATABASE {crm_db} FROM PUBLIC")
+        c.execute(f"GRANT CONNECT ON DATABASE {crm_db} TO pg_monitor")
     try:
         backup()
         restore("latest", confirmed=True, safety_backup=False)
@@ -244,6 +254,10 @@ def test_the_restored_database_keeps_the_targets_owner_and_settings(pg, crm_db, 
                 "SELECT pg_get_userbyid(d.datdba), s.setconfig FROM pg_database d LEFT JOIN pg_db_role_setting s "
                 "ON s.setdatabase = d.oid AND s.setrole = 0 WHERE d.datname = %s", (crm_db,)).fetchone()
         assert owner == role and settings == ["work_mem=7MB"]
+        [old] = old_copies(pg, crm_db)
+        assert database_grants(pg, crm_db) == database_grants(pg, old)
+        assert ("PUBLIC", "CONNECT") not in database_grants(pg, crm_db)
+        assert ("pg_monitor", "CONNECT") in database_grants(pg, crm_db)
         with psycopg.connect(pg.conninfo(crm_db)) as c:
             assert c.execute("SHOW work_mem").fetchone()[0] == "7MB"
     finally:

@@ -120,10 +120,28 @@ def create_shadow(conn: PostgresConnection, shadow: str, like: str | None) -> No
                 key, _, value = item.partition("=")
                 c.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
                     _ident(shadow), _ident(key), sql.Literal(value)))
+            copy_database_privileges(c, like, shadow)
         else:
             c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(_ident(shadow)))
         c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
             _ident(shadow), sql.Literal(f"{SHADOW_MARK} since {datetime.now(UTC).isoformat(timespec='seconds')}")))
+
+
+def copy_database_privileges(c: psycopg.Connection, source: str, dest: str) -> None:
+    """GRANTs on the database itself (CONNECT, TEMP, CREATE): a `REVOKE CONNECT FROM PUBLIC` on
+    the target must not quietly become the default's "everyone may connect"."""
+    acl = c.execute("SELECT datacl IS NOT NULL FROM pg_database WHERE datname = %s", (source,)).fetchone()
+    if not acl or not acl[0]:
+        return  # default privileges, which the new database has too
+    c.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(_ident(dest)))
+    rows = c.execute(
+        "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, "
+        "a.is_grantable FROM pg_database d, aclexplode(d.datacl) a "
+        "WHERE d.datname = %s AND a.grantee <> d.datdba", (source,)).fetchall()
+    for grantee, privilege, grantable in rows:
+        c.execute(sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
+            sql.SQL(privilege), _ident(dest), _ident(grantee) if grantee else sql.SQL("PUBLIC"),
+            sql.SQL(" WITH GRANT OPTION" if grantable else "")))
 
 
 def drop_if_exists(conn: PostgresConnection, name: str) -> None:
