@@ -25,5 +25,6 @@ def backup_slot(database: str, timeout_seconds: float | None = None) -> Iterator
 
     name = database_limit_name(database)
     ensure_limit(name, 1)
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True):
+    # A short lease: a backup whose process is killed frees its slot in a minute (the API minimum), not five.
+    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True, lease_duration=60):
         yield

@@ -47,9 +47,11 @@ def preflight(conn: PostgresConnection, repo: BackupRepository) -> ServerInfo:
     with conn.connect() as c:
         version = c.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         db_size = c.execute("SELECT pg_database_size(current_database())").fetchone()[0]  # type: ignore[index]
+        # From pg_class, not pg_table_size(): an estimate must never wait behind a table lock.
         table_bytes = c.execute(
-            "SELECT coalesce(sum(pg_table_size(c.oid)), 0) FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "SELECT coalesce(sum(c.relpages::bigint + coalesce(t.relpages, 0)), 0)"
+            " * current_setting('block_size')::bigint FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_class t ON t.oid = c.reltoastrelid "
             "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
         ).fetchone()[0]  # type: ignore[index]
         try:
