@@ -17,8 +17,9 @@ class ManifestSource(Protocol):
     def read_manifest(self, backup_id: str) -> bytes | None: ...
 
 
-def list_backups(storage: ManifestSource, database: str | None = None) -> list[Manifest]:
-    """Complete backups, oldest first. An unreadable manifest is not a backup."""
+def list_backups(storage: ManifestSource, database: str | None = None, kind: str | None = None) -> list[Manifest]:
+    """Complete backups, oldest first, optionally of one database and kind ('logical' dumps or
+    'physical' base backups). An unreadable manifest is not a backup."""
     found = []
     for backup_id in storage.list_backup_ids():
         data = storage.read_manifest(backup_id)
@@ -30,16 +31,19 @@ def list_backups(storage: ManifestSource, database: str | None = None) -> list[M
             continue
         if m.backup_id != backup_id:
             continue
-        if database is None or m.database == database:
+        if (database is None or m.database == database) and (kind is None or m.kind == kind):
             found.append(m)
     return found
 
 
-def resolve_backup(storage: ManifestSource, ref: str, database: str | None = None) -> Manifest:
+def resolve_backup(storage: ManifestSource, ref: str, database: str | None = None,
+                   kind: str | None = None) -> Manifest:
     """The backup a user means by `ref` ('latest', an id, or an old file name)."""
     wanted = parse_backup_ref(ref)
-    backups = list_backups(storage, database)
+    backups = list_backups(storage, database, kind)
     where = storage.describe() + (f" for database {database!r}" if database else "")
+    if kind:
+        where = f"{kind} backups of " + where
     if wanted == LATEST:
         if not backups:
             raise NotFound(f"no backups in {where}: 'latest' has nothing to point to")

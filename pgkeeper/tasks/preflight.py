@@ -32,7 +32,7 @@ class ServerInfo(BaseModel):
 
 def size_estimate(repo: BackupRepository, database: str, database_size: int, table_bytes: int) -> int:
     """Expected stored size: the last backup scaled by growth, else a cautious guess."""
-    previous = list_backups(repo.local(), database)
+    previous = list_backups(repo.local(), database, kind="logical")
     if previous and previous[-1].database_size:
         last = previous[-1]
         growth = database_size / max(last.database_size or 1, 1)

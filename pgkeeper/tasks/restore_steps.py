@@ -99,10 +99,10 @@ def newest_regular_backup(storage, database: str) -> Manifest:  # storage: Local
     A safety backup holds the data a restore replaced; picking it for the next `latest` would
     quietly undo the restore. It stays restorable by its id.
     """
-    candidates = [m for m in list_backups(storage, database) if PRE_RESTORE_LABEL not in m.labels]
+    candidates = [m for m in list_backups(storage, database, kind="logical") if PRE_RESTORE_LABEL not in m.labels]
     if candidates:
         return candidates[-1]
-    return resolve_backup(storage, LATEST, database)  # raises the catalog's own "nothing there" line
+    return resolve_backup(storage, LATEST, database, kind="logical")  # raises the catalog's own "nothing there" line
 
 
 def plan_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, source: str,
@@ -114,6 +114,7 @@ def plan_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, 
     if mode not in ("replace", "new"):
         raise BadName(f"mode {mode!r} is not known: use 'replace' or 'new'")
     storage = repo.storage(source)
+    # An explicit id may name a base backup: resolve it anyway, to say to use pitr instead.
     manifest = newest_regular_backup(storage, conn.database) if ref == LATEST else resolve_backup(storage, ref)
     if manifest.kind != "logical":
         raise BadName(f"{manifest.backup_id} is a physical base backup: restore it with `pgkeeper pitr`")

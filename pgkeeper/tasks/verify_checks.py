@@ -137,11 +137,11 @@ class Catalog(BaseModel):
 def resolve_for_verify(repo: BackupRepository, source: str, ref: str, database: str | None) -> Catalog:
     """The backup the user means, and the other backups of its database (freshness, anomalies)."""
     storage = repo.storage(source)
-    target = resolve_backup(storage, ref, database)
+    target = resolve_backup(storage, ref, database, kind="logical")
     if target.kind != "logical" or len(target.files) != 1:
         raise PgkeeperError(f"backup {target.backup_id} is a {target.kind} backup: verify restores "
                             "logical dumps only")
-    return Catalog(target=target, backups=list_backups(storage, target.database))
+    return Catalog(target=target, backups=list_backups(storage, target.database, kind="logical"))
 
 
 @task(name="fetch-dump", cache_policy=NO_CACHE, **RETRYABLE)
