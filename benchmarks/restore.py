@@ -33,35 +33,11 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-SOURCE_DB = "bench_source"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_db import PASSWORD, SOURCE_DB, build  # noqa: E402
+from bench_db import port_for as _port  # noqa: E402
+
 TARGET_DB = "bench_target"
-PASSWORD = "bench-pw"
-
-
-def build(cluster, scale: float) -> None:
-    import psycopg
-
-    from pgkeeper import pgtools
-
-    with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
-        if c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (SOURCE_DB,)).fetchone():
-            print(f"reusing database {SOURCE_DB}")
-            return
-        c.execute(f"CREATE DATABASE {SOURCE_DB}")
-    started = time.monotonic()
-    subprocess.run([pgtools.tool("pgbench"), "-i", "-q", "-s", str(int(max(scale, 1))), SOURCE_DB],
-                   env={**os.environ, **cluster.libpq_env(SOURCE_DB)}, check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
-    rows = int(scale * 10_000)
-    with psycopg.connect(cluster.conninfo(SOURCE_DB), autocommit=True) as c:
-        c.execute("CREATE TABLE documents (id bigint PRIMARY KEY, body text, attrs jsonb)")
-        c.execute("INSERT INTO documents SELECT i, repeat(md5(i::text), 8), jsonb_build_object("
-                  "'n', i, 'tag', md5((i * 7)::text), 'list', jsonb_build_array(i, i + 1, md5(i::text))) "
-                  "FROM generate_series(1, %s) i", (rows,))
-        c.execute("CREATE INDEX ON documents USING gin (attrs)")
-        c.execute("VACUUM ANALYZE")
-        size = c.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-    print(f"built {SOURCE_DB}: {size / 2**30:.2f} GB in {time.monotonic() - started:.0f} s")
 
 
 def bare_restore(cluster, dump: Path, jobs: int) -> float:
@@ -173,18 +149,6 @@ def main() -> int:
         if not args.reuse:
             shutil.rmtree(base, ignore_errors=True)
     return 0
-
-
-def _port(base: Path) -> int:
-    """A reused cluster keeps its port (remembered beside it)."""
-    from pgkeeper.localcluster import free_port
-
-    remembered = base / "port"
-    if remembered.exists():
-        return int(remembered.read_text())
-    port = free_port()
-    remembered.write_text(str(port))
-    return port
 
 
 if __name__ == "__main__":

@@ -114,8 +114,14 @@ def dump_database(conn: PostgresConnection, repo: BackupRepository, backup_id: s
 
         counter = threading.Thread(target=count, name="row-counts", daemon=True)
         counter.start()
-        stored = stream_dump(conn, repo, backup_id, snapshot, report)
-        counter.join()
+        try:
+            stored = stream_dump(conn, repo, backup_id, snapshot, report)
+        except BaseException:
+            holder.cancel_safe()  # stop the counting early; the dump failed anyway
+            raise
+        finally:
+            # The holder connection must not be closed under the counting thread's feet.
+            counter.join()
     if "error" in counts:
         raise counts["error"]  # type: ignore[misc]
     update_progress_artifact(progress_id, 100.0)

@@ -1,0 +1,53 @@
+"""The benchmark database: about 1 GB at scale 50 (pgbench tables plus text and jsonb).
+
+Shared by benchmarks/backup.py and benchmarks/restore.py so both measure the same data.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+SOURCE_DB = "bench_source"
+PASSWORD = "bench-pw"
+CLUSTER_SETTINGS = {"shared_buffers": "256MB", "max_wal_size": "4GB", "checkpoint_timeout": "15min"}
+
+
+def build(cluster, scale: float) -> None:
+    import psycopg
+
+    from pgkeeper import pgtools
+
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
+        if c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (SOURCE_DB,)).fetchone():
+            print(f"reusing database {SOURCE_DB}")
+            return
+        c.execute(f"CREATE DATABASE {SOURCE_DB}")
+    started = time.monotonic()
+    subprocess.run([pgtools.tool("pgbench"), "-i", "-q", "-s", str(int(max(scale, 1))), SOURCE_DB],
+                   env={**os.environ, **cluster.libpq_env(SOURCE_DB)}, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    rows = int(scale * 10_000)
+    with psycopg.connect(cluster.conninfo(SOURCE_DB), autocommit=True) as c:
+        c.execute("CREATE TABLE documents (id bigint PRIMARY KEY, body text, attrs jsonb)")
+        c.execute("INSERT INTO documents SELECT i, repeat(md5(i::text), 8), jsonb_build_object("
+                  "'n', i, 'tag', md5((i * 7)::text), 'list', jsonb_build_array(i, i + 1, md5(i::text))) "
+                  "FROM generate_series(1, %s) i", (rows,))
+        c.execute("CREATE INDEX ON documents USING gin (attrs)")
+        c.execute("VACUUM ANALYZE")
+        size = c.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+    print(f"built {SOURCE_DB}: {size / 2**30:.2f} GB in {time.monotonic() - started:.0f} s")
+
+
+def port_for(base: Path) -> int:
+    """A reused cluster keeps its port (remembered beside it)."""
+    from pgkeeper.localcluster import free_port
+
+    remembered = base / "port"
+    if remembered.exists():
+        return int(remembered.read_text())
+    port = free_port()
+    remembered.write_text(str(port))
+    return port
