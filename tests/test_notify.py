@@ -155,10 +155,11 @@ def test_failed_backup_is_reported_to_sentry_without_secrets(conn, repo, monkeyp
                        return_state=True)
         assert state.is_failed()
     finally:
-        catcher.stop()
         import sentry_sdk
 
-        sentry_sdk.init(dsn=None)  # leave no client behind for the other tests
+        sentry_sdk.get_client().close(timeout=5)  # leave no client (or retries) behind
+        sentry_sdk.init(dsn=None)
+        catcher.stop()
     events = [json.loads(line) for body in catcher.bodies for line in body.splitlines()[1:]
               if line.startswith(b"{") and b'"level"' in line]
     assert len(events) == 1

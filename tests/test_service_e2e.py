@@ -94,28 +94,28 @@ def service(pg_env, smtp_server) -> Iterator[tuple[str, dict[str, str], list]]:
         server_log.close()
 
 
-def api_settings(api: str):  # noqa: ANN201
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+# The test talks to this server over plain HTTP (and a subprocess for the slot): a Prefect client
+# in this process would keep pointing at the server after it is stopped and disturb later tests.
+def api_call(api: str, method: str, path: str, body: dict | None = None):  # noqa: ANN201
+    import httpx
 
-    return temporary_settings({PREFECT_API_URL: api})
-
-
-def start_run(api: str, deployment: str, parameters: dict | None = None):  # noqa: ANN201
-    from prefect.deployments import run_deployment
-
-    with api_settings(api):
-        return run_deployment(deployment, parameters=parameters or {}, timeout=0)
+    response = httpx.request(method, f"{api}{path}", json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
 
 
-def read_run(api: str, run_id):  # noqa: ANN001, ANN201
-    from prefect.client.orchestration import get_client
-
-    with api_settings(api), get_client(sync_client=True) as client:
-        return client.read_flow_run(run_id)
+def start_run(api: str, deployment: str, parameters: dict | None = None) -> dict:
+    dep = api_call(api, "GET", f"/deployments/name/{deployment}")
+    return api_call(api, "POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": parameters or {}})
 
 
-def final_run(api: str, run_id, timeout: float = 180):  # noqa: ANN001, ANN201
-    return wait_for(lambda: (r := read_run(api, run_id)).state.is_final() and r, timeout, "the run to finish")
+def read_run(api: str, run_id: str) -> dict:
+    return api_call(api, "GET", f"/flow_runs/{run_id}")
+
+
+def final_run(api: str, run_id: str, timeout: float = 180) -> dict:
+    final = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+    return wait_for(lambda: (r := read_run(api, run_id))["state"]["type"] in final and r, timeout, "the run to finish")
 
 
 def mails_about(messages: list, run_name: str) -> list:
@@ -123,60 +123,65 @@ def mails_about(messages: list, run_name: str) -> list:
 
 
 def test_service_end_to_end(service, pg_env) -> None:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
-    from prefect.concurrency.sync import concurrency
-
     from pgkeeper.deployments.limits import database_limit_name
 
     api, env, messages = service
     password = pg_env["POSTGRES_PASSWORD"]
 
     # 1. The nightly backup, started by hand: Completed, with its artifact and a success mail.
-    ok = final_run(api, start_run(api, "backup/daily").id)
-    assert ok.state.type.value == "COMPLETED", ok.state.message
-    with api_settings(api), get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            flow_run_id=ArtifactFilterFlowRunId(any_=[ok.id])))
-    assert any(pg_env["POSTGRES_DB"] in str(a.data) for a in artifacts)
+    ok = final_run(api, start_run(api, "backup/daily")["id"])
+    assert ok["state"]["type"] == "COMPLETED", ok["state"]["message"]
+    artifacts = api_call(api, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [ok["id"]]}}})
+    assert any(pg_env["POSTGRES_DB"] in str(a["data"]) for a in artifacts)
     success = wait_for(lambda: [m for m in messages if "OK" in m["Subject"]], 30, "the success mail")
     assert len(success) == 1 and pg_env["POSTGRES_DB"] in success[0]["Subject"]
     assert "Size:" in success[0].get_content() and ("KB" in success[0]["Subject"] or "MB" in success[0]["Subject"])
 
     # 2. A run that fails (nothing listens on that port): exactly one failure mail.
-    failed = final_run(api, start_run(api, "backup/daily", {"port": free_port()}).id)
-    assert failed.state.type.value == "FAILED"
-    mail = wait_for(lambda: mails_about(messages, failed.name), 60, "the failure mail")
+    failed = final_run(api, start_run(api, "backup/daily", {"port": free_port()})["id"])
+    assert failed["state"]["type"] == "FAILED"
+    mail = wait_for(lambda: mails_about(messages, failed["name"]), 60, "the failure mail")
     assert "backup" in mail[0]["Subject"] and "Failed" in mail[0]["Subject"]
     body = mail[0].get_content()
     assert "server unreachable" in body
     assert "Step: preflight (failed)" in body
-    assert f"Run: {api.removesuffix('/api')}/runs/flow-run/{failed.id}" in body
+    assert f"Run: {api.removesuffix('/api')}/runs/flow-run/{failed['id']}" in body
 
-    # 3. A run whose process is killed: it waits for the database's backup slot (held here),
-    #    gets SIGKILL, the worker reports it Crashed, and one failure mail goes out.
-    with api_settings(api), concurrency(database_limit_name(pg_env["POSTGRES_DB"]), strict=True):
+    # 3. A run whose process is killed: it waits for the database's backup slot (held by another
+    #    process here), gets SIGKILL, the worker reports it Crashed, and one failure mail goes out.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom prefect.concurrency.sync import concurrency\n"
+         f"with concurrency({database_limit_name(pg_env['POSTGRES_DB'])!r}, strict=True):\n"
+         "    print('held', flush=True); sys.stdin.read()"],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
         doomed = start_run(api, "backup/daily")
-        running = wait_for(lambda: (r := read_run(api, doomed.id)).state.is_running() and r.infrastructure_pid
-                           and r, 90, "the run to start")
-        os.kill(int(str(running.infrastructure_pid).rsplit(":", 1)[-1]), signal.SIGKILL)
-        crashed = final_run(api, doomed.id, timeout=60)
-    assert crashed.state.type.value == "CRASHED"
-    mail = wait_for(lambda: mails_about(messages, crashed.name), 60, "the crash mail")
+        running = wait_for(lambda: (r := read_run(api, doomed["id"]))["state"]["type"] == "RUNNING"
+                           and r["infrastructure_pid"] and r, 90, "the run to start")
+        os.kill(int(str(running["infrastructure_pid"]).rsplit(":", 1)[-1]), signal.SIGKILL)
+        crashed = final_run(api, doomed["id"], timeout=60)
+    finally:
+        holder.stdin.close()
+        try:
+            holder.wait(30)
+        except subprocess.TimeoutExpired:
+            stop(holder)
+    assert crashed["state"]["type"] == "CRASHED"
+    mail = wait_for(lambda: mails_about(messages, crashed["name"]), 60, "the crash mail")
     assert "backup" in mail[0]["Subject"] and "Crashed" in mail[0]["Subject"]
 
     # Exactly one mail per failure, even after the automation had time to misbehave.
     time.sleep(5)
-    assert len(mails_about(messages, failed.name)) == 1
-    assert len(mails_about(messages, crashed.name)) == 1
+    assert len(mails_about(messages, failed["name"])) == 1
+    assert len(mails_about(messages, crashed["name"])) == 1
     assert len([m for m in messages if "OK" in m["Subject"]]) == 1
 
     # Secrets given through the environment appear in no mail, log or artifact.
-    with api_settings(api), get_client(sync_client=True) as client:
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(
-            any_=[ok.id, failed.id, crashed.id])))
+    logs = api_call(api, "POST", "/logs/filter",
+                    {"logs": {"flow_run_id": {"any_": [ok["id"], failed["id"], crashed["id"]]}}})
     assert logs
     for secret in (password, SMTP_PASS):
         assert all(secret not in m.as_string() for m in messages)
-        assert all(secret not in log.message for log in logs)
-        assert all(secret not in str(a.data) for a in artifacts)
+        assert all(secret not in log["message"] for log in logs)
+        assert all(secret not in str(a["data"]) for a in artifacts)
