@@ -42,8 +42,6 @@ def resolve_backup(storage: ManifestSource, ref: str, database: str | None = Non
     wanted = parse_backup_ref(ref)
     backups = list_backups(storage, database, kind)
     where = storage.describe() + (f" for database {database!r}" if database else "")
-    if kind:
-        where = f"{kind} backups of " + where
     if wanted == LATEST:
         if not backups:
             raise NotFound(f"no backups in {where}: 'latest' has nothing to point to")

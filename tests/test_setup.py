@@ -14,6 +14,23 @@ AWS_SECRET = "aws-Secret-" + uuid.uuid4().hex[:8]
 SENTRY_DSN = "http://publickey" + uuid.uuid4().hex[:6] + "@127.0.0.1:9/1"
 
 
+@pytest.fixture(autouse=True)
+def forget_default_blocks():
+    """`pgkeeper setup` saves the default blocks (pgkeeper-db, ...) in the session's API; other
+    tests rely on their absence to fall back to the environment, so remove them afterwards."""
+    yield
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        for doc in client.read_block_documents():
+            if doc.name in ("pgkeeper-db", "pgkeeper-repo", "pgkeeper-mail"):
+                try:
+                    client.delete_block_document(doc.id)
+                except ObjectNotFound:
+                    pass
+
+
 @pytest.fixture
 def setup_env(pg_env, smtp_server, s3_endpoint, s3_bucket) -> dict[str, str]:
     host, port, _ = smtp_server

@@ -24,8 +24,7 @@ def env(pg_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, st
 def take_backup(env: dict[str, str]) -> Manifest:
     from pgkeeper.flows.backup import backup
 
-    # No block named pgkeeper-db / pgkeeper-repo is saved in the test API: both fall back to env.
-    return backup(backup_dir=env["BACKUP_DIR"])
+    return backup(connection_block=None, repository_block=None, backup_dir=env["BACKUP_DIR"])
 
 
 def run_verify(env: dict[str, str], **kw):

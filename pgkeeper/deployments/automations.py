@@ -77,6 +77,10 @@ def _comparable(a: Automation) -> str:
     data: dict[str, Any] = AutomationCore(**a.model_dump(include=set(AutomationCore.model_fields))).model_dump(
         mode="json", exclude={"owner_resource"})
     data["trigger"].pop("id", None)
+    # Sets (expect, after) serialize in hash order, which differs from process to process.
+    for key in ("expect", "after", "for_each"):
+        if isinstance(data["trigger"].get(key), list):
+            data["trigger"][key] = sorted(data["trigger"][key])
     return json.dumps(data, sort_keys=True)
 
 

@@ -20,8 +20,8 @@ from pgkeeper.tasks.verify import quick_verify
 @flow(name="backup", log_prints=True, on_failure=[report_failure])  # Sentry, when configured
 def backup(
     database: str | None = None,
-    connection_block: str = DEFAULT_CONNECTION_BLOCK,
-    repository_block: str = DEFAULT_REPOSITORY_BLOCK,
+    connection_block: str | None = DEFAULT_CONNECTION_BLOCK,
+    repository_block: str | None = DEFAULT_REPOSITORY_BLOCK,
     host: str | None = None,
     port: int | None = None,
     user: str | None = None,
@@ -30,8 +30,8 @@ def backup(
 ) -> Manifest:
     """Back up one database into the repository and prove the file reads back.
 
-    Settings come from the named blocks, else from the old scripts' environment variables;
-    the other parameters override them.
+    Settings come from the named blocks, else (or with no block name) from the old scripts'
+    environment variables; the other parameters override them.
     """
     conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
     repo = load_repository(repository_block, path=backup_dir)
