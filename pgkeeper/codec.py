@@ -26,7 +26,10 @@ def compressor(kind: str, level: int) -> Compressor:
 
 
 def decompressed_chunks(stream: BinaryIO, kind: str) -> Iterator[bytes]:
-    """Decompress `stream` chunk by chunk; a corrupt or truncated stream raises ValueError."""
+    """Decompress `stream` in pieces of at most CHUNK bytes; corruption raises ValueError.
+
+    A truncated zstd stream just ends early: checked_chunks() catches it by size and sha256.
+    """
     if kind == "none":
         while chunk := stream.read(CHUNK):
             yield chunk
@@ -35,22 +38,25 @@ def decompressed_chunks(stream: BinaryIO, kind: str) -> Iterator[bytes]:
         d = zlib.decompressobj(31)
         while chunk := stream.read(CHUNK):
             try:
-                yield d.decompress(chunk)
+                while chunk:  # bounded output: memory stays flat however well the data compressed
+                    yield d.decompress(chunk, CHUNK)
+                    chunk = d.unconsumed_tail
             except zlib.error as exc:
                 raise ValueError(f"gzip data is corrupt: {exc}") from None
         if not d.eof:
             raise ValueError("gzip data is truncated")
         return
     if kind == "zstd":
-        d = zstandard.ZstdDecompressor().decompressobj()
-        while chunk := stream.read(CHUNK):
+        # A stream reader bounds each piece to CHUNK, so memory stays flat however well the data
+        # compressed (decompressobj returns a block's whole output at once: 200 MB of spaces is a
+        # few KB of zstd). It does not notice a truncated stream: callers check size and sha256.
+        reader = zstandard.ZstdDecompressor().stream_reader(stream, read_size=CHUNK, read_across_frames=True)
+        while True:
             try:
-                out = d.decompress(chunk)
+                out = reader.read(CHUNK)
             except zstandard.ZstdError as exc:
                 raise ValueError(f"zstd data is corrupt: {exc}") from None
-            if out:
-                yield out
-        if not d.eof:
-            raise ValueError("zstd data is truncated")
-        return
+            if not out:
+                return
+            yield out
     raise ValueError(f"unknown compression {kind!r}")
