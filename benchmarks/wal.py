@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from pgkeeper.localcluster import LocalCluster, make_server_dir, scratch_dir  # noqa: E402
 from pgkeeper.wal.command import archive_command, pgkeeper_command  # noqa: E402
-from pgkeeper.wal.config import WalConfig  # noqa: E402
+from pgkeeper.wal.config import DEFAULT_LEVEL, WalConfig  # noqa: E402
 from pgkeeper.wal.naming import check_wal_name  # noqa: E402
 from pgkeeper.wal.setup import write_config  # noqa: E402
 
@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--segments", type=int, default=100)
     ap.add_argument("--archive-timeout", type=int, default=2)
     ap.add_argument("--probes", type=int, default=10)
-    ap.add_argument("--level", type=int, default=WalConfig.compression_level, help="zstd level for wal-push")
+    ap.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd level for wal-push")
     args = ap.parse_args()
 
     base = scratch_dir("pgkeeper-walbench-")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
 
 # Each module defines register(subparsers); its handlers import heavy things themselves.
 COMMAND_MODULES = [
@@ -31,6 +34,8 @@ FAST_COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse  # here, not at the top: wal-push does not pay for it
+
     parser = argparse.ArgumentParser(
         prog="pgkeeper", description="PostgreSQL backup and recovery as Prefect flows.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")

@@ -49,7 +49,8 @@ def pgkeeper_command(user: str = SERVER_USER) -> str:
     for python in (f"/usr/bin/{version}", f"/usr/local/bin/{version}", "/usr/bin/python3"):
         if not Path(python).exists():
             continue
-        argv = ["env", f"PYTHONPATH={package_root}:{site}", python, "-m", "pgkeeper.cli.main"]
+        # -S: PYTHONPATH already holds everything; the system's .pth files only cost start-up time.
+        argv = ["env", f"PYTHONPATH={package_root}:{site}", python, "-S", "-m", "pgkeeper.cli.main"]
         if _runs_as(user, [*argv, *probe]):
             return " ".join(shlex.quote(a) for a in argv)
     raise PgkeeperError(f"the {user} OS user cannot run pgkeeper ({script}): install pgkeeper "

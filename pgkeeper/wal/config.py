@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pgkeeper.errors import PgkeeperError
@@ -33,14 +32,26 @@ class WalConfigError(PgkeeperError):
     """The WAL archive settings are missing or unreadable."""
 
 
-@dataclass
 class S3Target:
-    bucket: str
-    prefix: str = ""
-    endpoint_url: str | None = None
-    region: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
+    """Where shipped WAL lives in S3. A plain class, not a dataclass: importing dataclasses
+    (and inspect) costs wal-push ~5 ms per segment."""
+
+    __slots__ = ("bucket", "prefix", "endpoint_url", "region", "access_key_id", "secret_access_key")
+
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str | None = None,
+                 access_key_id: str | None = None, secret_access_key: str | None = None) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.access_key_id = access_key_id
+        self.secret_access_key = secret_access_key
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, S3Target) and self.as_dict() == other.as_dict()
 
     def wal_prefix(self) -> str:
         """Key prefix of the WAL archive: <prefix>/wal/ (the repository's wal/ prefix)."""
@@ -51,22 +62,35 @@ class S3Target:
         return f"s3://{self.bucket}/{self.wal_prefix()}"
 
 
-@dataclass
+DEFAULT_LEVEL = 1
+
+
 class WalConfig:
-    spool: str
-    s3: S3Target | None = None
-    compression_level: int = 1
-    keep_local_seconds: float = field(default=0.0)
+    __slots__ = ("spool", "s3", "compression_level", "keep_local_seconds")
+
+    def __init__(self, spool: str, s3: S3Target | None = None, compression_level: int = DEFAULT_LEVEL,
+                 keep_local_seconds: float = 0.0) -> None:
+        self.spool = spool
+        self.s3 = s3
+        self.compression_level = compression_level
+        self.keep_local_seconds = keep_local_seconds
+
+    def as_dict(self) -> dict:
+        return {"spool": self.spool, "s3": self.s3.as_dict() if self.s3 else None,
+                "compression_level": self.compression_level, "keep_local_seconds": self.keep_local_seconds}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WalConfig) and self.as_dict() == other.as_dict()
 
     def to_json(self) -> bytes:
-        return json.dumps(asdict(self), indent=2).encode() + b"\n"
+        return json.dumps(self.as_dict(), indent=2).encode() + b"\n"
 
     @classmethod
     def from_dict(cls, data: dict) -> WalConfig:
         s3 = data.get("s3")
         try:
             return cls(spool=str(data["spool"]), s3=S3Target(**s3) if s3 else None,
-                       compression_level=int(data.get("compression_level", 1)),
+                       compression_level=int(data.get("compression_level", DEFAULT_LEVEL)),
                        keep_local_seconds=float(data.get("keep_local_seconds", 0.0)))
         except (KeyError, TypeError, ValueError) as exc:
             raise WalConfigError(f"WAL config is incomplete or malformed: {exc}") from None

@@ -11,8 +11,8 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import zstandard
 
@@ -27,8 +27,7 @@ class WalConflict(PgkeeperError):
     """A WAL file of this name is already archived with different content."""
 
 
-@dataclass(frozen=True)
-class StoredWal:
+class StoredWal(NamedTuple):
     name: str  # the WAL file name PostgreSQL uses
     sha256: str  # of the raw (uncompressed) file
     path: Path
