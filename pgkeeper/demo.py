@@ -72,19 +72,23 @@ def run_demo(scale: float = 2.0) -> int:
     state = backup(connection_block="demo-crm", repository_block="demo-repository", return_state=True)
     run_id = state.state_details.flow_run_id
     manifest = state.result()
-    print(f"[5/5] backup {manifest.backup_id} verified: sha256 matches, pg_restore reads "
-          f"{len(manifest.tables)} tables; repository listing:")
+    print(f"[5/5] verifying {manifest.backup_id} with a restore drill (the verify flow):")
+    from pgkeeper.flows.verify import verify
+
+    report = verify(backup=manifest.backup_id, connection_block="demo-crm", repository_block="demo-repository")
+    print("\n".join("      " + line for line in report.lines()))
+    print("Repository listing:")
     from pgkeeper.cli.common import print_table
-    from pgkeeper.fmt import human_bytes
+    from pgkeeper.fmt import human_bytes, human_seconds
 
     repo = BackupRepository(path=str(DEMO_DIR / "repository"))
-    print_table(["ID", "DATABASE", "SIZE", "RATIO", "TABLES", "ROWS", "STATUS"], [
+    print_table(["ID", "DATABASE", "SIZE", "RATIO", "TABLES", "ROWS", "STATUS", "RTO"], [
         [m.backup_id, m.database, human_bytes(m.size), f"{m.ratio:.1f}x" if m.ratio else "-",
-         str(len(m.tables)), str(sum(m.tables.values())), m.status]
+         str(len(m.tables)), str(sum(m.tables.values())), m.status, human_seconds(m.last_restore_seconds)]
         for m in list_backups(repo.local())])
     ui = api[:-4] if api.endswith("/api") else api
     print()
-    print(f"See the run in the Prefect UI: {ui}/runs/flow-run/{run_id}")
+    print(f"See the backup run in the Prefect UI: {ui}/runs/flow-run/{run_id}")
     where = cluster.conninfo(DEMO_DB).rsplit(" password=", 1)[0]
     print(f"Repository: {DEMO_DIR / 'repository'}   Demo database: {where}")
     print("Stop the demo database and the local Prefect server with: make stop")
