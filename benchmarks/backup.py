@@ -20,11 +20,9 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +33,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from bench_db import CLUSTER_SETTINGS, PASSWORD, SOURCE_DB, build, port_for  # noqa: E402
+from bench_db import PASSWORD, SOURCE_DB, bench_cluster, build  # noqa: E402
 
 
 def timed(argv: list[str], env: dict[str, str], stdout=subprocess.DEVNULL) -> float:
@@ -88,17 +86,8 @@ def main() -> int:
 
     from pgkeeper import pgtools
     from pgkeeper.blocks import BackupRepository, PostgresConnection
-    from pgkeeper.localcluster import LocalCluster, scratch_dir
 
-    base = Path(args.reuse) if args.reuse else scratch_dir("pgkeeper-bench-backup-")
-    base.mkdir(parents=True, exist_ok=True)
-    base.chmod(0o755)
-    cluster = LocalCluster(base / "data", password=PASSWORD, port=port_for(base))
-    if not cluster.initialized:
-        cluster.init(CLUSTER_SETTINGS)
-    work = Path(tempfile.mkdtemp(prefix="pgkeeper-bench-work-"))
-    cluster.start()
-    try:
+    with bench_cluster(args.reuse, "pgkeeper-bench-backup-") as (cluster, work):
         build(cluster, args.scale)
         env = cluster.libpq_env(SOURCE_DB)
         with prefect_test_harness(server_startup_timeout=120):
@@ -150,11 +139,6 @@ def main() -> int:
             print(f"  at pgbench scale {args.also_scale:g}: peak RSS {small['rss_peak_kb'] / 1024:.0f} MB "
                   f"({(small['rss_peak_kb'] - small['rss_import_kb']) / 1024:.0f} MB above the imports), "
                   f"raw dump {small['raw'] / 2**20:.0f} MB")
-    finally:
-        cluster.stop()
-        shutil.rmtree(work, ignore_errors=True)
-        if not args.reuse:
-            shutil.rmtree(base, ignore_errors=True)
     return 0
 
 

@@ -6,9 +6,17 @@ Shared by benchmarks/backup.py and benchmarks/restore.py so both measure the sam
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pgkeeper.localcluster import LocalCluster
 
 SOURCE_DB = "bench_source"
 PASSWORD = "bench-pw"
@@ -51,3 +59,26 @@ def port_for(base: Path) -> int:
     port = free_port()
     remembered.write_text(str(port))
     return port
+
+
+@contextmanager
+def bench_cluster(reuse: str | None, prefix: str) -> Iterator[tuple[LocalCluster, Path]]:
+    """A started throwaway cluster and a work directory; both gone afterwards (the cluster is
+    kept, stopped, when `reuse` names its directory)."""
+    from pgkeeper.localcluster import LocalCluster, scratch_dir
+
+    base = Path(reuse) if reuse else scratch_dir(prefix)
+    base.mkdir(parents=True, exist_ok=True)
+    base.chmod(0o755)
+    cluster = LocalCluster(base / "data", password=PASSWORD, port=port_for(base))
+    if not cluster.initialized:
+        cluster.init(CLUSTER_SETTINGS)
+    work = Path(tempfile.mkdtemp(prefix="pgkeeper-bench-work-"))
+    cluster.start()
+    try:
+        yield cluster, work
+    finally:
+        cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
+        if not reuse:
+            shutil.rmtree(base, ignore_errors=True)

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -34,8 +32,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_db import PASSWORD, SOURCE_DB, build  # noqa: E402
-from bench_db import port_for as _port  # noqa: E402
+from bench_db import PASSWORD, SOURCE_DB, bench_cluster, build  # noqa: E402
 
 TARGET_DB = "bench_target"
 
@@ -74,7 +71,6 @@ def main() -> int:
 
     from pgkeeper.blocks.postgres import PostgresConnection
     from pgkeeper.blocks.repository import BackupRepository
-    from pgkeeper.localcluster import LocalCluster, scratch_dir
     from pgkeeper.tasks.pg_restore import materialize_dump
     from pgkeeper.tasks.restore_steps import RestorePlan, check_counts, plan_restore, restore_shadow
     from pgkeeper.tasks.swap import check_swapped, drop_if_exists, swap_into_place
@@ -88,15 +84,7 @@ def main() -> int:
         check_swapped(conn, swap, len(plan.tables))
         return swap.retired_as
 
-    base = Path(args.reuse) if args.reuse else scratch_dir("pgkeeper-bench-restore-")
-    base.mkdir(parents=True, exist_ok=True)
-    base.chmod(0o755)
-    cluster = LocalCluster(base / "data", password=PASSWORD, port=_port(base))
-    if not cluster.initialized:
-        cluster.init({"shared_buffers": "256MB", "max_wal_size": "4GB", "checkpoint_timeout": "15min"})
-    work = Path(tempfile.mkdtemp(prefix="pgkeeper-bench-work-"))
-    cluster.start()
-    try:
+    with bench_cluster(args.reuse, "pgkeeper-bench-restore-") as (cluster, work):
         build(cluster, args.scale)
         conn = PostgresConnection(host=cluster.host, port=cluster.port, user="postgres",
                                   password=SecretStr(PASSWORD), database=SOURCE_DB)
@@ -143,11 +131,6 @@ def main() -> int:
         print(f"ratio flow/bare: {flow_m / bare_m:.3f}x (target <= 1.15x)")
         print(f"full restore flow (fetch + checksum + readable check + the above): {full:.2f} s, "
               f"RTO reported {report.rto_seconds:.2f} s ({full / bare_m:.2f}x bare)")
-    finally:
-        cluster.stop()
-        shutil.rmtree(work, ignore_errors=True)
-        if not args.reuse:
-            shutil.rmtree(base, ignore_errors=True)
     return 0
 
 
