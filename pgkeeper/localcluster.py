@@ -14,6 +14,8 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,3 +151,17 @@ class LocalCluster:
                 return
             time.sleep(0.2)
         raise TimeoutError(f"PostgreSQL on port {self.port} did not become ready")
+
+
+@contextmanager
+def throwaway_cluster(prefix: str, password: str, settings: dict[str, str] | None = None,
+                      ) -> Iterator[tuple[LocalCluster, Path]]:
+    """A started cluster in a new scratch directory, and that directory; both gone afterwards."""
+    base = scratch_dir(prefix)
+    cluster = LocalCluster(base / "data", password=password, settings=settings or {})
+    try:
+        cluster.init().start()
+        yield cluster, base
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)

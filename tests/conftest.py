@@ -30,7 +30,7 @@ for var in ("PREFECT_API_URL", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER"
 import pytest  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
-from pgkeeper.localcluster import LocalCluster, scratch_dir  # noqa: E402
+from pgkeeper.localcluster import LocalCluster, throwaway_cluster  # noqa: E402
 from tests.helpers import create_database, drop_database  # noqa: E402
 
 PASSWORD = "t0p-secret-Pw-" + uuid.uuid4().hex[:8]
@@ -53,13 +53,8 @@ def prefect_api() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def pg() -> Iterator[LocalCluster]:
     """One real PostgreSQL 15 cluster for the session; tests make their own databases in it."""
-    base = scratch_dir("pgkeeper-pg-")
-    cluster = LocalCluster(base / "data", password=PASSWORD).init().start()
-    try:
+    with throwaway_cluster("pgkeeper-pg-", PASSWORD) as (cluster, _base):
         yield cluster
-    finally:
-        cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from pgkeeper.localcluster import LocalCluster, scratch_dir
+from pgkeeper.localcluster import LocalCluster, throwaway_cluster
 from tests.helpers import create_database, database_exists
 from tests.test_verify import env, run_verify, scratch_databases, take_backup  # noqa: F401 (env: fixture)
 
@@ -18,15 +18,8 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture
 def second_server() -> Iterator[LocalCluster]:
-    base = scratch_dir("pgkeeper-pg2-")
-    cluster = LocalCluster(base / "data", password="other-" + uuid.uuid4().hex[:8]).init().start()
-    try:
+    with throwaway_cluster("pgkeeper-pg2-", "other-" + uuid.uuid4().hex[:8]) as (cluster, _base):
         yield cluster
-    finally:
-        cluster.destroy()
-        import shutil
-
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_drill_on_a_separate_server_named_by_a_block(env, pg, second_server):  # noqa: F811

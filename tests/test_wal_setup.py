@@ -4,14 +4,13 @@ restart the server archives through wal-push."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from pgkeeper.localcluster import LocalCluster, scratch_dir
+from pgkeeper.localcluster import LocalCluster, throwaway_cluster
 from pgkeeper.wal.spool import LocalWalStore
 from tests.conftest import PASSWORD
 from tests.helpers import run_cli
@@ -19,13 +18,8 @@ from tests.helpers import run_cli
 
 @pytest.fixture
 def plain_cluster() -> Iterator[LocalCluster]:
-    base = scratch_dir("pgkeeper-walsetup-")
-    cluster = LocalCluster(base / "data", password=PASSWORD).init().start()
-    try:
+    with throwaway_cluster("pgkeeper-walsetup-", PASSWORD) as (cluster, _base):
         yield cluster
-    finally:
-        cluster.destroy()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_wal_setup_shows_then_applies_and_archiving_works_after_restart(plain_cluster: LocalCluster) -> None:

@@ -25,6 +25,7 @@ class ArchivingCluster:
 def archiving_cluster(password: str, archive_timeout: str = "1s", cfg: WalConfig | None = None,
                       prefix: str = "pgkeeper-arch-") -> Iterator[ArchivingCluster]:
     """Start a cluster whose archive_command is wal-push into <base>/repo/wal; stop it afterwards."""
+    # The config path is known before the cluster exists: it goes into archive_command.
     base = scratch_dir(prefix)
     repo = base / "repo"
     repo.mkdir(mode=0o755)
