@@ -39,20 +39,6 @@ def drop_database(conn: PostgresConnection, name: str) -> None:
         c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def rename_database(conn: PostgresConnection, old: str, new: str) -> None:
-    check_identifier("database", new)
-    with _admin(conn) as c:
-        c.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(old), sql.Identifier(new)))
-
-
-def terminate_connections(conn: PostgresConnection, name: str) -> int:
-    """End every other session on `name`; return how many were ended."""
-    with _admin(conn) as c:
-        rows = c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchall()
-    return len(rows)
-
-
 def database_size(conn: PostgresConnection, name: str) -> int | None:
     with _admin(conn) as c:
         row = c.execute("SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s",
