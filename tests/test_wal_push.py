@@ -151,3 +151,83 @@ def test_push_killed_mid_write_leaves_nothing_wal_fetch_would_return(tmp_path: P
     assert run_cli("wal-push", "--spool", str(spool), str(big)).returncode == 0
     assert run_cli("wal-fetch", "--spool", str(spool), SEG, str(tmp_path / "out")).returncode == 0
     assert (tmp_path / "out").read_bytes() == big.read_bytes()
+
+
+def fake_pg_wal(root: Path, count: int) -> tuple[Path, list[str]]:
+    """A pg_wal directory with `count` segments queued for archiving, as PostgreSQL leaves it."""
+    pg_wal = root / "pg_wal"
+    (pg_wal / "archive_status").mkdir(parents=True)
+    names = [f"0000000100000000000000{i:02X}" for i in range(1, count + 1)]
+    for i, name in enumerate(names, start=1):
+        (pg_wal / name).write_bytes(segment_bytes(i + 2, size=4 << 20))
+        (pg_wal / "archive_status" / f"{name}.ready").touch()
+    return pg_wal, names
+
+
+def archive_like_postgres(spool: Path, pg_wal: Path, name: str) -> subprocess.CompletedProcess:
+    """One archiver call: the command, then .ready becomes .done if it succeeded."""
+    r = run_cli("wal-push", "--spool", str(spool), str(pg_wal / name))
+    if r.returncode == 0:
+        (pg_wal / "archive_status" / f"{name}.ready").rename(pg_wal / "archive_status" / f"{name}.done")
+    return r
+
+
+def markers(spool: Path) -> list[str]:
+    return sorted(p.name for p in (spool / ".pushed-ahead").glob("0*"))
+
+
+def test_a_backlog_is_pushed_ahead_and_each_later_call_only_confirms(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    pg_wal, names = fake_pg_wal(tmp_path, 7)
+    r = archive_like_postgres(spool, pg_wal, names[0])
+    assert r.returncode == 0, r.stderr
+    # The first call archived its own file and the next four (the default push_ahead).
+    assert len(list(spool.rglob("*.zst"))) == 5
+    assert markers(spool) == names[1:5]
+    # The next call confirms from the marker, before any compression code is imported.
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "pgkeeper.cli.main", "wal-push",
+                        "--spool", str(spool), str(pg_wal / names[1])], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0
+    imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"zstandard", "hashlib"}
+    (pg_wal / "archive_status" / f"{names[1]}.ready").rename(pg_wal / "archive_status" / f"{names[1]}.done")
+    for name in names[2:]:
+        r = archive_like_postgres(spool, pg_wal, name)
+        assert r.returncode == 0, r.stderr
+    assert markers(spool) == []
+    assert len(list(spool.rglob("*.zst"))) == 7
+    for name in names:
+        out = tmp_path / f"out-{name}"
+        assert run_cli("wal-fetch", "--spool", str(spool), name, str(out)).returncode == 0
+        assert out.read_bytes() == (pg_wal / name).read_bytes()
+
+
+def test_a_marker_never_confirms_a_file_that_changed(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    pg_wal, names = fake_pg_wal(tmp_path, 2)
+    assert archive_like_postgres(spool, pg_wal, names[0]).returncode == 0
+    assert markers(spool) == [names[1]]
+    before = stored(spool)
+    # The file PostgreSQL hands over is not the one that was read ahead (e.g. another cluster
+    # sharing the spool): the full push runs and refuses the differing content.
+    replacement = pg_wal / "replacement"
+    replacement.write_bytes(segment_bytes(99, size=4 << 20))
+    replacement.rename(pg_wal / names[1])
+    r = archive_like_postgres(spool, pg_wal, names[1])
+    assert r.returncode == 1
+    assert names[1] in r.stderr and "different content" in r.stderr
+    assert {k: v for k, v in stored(spool).items() if k.endswith(".zst")} == \
+        {k: v for k, v in before.items() if k.endswith(".zst")}
+
+
+def test_a_queued_file_that_cannot_be_read_does_not_fail_the_call(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    pg_wal, names = fake_pg_wal(tmp_path, 3)
+    (pg_wal / names[1]).unlink()  # listed as ready, but gone
+    (pg_wal / "archive_status" / "not-a-wal-file.ready").touch()
+    r = archive_like_postgres(spool, pg_wal, names[0])
+    assert r.returncode == 0, r.stderr
+    assert markers(spool) == [names[2]]
+    # The unreadable file's own call reports it, in one line, naming it.
+    r = archive_like_postgres(spool, pg_wal, names[1])
+    assert r.returncode == 1 and names[1] in r.stderr and len(r.stderr.strip().splitlines()) == 1

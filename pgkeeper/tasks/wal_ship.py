@@ -7,6 +7,7 @@ fails a scheduled run, which is what sends the mail.
 
 from __future__ import annotations
 
+import os
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -20,6 +21,7 @@ from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.fmt import human_bytes, human_seconds
 from pgkeeper.tasks.policy import RETRYABLE
+from pgkeeper.wal import ahead
 from pgkeeper.wal.config import WalConfig
 from pgkeeper.wal.spool import LocalWalStore, WalConflict
 
@@ -36,7 +38,7 @@ class ShipResult(BaseModel):
     removed_from_spool: int = 0
     left_in_spool: int = 0
     bytes: int = 0
-    stale_temp_removed: int = 0
+    stale_temp_removed: int = 0  # leftovers of killed pushes, and push-ahead markers never used
     destination: str = ""
 
 
@@ -102,6 +104,14 @@ def ship_spool(walcfg: WalConfig, keep_local_seconds: float | None = None) -> Sh
             result.left_in_spool += 1
     for tmp in local.stale_temp_files(STALE_TEMP_SECONDS):
         tmp.unlink(missing_ok=True)
+        result.stale_temp_removed += 1
+    # A push-ahead marker is normally used within seconds; an old one means archiving was
+    # reconfigured. Dropping it is always safe: that file's call then does the full push.
+    for marker in ahead.stale_markers(str(local.root), STALE_TEMP_SECONDS):
+        try:
+            os.unlink(marker)
+        except FileNotFoundError:
+            continue
         result.stale_temp_removed += 1
     logger.info("shipped %d WAL file(s) (%s) to %s; %d already there; %d removed from the spool, %d kept",
                 result.uploaded, human_bytes(result.bytes), result.destination, result.already_there,
