@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from pgkeeper.wal.config import DEFAULT_PUSH_AHEAD
 from tests.helpers import ROOT, run_cli
 
 SEG = "000000010000000000000003"
@@ -178,12 +179,12 @@ def markers(spool: Path) -> list[str]:
 
 def test_a_backlog_is_pushed_ahead_and_each_later_call_only_confirms(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    pg_wal, names = fake_pg_wal(tmp_path, 7)
+    pg_wal, names = fake_pg_wal(tmp_path, DEFAULT_PUSH_AHEAD + 3)
     r = archive_like_postgres(spool, pg_wal, names[0])
     assert r.returncode == 0, r.stderr
-    # The first call archived its own file and the next four (the default push_ahead).
-    assert len(list(spool.rglob("*.zst"))) == 5
-    assert markers(spool) == names[1:5]
+    # The first call archived its own file and the next DEFAULT_PUSH_AHEAD.
+    assert len(list(spool.rglob("*.zst"))) == DEFAULT_PUSH_AHEAD + 1
+    assert markers(spool) == names[1:DEFAULT_PUSH_AHEAD + 1]
     # The next call confirms from the marker, before any compression code is imported.
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "pgkeeper.cli.main", "wal-push",
                         "--spool", str(spool), str(pg_wal / names[1])], capture_output=True, text=True, cwd=ROOT)
@@ -195,7 +196,7 @@ def test_a_backlog_is_pushed_ahead_and_each_later_call_only_confirms(tmp_path: P
         r = archive_like_postgres(spool, pg_wal, name)
         assert r.returncode == 0, r.stderr
     assert markers(spool) == []
-    assert len(list(spool.rglob("*.zst"))) == 7
+    assert len(list(spool.rglob("*.zst"))) == len(names)
     for name in names:
         out = tmp_path / f"out-{name}"
         assert run_cli("wal-fetch", "--spool", str(spool), name, str(out)).returncode == 0

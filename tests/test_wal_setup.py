@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -55,3 +56,14 @@ def test_wal_setup_shows_then_applies_and_archiving_works_after_restart(plain_cl
 
     again = run_cli(*args, env=env)
     assert "change" not in again.stdout
+
+
+def test_settings_a_user_tuned_survive_a_rewrite_of_the_config(tmp_path: Path) -> None:
+    from pgkeeper.blocks.repository import BackupRepository
+    from pgkeeper.wal.config import WalConfig, load, write
+    from pgkeeper.wal.setup import config_from_repository
+
+    tuned = WalConfig(spool=str(tmp_path / "wal"), compression_level=3, keep_local_seconds=600, push_ahead=0)
+    write(tmp_path / "wal.json", tuned)
+    again = config_from_repository(BackupRepository(path=str(tmp_path)), load(str(tmp_path / "wal.json")))
+    assert (again.compression_level, again.keep_local_seconds, again.push_ahead) == (3, 600, 0)

@@ -8,7 +8,7 @@ and put its path into the command itself (`pgkeeper wal-push --config /etc/pgkee
     {"spool": "/backups/wal",                 # the local archive (the repository's wal/)
      "s3": {"bucket": "b", "prefix": "pgkeeper", "endpoint_url": null, "region": null},
      "compression_level": 1,
-     "push_ahead": 4}                         # extra ready files one call archives (0: off)
+     "push_ahead": 8}                         # extra ready files one call archives (0: off)
 
 Precedence: command-line flags (--spool, --repo) over the file named by --config, over
 $PGKEEPER_WAL_CONFIG, over /etc/pgkeeper/wal.json. S3 may also come from S3_BUCKET /
@@ -67,7 +67,7 @@ class S3Target:
 
 DEFAULT_LEVEL = 1
 # Files one wal-push call archives beyond its own when PostgreSQL has a backlog (see wal/ahead.py).
-DEFAULT_PUSH_AHEAD = 4
+DEFAULT_PUSH_AHEAD = 8
 
 
 class WalConfig:

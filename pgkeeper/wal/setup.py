@@ -72,5 +72,6 @@ def config_from_repository(repo: Any, previous: walconfig.WalConfig | None = Non
             secret_access_key=secret.get_secret_value() if secret else None)
     return walconfig.WalConfig(
         spool=str(Path(repo.path) / "wal"), s3=s3,
-        compression_level=previous.compression_level if previous else 1,
-        keep_local_seconds=previous.keep_local_seconds if previous else 0.0)
+        compression_level=previous.compression_level if previous else walconfig.DEFAULT_LEVEL,
+        keep_local_seconds=previous.keep_local_seconds if previous else 0.0,
+        push_ahead=previous.push_ahead if previous else walconfig.DEFAULT_PUSH_AHEAD)
