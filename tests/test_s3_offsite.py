@@ -240,3 +240,37 @@ def test_a_missing_bucket_is_one_plain_line_without_secrets(s3_endpoint, tmp_pat
     assert result.returncode == 1
     assert result.stderr.strip() == "pgkeeper: error: listing s3://no-such-bucket-here/x/backups/ failed: NoSuchBucket"
     assert env["AWS_SECRET_ACCESS_KEY"] not in result.stdout + result.stderr
+
+
+def test_the_next_backup_uploads_older_backups_that_never_got_offsite(pg, crm_db, pg_env, s3_endpoint, s3_bucket):
+    prefix = "late-" + uuid.uuid4().hex[:6]
+    with_s3 = {**pg_env, **s3_env(s3_endpoint, s3_bucket, prefix)}
+    # Made before uploads were switched on.
+    first = run_cli("backup", env=pg_env)
+    assert first.returncode == 0, first.stderr
+    first_id = first.stdout.split()[1]
+    # Uploaded, but its manifest never reached the bucket (the run was killed just before).
+    second = run_cli("backup", env=with_s3)
+    assert second.returncode == 0, second.stderr
+    second_id = second.stdout.split()[1]
+    assert f"uploaded 1 older backup(s) that were not offsite: {first_id}" in second.stdout
+    direct(s3_endpoint).delete_object(Bucket=s3_bucket, Key=f"{prefix}/backups/{second_id}/manifest.json")
+    # Made before uploads were on, and damaged on local disk since: it cannot go up as it is.
+    third = run_cli("backup", env=pg_env)
+    assert third.returncode == 0, third.stderr
+    third_id = third.stdout.split()[1]
+    dump = Path(pg_env["BACKUP_DIR"]) / "backups" / third_id / f"{crm_db}.dump.zst"
+    data = bytearray(dump.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    dump.write_bytes(bytes(data))
+
+    fourth = run_cli("backup", env=with_s3)
+    assert fourth.returncode == 0, fourth.stderr
+    fourth_id = fourth.stdout.split()[1]
+    assert f"uploaded 1 older backup(s) that were not offsite: {second_id}" in fourth.stdout
+    assert f"backup {third_id} has no offsite copy" in fourth.stdout + fourth.stderr
+    s3 = repository_from_env(with_s3).storage("s3")
+    assert [m.backup_id for m in list_backups(s3)] == [first_id, second_id, fourth_id]
+    for m in list_backups(s3):
+        for file in m.files:
+            assert object_sha256(s3_endpoint, s3_bucket, f"{prefix}/backups/{m.backup_id}/{file.name}") == file.sha256

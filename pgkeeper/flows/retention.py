@@ -8,9 +8,11 @@ from typing import Literal
 
 from prefect import flow
 
+from pgkeeper.alerts import warn
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
-from pgkeeper.tasks.offsite import collect_garbage, upload_backup
+from pgkeeper.errors import PgkeeperError
+from pgkeeper.tasks.offsite import backups_missing_offsite, collect_garbage, upload_backup
 from pgkeeper.tasks.retention import RetentionReport, apply_retention
 from pgkeeper.tasks.wal_ship import expire_archived_wal
 
@@ -24,7 +26,13 @@ def after_backup(repo: BackupRepository, backup_id: str) -> list[str]:
         uploaded = upload_backup(repo, backup_id)
         lines.append(f"uploaded to {uploaded.location}, checksum verified")
         sources.append("s3")
-    reports = [apply_retention(repo, source) for source in sources]
+    reports = [apply_retention(repo, "local")]
+    if repo.has_offsite():
+        # After local retention, so only backups that are kept get a late offsite copy.
+        caught_up = upload_missing(repo)
+        if caught_up:
+            lines.append(f"uploaded {len(caught_up)} older backup(s) that were not offsite: {', '.join(caught_up)}")
+        reports.append(apply_retention(repo, "s3"))
     if len(reports) == 1:
         lines.append(f"retention: {reports[0].summary()}")
     else:
@@ -32,6 +40,20 @@ def after_backup(repo: BackupRepository, backup_id: str) -> list[str]:
     for source in sources:
         collect_garbage(repo, source)
     return lines
+
+
+def upload_missing(repo: BackupRepository) -> list[str]:
+    """Give every kept local backup its offsite copy. One that cannot be uploaded (say, a local
+    file no longer matches its manifest) is a warning: today's backup is still good and up."""
+    done = []
+    for backup_id, database in backups_missing_offsite(repo):
+        try:
+            upload_backup(repo, backup_id)
+        except PgkeeperError as exc:
+            warn("offsite-missing", f"backup {backup_id} has no offsite copy: {exc}", database=database)
+            continue
+        done.append(backup_id)
+    return done
 
 
 @flow(name="retention", log_prints=True)

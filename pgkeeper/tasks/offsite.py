@@ -176,6 +176,16 @@ def upload_backup(repo: BackupRepository, backup_id: str) -> UploadResult:
                         seconds=seconds, checks=checks)
 
 
+@task(name="find-missing-offsite", cache_policy=NO_CACHE, **RETRYABLE)
+def backups_missing_offsite(repo: BackupRepository) -> list[tuple[str, str]]:
+    """(backup id, database) of complete local backups with no complete copy in the bucket,
+    oldest first: an upload that never finished, or uploads switched on after they were made."""
+    from pgkeeper.catalog import list_backups
+
+    offsite = {m.backup_id for m in list_backups(repo.s3())}
+    return [(m.backup_id, m.database) for m in list_backups(repo.local()) if m.backup_id not in offsite]
+
+
 def fetch_checked(s3: S3Storage, backup_id: str, file: StoredFile, out_write) -> None:  # noqa: ANN001
     """Stream one stored object into `out_write`; refuse it, naming the object, if it is not the
     manifest's bytes. Whatever reached `out_write` is untrusted until this returns."""
