@@ -324,3 +324,23 @@ def test_restore_that_fails_midway_fails_test_3_and_drops_scratch(env, pg, crm_d
     assert "pg_restore failed" in report.checks[2].title and "drill_check refuses row" in report.checks[2].title
     assert scratch_databases(pg) == []
     assert read_manifest(env, m.backup_id).status == "failed"
+
+
+def test_verifications_finishing_together_are_all_recorded(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pgkeeper.blocks.repository import BackupRepository
+    from pgkeeper.tasks.verify_checks import CheckResult, VerifyReport
+    from pgkeeper.tasks.verify_record import record_verification
+    from tests.test_retention_flow import make_backup
+
+    repo = BackupRepository(path=str(tmp_path / "repo"))
+    backup_id = "backup_20261125_010000"
+    before = len(make_backup(repo, backup_id, {"crm.dump": b"x" * 100}).verifications)
+    reports = [VerifyReport(backup_id=backup_id, database="crm", source="local", method="quick",
+                            checks=[CheckResult(number=1, status="PASS", title=f"run {i}")]) for i in range(6)]
+    with ThreadPoolExecutor(len(reports)) as pool:
+        list(pool.map(lambda r: record_verification(repo, "local", r), reports))
+    recorded = Manifest.from_bytes(repo.local().read_manifest(backup_id)).verifications
+    assert len(recorded) == before + len(reports)
+    assert sorted(v.checks["integrity"] for v in recorded[before:]) == sorted(f"PASS run {i}" for i in range(6))

@@ -1,8 +1,9 @@
-"""Never two backups of one database at once, whichever deployment, fleet or CLI starts them.
+"""One-at-a-time slots: Prefect global concurrency limits with one slot per database and kind.
 
-A Prefect global concurrency limit with one slot per database, held for the whole backup.
-It lives on the server, so it holds across processes, workers and machines. The limit is
-created on first use (a missing limit would not limit anything).
+Never two backups of one database at once, never two restores into one database, never two
+writers of one database's manifests, whichever deployment, fleet or CLI starts them. A limit
+lives on the server, so it holds across processes, workers and machines. It is created on
+first use (a missing limit would not limit anything).
 """
 
 from __future__ import annotations
@@ -12,19 +13,38 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
+def limit_name(kind: str, database: str) -> str:
+    return f"pgkeeper-{kind}-" + re.sub(r"[^a-z0-9_-]+", "-", database.lower())
+
+
 def database_limit_name(database: str) -> str:
-    return "pgkeeper-backup-" + re.sub(r"[^a-z0-9_-]+", "-", database.lower())
+    """The backup slot's limit."""
+    return limit_name("backup", database)
+
+
+@contextmanager
+def one_at_a_time(name: str, timeout_seconds: float | None = None) -> Iterator[None]:
+    """Hold the single slot of limit `name`; waits while someone else holds it (TimeoutError
+    after timeout_seconds)."""
+    from prefect.concurrency.sync import concurrency
+
+    from pgkeeper.deployments.server_objects import ensure_limit
+
+    ensure_limit(name, 1)
+    # A short lease: a holder whose process is killed frees its slot in a minute (the API minimum), not five.
+    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True, lease_duration=60):
+        yield
 
 
 @contextmanager
 def backup_slot(database: str, timeout_seconds: float | None = None) -> Iterator[None]:
     """Hold the database's backup slot; waits while another backup of it runs."""
-    from prefect.concurrency.sync import concurrency
+    with one_at_a_time(database_limit_name(database), timeout_seconds):
+        yield
 
-    from pgkeeper.deployments.server_objects import ensure_limit
 
-    name = database_limit_name(database)
-    ensure_limit(name, 1)
-    # A short lease: a backup whose process is killed frees its slot in a minute (the API minimum), not five.
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True, lease_duration=60):
+@contextmanager
+def manifest_slot(database: str) -> Iterator[None]:
+    """Hold the slot for rewriting this database's manifests (a read-modify-write of a second)."""
+    with one_at_a_time(limit_name("manifest", database), timeout_seconds=300):
         yield

@@ -23,7 +23,8 @@ def fsync_dir(path: Path) -> None:
 
 
 def temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # Unique per writer, not just per process: two threads writing one path must not share it.
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
 
 
 @contextlib.contextmanager

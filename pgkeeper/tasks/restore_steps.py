@@ -7,7 +7,6 @@ database. Putting the shadow in place is pgkeeper.tasks.swap's job.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -159,15 +158,12 @@ def resolve_restore(conn: PostgresConnection, repo: BackupRepository, backup: st
 def restore_slot(target: str, wait_seconds: float = 10) -> Iterator[None]:
     """Never two restores into one database at once (a Prefect global concurrency limit, so it
     holds across processes and workers). A second restore fails fast instead of queueing."""
-    from prefect.concurrency.sync import concurrency
+    from pgkeeper.deployments.limits import limit_name, one_at_a_time
 
-    from pgkeeper.deployments.server_objects import ensure_limit
-
-    name = "pgkeeper-restore-" + re.sub(r"[^a-z0-9_-]+", "-", target.lower())
-    ensure_limit(name, 1)
+    name = limit_name("restore", target)
     with ExitStack() as stack:
         try:
-            stack.enter_context(concurrency(name, occupy=1, timeout_seconds=wait_seconds, strict=True))
+            stack.enter_context(one_at_a_time(name, timeout_seconds=wait_seconds))
         except TimeoutError:
             raise RestoreFailed(f"another restore into {target} is running (limit {name})") from None
         yield

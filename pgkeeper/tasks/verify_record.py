@@ -9,6 +9,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.deployments.limits import manifest_slot
 from pgkeeper.errors import NotFound, PgkeeperError
 from pgkeeper.fmt import human_bytes, human_seconds
 from pgkeeper.manifest import Manifest, Verification
@@ -42,18 +43,20 @@ def verification_of(report: VerifyReport, at: datetime | None = None) -> Verific
 
 @task(name="record-verification", cache_policy=NO_CACHE, **RETRYABLE)
 def record_verification(repo: BackupRepository, source: str, report: VerifyReport) -> Manifest:
-    """Append the verification to the manifest (re-read just now) in every copy; atomic writes."""
+    """Append the verification to the manifest (re-read just now) in every copy; atomic writes.
+    One writer at a time per database, so two verify runs finishing together both get recorded."""
     verification = verification_of(report)
     updated: Manifest | None = None
-    for storage in _storages_holding(repo, source, report.backup_id):
-        data = storage.read_manifest(report.backup_id)
-        if data is None:
-            raise NotFound(f"backup {report.backup_id} disappeared from {storage.describe()} during verification")
-        manifest = Manifest.from_bytes(data)
-        manifest.verifications.append(verification)
-        storage.write_manifest(report.backup_id, manifest.to_bytes())
-        get_run_logger().info("verification recorded in %s/%s", storage.describe(), report.backup_id)
-        updated = updated or manifest
+    with manifest_slot(report.database):
+        for storage in _storages_holding(repo, source, report.backup_id):
+            data = storage.read_manifest(report.backup_id)
+            if data is None:
+                raise NotFound(f"backup {report.backup_id} disappeared from {storage.describe()} during verification")
+            manifest = Manifest.from_bytes(data)
+            manifest.verifications.append(verification)
+            storage.write_manifest(report.backup_id, manifest.to_bytes())
+            get_run_logger().info("verification recorded in %s/%s", storage.describe(), report.backup_id)
+            updated = updated or manifest
     assert updated is not None
     return updated
 

@@ -1,7 +1,7 @@
 """The local WAL archive (the spool): one compressed object per WAL file, named with its sha256.
 
 Every write goes through pgkeeper.storage.atomic: a pushed file appears complete or not at
-all (a killed push leaves only a hidden `.name.tmp-<pid>` file, which nothing lists).
+all (a killed push leaves only a hidden `.name.tmp-<pid>-<random>` file, which nothing lists).
 Imports stay light: this runs inside archive_command.
 """
 
