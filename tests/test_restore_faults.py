@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -158,7 +159,8 @@ def test_a_swap_that_cannot_complete_puts_everything_back(pg, conn):
             drop_database(pg, name)
 
 
-def test_expired_old_copies_are_dropped_by_the_next_restore(pg, crm_db, env, repo):  # noqa: F811
+def test_expired_old_copies_and_killed_restores_shadows_are_dropped_by_the_next_restore(
+        pg, crm_db, env, repo):  # noqa: F811
     from pgkeeper.flows.backup import backup
     from pgkeeper.flows.restore import restore
 
@@ -169,12 +171,20 @@ def test_expired_old_copies_are_dropped_by_the_next_restore(pg, crm_db, env, rep
         with psycopg.connect(pg.conninfo(), autocommit=True) as c:
             c.execute(f"COMMENT ON DATABASE {name} IS 'pgkeeper pre-restore copy of {crm_db}, replaced by "
                       f"backup backup_20200101_000000 at 2020-01-01T00:00:00+00:00; keep until {until}'")
+    # Shadows as a SIGKILLed restore leaves them: a day-old one, and one of a restore running now.
+    dead, running = f"{crm_db}_restoring_dead01", f"{crm_db}_restoring_live01"
+    now = datetime.now(UTC)
+    for name, since in ((dead, now - timedelta(days=2)), (running, now - timedelta(minutes=5))):
+        create_database(pg, name)
+        with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+            c.execute(f"COMMENT ON DATABASE {name} IS 'pgkeeper restore in progress since "
+                      f"{since.isoformat(timespec='seconds')}'")
     try:
         report = restore("latest", confirmed=True, safety_backup=False, keep_old_hours=0.01)
-        assert not database_exists(pg, expired)
-        assert database_exists(pg, fresh) and database_exists(pg, report.old_copy)
+        assert not database_exists(pg, expired) and not database_exists(pg, dead)
+        assert database_exists(pg, fresh) and database_exists(pg, report.old_copy) and database_exists(pg, running)
     finally:
-        for name in old_copies(pg, crm_db):
+        for name in [*old_copies(pg, crm_db), dead, running]:
             drop_database(pg, name)
 
 

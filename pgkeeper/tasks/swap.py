@@ -28,6 +28,10 @@ from pgkeeper.tasks.snapshot import USER_TABLES
 OLD_COPY_MARK = "pgkeeper pre-restore copy"
 SHADOW_MARK = "pgkeeper restore in progress"
 _KEEP_UNTIL = re.compile(r"keep until (\S+)")
+_SINCE = re.compile(r"since (\S+)")
+# A shadow this old with nobody connected is the leftover of a killed restore, not a slow one:
+# pg_restore stays connected to its shadow for the whole restore.
+STALE_SHADOW = timedelta(hours=24)
 MAX_NAME = 63
 
 
@@ -224,25 +228,34 @@ def old_copy_comment(target: str, backup_id: str, keep_hours: float, now: dateti
             f"{now.astimezone(UTC).isoformat(timespec='seconds')}; keep until {until}")
 
 
-def expired_old_copies(conn: PostgresConnection, now: datetime | None = None) -> list[str]:
-    """Pre-restore copies (found by their comment) whose keep-until time has passed."""
-    now = now or datetime.now(UTC)
+def _marked_databases(conn: PostgresConnection, mark: str, when: re.Pattern[str]) -> list[tuple[str, datetime]]:
+    """(name, time) of databases whose comment starts with `mark`, the time read with `when`."""
     with _admin(conn) as c:
         rows = c.execute(
             "SELECT d.datname, shobj_description(d.oid, 'pg_database') FROM pg_database d "
-            "WHERE shobj_description(d.oid, 'pg_database') LIKE %s ORDER BY 1", (OLD_COPY_MARK + "%",)).fetchall()
-    expired = []
+            "WHERE shobj_description(d.oid, 'pg_database') LIKE %s ORDER BY 1", (mark + "%",)).fetchall()
+    found = []
     for name, comment in rows:
-        m = _KEEP_UNTIL.search(comment or "")
+        m = when.search(comment or "")
         if not m:
             continue
         try:
-            until = datetime.fromisoformat(m.group(1))
+            found.append((name, datetime.fromisoformat(m.group(1))))
         except ValueError:
             continue
-        if until <= now:
-            expired.append(name)
-    return expired
+    return found
+
+
+def expired_old_copies(conn: PostgresConnection, now: datetime | None = None) -> list[str]:
+    """Pre-restore copies (found by their comment) whose keep-until time has passed."""
+    now = now or datetime.now(UTC)
+    return [name for name, until in _marked_databases(conn, OLD_COPY_MARK, _KEEP_UNTIL) if until <= now]
+
+
+def stale_shadows(conn: PostgresConnection, now: datetime | None = None) -> list[str]:
+    """Shadow databases (found by their comment) of restores that began over STALE_SHADOW ago."""
+    now = now or datetime.now(UTC)
+    return [name for name, since in _marked_databases(conn, SHADOW_MARK, _SINCE) if now - since >= STALE_SHADOW]
 
 
 @task(name="swap-into-place", cache_policy=NO_CACHE)
@@ -299,19 +312,21 @@ def drop_database_task(conn: PostgresConnection, name: str) -> None:
 
 @task(name="expire-old-copies", cache_policy=NO_CACHE)
 def expire_old_copies(conn: PostgresConnection) -> list[str]:
-    """Drop pre-restore copies past their keep-until time; a copy someone is using is left alone."""
+    """Drop pre-restore copies past their keep-until time, and shadows of killed restores;
+    a database someone is connected to is left alone."""
     logger = get_run_logger()
     dropped = []
-    for name in expired_old_copies(conn):
+    for name, what in [*((n, "expired pre-restore copy") for n in expired_old_copies(conn)),
+                       *((n, "shadow database of an interrupted restore") for n in stale_shadows(conn))]:
         with _admin(conn) as c:
             if sessions_on(c, name):
-                logger.warning("pre-restore copy %s is past its keep time but in use: left in place", name)
+                logger.warning("%s %s is in use: left in place", what, name)
                 continue
             try:
                 c.execute(sql.SQL("DROP DATABASE {}").format(_ident(name)))
             except psycopg.Error as exc:
-                logger.warning("could not drop expired pre-restore copy %s: %s", name, _first_line(exc))
+                logger.warning("could not drop %s %s: %s", what, name, _first_line(exc))
                 continue
-        logger.info("dropped expired pre-restore copy %s", name)
+        logger.info("dropped %s %s", what, name)
         dropped.append(name)
     return dropped
