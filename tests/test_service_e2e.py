@@ -171,6 +171,16 @@ def test_service_end_to_end(service, pg_env) -> None:
     mail = wait_for(lambda: mails_about(messages, crashed["name"]), 60, "the crash mail")
     assert "backup" in mail[0]["Subject"] and "Crashed" in mail[0]["Subject"]
 
+    # 4. A warning a run emits (low disk, anomaly, archive lag...) reaches the mailbox too.
+    probe = ("from prefect import flow\nfrom pgkeeper.alerts import warn\n@flow(name='warning-probe')\n"
+             "def probe():\n    warn('low-disk', 'the repository disk is 97% full', database='crm_probe')\n"
+             "probe()\n")
+    r = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    mail = wait_for(lambda: [m for m in messages if "warning (low-disk) on crm_probe" in m["Subject"]], 60,
+                    "the warning mail")
+    assert "the repository disk is 97% full" in mail[0].get_content()
+
     # Exactly one mail per failure, even after the automation had time to misbehave.
     time.sleep(5)
     assert len(mails_about(messages, failed["name"])) == 1
