@@ -10,6 +10,7 @@ the worker before the server.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,15 +84,21 @@ def service(pg_env, smtp_server) -> Iterator[tuple[str, dict[str, str], list]]:
         result = run_cli("setup", env=env)
         assert result.returncode == 0, result.stdout + result.stderr
         worker_log = open(home / "worker.log", "wb")  # noqa: SIM115
-        worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", "pgkeeper",
-                                   "--type", "process"], env=env, cwd=ROOT, stdout=worker_log,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        # `pgkeeper serve`: what a user runs to work the schedules (a process worker for the pool).
+        worker = subprocess.Popen([sys.executable, "-m", "pgkeeper.cli.main", "serve"], env=env, cwd=ROOT,
+                                  stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                  start_new_session=True)
         yield api, env, messages
+        # Ctrl-C stops serve cleanly, and its worker with it.
+        os.killpg(worker.pid, signal.SIGINT)
+        assert worker.wait(60) == 0, (home / "worker.log").read_text()[-3000:]
+        assert b"pgkeeper serving: worker for pool 'pgkeeper'" in (home / "worker.log").read_bytes()
     finally:
         if worker is not None:
             stop(worker)
         stop(server)
         server_log.close()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 # The test talks to this server over plain HTTP (and a subprocess for the slot): a Prefect client
@@ -99,7 +106,12 @@ def service(pg_env, smtp_server) -> Iterator[tuple[str, dict[str, str], list]]:
 def api_call(api: str, method: str, path: str, body: dict | None = None):  # noqa: ANN201
     import httpx
 
-    response = httpx.request(method, f"{api}{path}", json=body, timeout=30)
+    # The server answers 503 while its SQLite database is busy; Prefect's own client retries those.
+    for attempt in range(6):
+        response = httpx.request(method, f"{api}{path}", json=body, timeout=30)
+        if response.status_code not in (429, 503):
+            break
+        time.sleep(0.5 * 2**attempt)
     response.raise_for_status()
     return response.json()
 
