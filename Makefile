@@ -26,7 +26,6 @@ stop: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check pgkeeper tests benchmarks
-	$(BIN)/ruff format --check pgkeeper tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/backup.py
