@@ -106,9 +106,12 @@ def push_all(push_one: Callable[[str, str], object], own: tuple[str, str], extra
                     return
                 name, path = queue.pop(0)
             try:
+                if (name, path) == own:
+                    push_one(name, path)
+                    continue
                 before = file_identity(path)
                 push_one(name, path)
-                if (name, path) != own and file_identity(path) == before:
+                if file_identity(path) == before:
                     record(spool, name, before)
             except BaseException as exc:  # noqa: BLE001 - reported for own, dropped for extras
                 errors[name] = exc

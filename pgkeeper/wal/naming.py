@@ -33,9 +33,14 @@ def _is_segment(name: str) -> bool:
                                         and tail[9:] == ".backup")
 
 
+def is_wal_name(name: str) -> bool:
+    """A name PostgreSQL gives to archived files (a segment, .partial, .backup or .history)."""
+    return _is_segment(name) or is_history(name)
+
+
 def check_wal_name(name: str) -> str:
     """A name PostgreSQL gives to archived files; anything else (paths, '..') is refused."""
-    if _is_segment(name) or is_history(name):
+    if is_wal_name(name):
         return name
     raise BadWalName(f"{name!r} is not a WAL segment, .partial, .backup or .history file name")
 
@@ -63,7 +68,7 @@ def parse_object_name(obj: str) -> tuple[str, str] | None:
     if not obj.endswith(SUFFIX):
         return None
     wal, dash, sha = obj[:-len(SUFFIX)].rpartition("-")
-    if not dash or not _hex(sha, 64, _LOWER_HEX) or not (_is_segment(wal) or is_history(wal)):
+    if not dash or not _hex(sha, 64, _LOWER_HEX) or not is_wal_name(wal):
         return None
     return wal, sha
 

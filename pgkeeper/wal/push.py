@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.wal import ahead, config
-from pgkeeper.wal.naming import BadWalName, check_wal_name
+from pgkeeper.wal.naming import BadWalName, check_wal_name, is_wal_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~4 ms a WAL command)
 if TYPE_CHECKING:
@@ -86,17 +86,9 @@ def archive_with_backlog(cfg: config.WalConfig, name: str, wal_path: str) -> Non
     from pgkeeper.wal.spool import LocalWalStore  # zstandard and hashlib: only when there is work
 
     store = LocalWalStore(cfg.spool)
-    extras = ahead.ready_files(wal_path, cfg.spool, cfg.push_ahead, _is_wal_name)
+    extras = ahead.ready_files(wal_path, cfg.spool, cfg.push_ahead, is_wal_name)
     ahead.push_all(lambda n, p: store.put_file(n, p, cfg.compression_level), (name, wal_path), extras,
                    cfg.spool, workers=min(4, os.cpu_count() or 1))
-
-
-def _is_wal_name(name: str) -> bool:
-    try:
-        check_wal_name(name)
-    except BadWalName:
-        return False
-    return True
 
 
 if __name__ == "__main__":
