@@ -182,7 +182,7 @@ def backups_missing_offsite(repo: BackupRepository) -> list[tuple[str, str]]:
     oldest first: an upload that never finished, or uploads switched on after they were made."""
     from pgkeeper.catalog import list_backups
 
-    offsite = {m.backup_id for m in list_backups(repo.s3())}
+    offsite = set(repo.s3().list_backup_ids())  # one listing: ids whose manifest is in the bucket
     return [(m.backup_id, m.database) for m in list_backups(repo.local()) if m.backup_id not in offsite]
 
 
