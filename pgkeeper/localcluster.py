@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -141,16 +140,6 @@ class LocalCluster:
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.datadir, ignore_errors=True)
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            r = subprocess.run([pgtools.tool("pg_isready"), "-h", self.host, "-p", str(self.port)],
-                               stdout=subprocess.DEVNULL)
-            if r.returncode == 0:
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"PostgreSQL on port {self.port} did not become ready")
 
 
 @contextmanager

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -35,18 +34,12 @@ from pgkeeper.tasks.report import artifact_key
 from pgkeeper.tasks.swap import old_copy_name, shadow_name
 from pgkeeper.tasks.verify import toc_kinds
 
-Mode = Literal["replace", "new"]
-Source = Literal["local", "s3"]
 PRE_RESTORE_LABEL = "pre-restore"
 SYSTEM_DATABASES = {"postgres", "template0", "template1"}
 
 
 class RestoreFailed(PgkeeperError):
     """A restore stopped; the message says what state the target database is in."""
-
-
-class ConfirmationRefused(PgkeeperError):
-    """The confirmation form was not filled in as asked; nothing was changed."""
 
 
 class RestorePlan(BaseModel):

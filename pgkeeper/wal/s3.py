@@ -11,7 +11,7 @@ from typing import Any
 
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.wal.config import S3Target
-from pgkeeper.wal.naming import check_wal_name, object_key, parse_object_name, wal_dir
+from pgkeeper.wal.naming import check_wal_name, parse_object_name, wal_dir
 
 
 class S3WalError(PgkeeperError):
@@ -109,10 +109,6 @@ class S3WalStore:
                 self.client.delete_objects(Bucket=self.target.bucket, Delete={"Objects": batch, "Quiet": True})
             except (BotoCoreError, ClientError) as exc:
                 raise S3WalError(f"cannot delete WAL from bucket {self.target.bucket}: {_why(exc)}") from None
-
-
-def key_for(name: str, sha256: str) -> str:
-    return object_key(name, sha256)
 
 
 def _why(exc: Exception) -> str:
