@@ -13,11 +13,41 @@ from pydantic import BaseModel, Field
 FORMAT_VERSION = 1
 
 
+def globals_file_name(compression: str) -> str:
+    """The roles file stored beside a logical dump (compressed like it)."""
+    return "globals.json" + {"zstd": ".zst", "gzip": ".gz"}.get(compression, "")
+
+
 class StoredFile(BaseModel):
     name: str
     size: int = Field(description="Bytes as stored (compressed, encrypted).")
     sha256: str = Field(description="sha256 of the stored bytes.")
     raw_size: int | None = Field(default=None, description="Bytes before compression.")
+
+
+class DatabaseGrant(BaseModel):
+    grantee: str | None = Field(description="role name; None means PUBLIC")
+    privilege: str = Field(description="CONNECT, TEMPORARY or CREATE")
+    grantable: bool = False
+
+
+class DatabaseProperties(BaseModel):
+    """What CREATE/ALTER DATABASE sets and a plain pg_dump does not carry: taken at backup time so
+    a restore, on this server or a new one, gives the database back as it was."""
+
+    owner: str
+    encoding: str
+    locale_provider: Literal["libc", "icu"] = "libc"
+    collate: str
+    ctype: str
+    icu_locale: str | None = None
+    connection_limit: int = -1
+    tablespace: str = "pg_default"
+    comment: str | None = None
+    acl: list[DatabaseGrant] | None = Field(default=None, description="None: the default privileges")
+    settings: list[str] = Field(default_factory=list, description="ALTER DATABASE ... SET, as stored (k=v)")
+    role_settings: dict[str, list[str]] = Field(default_factory=dict,
+                                                description="ALTER ROLE r IN DATABASE ... SET, per role")
 
 
 class Verification(BaseModel):
@@ -53,10 +83,29 @@ class Manifest(BaseModel):
     objects: dict[str, int] = Field(default_factory=dict,
                                     description="tables, indexes, sequences, constraints")
     labels: list[str] = Field(default_factory=list, description="e.g. 'pre-restore'")
+    database_properties: DatabaseProperties | None = None
+    roles: list[str] = Field(default_factory=list,
+                             description="roles the database's objects, grants and settings name")
+    dump_settings: dict[str, str] = Field(default_factory=dict,
+                                          description="output settings of pg_dump's session (TimeZone, ...)")
     verifications: list[Verification] = Field(default_factory=list)
     # What happened after the manifest was written (offsite upload, retention), for the run's
     # caller to show; never stored: the manifest on disk was final before any of it happened.
     outcome: list[str] = Field(default_factory=list, exclude=True)
+
+    @property
+    def dump_file(self) -> StoredFile:
+        """The archive of a logical backup (the other file, if any, is the roles file)."""
+        dumps = [f for f in self.files if f.name != globals_file_name(self.compression)]
+        if len(dumps) != 1:
+            from pgkeeper.errors import RepositoryError
+
+            raise RepositoryError(f"{self.backup_id}: expected one dump file, manifest lists {len(dumps)}")
+        return dumps[0]
+
+    @property
+    def globals_file(self) -> StoredFile | None:
+        return next((f for f in self.files if f.name == globals_file_name(self.compression)), None)
 
     @property
     def duration_seconds(self) -> float:

@@ -8,39 +8,45 @@ from __future__ import annotations
 import psycopg
 from psycopg import sql
 
+from pgkeeper import dbprops
 from pgkeeper.blocks.postgres import PostgresConnection
+from pgkeeper.manifest import DatabaseProperties
 from pgkeeper.names import check_identifier
 from pgkeeper.tasks.snapshot import object_counts, table_row_counts
 
 MAINTENANCE_DB = "postgres"
 
 
-def _admin(conn: PostgresConnection) -> psycopg.Connection:
+def admin_connection(conn: PostgresConnection) -> psycopg.Connection:
     """An autocommit connection to the maintenance database (CREATE/DROP DATABASE need it)."""
     db = MAINTENANCE_DB if conn.database != MAINTENANCE_DB else "template1"
     return conn.connect(database=db, autocommit=True)
 
 
 def database_exists(conn: PostgresConnection, name: str) -> bool:
-    with _admin(conn) as c:
+    with admin_connection(conn) as c:
         return c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is not None
 
 
-def create_database(conn: PostgresConnection, name: str) -> None:
-    """An empty database from template0 (so nothing from template1 collides with the dump)."""
+def create_database(conn: PostgresConnection, name: str, props: DatabaseProperties | None = None,
+                    owner: str | None = None, comment: str | None = None) -> None:
+    """An empty database from template0 (so nothing from template1 collides with the dump),
+    shaped by `props` (encoding, locales) when given."""
     check_identifier("database", name)
-    with _admin(conn) as c:
-        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name)))
+    with admin_connection(conn) as c:
+        dbprops.create_database(c, name, props, owner)
+        if comment:
+            c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(sql.Identifier(name), sql.Literal(comment)))
 
 
 def drop_database(conn: PostgresConnection, name: str) -> None:
     check_identifier("database", name)
-    with _admin(conn) as c:
+    with admin_connection(conn) as c:
         c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def database_size(conn: PostgresConnection, name: str) -> int | None:
-    with _admin(conn) as c:
+    with admin_connection(conn) as c:
         row = c.execute("SELECT pg_database_size(datname) FROM pg_database WHERE datname = %s",
                         (name,)).fetchone()
     return int(row[0]) if row else None
@@ -48,7 +54,7 @@ def database_size(conn: PostgresConnection, name: str) -> int | None:
 
 def databases_with_prefix(conn: PostgresConnection, prefix: str) -> list[str]:
     """Names of the databases whose name starts with `prefix` (taken literally, not as a pattern)."""
-    with _admin(conn) as c:
+    with admin_connection(conn) as c:
         rows = c.execute("SELECT datname FROM pg_database WHERE left(datname, length(%s)) = %s ORDER BY 1",
                          (prefix, prefix)).fetchall()
     return [r[0] for r in rows]

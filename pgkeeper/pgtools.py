@@ -53,6 +53,20 @@ def last_line(text: str | bytes) -> str:
     return lines[-1] if lines else "no output"
 
 
+def _die_with_parent(parent: int) -> None:
+    """In the child, before exec: be killed when the process that started us dies, however it
+    dies (SIGKILL included), as a new session would otherwise outlive it and go on writing."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the group kill on exit still applies
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 class Child:
     """A child process that is killed (with its group) on timeout, error or exit."""
 
@@ -61,7 +75,9 @@ class Child:
         full_env = {**os.environ, **(env or {})}
         self.argv = list(argv)
         self.name = Path(argv[0]).name
-        self.proc = subprocess.Popen(argv, env=full_env, start_new_session=True, **popen)  # type: ignore[arg-type]
+        parent = os.getpid()
+        self.proc = subprocess.Popen(argv, env=full_env, start_new_session=True,  # type: ignore[arg-type]
+                                     preexec_fn=lambda: _die_with_parent(parent), **popen)
         self.timed_out = False
         self._timer: threading.Timer | None = None
         if timeout:

@@ -49,6 +49,8 @@ class PostgresConnection(Block):
 
         from pgkeeper.errors import ConnectionFailed
 
+        # UTF8 always: in a SQL_ASCII database psycopg would otherwise hand text back as bytes.
+        kwargs.setdefault("client_encoding", "UTF8")
         try:
             return psycopg.connect(
                 host=self.host, port=self.port, user=self.user, dbname=database or self.database,

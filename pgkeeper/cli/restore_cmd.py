@@ -24,8 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drop-old", action="store_true", help="drop the replaced database instead of keeping it")
     p.add_argument("--keep-old-hours", type=float, default=72,
                    help="how long the replaced database is kept (default 72)")
-    p.add_argument("--keep-ownership", action="store_true",
-                   help="restore original owners and GRANTs (the roles must exist on this server)")
+    p.add_argument("--no-owner", dest="keep_ownership", action="store_false", default=True,
+                   help="leave out owners and GRANTs: everything is owned by the database's owner role, and "
+                        "what the backup revoked from PUBLIC stays revoked (default: owners and GRANTs as they were)")
+    p.add_argument("--keep-ownership", action="store_true", help=argparse.SUPPRESS)  # the default now
+    p.add_argument("--create-roles", action="store_true",
+                   help="create the roles the backup needs that this server lacks, from the backup "
+                        "(existing roles are never changed)")
     add_connection_args(p)
     add_repository_args(p)
     p.set_defaults(func=run)
@@ -43,6 +48,8 @@ def describe_plan(plan) -> str:  # plan: RestorePlan
         f"  age:      {human_seconds(plan.age_seconds)}, finished {plan.finished_at:%Y-%m-%d %H:%M:%S} UTC",
         f"  size:     {human_bytes(plan.size)} stored, {len(plan.tables)} tables, {sum(plan.tables.values())} rows",
         f"  status:   {plan.status}",
+        *([f"  roles:    {', '.join(plan.roles_to_create)} will be created from the backup"]
+          if plan.roles_to_create else []),
         "The backup is restored into a new database and checked before anything is swapped.",
     ])
 
@@ -82,12 +89,13 @@ def run(args: argparse.Namespace) -> int:
                            port=args.port, user=args.user)
     repo = load_repository(repo_params["repository_block"], path=args.backup_dir)
     # Resolved here so that what was confirmed is what runs, even if a new backup lands meanwhile.
-    plan = plan_restore(conn, repo, args.backup, source, mode, target)
+    plan = plan_restore(conn, repo, args.backup, source, mode, target, args.keep_ownership, args.create_roles)
     if mode == "replace" and not args.yes and not ask(plan):
         return 1
     report = restore(backup=plan.backup_id, mode=mode, target=plan.target, source=source, confirmed=True,
                      safety_backup=not args.no_safety_backup, keep_old=not args.drop_old,
-                     keep_old_hours=args.keep_old_hours, keep_ownership=args.keep_ownership, jobs=args.jobs,
+                     keep_old_hours=args.keep_old_hours, keep_ownership=args.keep_ownership,
+                     create_roles=args.create_roles, jobs=args.jobs,
                      **conn_params, **repo_params)
     print(f"restored {report.backup_id} into {report.target}: {len(report.tables)} tables, "
           f"{sum(report.tables.values())} rows, checked against the manifest; RTO {human_seconds(report.rto_seconds)}")

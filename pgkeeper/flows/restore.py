@@ -19,11 +19,14 @@ from pgkeeper.flows.backup import backup as backup_flow
 from pgkeeper.tasks.restore_steps import (
     RestoreFailed,
     RestoreReport,
+    check_content,
     check_counts,
     check_readable,
     cleanup_work_file,
     confirmation_form,
+    create_roles_task,
     fetch_backup,
+    prepare_shadow,
     refusal,
     report_restore,
     resolve_restore,
@@ -47,7 +50,8 @@ def restore(
     safety_backup: bool = True,
     keep_old: bool = True,
     keep_old_hours: float = 72,
-    keep_ownership: bool = False,
+    keep_ownership: bool = True,
+    create_roles: bool = False,
     jobs: int = 2,
     database: str | None = None,
     connection_block: str = DEFAULT_CONNECTION_BLOCK,
@@ -78,9 +82,12 @@ def restore(
         safety_backup: back up the current target (label `pre-restore`) before replacing it.
         keep_old: keep the replaced database (renamed) instead of dropping it after the swap.
         keep_old_hours: how long a kept copy is kept; each restore drops copies past their time.
-        keep_ownership: restore the original owners and GRANTs (the roles must exist here).
-            Default: objects are owned by the restoring role and GRANTs are skipped, which
-            works on any server, e.g. a fresh one without the application's roles.
+        keep_ownership: restore the original owners and GRANTs (default). The roles must exist
+            here, or be created with `create_roles`; the run refuses before touching anything
+            otherwise, naming them. False: everything is owned by the database's owner role,
+            GRANTs are left out, and what the backup revoked from PUBLIC stays revoked.
+        create_roles: create the roles the backup needs and this server lacks, from the
+            backup's roles file (existing roles are never altered).
         jobs: parallel pg_restore jobs.
         database: the database whose backups `latest` looks at (default: the connection's).
         connection_block: saved pgkeeper-postgres-connection block (else POSTGRES_* variables).
@@ -96,7 +103,7 @@ def restore(
     repo = load_repository(repository_block, path=backup_dir)
 
     expire_old_copies(conn)
-    plan = resolve_restore(conn, repo, backup, source, mode, target)
+    plan = resolve_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles)
     # From here on every failure ends with one line saying what state the target is in.
     work_file = None
     shadow_started = False
@@ -126,16 +133,19 @@ def restore(
                 return Cancelled(message=reason)
 
         with restore_slot(plan.target):
+            create_roles_task(conn, repo, plan)
+            shadow_started = True
+            prepare_shadow(conn, plan)  # first: a locale this server lacks stops the run here
             if mode == "replace" and plan.target_exists and safety_backup:
                 safety_id = backup_flow(database=plan.target, connection_block=connection_block, host=host,
                                         port=port, user=user, repository_block=repository_block,
                                         backup_dir=backup_dir, labels=["pre-restore"]).backup_id
 
-            shadow_started = True
-            restore_seconds = restore_shadow(conn, plan, work_file, jobs, keep_ownership, repo.dump_timeout_seconds)
+            restore_seconds = restore_shadow(conn, plan, work_file, jobs, repo.dump_timeout_seconds)
             tables = check_counts(conn, plan.shadow, plan)
+            check_content(conn, plan.shadow, plan, work_file)
             swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id,
-                                   keep_old_hours)
+                                   keep_old_hours, plan.properties.comment if plan.properties else None)
     except BaseException as exc:
         dropped = _drop_quietly(conn, plan.shadow) if shadow_started else True
         if not isinstance(exc, Exception):
@@ -149,7 +159,7 @@ def restore(
     try:
         check_swapped(conn, swap, len(plan.tables))
     except Exception as exc:
-        swap_back(conn, plan.target, swap.retired_as, plan.shadow)
+        swap_back(conn, plan.target, swap.retired_as, plan.shadow, plan.target_comment)
         raise RestoreFailed(f"restore of {plan.backup_id}: the swapped-in database did not check out ({exc}); "
                             f"the swap was undone and {unchanged_line(plan)}") from exc
 

@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from pgkeeper.anomaly import DEFAULT_THRESHOLD
-from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_repository
+from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.tasks.drill import (
     drop_scratch_after_run,
@@ -72,6 +72,8 @@ def verify(
     """
     log = get_run_logger()
     repo = load_repository(repository_block, path=backup_dir)
+    if database is None:  # `latest` is the configured database's, never another one's
+        database = load_connection(connection_block, host=host, port=port, user=user).database
     catalog = resolve_for_verify(repo, source, backup, database)
     target = catalog.target
     log.info("verifying %s of %s from %s", target.backup_id, target.database, source)
@@ -101,11 +103,11 @@ def verify(
             fmt = check(2, check_format, target, fetched.path) if fetched else None
             add(fmt)
             drill = check(3, restore_drill, scratch, fetched.path, scratch_database_name(flow_run.id),
-                          jobs, restore_timeout_seconds, target.database) if fetched and fmt else None
+                          jobs, restore_timeout_seconds, target, repo, source) if fetched and fmt else None
             if fetched and drill:
                 rto, scratch_server = fetched.seconds + drill.restore_seconds, drill.server
                 add(restore_passed(drill))
-                add(check(4, check_data, target, drill.tables, drill.objects))
+                add(check(4, check_data, target, drill))
     else:
         try:
             fmt = check_stream(repo, source, target)

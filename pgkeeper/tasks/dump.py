@@ -23,19 +23,27 @@ from pydantic import BaseModel
 from pgkeeper import codec, pgtools
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.dbprops import read_properties
 from pgkeeper.errors import RepositoryError
 from pgkeeper.fmt import human_bytes
-from pgkeeper.manifest import StoredFile
+from pgkeeper.manifest import DatabaseProperties, StoredFile, globals_file_name
+from pgkeeper.roles import read_globals, referenced_roles
 from pgkeeper.tasks.policy import RETRYABLE
-from pgkeeper.tasks.snapshot import exported_snapshot, object_counts, table_row_counts
+from pgkeeper.tasks.snapshot import dump_session_settings, exported_snapshot, object_counts, table_row_counts
 
 PROGRESS_EVERY_S = 2.0
+# pg_dump's session writes timestamptz in this zone; verify reads the restored copy the same way.
+DUMP_ENV = {"PGTZ": "UTC"}
 
 
 class DumpResult(BaseModel):
     file: StoredFile
+    globals_file: StoredFile
     tables: dict[str, int]
     objects: dict[str, int]
+    properties: DatabaseProperties
+    roles: list[str]
+    dump_settings: dict[str, str]
     started_at: datetime
     finished_at: datetime
 
@@ -50,13 +58,14 @@ def stream_dump(conn: PostgresConnection, repo: BackupRepository, backup_id: str
     storage = repo.local()
     name = dump_file_name(conn.database, repo.compression)
     argv = [pgtools.tool("pg_dump"), "-Fc", "-Z0", "-w", f"--snapshot={snapshot}"]
+    env = {**conn.libpq_env(), **DUMP_ENV}
     comp = codec.compressor(repo.compression, repo.level())
     digest = hashlib.sha256()
     raw = stored = 0
     buf = bytearray(codec.CHUNK)
     view = memoryview(buf)
     with tempfile.TemporaryFile() as err, pgtools.child(
-        argv, env=conn.libpq_env(), timeout=repo.dump_timeout_seconds,
+        argv, env=env, timeout=repo.dump_timeout_seconds,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
     ) as dump:
         try:
@@ -84,6 +93,18 @@ def stream_dump(conn: PostgresConnection, repo: BackupRepository, backup_id: str
     return StoredFile(name=name, size=stored, sha256=digest.hexdigest(), raw_size=raw)
 
 
+def store_small_file(repo: BackupRepository, backup_id: str, name: str, data: bytes) -> StoredFile:
+    """Write a small file of the backup compressed like the dump, with its sha256."""
+    comp = codec.compressor(repo.compression, repo.level())
+    stored = comp.compress(data) + comp.flush()
+    try:
+        with repo.local().write_file(backup_id, name) as out:
+            out.write(stored)
+    except OSError as exc:
+        raise RepositoryError(f"writing {backup_id}/{name} failed: {exc.strerror}") from None
+    return StoredFile(name=name, size=len(stored), sha256=hashlib.sha256(stored).hexdigest(), raw_size=len(data))
+
+
 def _artifact_key(database: str) -> str:
     return "backup-progress-" + re.sub(r"[^a-z0-9-]+", "-", database.lower()).strip("-")
 
@@ -109,6 +130,10 @@ def dump_database(conn: PostgresConnection, repo: BackupRepository, backup_id: s
             try:
                 counts["tables"] = table_row_counts(holder)
                 counts["objects"] = object_counts(holder)
+                counts["properties"] = read_properties(holder, conn.database)
+                counts["roles"] = referenced_roles(holder)
+                counts["globals"] = read_globals(holder, counts["roles"])  # type: ignore[arg-type]
+                counts["settings"] = dump_session_settings(holder)
             except Exception as exc:  # reported below, after the dump
                 counts["error"] = exc
 
@@ -124,8 +149,13 @@ def dump_database(conn: PostgresConnection, repo: BackupRepository, backup_id: s
             counter.join()
     if "error" in counts:
         raise counts["error"]  # type: ignore[misc]
+    # Role password hashes are secrets: they go into this file and nowhere else (not the result).
+    roles_file = store_small_file(repo, backup_id, globals_file_name(repo.compression),
+                                  counts.pop("globals").to_bytes())  # type: ignore[attr-defined]
     update_progress_artifact(progress_id, 100.0)
     logger.info("stored %s as %s (%s, sha256 %s)", conn.database, stored.name,
                 human_bytes(stored.size), stored.sha256[:16])
-    return DumpResult(file=stored, tables=counts["tables"], objects=counts["objects"],  # type: ignore[arg-type]
+    return DumpResult(file=stored, globals_file=roles_file, tables=counts["tables"],  # type: ignore[arg-type]
+                      objects=counts["objects"], properties=counts["properties"],  # type: ignore[arg-type]
+                      roles=counts["roles"], dump_settings=counts["settings"],  # type: ignore[arg-type]
                       started_at=started, finished_at=datetime.now(UTC))

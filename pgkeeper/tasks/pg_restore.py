@@ -35,16 +35,21 @@ def materialize_dump(source: BinaryIO, file: StoredFile, compression: str, dest:
 
 
 def pg_restore_into(conn: PostgresConnection, archive: Path, database: str, jobs: int = 2,
-                    no_owner: bool = True, timeout: float = 6 * 3600) -> float:
+                    no_owner: bool = False, role: str | None = None, timeout: float = 6 * 3600) -> float:
     """Restore `archive` into the existing empty `database`; return the seconds it took.
 
-    --no-owner (default) lets a role that is not the original owner restore: objects end up
-    owned by the restoring role. --exit-on-error: a partial restore is a failed restore.
+    By default objects get their original owners and GRANTs (the roles must exist). With
+    `no_owner`, ownership and GRANTs are left out and everything is created as `role` (the
+    database's owner), never silently as the superuser we connect as; revoke_public_defaults()
+    then keeps what the backup had revoked from PUBLIC. --exit-on-error: a partial restore is a
+    failed restore.
     """
     argv = [pgtools.tool("pg_restore"), "-w", "--exit-on-error", f"--jobs={max(jobs, 1)}",
             f"--dbname={database}"]
     if no_owner:
         argv += ["--no-owner", "--no-privileges"]
+        if role:
+            argv.append(f"--role={role}")
     argv.append(str(archive))
     started = time.monotonic()
     with tempfile.TemporaryFile() as err, pgtools.child(
@@ -54,3 +59,20 @@ def pg_restore_into(conn: PostgresConnection, archive: Path, database: str, jobs
         err.seek(0)
         proc.check(err.read(), timeout)
     return time.monotonic() - started
+
+
+def public_revokes(archive: Path, timeout: float = 600) -> list[str]:
+    """The `REVOKE ... FROM PUBLIC` statements of the archive's ACL entries, as pg_restore writes them.
+
+    A restore without privileges would otherwise leave PUBLIC its defaults: EXECUTE on a
+    SECURITY DEFINER function the backup had locked down would be open to everyone.
+    """
+    listing = pgtools.run([pgtools.tool("pg_restore"), "--list", str(archive)], timeout=timeout)
+    acl_lines = [ln for ln in listing.splitlines() if ln and not ln.startswith(";") and " ACL " in ln]
+    if not acl_lines:
+        return []
+    with tempfile.NamedTemporaryFile("w", suffix=".list") as lst:
+        lst.write("\n".join(acl_lines) + "\n")
+        lst.flush()
+        script = pgtools.run([pgtools.tool("pg_restore"), "-L", lst.name, "-f", "-", str(archive)], timeout=timeout)
+    return [ln for ln in script.splitlines() if ln.startswith("REVOKE ") and ln.endswith(" FROM PUBLIC;")]

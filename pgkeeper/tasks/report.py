@@ -30,7 +30,7 @@ def backup_summary_markdown(m: Manifest, location: str, warnings: list[str]) -> 
         f"| Size | {human_bytes(m.size)} (raw dump {human_bytes(m.raw_size)}, ratio {ratio}, {m.compression}) |",
         f"| Duration | {human_seconds(m.duration_seconds)} |",
         f"| Tables | {len(m.tables)} tables, {rows} rows, {m.objects.get('indexes', 0)} indexes |",
-        f"| Checksum | sha256 `{m.files[0].sha256}` |",
+        f"| Checksum | sha256 `{m.dump_file.sha256}` |",
         f"| Status | {m.status} |",
     ]
     if warnings:

@@ -18,17 +18,19 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from pgkeeper import pgdb, pgtools
+from pgkeeper import dbprops, pgdb, pgtools, roles
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups, resolve_backup
+from pgkeeper.content_check import prove_content
 from pgkeeper.errors import BadName, IntegrityError, PgkeeperError, RepositoryError
 from pgkeeper.fmt import human_bytes, human_seconds
-from pgkeeper.manifest import Manifest, StoredFile
+from pgkeeper.manifest import DatabaseProperties, Manifest, StoredFile
 from pgkeeper.names import LATEST, check_identifier, parse_backup_ref
-from pgkeeper.tasks.pg_restore import materialize_dump, pg_restore_into
+from pgkeeper.tasks.checksum import checked_chunks
+from pgkeeper.tasks.pg_restore import materialize_dump, pg_restore_into, public_revokes
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.tasks.report import artifact_key
 from pgkeeper.tasks.swap import old_copy_name, shadow_name
@@ -63,6 +65,13 @@ class RestorePlan(BaseModel):
     target_size: int | None
     shadow: str
     retire_as: str | None
+    properties: DatabaseProperties | None = None
+    owner: str | None = Field(default=None, description="role that will own the restored database")
+    keep_ownership: bool = True
+    roles_to_create: list[str] = Field(default_factory=list)
+    globals_file: StoredFile | None = None
+    dump_settings: dict[str, str] = Field(default_factory=dict)
+    target_comment: str | None = None
 
     @property
     def age_seconds(self) -> float:
@@ -98,8 +107,10 @@ def newest_regular_backup(storage, database: str) -> Manifest:  # storage: Local
 
 
 def plan_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, source: str,
-                 mode: str, target: str | None) -> RestorePlan:
-    """Resolve the backup and the target; refuse bad names before anything is read or touched."""
+                 mode: str, target: str | None, keep_ownership: bool = True,
+                 create_roles: bool = False) -> RestorePlan:
+    """Resolve the backup and the target; refuse bad names, missing roles and properties this
+    server cannot reproduce before anything is read or touched."""
     ref = parse_backup_ref(backup)
     if target is not None:
         check_identifier("target database", target)
@@ -110,8 +121,7 @@ def plan_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, 
     manifest = newest_regular_backup(storage, conn.database) if ref == LATEST else resolve_backup(storage, ref)
     if manifest.kind != "logical":
         raise BadName(f"{manifest.backup_id} is a physical base backup: restore it with `pgkeeper pitr`")
-    if len(manifest.files) != 1:
-        raise RepositoryError(f"{manifest.backup_id}: expected one dump file, manifest lists {len(manifest.files)}")
+    dump_file = manifest.dump_file
     if mode == "new":
         if not target:
             raise BadName("mode 'new' needs the name of the database to create")
@@ -125,22 +135,53 @@ def plan_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, 
         raise BadName(f"database {target!r} already exists: a restore into a new database never touches "
                       "an existing one; choose another name or use replace mode")
     now = datetime.now(UTC)
+    props, owner, to_create, target_comment = _check_server(conn, manifest, target if exists else None,
+                                                            keep_ownership, create_roles)
     return RestorePlan(
         backup_id=manifest.backup_id, source=source, location=storage.describe(),
         backup_database=manifest.database, finished_at=manifest.finished_at, status=manifest.status,
         size=manifest.size, raw_size=manifest.raw_size, compression=manifest.compression,
-        file=manifest.files[0], tables=manifest.tables, objects=manifest.objects, mode=mode, target=target,
+        file=dump_file, tables=manifest.tables, objects=manifest.objects, mode=mode, target=target,
         target_exists=exists, target_size=pgdb.database_size(conn, target) if exists else None,
         shadow=shadow_name(target, uuid.uuid4().hex[:6]),
         retire_as=old_copy_name(target, now) if exists else None,
+        properties=props, owner=owner, keep_ownership=keep_ownership, roles_to_create=to_create,
+        globals_file=manifest.globals_file, dump_settings=manifest.dump_settings, target_comment=target_comment,
     )
+
+
+def _check_server(conn: PostgresConnection, manifest: Manifest, existing_target: str | None, keep_ownership: bool,
+                  create_roles: bool) -> tuple[DatabaseProperties | None, str | None, list[str], str | None]:
+    """What this server lacks for the backup (roles, a tablespace, a locale), refused in one line;
+    returns (properties to create with, owner, roles to create, the target's current comment)."""
+    where = f"{conn.host}:{conn.port}"
+    with pgdb.admin_connection(conn) as c:
+        current = dbprops.read_properties(c, existing_target) if existing_target else None
+        # A backup made before pgkeeper recorded properties: keep the target's own, as before.
+        props = manifest.database_properties or current
+        needed = sorted(set(manifest.roles) | ({props.owner} if props else set()))
+        missing = roles.missing_roles(c, needed)
+        me = c.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
+        if missing and create_roles and manifest.globals_file is None:
+            raise BadName(f"{manifest.backup_id} holds no roles file (made before pgkeeper kept roles): create "
+                          f"{', '.join(missing)} on {where} by hand")
+        if missing and not create_roles and keep_ownership:
+            raise BadName(f"roles missing on {where}: {', '.join(missing)}; restore with --create-roles to create "
+                          "them from the backup, or --no-owner to restore without owners and grants")
+        if missing and not create_roles and props and props.owner in missing:
+            raise BadName(f"the database owner {props.owner!r} is missing on {where}: restore with --create-roles")
+        why = dbprops.unreproducible(c, props) if props else None
+        if why:
+            raise BadName(f"{manifest.backup_id} cannot be restored as it was on {where}: {why}")
+    owner = props.owner if props else me
+    return props, owner, missing if create_roles else [], current.comment if current else None
 
 
 @task(name="resolve-restore", cache_policy=NO_CACHE, **RETRYABLE)
 def resolve_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, source: str, mode: str,
-                    target: str | None) -> RestorePlan:
+                    target: str | None, keep_ownership: bool = True, create_roles: bool = False) -> RestorePlan:
     """Which backup, into which database, and what is there now."""
-    plan = plan_restore(conn, repo, backup, source, mode, target)
+    plan = plan_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles)
     get_run_logger().info("restore %s (%s, %s) from %s into %s (%s)", plan.backup_id, human_bytes(plan.size),
                           plan.status, plan.location, plan.target,
                           f"exists, {human_bytes(plan.target_size)}" if plan.target_exists else "new database")
@@ -209,21 +250,57 @@ def cleanup_work_file(work_file: Path) -> None:
     shutil.rmtree(work_file.parent, ignore_errors=True)
 
 
+@task(name="create-roles", cache_policy=NO_CACHE)
+def create_roles_task(conn: PostgresConnection, repo: BackupRepository, plan: RestorePlan) -> list[str]:
+    """Create the roles the backup needs and this server lacks, from the backup's roles file."""
+    if not plan.roles_to_create or plan.globals_file is None:
+        return []
+    with repo.storage(plan.source).open_file(plan.backup_id, plan.globals_file.name) as stream:
+        data = bytearray()
+        checked_chunks(stream, plan.compression, plan.globals_file.sha256,
+                       f"{plan.backup_id}/{plan.globals_file.name}", data.extend)
+    defs = roles.ClusterGlobals.from_bytes(bytes(data))
+    with pgdb.admin_connection(conn) as c:
+        created = roles.create_missing(c, defs, plan.roles_to_create)
+    get_run_logger().info("created role(s) %s from %s's roles file", ", ".join(created), plan.backup_id)
+    return created
+
+
+@task(name="create-shadow", cache_policy=NO_CACHE)
+def prepare_shadow(conn: PostgresConnection, plan: RestorePlan) -> None:
+    """The empty shadow database, shaped as the backup's database was; refused here, before any
+    change to the target, when this server cannot (an unknown locale)."""
+    from prefect.runtime import flow_run
+
+    from pgkeeper.tasks.swap import create_shadow
+
+    create_shadow(conn, plan.shadow, plan.properties, plan.owner, str(flow_run.id or "") or None)
+
+
 @task(name="restore-shadow", cache_policy=NO_CACHE)
-def restore_shadow(conn: PostgresConnection, plan: RestorePlan, work_file: Path, jobs: int,
-                   keep_ownership: bool, timeout: float) -> float:
-    """Restore into a new shadow database shaped like the target; return pg_restore's seconds.
+def restore_shadow(conn: PostgresConnection, plan: RestorePlan, work_file: Path, jobs: int, timeout: float) -> float:
+    """pg_restore into the shadow, then the database's own settings, ACL and connection limit
+    (after: a `default_transaction_read_only` or a REVOKE CONNECT would stop pg_restore itself).
 
     Not retried on its own: a half-done shadow is dropped by the flow and the run fails, so an
     operator decides whether to spend another full restore.
     """
-    from pgkeeper.tasks.swap import create_shadow
-
-    create_shadow(conn, plan.shadow, like=plan.target if plan.target_exists else None)
-    seconds = pg_restore_into(conn, work_file, plan.shadow, jobs=jobs, no_owner=not keep_ownership,
-                              timeout=timeout)
-    get_run_logger().info("restored %s into shadow database %s in %s", plan.backup_id, plan.shadow,
-                          human_seconds(seconds))
+    seconds = pg_restore_into(conn, work_file, plan.shadow, jobs=jobs, no_owner=not plan.keep_ownership,
+                              role=plan.owner, timeout=timeout)
+    logger = get_run_logger()
+    if not plan.keep_ownership:
+        revokes = public_revokes(work_file)
+        with conn.connect(database=plan.shadow, autocommit=True) as c:
+            for statement in revokes:
+                c.execute(statement.encode())
+        logger.info("restored without owners and grants, as %s; %d privilege(s) kept revoked from PUBLIC",
+                    plan.owner, len(revokes))
+    if plan.properties is not None:
+        with pgdb.admin_connection(conn) as c:
+            skipped = dbprops.apply_after_restore(c, plan.shadow, plan.properties)
+        if skipped:
+            logger.warning("not applied (roles missing here): %s", "; ".join(skipped))
+    logger.info("restored %s into shadow database %s in %s", plan.backup_id, plan.shadow, human_seconds(seconds))
     return seconds
 
 
@@ -240,6 +317,19 @@ def check_counts(conn: PostgresConnection, database: str, plan: RestorePlan) -> 
     get_run_logger().info("%s: %d tables, %d rows, as the manifest counted", database, len(rows),
                           sum(rows.values()))
     return rows
+
+
+@task(name="check-content", cache_policy=NO_CACHE)
+def check_content(conn: PostgresConnection, database: str, plan: RestorePlan, work_file: Path) -> list[str]:
+    """The shadow holds the backup's schema, grants and data (pg_dump of it equals the archive,
+    entry by entry) and the database's properties; a difference fails naming what differs."""
+    diffs = prove_content(conn, database, work_file, plan.properties, plan.dump_settings,
+                          owners=plan.keep_ownership)
+    if diffs:
+        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise IntegrityError(f"{database} does not match backup {plan.backup_id}: {'; '.join(diffs[:3])}{more}")
+    get_run_logger().info("%s: schema, grants, data and database properties equal the backup's", database)
+    return diffs
 
 
 def unchanged_line(plan: RestorePlan, shadow_dropped: bool = True) -> str:

@@ -42,9 +42,12 @@ def write_manifest(repo: BackupRepository, backup_id: str, info: ServerInfo, dum
         backup_id=backup_id, kind="logical", database=info.database,
         server_version=info.server_version, system_identifier=info.system_identifier,
         tool_version=f"pgkeeper {__version__}", started_at=dumped.started_at,
-        finished_at=datetime.now(UTC), compression=repo.compression, size=dumped.file.size,
-        raw_size=dumped.file.raw_size, database_size=info.database_size, files=[dumped.file],
+        finished_at=datetime.now(UTC), compression=repo.compression,
+        size=dumped.file.size + dumped.globals_file.size,
+        raw_size=(dumped.file.raw_size or 0) + (dumped.globals_file.raw_size or 0),
+        database_size=info.database_size, files=[dumped.file, dumped.globals_file],
         tables=dumped.tables, objects=dumped.objects, labels=labels,
+        database_properties=dumped.properties, roles=dumped.roles, dump_settings=dumped.dump_settings,
         verifications=[Verification(at=datetime.now(UTC), method="quick", ok=True, checks=check.checks)],
     )
     repo.local().finish_backup(backup_id, manifest.to_bytes())

@@ -1,9 +1,8 @@
 """Putting a restored database in place of the live one, and taking it back out.
 
-The swap is one transaction holding both renames, so it either happens whole or not at all:
-there is no moment where the target name is missing. Before it, the live database stops
-accepting connections (ALLOW_CONNECTIONS false applies to superusers too), so a client that
-reconnects between "terminate" and "rename" is refused instead of blocking the rename.
+The swap is one transaction that ends the live database's sessions and makes both renames, so
+it happens whole or not at all: there is no moment where the target name is missing, and no
+committed half-state (such as a database refusing connections) that a killed process could leave.
 """
 
 from __future__ import annotations
@@ -19,7 +18,10 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from pgkeeper.blocks.postgres import PostgresConnection
+from pgkeeper.dbprops import create_database
 from pgkeeper.errors import PgkeeperError
+from pgkeeper.liveness import maker_is_dead, owner_tag
+from pgkeeper.manifest import DatabaseProperties
 from pgkeeper.names import check_identifier
 from pgkeeper.pgdb import MAINTENANCE_DB
 from pgkeeper.tasks.policy import RETRYABLE
@@ -97,55 +99,17 @@ def terminate_all(c: psycopg.Connection, name: str, wait_s: float = 15.0) -> int
         time.sleep(0.05)
 
 
-def create_shadow(conn: PostgresConnection, shadow: str, like: str | None) -> None:
-    """An empty database for the restore: encoding, collation, owner and per-database settings
-    copied from `like` (the database it will replace), so the swap changes data, not behaviour.
-
-    The dump (taken without --create) carries none of these; a database created from template0
-    with server defaults could sort text differently or lose the owner's rights.
-    """
+def create_shadow(conn: PostgresConnection, shadow: str, props: DatabaseProperties | None, owner: str | None,
+                  run_id: str | None = None) -> None:
+    """An empty database for the restore, shaped as the backup's database was (encoding, locale
+    provider and locales, owner, tablespace); settings, ACL and connection limit come after
+    pg_restore. Its comment marks it as a shadow and names the process making it, so the next
+    run can drop it if this one is killed."""
     check_identifier("database", shadow)
     with _admin(conn) as c:
-        props = None
-        if like:
-            props = c.execute(
-                "SELECT pg_encoding_to_char(d.encoding), d.datcollate, d.datctype, r.rolname "
-                "FROM pg_database d JOIN pg_roles r ON r.oid = d.datdba WHERE d.datname = %s",
-                (like,)).fetchone()
-        if props:
-            encoding, collate, ctype, owner = props
-            c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {} "
-                              "OWNER {}").format(_ident(shadow), sql.Literal(encoding), sql.Literal(collate),
-                                                 sql.Literal(ctype), _ident(owner)))
-            settings = c.execute(
-                "SELECT unnest(s.setconfig) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase "
-                "WHERE d.datname = %s AND s.setrole = 0", (like,)).fetchall()
-            for (item,) in settings:
-                key, _, value = item.partition("=")
-                c.execute(sql.SQL("ALTER DATABASE {} SET {} = {}").format(
-                    _ident(shadow), _ident(key), sql.Literal(value)))
-            copy_database_privileges(c, like, shadow)
-        else:
-            c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(_ident(shadow)))
-        c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-            _ident(shadow), sql.Literal(f"{SHADOW_MARK} since {datetime.now(UTC).isoformat(timespec='seconds')}")))
-
-
-def copy_database_privileges(c: psycopg.Connection, source: str, dest: str) -> None:
-    """GRANTs on the database itself (CONNECT, TEMP, CREATE): a `REVOKE CONNECT FROM PUBLIC` on
-    the target must not quietly become the default's "everyone may connect"."""
-    acl = c.execute("SELECT datacl IS NOT NULL FROM pg_database WHERE datname = %s", (source,)).fetchone()
-    if not acl or not acl[0]:
-        return  # default privileges, which the new database has too
-    c.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(_ident(dest)))
-    rows = c.execute(
-        "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type, "
-        "a.is_grantable FROM pg_database d, aclexplode(d.datacl) a "
-        "WHERE d.datname = %s AND a.grantee <> d.datdba", (source,)).fetchall()
-    for grantee, privilege, grantable in rows:
-        c.execute(sql.SQL("GRANT {} ON DATABASE {} TO {}{}").format(
-            sql.SQL(privilege), _ident(dest), _ident(grantee) if grantee else sql.SQL("PUBLIC"),
-            sql.SQL(" WITH GRANT OPTION" if grantable else "")))
+        create_database(c, shadow, props, owner)
+        c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(_ident(shadow), sql.Literal(
+            f"{SHADOW_MARK} since {datetime.now(UTC).isoformat(timespec='seconds')} by {owner_tag(run_id)}")))
 
 
 def drop_if_exists(conn: PostgresConnection, name: str) -> None:
@@ -155,66 +119,57 @@ def drop_if_exists(conn: PostgresConnection, name: str) -> None:
 
 
 def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as: str | None,
-                   comment: str | None = None, attempts: int = 5) -> SwapResult:
+                   comment: str | None = None, live_comment: str | None = None, attempts: int = 5,
+                   lock_timeout_s: float = 10.0) -> SwapResult:
     """Put `incoming` under the name `live`; the previous `live` becomes `retire_as`.
 
-    With no database called `live` yet, `incoming` is simply renamed. On any failure the
-    names and the connection setting of `live` are as they were, and SwapFailed says so.
+    Everything happens in one transaction: the sessions on `live` are ended and both renames
+    made, or nothing is. The first rename holds the database's lock, so a client reconnecting
+    meanwhile waits and then finds the restored database; a session that slipped in before the
+    lock makes the attempt fail and it is tried again. Nothing is committed on its own, so a
+    SIGKILL at any instant leaves `live` connectable, with either the old or the new content.
     """
     started = time.monotonic()
     with _admin(conn) as c:
-        before = connection_settings(c, live)
         oid = database_oid(c, incoming)
         if oid is None:
             raise SwapFailed(f"database {incoming!r} to put in place does not exist")
-        if before is None:
-            try:
-                terminate_all(c, incoming)
-                with c.transaction():
-                    c.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(_ident(incoming), _ident(live)))
-                    c.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(_ident(live)))
-            except psycopg.Error as exc:
-                raise SwapFailed(f"could not rename {incoming!r} to {live!r}: {_first_line(exc)}") from None
-            return SwapResult(target=live, retired_as=None, terminated=0, seconds=time.monotonic() - started,
-                              oid=oid)
-        assert retire_as is not None
-        allow_before, _ = before
-        c.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(_ident(live)))
+        exists = database_oid(c, live) is not None
+        if exists and retire_as is None:
+            raise SwapFailed(f"database {live!r} exists and no name to keep it under was given")
         ended = 0
         last_error = "unknown"
-        try:
-            for _ in range(attempts):
-                ended += terminate_all(c, live)
-                terminate_all(c, incoming)
-                try:
-                    with c.transaction():
+        for attempt in range(attempts):
+            try:
+                with c.transaction():
+                    c.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_s)}s")))
+                    found = _terminate(c, live) if exists else 0
+                    _terminate(c, incoming)
+                    if exists:
+                        assert retire_as is not None
                         c.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(_ident(live), _ident(retire_as)))
-                        c.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(_ident(incoming), _ident(live)))
-                        c.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
-                            _ident(retire_as), sql.SQL("true" if allow_before else "false")))
-                        c.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(_ident(live)))
                         c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                             _ident(retire_as), sql.Literal(comment) if comment else sql.NULL))
-                        c.execute(sql.SQL("COMMENT ON DATABASE {} IS NULL").format(_ident(live)))
-                    return SwapResult(target=live, retired_as=retire_as, terminated=ended,
-                                      seconds=time.monotonic() - started, oid=oid)
-                except psycopg.errors.ObjectInUse as exc:
-                    last_error = _first_line(exc)  # a session slipped in before ALLOW_CONNECTIONS: again
-                    continue
-                except psycopg.Error as exc:
-                    last_error = _first_line(exc)
-                    break
-        except BaseException:
-            _restore_connections(c, live, allow_before)
-            raise
-        _restore_connections(c, live, allow_before)
+                    c.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(_ident(incoming), _ident(live)))
+                    c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                        _ident(live), sql.Literal(live_comment) if live_comment else sql.NULL))
+                ended += found
+                return SwapResult(target=live, retired_as=retire_as if exists else None, terminated=ended,
+                                  seconds=time.monotonic() - started, oid=oid)
+            except (psycopg.errors.ObjectInUse, psycopg.errors.LockNotAvailable) as exc:
+                last_error = _first_line(exc)  # a session slipped in before the lock: again
+                time.sleep(0.1 * (attempt + 1))
+            except psycopg.Error as exc:
+                last_error = _first_line(exc)
+                break
         raise SwapFailed(f"could not swap {incoming!r} into place as {live!r}: {last_error}")
 
 
-def _restore_connections(c: psycopg.Connection, name: str, allow: bool) -> None:
-    """Give the untouched live database its connection setting back."""
-    c.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS {}").format(
-        _ident(name), sql.SQL("true" if allow else "false")))
+def _terminate(c: psycopg.Connection, name: str) -> int:
+    """Ask every other session on `name` to end (the rename then waits up to 5 s for them)."""
+    rows = c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchall()
+    return sum(1 for (ok,) in rows if ok)
 
 
 def _first_line(exc: Exception) -> str:
@@ -228,8 +183,9 @@ def old_copy_comment(target: str, backup_id: str, keep_hours: float, now: dateti
             f"{now.astimezone(UTC).isoformat(timespec='seconds')}; keep until {until}")
 
 
-def _marked_databases(conn: PostgresConnection, mark: str, when: re.Pattern[str]) -> list[tuple[str, datetime]]:
-    """(name, time) of databases whose comment starts with `mark`, the time read with `when`."""
+def _marked_databases(conn: PostgresConnection, mark: str,
+                      when: re.Pattern[str]) -> list[tuple[str, datetime, str]]:
+    """(name, time, comment) of databases whose comment starts with `mark`, the time read with `when`."""
     with _admin(conn) as c:
         rows = c.execute(
             "SELECT d.datname, shobj_description(d.oid, 'pg_database') FROM pg_database d "
@@ -240,7 +196,7 @@ def _marked_databases(conn: PostgresConnection, mark: str, when: re.Pattern[str]
         if not m:
             continue
         try:
-            found.append((name, datetime.fromisoformat(m.group(1))))
+            found.append((name, datetime.fromisoformat(m.group(1)), comment))
         except ValueError:
             continue
     return found
@@ -249,23 +205,27 @@ def _marked_databases(conn: PostgresConnection, mark: str, when: re.Pattern[str]
 def expired_old_copies(conn: PostgresConnection, now: datetime | None = None) -> list[str]:
     """Pre-restore copies (found by their comment) whose keep-until time has passed."""
     now = now or datetime.now(UTC)
-    return [name for name, until in _marked_databases(conn, OLD_COPY_MARK, _KEEP_UNTIL) if until <= now]
+    return [name for name, until, _ in _marked_databases(conn, OLD_COPY_MARK, _KEEP_UNTIL) if until <= now]
 
 
 def stale_shadows(conn: PostgresConnection, now: datetime | None = None) -> list[str]:
-    """Shadow databases (found by their comment) of restores that began over STALE_SHADOW ago."""
+    """Shadow databases (found by their comment) of restores whose process is gone, or that began
+    over STALE_SHADOW ago."""
     now = now or datetime.now(UTC)
-    return [name for name, since in _marked_databases(conn, SHADOW_MARK, _SINCE) if now - since >= STALE_SHADOW]
+    return [name for name, since, comment in _marked_databases(conn, SHADOW_MARK, _SINCE)
+            if now - since >= STALE_SHADOW or maker_is_dead(comment)]
 
 
 @task(name="swap-into-place", cache_policy=NO_CACHE)
 def swap_into_place(conn: PostgresConnection, target: str, shadow: str, retire_as: str | None, backup_id: str,
-                    keep_hours: float) -> SwapResult:
-    """Stop new connections to the target, end its sessions, and rename in one transaction."""
+                    keep_hours: float, comment: str | None = None) -> SwapResult:
+    """End the target's sessions and rename in one transaction; the restored database gets the
+    backup's database comment."""
     now = datetime.now(UTC)
     retire_as = retire_as or old_copy_name(target, now)  # the target may have appeared since the plan
-    comment = old_copy_comment(target, backup_id, keep_hours, now)
-    result = swap_databases(conn, live=target, incoming=shadow, retire_as=retire_as, comment=comment)
+    old_comment = old_copy_comment(target, backup_id, keep_hours, now)
+    result = swap_databases(conn, live=target, incoming=shadow, retire_as=retire_as, comment=old_comment,
+                            live_comment=comment)
     logger = get_run_logger()
     if result.retired_as:
         logger.info("%s is now the restored database (%d session(s) ended); the previous one is %s",
@@ -294,12 +254,13 @@ def check_swapped(conn: PostgresConnection, swap: SwapResult, expected_tables: i
 
 
 @task(name="swap-back", cache_policy=NO_CACHE)
-def swap_back(conn: PostgresConnection, target: str, retired_as: str | None, shadow: str) -> None:
-    """Undo a swap: the previous database gets its name back, the restored one is dropped."""
+def swap_back(conn: PostgresConnection, target: str, retired_as: str | None, shadow: str,
+              comment: str | None = None) -> None:
+    """Undo a swap: the previous database gets its name (and comment) back, the restored one is dropped."""
     if retired_as is None:
         drop_if_exists(conn, target)
         return
-    swap_databases(conn, live=target, incoming=retired_as, retire_as=shadow)
+    swap_databases(conn, live=target, incoming=retired_as, retire_as=shadow, live_comment=comment)
     drop_if_exists(conn, shadow)
     get_run_logger().warning("swap undone: %s is the database it was before the restore", target)
 

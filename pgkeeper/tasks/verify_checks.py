@@ -138,7 +138,7 @@ def resolve_for_verify(repo: BackupRepository, source: str, ref: str, database: 
     """The backup the user means, and the other backups of its database (freshness, anomalies)."""
     storage = repo.storage(source)
     target = resolve_backup(storage, ref, database, kind="logical")
-    if target.kind != "logical" or len(target.files) != 1:
+    if target.kind != "logical":
         raise PgkeeperError(f"backup {target.backup_id} is a {target.kind} backup: verify restores "
                             "logical dumps only")
     return Catalog(target=target, backups=list_backups(storage, target.database, kind="logical"))
@@ -147,7 +147,7 @@ def resolve_for_verify(repo: BackupRepository, source: str, ref: str, database: 
 @task(name="fetch-dump", cache_policy=NO_CACHE, **RETRYABLE)
 def fetch_dump(repo: BackupRepository, source: str, manifest: Manifest, work_dir: str) -> Fetched:
     """Test 1: read the stored file back, decompress it and check its sha256 (into a work file)."""
-    file = manifest.files[0]
+    file = manifest.dump_file
     label = f"{manifest.backup_id}/{file.name}"
     dest = Path(work_dir) / f"{manifest.backup_id}.dump"
     free = shutil.disk_usage(work_dir).free
@@ -187,7 +187,7 @@ def check_format(manifest: Manifest, archive: str) -> CheckResult:
     try:
         listing = pgtools.run([pgtools.tool("pg_restore"), "--list", archive], timeout=600)
     except pgtools.ToolFailed as exc:
-        raise UnreadableDump(f"{manifest.backup_id}/{manifest.files[0].name}: pg_restore cannot read it "
+        raise UnreadableDump(f"{manifest.backup_id}/{manifest.dump_file.name}: pg_restore cannot read it "
                              f"({exc})") from None
     return _format_result(manifest, dict(toc_kinds(listing)))
 
@@ -195,13 +195,18 @@ def check_format(manifest: Manifest, archive: str) -> CheckResult:
 @task(name="check-integrity-and-format", cache_policy=NO_CACHE, **RETRYABLE)
 def check_stream(repo: BackupRepository, source: str, manifest: Manifest) -> CheckResult:
     """Tests 1 and 2 in one pass without a work file (no restore drill): hash, decompress, list."""
-    quick = read_dump_toc(repo, manifest.backup_id, manifest.files[0], manifest.compression, source)
+    quick = read_dump_toc(repo, manifest.backup_id, manifest.dump_file, manifest.compression, source)
     return _format_result(manifest, quick.toc)
 
 
 @task(name="check-data", cache_policy=NO_CACHE)
-def check_data(manifest: Manifest, tables: dict[str, int], objects: dict[str, int]) -> CheckResult:
-    """Test 4: every table's row count and the object counts equal what the dump's snapshot saw."""
+def check_data(manifest: Manifest, drill: DrillResult) -> CheckResult:
+    """Test 4: the restored copy holds the backup's schema, grants, data and database properties
+    (compared entry by entry with the archive), and every count equals what the dump's snapshot saw."""
+    tables, objects = drill.tables, drill.objects
+    if drill.differences:
+        more = f" (and {len(drill.differences) - 3} more)" if len(drill.differences) > 3 else ""
+        raise IntegrityError("the restored copy differs from the backup: " + "; ".join(drill.differences[:3]) + more)
     wrong = sorted(t for t in set(manifest.tables) | set(tables) if manifest.tables.get(t) != tables.get(t))
     diffs = count_differences(manifest.tables, tables)
     # Only the kinds the manifest recorded: an older manifest may count fewer kinds.
@@ -210,7 +215,9 @@ def check_data(manifest: Manifest, tables: dict[str, int], objects: dict[str, in
         raise IntegrityError(f"{len(wrong)} of {len(manifest.tables)} tables differ "
                              f"({', '.join(wrong) or 'none'}): " + "; ".join(diffs))
     n = len(manifest.tables)
-    return CheckResult(number=4, status="PASS", title=f"data: {n}/{n} tables, row counts equal")
+    what = ("schema, grants, data and properties equal" if drill.content_compared
+            else "row counts equal (content not recorded by this backup)")
+    return CheckResult(number=4, status="PASS", title=f"data: {n}/{n} tables, {what}")
 
 
 def freshness(backups: Sequence[Manifest], max_age_hours: float, now: datetime | None = None) -> CheckResult:

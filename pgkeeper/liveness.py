@@ -1,0 +1,46 @@
+"""Who made a scratch or shadow database, and whether that process is provably gone.
+
+A run killed outright (SIGKILL, OOM, power loss) never reaches its cleanup. Databases it made
+carry a tag naming the host, the process (pid and its start time, so a recycled pid does not
+count as alive) and the Prefect flow run; the next run drops those whose maker is provably dead
+and leaves alone anything it cannot judge.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+_TAG = re.compile(r"host=(\S+) pid=(\d+) start=(\d+)(?: run=(\S+))?")
+
+
+def process_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (None: no such process)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may hold spaces or parentheses: fields are counted after the last ')'.
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def owner_tag(run_id: str | None = None) -> str:
+    pid = os.getpid()
+    tag = f"host={socket.gethostname()} pid={pid} start={process_start(pid) or 0}"
+    return tag + (f" run={run_id}" if run_id else "")
+
+
+def tag_run_id(text: str) -> str | None:
+    m = _TAG.search(text or "")
+    return m.group(4) if m else None
+
+
+def maker_is_dead(text: str) -> bool:
+    """True only when the tag in `text` names a process on this host that no longer runs."""
+    m = _TAG.search(text or "")
+    if not m or m.group(1) != socket.gethostname():
+        return False
+    pid, start = int(m.group(2)), int(m.group(3))
+    return process_start(pid) != start
