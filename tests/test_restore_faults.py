@@ -114,25 +114,37 @@ def pids_with_arg(arg: bytes) -> list[int]:
     return found
 
 
-def test_missing_roles_with_keep_ownership_fail_cleanly(pg, crm_db, env, repo):  # noqa: F811
+def test_missing_roles_are_named_before_anything_is_touched_and_created_on_request(
+        pg, crm_db, env, repo):  # noqa: F811
     from pgkeeper.flows.backup import backup
     from pgkeeper.flows.restore import restore
 
     role = f"owner_{crm_db}"
     with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
-        c.execute(f"CREATE ROLE {role}")
+        c.execute(f"CREATE ROLE {role} NOLOGIN CONNECTION LIMIT 7")
         c.execute(f"ALTER TABLE deal OWNER TO {role}")
     backup()
     with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
         c.execute("ALTER TABLE deal OWNER TO postgres")
         c.execute(f"DROP ROLE {role}")
     before = table_fingerprints(pg.conninfo(crm_db))
-    message = failed_restore(safety_backup=False, keep_ownership=True)
-    assert "pg_restore failed" in message and role in message and "unchanged" in message
+    message = failed_restore(safety_backup=False)
+    assert f"roles missing on {pg.host}:{pg.port}: {role};" in message and "--create-roles" in message
+    assert "\n" not in message
     assert_untouched(pg, crm_db, before)
-    # The default (owned by the restoring role, no GRANTs) restores on a server without that role.
-    report = restore("latest", confirmed=True, safety_backup=False, keep_old=False)
+    # Without owners: the table belongs to the database's owner, never silently to a missing role.
+    report = restore("latest", confirmed=True, safety_backup=False, keep_old=False, keep_ownership=False)
     assert report.tables["public.deal"] > 0
+    # With --create-roles: the role comes back as it was, and owns its table again.
+    restore("latest", confirmed=True, safety_backup=False, keep_old=False, create_roles=True)
+    try:
+        with psycopg.connect(pg.conninfo(crm_db)) as c:
+            assert c.execute("SELECT rolconnlimit, rolcanlogin FROM pg_roles WHERE rolname = %s",
+                             (role,)).fetchone() == (7, False)
+            assert c.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'deal'").fetchone()[0] == role
+    finally:
+        with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
+            c.execute(f"ALTER TABLE deal OWNER TO postgres; DROP ROLE {role}")
 
 
 def test_a_swap_that_cannot_complete_puts_everything_back(pg, conn):

@@ -1,0 +1,93 @@
+"""SIGKILL of `pgkeeper restore` at any instant: the target stays connectable with either its old or
+its new content, no child goes on writing, and the next run clears what the dead one left."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg
+
+from tests.helpers import ROOT, database_exists, drop_database, table_fingerprints
+from tests.test_restore import change_data, env, leftovers, old_copies  # noqa: F401
+from tests.test_restore_faults import pids_with_arg
+
+
+def _swap_running(pg, target: str) -> bool:
+    """pgkeeper's session is inside the swap transaction (ending sessions or renaming)."""
+    with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+        row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgkeeper' "
+                        "AND (query ILIKE '%%pg_terminate_backend%%' OR query ILIKE '%%RENAME TO%%') "
+                        "AND query ILIKE %s", (f"%{target}%",)).fetchone()
+    return bool(row and row[0])
+
+
+def _free_slot(target: str) -> None:
+    """The killed run's restore slot: a real server frees it when its 60 s lease runs out; the test
+    harness runs no lease service, so the test frees it (recreated on the next use)."""
+    from prefect.client.orchestration import get_client
+
+    from pgkeeper.deployments.limits import limit_name
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.delete_global_concurrency_limit_by_name(limit_name("restore", target))
+        except Exception:  # never created, or already gone
+            pass
+
+
+def _start_restore(env_vars: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "pgkeeper.cli.main", "restore", "latest", "--yes",
+                             "--no-safety-backup"], env={**os.environ, **env_vars}, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_restore_killed_at_any_instant_leaves_the_target_usable(pg, crm_db, env, repo):  # noqa: F811
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+
+    with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:  # a restore that takes a moment
+        c.execute("CREATE TABLE bulk AS SELECT i, md5(i::text) AS t FROM generate_series(1, 200000) i")
+    backup()
+    restored = table_fingerprints(pg.conninfo(crm_db))
+    change_data(pg, crm_db)
+    changed = table_fingerprints(pg.conninfo(crm_db))
+    rng = random.Random(11)
+    shadow_arg = f"--dbname={crm_db}_restoring_".encode()
+    outcomes = []
+    try:
+        for phase in ("pg_restore", "swap", "swap"):
+            client = psycopg.connect(pg.conninfo(crm_db), autocommit=True)  # an application session
+            proc = _start_restore(env)
+            deadline = time.monotonic() + 120
+            while proc.poll() is None and time.monotonic() < deadline:
+                if (phase == "pg_restore" and pids_with_arg(shadow_arg)) or \
+                        (phase == "swap" and _swap_running(pg, crm_db)):
+                    time.sleep(rng.uniform(0, 0.05))
+                    proc.send_signal(signal.SIGKILL)
+                    break
+                time.sleep(0.003)
+            proc.wait(timeout=60)
+            client.close()
+            _free_slot(crm_db)
+            time.sleep(1.0)  # a child that survived its parent would still be running now
+            assert pids_with_arg(shadow_arg) == [], "pg_restore outlived the killed restore"
+            now = table_fingerprints(pg.conninfo(crm_db))  # connectable, whatever happened
+            assert now in (restored, changed)
+            outcomes.append("new" if now == restored else "old")
+            if now == restored:
+                change_data(pg, crm_db)
+                changed = table_fingerprints(pg.conninfo(crm_db))
+        assert "old" in outcomes  # at least the pg_restore kill happened before the swap
+        # The next run drops the shadows of the dead runs (their process is gone) and says so.
+        report = restore("latest", confirmed=True, safety_backup=False, keep_old=False)
+        assert table_fingerprints(pg.conninfo(crm_db)) == restored
+        assert leftovers(pg, crm_db) == [] and report.target == crm_db
+    finally:
+        for name in old_copies(pg, crm_db) + leftovers(pg, crm_db):
+            if database_exists(pg, name):
+                drop_database(pg, name)
