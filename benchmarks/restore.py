@@ -7,8 +7,9 @@ A throwaway PostgreSQL 15 cluster gets a database of about 1 GB at the default s
 stored backup is decompressed (checksum-checked) to one work file, and then, alternating:
   1. bare: CREATE DATABASE + `pg_restore -j2 --no-owner --no-privileges --exit-on-error`;
   2. flow: what the restore flow does after its fetch, as Prefect tasks in a flow: shadow
-     database shaped like the target, pg_restore -j2 into it, row counts against the manifest,
-     connections refused and ended, the one-transaction swap, the swap checked (old copy kept).
+     database shaped as the backup's, pg_restore -j2 into it (owners and grants), its settings,
+     row counts against the manifest, its content proven against the archive (pg_dump of the
+     shadow equal to the archive, entry by entry), the one-transaction swap, the swap checked.
 Medians of each are compared. Target: flow <= 1.15x bare. One full `restore` flow run (fetch,
 readable check and all) is timed at the end for reference.
 
@@ -72,14 +73,23 @@ def main() -> int:
     from pgkeeper.blocks.postgres import PostgresConnection
     from pgkeeper.blocks.repository import BackupRepository
     from pgkeeper.tasks.pg_restore import materialize_dump
-    from pgkeeper.tasks.restore_steps import RestorePlan, check_counts, plan_restore, restore_shadow
+    from pgkeeper.tasks.restore_steps import (
+        RestorePlan,
+        check_content,
+        check_counts,
+        plan_restore,
+        prepare_shadow,
+        restore_shadow,
+    )
     from pgkeeper.tasks.swap import check_swapped, drop_if_exists, swap_into_place
 
     @flow(name="restore-bench-work", validate_parameters=False)  # local types: nothing to validate
     def flow_work(conn: PostgresConnection, plan: RestorePlan, work_file: Path, jobs: int) -> str | None:
         # The restore flow's steps after its fetch, in its order (the old copy is kept by default).
-        restore_shadow(conn, plan, work_file, jobs, False, 6 * 3600)
+        prepare_shadow(conn, plan)
+        restore_shadow(conn, plan, work_file, jobs, 6 * 3600)
         check_counts(conn, plan.shadow, plan)
+        check_content(conn, plan.shadow, plan, work_file)
         swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id, 0)
         check_swapped(conn, swap, len(plan.tables))
         return swap.retired_as
@@ -101,8 +111,8 @@ def main() -> int:
             print(f"backup {manifest.backup_id}: {manifest.size / 2**20:.0f} MB stored, "
                   f"{sum(manifest.tables.values())} rows, {time.monotonic() - t0:.1f} s")
             dump = work / "dump.fc"
-            with repo.local().open_file(manifest.backup_id, manifest.files[0].name) as stream:
-                materialize_dump(stream, manifest.files[0], manifest.compression, dump, "bench")
+            with repo.local().open_file(manifest.backup_id, manifest.dump_file.name) as stream:
+                materialize_dump(stream, manifest.dump_file, manifest.compression, dump, "bench")
             print(f"work file: {dump.stat().st_size / 2**20:.0f} MB")
             # The target exists, as in a real replace; the first flow round also warms the cache.
             drop_if_exists(conn, TARGET_DB)  # left by an earlier --reuse run

@@ -205,3 +205,44 @@ def test_a_scratch_database_left_by_a_killed_run_is_reported_not_dropped(env, pg
         assert leftover in events[0].payload["message"]
     finally:
         drop_database(pg, leftover)
+
+
+def test_a_killed_verify_leaves_no_pg_restore_and_the_next_one_drops_its_scratch(env, pg, crm_db):  # noqa: F811
+    """SIGKILL of `pgkeeper verify` mid-drill: its pg_restore dies with it (it would otherwise go on
+    filling the scratch database), and the next verify drops the dead run's scratch database."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psycopg
+
+    from tests.helpers import ROOT
+    from tests.test_restore_faults import pids_with_arg
+
+    with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:  # a drill that takes a moment
+        c.execute("CREATE TABLE bulk AS SELECT i, md5(i::text) AS t FROM generate_series(1, 300000) i")
+    take_backup(env)
+    proc = subprocess.Popen([sys.executable, "-m", "pgkeeper.cli.main", "verify"], env={**os.environ, **env},
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not pids_with_arg(b"--dbname=pgkeeper_verify_") and time.monotonic() < deadline:
+            assert proc.poll() is None, "verify ended before its drill could be interrupted"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        time.sleep(1.0)
+        assert pids_with_arg(b"--dbname=pgkeeper_verify_") == []  # died with its parent
+        left = scratch_databases(pg)
+        assert len(left) == 1  # the killed run's, with nobody writing into it
+        assert run_verify(env).ok
+        assert scratch_databases(pg) == []  # dropped: its maker is provably gone
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        from tests.helpers import drop_database
+
+        for name in scratch_databases(pg):
+            drop_database(pg, name)
