@@ -23,3 +23,20 @@ def human_seconds(s: float | None) -> str:
     if s < 86400:
         return f"{s / 3600:.1f} h"
     return f"{s / 86400:.1f} d"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """`1 table`, `2 tables`, `1 index`, `3 indexes`."""
+    if n == 1:
+        return f"1 {word}"
+    return f"{n:,} {many or (word + 'es' if word.endswith(('x', 's', 'sh', 'ch')) else word + 's')}"
+
+
+def contents(tables: int, indexes: int, rows: int | None = None) -> str:
+    """What a backup holds, counted one way everywhere: tables whose rows the dump carries, all
+    indexes (those behind primary keys and unique constraints too), and rows."""
+    parts = [plural(tables, "table")]
+    if rows is not None:
+        parts.append(plural(rows, "row"))
+    parts.append(plural(indexes, "index"))
+    return ", ".join(parts)

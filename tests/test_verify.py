@@ -52,7 +52,8 @@ def test_good_backup_passes_all_five_and_records_rto(env, pg):
 
     assert [c.status for c in report.checks] == ["PASS"] * 5
     assert report.checks[1].title == f"dump format: {len(m.tables)} tables, " + report.checks[1].title.split(", ")[1]
-    assert f"data: {len(m.tables)}/{len(m.tables)} tables, row counts equal" in report.lines()[3]
+    assert f"data: {len(m.tables)}/{len(m.tables)} tables, schema, grants, data and properties equal" \
+        in report.lines()[3]
     assert report.lines()[-1].startswith("Backup is valid and restorable. RTO measured:")
     recorded = read_manifest(env, m.backup_id)
     assert recorded.status == "verified"

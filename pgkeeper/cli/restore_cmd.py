@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     plan = plan_restore(conn, repo, args.backup, source, mode, target, args.keep_ownership, args.create_roles)
     if mode == "replace" and not args.yes and not ask(plan):
         return 1
+    print(f"restoring {plan.backup_id} (database {plan.backup_database}, from {plan.source}) into {plan.target}")
     report = restore(backup=plan.backup_id, mode=mode, target=plan.target, source=source, confirmed=True,
                      safety_backup=not args.no_safety_backup, keep_old=not args.drop_old,
                      keep_old_hours=args.keep_old_hours, keep_ownership=args.keep_ownership,

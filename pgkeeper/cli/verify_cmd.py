@@ -53,9 +53,11 @@ def run(args: argparse.Namespace) -> int:
         if exc.report is None:
             raise
         print("\n".join(exc.report.lines()))
+        print(f"(backup {exc.report.backup_id} of database {exc.report.database}, read from {exc.report.source})")
         sys.stdout.flush()
         raise
     print("\n".join(report.lines()))
+    print(f"(backup {report.backup_id} of database {report.database}, read from {report.source})")
     for line in report.anomalies:
         print(f"WARNING: {line}")
     return 0

@@ -15,6 +15,7 @@ from prefect.runtime import flow_run
 from pgkeeper.anomaly import DEFAULT_THRESHOLD
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.errors import PgkeeperError
+from pgkeeper.names import LATEST, parse_backup_ref
 from pgkeeper.tasks.drill import (
     drop_scratch_after_run,
     restore_drill,
@@ -72,7 +73,7 @@ def verify(
     """
     log = get_run_logger()
     repo = load_repository(repository_block, path=backup_dir)
-    if database is None:  # `latest` is the configured database's, never another one's
+    if database is None and parse_backup_ref(backup) == LATEST:  # the configured database's, never another's
         database = load_connection(connection_block, host=host, port=port, user=user).database
     catalog = resolve_for_verify(repo, source, backup, database)
     target = catalog.target

@@ -7,7 +7,7 @@ import re
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from pgkeeper.fmt import human_bytes, human_seconds
+from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import Manifest
 
 
@@ -29,7 +29,7 @@ def backup_summary_markdown(m: Manifest, location: str, warnings: list[str]) -> 
         f"| Location | `{location}` |",
         f"| Size | {human_bytes(m.size)} (raw dump {human_bytes(m.raw_size)}, ratio {ratio}, {m.compression}) |",
         f"| Duration | {human_seconds(m.duration_seconds)} |",
-        f"| Tables | {len(m.tables)} tables, {rows} rows, {m.objects.get('indexes', 0)} indexes |",
+        f"| Tables | {contents(len(m.tables), m.objects.get('indexes', 0), rows)} |",
         f"| Checksum | sha256 `{m.dump_file.sha256}` |",
         f"| Status | {m.status} |",
     ]

@@ -26,7 +26,7 @@ from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups, resolve_backup
 from pgkeeper.content_check import prove_content
 from pgkeeper.errors import BadName, IntegrityError, PgkeeperError, RepositoryError
-from pgkeeper.fmt import human_bytes, human_seconds
+from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import DatabaseProperties, Manifest, StoredFile
 from pgkeeper.names import LATEST, check_identifier, parse_backup_ref
 from pgkeeper.tasks.checksum import checked_chunks
@@ -357,7 +357,7 @@ def confirmation_description(plan: RestorePlan, toc: dict[str, int], safety_back
         f"| Backup | `{plan.backup_id}` of `{plan.backup_database}`, from {plan.source} (`{plan.location}`) |",
         f"| Age | {human_seconds(plan.age_seconds)} (finished {plan.finished_at:%Y-%m-%d %H:%M:%S} UTC) |",
         f"| Size | {human_bytes(plan.size)} stored, {human_bytes(plan.raw_size)} dump |",
-        f"| Contents | {len(plan.tables)} tables, {rows} rows, {plan.objects.get('indexes', 0)} indexes |",
+        f"| Contents | {contents(len(plan.tables), plan.objects.get('indexes', 0), rows)} |",
         f"| Verification | {plan.status}; checksum and table of contents checked now "
         f"({toc.get('TABLE DATA', 0)} tables readable) |",
         "",
@@ -409,7 +409,7 @@ def summary_markdown(r: RestoreReport) -> str:
         f"| Target | `{r.target}` ({'replaced' if r.mode == 'replace' else 'new database'}) |",
         f"| Duration (RTO) | {human_seconds(r.rto_seconds)} (pg_restore {human_seconds(r.restore_seconds)}; "
         f"waiting for confirmation not counted: {human_seconds(r.waited_seconds)}) |",
-        f"| Tables | {len(r.tables)} tables, {rows} rows, {r.objects.get('indexes', 0)} indexes; "
+        f"| Tables | {contents(len(r.tables), r.objects.get('indexes', 0), rows)}; "
         "counts equal the manifest |",
         f"| Sessions ended | {r.terminated_sessions} |",
         f"| Previous database | {old} |",

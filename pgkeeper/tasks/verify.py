@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from pgkeeper import pgtools
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.errors import IntegrityError
+from pgkeeper.fmt import plural
 from pgkeeper.manifest import StoredFile
 from pgkeeper.tasks.checksum import checked_chunks
 from pgkeeper.tasks.policy import RETRYABLE
@@ -84,7 +85,7 @@ def read_dump_toc(repo: BackupRepository, backup_id: str, file: StoredFile, comp
         raise IntegrityError(f"{label}: decompressed to {raw} bytes, manifest says {file.raw_size}")
     return QuickCheck(raw_size=raw, toc=dict(kinds), checks={
         "integrity": f"PASS sha256 {file.sha256[:16]}..., decompressed {raw} bytes",
-        "format": f"PASS {kinds['TABLE DATA']} tables, {kinds['INDEX']} indexes",
+        "format": f"PASS {plural(kinds['TABLE DATA'], 'table')} with data in the table of contents",
     })
 
 

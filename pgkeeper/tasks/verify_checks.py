@@ -23,7 +23,7 @@ from pgkeeper.alerts import warn
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups, resolve_backup
 from pgkeeper.errors import ConnectionFailed, IntegrityError, PgkeeperError, RepositoryError
-from pgkeeper.fmt import human_bytes, human_seconds
+from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import Manifest
 from pgkeeper.pgdb import count_differences
 from pgkeeper.tasks.drill import DrillResult
@@ -178,7 +178,7 @@ def _format_result(manifest: Manifest, toc: dict[str, int]) -> CheckResult:
     if found != expected:
         raise UnreadableDump(f"the dump holds {found} tables, the manifest counted {expected}")
     return CheckResult(number=2, status="PASS",
-                       title=f"dump format: {found} tables, {toc.get('INDEX', 0)} indexes")
+                       title=f"dump format: {contents(found, manifest.objects.get('indexes', 0))}")
 
 
 @task(name="check-format", cache_policy=NO_CACHE)
