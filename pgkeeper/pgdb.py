@@ -63,6 +63,7 @@ def databases_with_prefix(conn: PostgresConnection, prefix: str) -> list[str]:
 def count_database(conn: PostgresConnection, name: str) -> tuple[dict[str, int], dict[str, int]]:
     """Row counts per table and object counts of database `name`, as the manifest records them."""
     with conn.connect(database=name) as c:
+        c.execute("SET statement_timeout = 0")  # the restored database's setting is for its application
         c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         return table_row_counts(c), object_counts(c)
 

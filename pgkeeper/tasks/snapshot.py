@@ -59,6 +59,8 @@ def exported_snapshot(conn: PostgresConnection) -> Iterator[tuple[psycopg.Connec
     """Open a repeatable-read transaction and export its snapshot for pg_dump."""
     holder = conn.connect()
     try:
+        # The database's own timeouts are for its application, not for counting a large table.
+        holder.execute("SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0")
         holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         snapshot = holder.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
         if isinstance(snapshot, bytes):  # a SQL_ASCII database hands text back undecoded
