@@ -26,6 +26,11 @@ from pgkeeper.manifest import DatabaseProperties
 # line with newlines escaped, so this only ever appears at an entry's start.
 ENTRY = b"\n--\n-- "
 _IGNORED = (b"PostgreSQL database dump",)  # the header and the closing entry: versions, \unrestrict
+# A REFRESH of derived data: pg_restore writes it, pg_dump --schema-only of the copy does not.
+_SKIPPED_TYPES = (b"; Type: MATERIALIZED VIEW DATA;",)
+# pg_dump writes default privileges in the order of their roles' OIDs, which differ on a server
+# whose roles were created in another order: compared as a set of lines.
+_UNORDERED_TYPES = (b"; Type: DEFAULT ACL;",)
 
 
 class EntryHashes:
@@ -38,6 +43,13 @@ class EntryHashes:
         self._digest = hashlib.sha256()
         self._tail = b""
         self._owner = keep_owner_in_content
+        self._lines: list[bytes] | None = None  # an entry compared as a set of lines
+
+    def _update(self, data: bytes) -> None:
+        if self._lines is None:
+            self._digest.update(data)
+        else:
+            self._lines.append(data)
 
     def feed(self, chunk: bytes) -> None:
         data = self._tail + chunk
@@ -46,26 +58,30 @@ class EntryHashes:
             i = data.find(ENTRY, pos)
             if i < 0:
                 cut = max(pos, len(data) - (len(ENTRY) - 1))  # a separator may straddle two chunks
-                self._digest.update(data[pos:cut])
+                self._update(data[pos:cut])
                 self._tail = data[cut:]
                 return
             j = data.find(b"\n", i + len(ENTRY))
             if j < 0:
-                self._digest.update(data[pos:i])
+                self._update(data[pos:i])
                 self._tail = data[i:]
                 return
-            self._digest.update(data[pos:i + 1])
+            self._update(data[pos:i + 1])
             self._next(data[i + len(ENTRY):j])
             pos = j + 1
 
     def finish(self) -> dict[str, str]:
-        self._digest.update(self._tail)
+        self._update(self._tail)
         self._tail = b""
         self._next(None)
         return self.entries
 
     def _next(self, header: bytes | None) -> None:
-        if self._key is not None and not self._key.startswith(_IGNORED):
+        if self._lines is not None:
+            self._digest.update(b"\n".join(sorted(b"".join(self._lines).splitlines())))
+            self._lines = None
+        if self._key is not None and not self._key.startswith(_IGNORED) \
+                and not any(t in self._key + b";" for t in _SKIPPED_TYPES):
             key = self._key.decode("utf-8", "replace")
             self.entries[key] = self._digest.hexdigest()
         self._digest = hashlib.sha256()
@@ -74,6 +90,8 @@ class EntryHashes:
             return
         name, sep, owner = header.partition(b"; Owner: ")
         self._key = name
+        if any(t in name + b";" for t in _UNORDERED_TYPES):
+            self._lines = []
         if self._owner and sep:
             self._digest.update(b"owner " + owner + b"\n")
 

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from psycopg import sql
+
 from pgkeeper import pgtools
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.errors import RepositoryError
@@ -40,17 +42,20 @@ def pg_restore_into(conn: PostgresConnection, archive: Path, database: str, jobs
 
     By default objects get their original owners and GRANTs (the roles must exist). With
     `no_owner`, ownership and GRANTs are left out and everything is created as `role` (the
-    database's owner), never silently as the superuser we connect as; revoke_public_defaults()
+    database's owner), never silently as the superuser we connect as; public_revokes()
     then keeps what the backup had revoked from PUBLIC. --exit-on-error: a partial restore is a
     failed restore.
     """
+    if no_owner and role:
+        return _restore_as_owner(conn, archive, database, jobs, role, timeout)
     argv = [pgtools.tool("pg_restore"), "-w", "--exit-on-error", f"--jobs={max(jobs, 1)}",
             f"--dbname={database}"]
     if no_owner:
         argv += ["--no-owner", "--no-privileges"]
-        if role:
-            argv.append(f"--role={role}")
-    argv.append(str(archive))
+    return _run_pg_restore(conn, [*argv, str(archive)], database, timeout)
+
+
+def _run_pg_restore(conn: PostgresConnection, argv: list[str], database: str, timeout: float) -> float:
     started = time.monotonic()
     with tempfile.TemporaryFile() as err, pgtools.child(
             argv, env=conn.libpq_env(database), timeout=timeout,
@@ -61,14 +66,66 @@ def pg_restore_into(conn: PostgresConnection, archive: Path, database: str, jobs
     return time.monotonic() - started
 
 
+def _toc_entries(archive: Path, timeout: float) -> list[str]:
+    listing = pgtools.run([pgtools.tool("pg_restore"), "--list", str(archive)], timeout=timeout)
+    return [ln for ln in listing.splitlines() if ln and not ln.startswith(";")]
+
+
+def _entry_kind(line: str) -> str:
+    """`123; 0 16390 TABLE DATA public t owner` -> `TABLE DATA public t owner`."""
+    parts = line.split(" ", 3)
+    return parts[3] if len(parts) == 4 else ""
+
+
+def _restore_as_owner(conn: PostgresConnection, archive: Path, database: str, jobs: int, role: str,
+                      timeout: float) -> float:
+    """Restore without owners or GRANTs, everything created as `role`, in three passes.
+
+    Extensions and the schemas they go into are created as the superuser we connect as (an
+    untrusted extension needs it), and the schemas then given to `role`; everything else is
+    created as `role`; the rows of extension configuration tables, which belong to the extension
+    (so to the bootstrap superuser), are loaded last, as the superuser.
+    """
+    entries = _toc_entries(archive, timeout)
+    first = [e for e in entries if _entry_kind(e).startswith(
+        ("SCHEMA ", "EXTENSION ", "COMMENT - EXTENSION ", "COMMENT - SCHEMA "))]
+    base = [pgtools.tool("pg_restore"), "-w", "--exit-on-error", f"--dbname={database}", "--no-owner",
+            "--no-privileges"]
+    seconds = 0.0
+    with tempfile.TemporaryDirectory(prefix="pgkeeper-toc-") as tmp:
+        def listed(name: str, lines: list[str]) -> str:
+            path = Path(tmp, name)
+            path.write_text("\n".join(lines) + "\n")
+            return str(path)
+
+        if first:
+            seconds += _run_pg_restore(conn, [*base, "-L", listed("first", first), str(archive)], database, timeout)
+        with conn.connect(database=database, autocommit=True) as c:
+            for e in first:
+                kind = _entry_kind(e)
+                if kind.startswith("SCHEMA "):
+                    c.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(
+                        sql.Identifier(kind.split(" ")[2]), sql.Identifier(role)))
+            config = {f"{n} {r}" for n, r in c.execute(
+                "SELECT n.nspname, k.relname FROM pg_extension e, unnest(e.extconfig) cfg "
+                "JOIN pg_class k ON k.oid = cfg JOIN pg_namespace n ON n.oid = k.relnamespace").fetchall()}
+        last = [e for e in entries if _entry_kind(e).startswith("TABLE DATA ")
+                and " ".join(_entry_kind(e).split(" ")[2:4]) in config]
+        rest = [e for e in entries if e not in first and e not in last]
+        seconds += _run_pg_restore(conn, [*base, f"--jobs={max(jobs, 1)}", f"--role={role}", "-L",
+                                          listed("rest", rest), str(archive)], database, timeout)
+        if last:
+            seconds += _run_pg_restore(conn, [*base, "-L", listed("last", last), str(archive)], database, timeout)
+    return seconds
+
+
 def public_revokes(archive: Path, timeout: float = 600) -> list[str]:
     """The `REVOKE ... FROM PUBLIC` statements of the archive's ACL entries, as pg_restore writes them.
 
     A restore without privileges would otherwise leave PUBLIC its defaults: EXECUTE on a
     SECURITY DEFINER function the backup had locked down would be open to everyone.
     """
-    listing = pgtools.run([pgtools.tool("pg_restore"), "--list", str(archive)], timeout=timeout)
-    acl_lines = [ln for ln in listing.splitlines() if ln and not ln.startswith(";") and " ACL " in ln]
+    acl_lines = [ln for ln in _toc_entries(archive, timeout) if _entry_kind(ln).startswith("ACL ")]
     if not acl_lines:
         return []
     with tempfile.NamedTemporaryFile("w", suffix=".list") as lst:
