@@ -213,3 +213,20 @@ def test_a_second_restore_into_the_same_database_is_refused_while_one_runs(pg, c
     assert_untouched(pg, crm_db, before)
     with concurrency(f"pgkeeper-restore-{crm_db}", occupy=1, timeout_seconds=5, strict=True):
         pass  # and the slot is free again
+
+
+def test_properties_this_server_cannot_reproduce_are_refused_before_anything_changes(
+        pg, crm_db, env, repo):  # noqa: F811
+    m, before = backup_then_change(pg, crm_db)
+    path = Path(repo.path) / "backups" / m.backup_id / "manifest.json"
+    original = json.loads(path.read_text())
+    for change, expected in (({"tablespace": "nowhere"}, "tablespace 'nowhere' does not exist on this server"),
+                             ({"locale_provider": "icu", "icu_locale": "xx-NOWHERE"},
+                              "ICU locale 'xx-NOWHERE' is not known to this server")):
+        manifest = json.loads(json.dumps(original))
+        manifest["database_properties"].update(change)
+        path.write_text(json.dumps(manifest))
+        message = failed_restore(safety_backup=False)
+        assert f"{m.backup_id} cannot be restored as it was on {pg.host}:{pg.port}: {expected}" in message
+        assert "\n" not in message
+        assert_untouched(pg, crm_db, before)
