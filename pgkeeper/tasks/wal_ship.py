@@ -98,6 +98,7 @@ def ship_spool(walcfg: WalConfig, keep_local_seconds: float | None = None) -> Sh
             result.uploaded += 1
             result.bytes += obj.path.stat().st_size
         if now - obj.path.stat().st_mtime >= keep:
+            local.record_shipped(obj)  # so wal-push can still refuse a differing duplicate
             local.remove(obj)
             result.removed_from_spool += 1
         else:
