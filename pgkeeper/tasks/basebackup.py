@@ -35,6 +35,7 @@ from pgkeeper.storage.atomic import fsync_dir
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal.archive import WalArchive, segments_between
 from pgkeeper.wal.config import WalConfig
+from pgkeeper.wal.identity import check_backup, check_remote
 
 STAGING = ".pg_basebackup"
 PG_MANIFEST = "backup_manifest"
@@ -80,6 +81,16 @@ def physical_preflight(conn: PostgresConnection, repo: BackupRepository) -> Clus
             "(SELECT timeline_id FROM pg_control_checkpoint())").fetchone()  # type: ignore[misc]
     storage = repo.local()
     storage.ensure_writable()
+    # The repository belongs to one cluster (wal/identity.py): the first base backup claims it.
+    archive = check_backup(str(storage.wal_dir), sysid, version, int(seg), f"a base backup of {conn.describe()}",
+                           claim=True)
+    if repo.offsite is not None and archive is not None:
+        from pgkeeper.wal.s3 import S3WalStore
+        from pgkeeper.wal.setup import config_from_repository
+
+        s3 = config_from_repository(repo).s3
+        if s3 is not None:
+            check_remote(archive, S3WalStore(s3))
     free, _total = storage.free_space()
     if size > free:
         raise RepositoryError(f"not enough space in {storage.root}: the cluster is {human_bytes(size)}, "

@@ -13,6 +13,7 @@ from pgkeeper.catalog import list_backups
 from pgkeeper.errors import RepositoryError
 from pgkeeper.fmt import human_bytes
 from pgkeeper.tasks.policy import RETRYABLE
+from pgkeeper.wal.identity import check_backup
 
 # With no earlier backup to learn from, assume the compressed dump is half the table data.
 FIRST_BACKUP_RATIO = 0.5
@@ -61,6 +62,8 @@ def preflight(conn: PostgresConnection, repo: BackupRepository) -> ServerInfo:
             sysid = None
     storage = repo.local()
     storage.ensure_writable()
+    # A repository that holds a cluster's WAL archive belongs to that cluster (wal/identity.py).
+    check_backup(str(storage.wal_dir), sysid, version, None, f"a backup of {conn.describe()}", claim=False)
     free, total = storage.free_space()
     estimate = size_estimate(repo, conn.database, db_size, int(table_bytes))
     warnings = []

@@ -21,7 +21,7 @@ from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.fmt import human_bytes, human_seconds
 from pgkeeper.tasks.policy import RETRYABLE
-from pgkeeper.wal import ahead
+from pgkeeper.wal import ahead, identity
 from pgkeeper.wal.config import WalConfig
 from pgkeeper.wal.spool import LocalWalStore, WalConflict
 
@@ -81,6 +81,9 @@ def ship_spool(walcfg: WalConfig, keep_local_seconds: float | None = None) -> Sh
     keep = walcfg.keep_local_seconds if keep_local_seconds is None else keep_local_seconds
     local, remote = LocalWalStore(walcfg.spool), S3WalStore(walcfg.s3)
     result = ShipResult(destination=remote.describe())
+    archive_id = identity.load(walcfg.spool)
+    if archive_id is not None:  # the bucket's prefix must belong to the same cluster, or nothing moves
+        logger.info("%s", identity.check_remote(archive_id, remote))
     in_s3: dict[str, set[str]] = {}
     for name, sha, _rel in remote.objects():  # one listing for the whole run
         in_s3.setdefault(name, set()).add(sha)

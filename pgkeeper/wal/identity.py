@@ -187,3 +187,41 @@ class SegmentChecker:
             raise ForeignCluster(f"{name} is from another cluster ({why}) in {self.spool}: refused, "
                                  "the archive is unchanged (a re-initialised or other cluster needs its own "
                                  "repository or prefix)")
+
+
+def check_remote(archive: ArchiveIdentity, remote: object) -> str:
+    """Compare the bucket's record (an S3WalStore) with the local archive's; write it if the
+    bucket has none yet. Returns what was done; raises ForeignCluster on a mismatch."""
+    data = remote.read_identity()  # type: ignore[attr-defined]
+    where = remote.describe()  # type: ignore[attr-defined]
+    if data is None:
+        remote.write_identity(archive.to_json())  # type: ignore[attr-defined]
+        return f"{where} now records {archive.describe()}"
+    theirs = ArchiveIdentity.from_json(data, where)
+    why = theirs.mismatch(archive)
+    if why:
+        raise ForeignCluster(f"{where} belongs to {theirs.describe()}, this archive to {archive.describe()} "
+                             f"({why}): refused, nothing changed; give each cluster its own prefix")
+    return f"{where} belongs to {archive.describe()}"
+
+
+def check_backup(spool: str, system_identifier: str | None, server_version: str,
+                 wal_segment_size: int | None, what: str, claim: bool) -> ArchiveIdentity | None:
+    """Refuse a backup of another cluster than the repository's. A base backup (`claim`)
+    records the identity when the repository has none yet; a logical backup only compares
+    (a repository of dumps alone, e.g. the fleet's, belongs to no cluster)."""
+    if not system_identifier:
+        return load(spool)
+    archive = load(spool)
+    if archive is None:
+        if not claim or not wal_segment_size:
+            return None
+        archive = record(spool, ArchiveIdentity(system_identifier, major_of(server_version), wal_segment_size))
+    if archive.system_identifier != str(system_identifier):
+        raise ForeignCluster(f"{what} is of cluster {system_identifier}, but the repository ({spool}) belongs to "
+                             f"{archive.describe()}: refused, nothing written; use a repository or prefix "
+                             "of its own for this cluster")
+    if archive.pg_major != major_of(server_version):
+        raise ForeignCluster(f"{what} is of PostgreSQL {major_of(server_version)}, but the repository ({spool}) "
+                             f"belongs to {archive.describe()}: refused (a major upgrade needs a new repository)")
+    return archive

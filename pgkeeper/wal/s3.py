@@ -83,6 +83,32 @@ class S3WalStore:
         except (BotoCoreError, ClientError) as exc:
             raise S3WalError(f"cannot read {self.key(rel)} from bucket {self.target.bucket}: {_why(exc)}") from None
 
+    def read_identity(self) -> bytes | None:
+        """The archive's identity record in the bucket (wal/identity.py), or None if absent."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from pgkeeper.wal.identity import IDENTITY_FILE
+
+        try:
+            return self.client.get_object(Bucket=self.target.bucket, Key=self.key(IDENTITY_FILE))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise S3WalError(f"cannot read {self.key(IDENTITY_FILE)}: {_why(exc)}") from None
+        except BotoCoreError as exc:
+            raise S3WalError(f"cannot read {self.key(IDENTITY_FILE)}: {_why(exc)}") from None
+
+    def write_identity(self, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from pgkeeper.wal.identity import IDENTITY_FILE
+
+        try:
+            self.client.put_object(Bucket=self.target.bucket, Key=self.key(IDENTITY_FILE), Body=data,
+                                   ServerSideEncryption="AES256")
+        except (BotoCoreError, ClientError) as exc:
+            raise S3WalError(f"cannot write {self.key(IDENTITY_FILE)}: {_why(exc)}") from None
+
     def put_file(self, rel: str, path: str, sha256: str) -> None:
         """Upload one object; S3 checks the bytes against the sha256 we send with them."""
         import base64
