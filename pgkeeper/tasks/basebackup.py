@@ -52,6 +52,7 @@ class ClusterInfo(BaseModel):
     wal_segment_size: int
     cluster_size: int
     timeline: int
+    server_time: datetime | None = None  # the server's clock, to check ours against (pgkeeper.clock)
 
 
 class BaseBackupFiles(BaseModel):
@@ -79,6 +80,7 @@ def physical_preflight(conn: PostgresConnection, repo: BackupRepository) -> Clus
             "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), "
             "(SELECT sum(pg_database_size(oid)) FROM pg_database)::bigint, "
             "(SELECT timeline_id FROM pg_control_checkpoint())").fetchone()  # type: ignore[misc]
+        server_time = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
     storage = repo.local()
     storage.ensure_writable()
     # The repository belongs to one cluster (wal/identity.py): the first base backup claims it.
@@ -98,7 +100,7 @@ def physical_preflight(conn: PostgresConnection, repo: BackupRepository) -> Clus
     get_run_logger().info("server %s, PostgreSQL %s, cluster %s, archive_command %r", conn.describe(), version,
                           human_bytes(size), command)
     return ClusterInfo(server_version=version, system_identifier=sysid, wal_segment_size=int(seg),
-                       cluster_size=int(size), timeline=int(tli))
+                       cluster_size=int(size), timeline=int(tli), server_time=server_time)
 
 
 def _compress_option(repo: BackupRepository) -> str:
