@@ -23,6 +23,7 @@ from pgkeeper.fmt import human_bytes, human_seconds
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal import ahead, identity
 from pgkeeper.wal.config import WalConfig
+from pgkeeper.wal.naming import is_history
 from pgkeeper.wal.spool import LocalWalStore, WalConflict
 
 STALE_TEMP_SECONDS = 3600.0
@@ -100,7 +101,8 @@ def ship_spool(walcfg: WalConfig, keep_local_seconds: float | None = None) -> Sh
             remote.put_file(obj.key, str(obj.path), obj.sha256)
             result.uploaded += 1
             result.bytes += obj.path.stat().st_size
-        if now - obj.path.stat().st_mtime >= keep:
+        # History files stay: they are tiny, and `pgkeeper list` reads them to follow timelines offline.
+        if now - obj.path.stat().st_mtime >= keep and not is_history(obj.name):
             local.record_shipped(obj)  # so wal-push can still refuse a differing duplicate
             local.remove(obj)
             result.removed_from_spool += 1

@@ -75,6 +75,22 @@ class S3WalStore:
             if parsed:
                 yield parsed[0], parsed[1], rel
 
+    def listing(self) -> Iterator[tuple[str, str, str, float]]:
+        """(wal name, sha256, relative key, upload time in epoch seconds) of every WAL object."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        base = self.target.wal_prefix()
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.target.bucket,
+                                                                               Prefix=base):
+                for item in page.get("Contents", []):
+                    rel = item["Key"][len(base):]
+                    parsed = parse_object_name(rel.rsplit("/", 1)[-1])
+                    if parsed:
+                        yield parsed[0], parsed[1], rel, item["LastModified"].timestamp()
+        except (BotoCoreError, ClientError) as exc:
+            raise S3WalError(f"cannot list {self.describe()}: {_why(exc)}") from None
+
     def get(self, rel: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
 
