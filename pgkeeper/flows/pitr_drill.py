@@ -1,10 +1,11 @@
 """The pitr-drill flow, scheduled weekly: prove that the newest base backup plus the archived
 WAL recover, before anyone needs them to.
 
-archive continuous? → unpack the newest base backup into a scratch directory → recover to the
-end of the archive on a free port → queryable (RTO) → pg_amcheck, row counts → RPO against the
-source's clock → record RTO and RPO in the base backup's manifest → artifact → remove the
-scratch. Any failure fails the run, which sends the failure mail.
+source's clock → archive continuous? → unpack the newest base backup into a scratch directory →
+recover to the end of the archive on a free port → queryable (RTO) → pg_amcheck, row counts →
+RPO (the source's clock at the start minus the last replayed transaction) → record RTO and RPO
+in the base backup's manifest → artifact → remove the scratch. Any failure fails the run,
+which sends the failure mail.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pgkeeper.tasks.pitr_drill import (
     record_drill,
     remove_scratch,
     report_drill,
+    source_clock,
 )
 from pgkeeper.tasks.recovery import (
     archive_cluster,
@@ -65,6 +67,7 @@ def pitr_drill(
     data_dir = scratch_dir("pgkeeper-pitr-drill-") / "data"
     report = DrillReport(backup_id=manifest.backup_id, system_identifier=manifest.system_identifier,
                          data_dir=str(data_dir), port=free_port(), checks={"archive continuity": continuity})
+    source_now = source_clock(conn)
     started = time.monotonic()
     try:
         restore_base_backup(repo, source, manifest, str(data_dir))
@@ -74,7 +77,7 @@ def pitr_drill(
                                        timeout_seconds)
         report.recovered_to, report.timeline = recovered.last_transaction_at, recovered.timeline
         report = drill_checks(conn, report, manifest, started)
-        report = measure_rpo(conn, report)
+        report = measure_rpo(report, source_now)
         report.ok = True
     finally:
         remove_scratch(Path(report.data_dir))

@@ -101,7 +101,7 @@ def drill_checks(conn: PostgresConnection, report: DrillReport, manifest: Manife
     if checked:
         env = copy.libpq_env()
         argv = [pgtools.tool("pg_amcheck"), "-h", "127.0.0.1", "-p", str(report.port), "-U", conn.user,
-                "--heapallindexed", "--no-dependent-indexes"]
+                "--heapallindexed"]
         for db in checked:
             argv += ["-d", db]
         try:
@@ -134,21 +134,25 @@ def drill_checks(conn: PostgresConnection, report: DrillReport, manifest: Manife
     return report
 
 
+@task(name="source-clock", cache_policy=NO_CACHE)
+def source_clock(conn: PostgresConnection) -> datetime:
+    """The source server's now() as the drill starts: the moment a disaster would have struck."""
+    try:
+        with conn.connect() as c:
+            return c.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+    except PgkeeperError as exc:
+        get_run_logger().warning("source server unreachable (%s): RPO against this machine's clock", exc)
+        return datetime.now(UTC)
+
+
 @task(name="drill-rpo", cache_policy=NO_CACHE)
-def measure_rpo(conn: PostgresConnection | None, report: DrillReport) -> DrillReport:
-    """RPO achieved: the source's clock now minus the last replayed transaction's time."""
-    now = None
-    if conn is not None:
-        try:
-            with conn.connect() as c:
-                now = c.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
-        except PgkeeperError as exc:
-            get_run_logger().warning("source server unreachable (%s): RPO against this machine's clock", exc)
-    now = now or datetime.now(UTC)
+def measure_rpo(report: DrillReport, source_now: datetime) -> DrillReport:
+    """RPO achieved: the source's clock when the drill started minus the last replayed
+    transaction's time (how much a loss of the source at that moment would have cost)."""
     if report.recovered_to is not None:
-        report.rpo_seconds = max((now - report.recovered_to).total_seconds(), 0.0)
+        report.rpo_seconds = max((source_now - report.recovered_to).total_seconds(), 0.0)
         report.checks["rpo"] = (f"PASS last transaction {report.recovered_to.isoformat(sep=' ', timespec='seconds')}, "
-                                f"{human_seconds(report.rpo_seconds)} before the source's now")
+                                f"{human_seconds(report.rpo_seconds)} before the source's clock at the start")
     else:
         report.checks["rpo"] = "SKIP no transaction replayed after the base backup"
     return report
