@@ -5,6 +5,7 @@ spool copy, a file missing everywhere). Separate processes, as PostgreSQL runs t
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import boto3
@@ -145,3 +146,19 @@ def test_wal_fetch_exit_codes_never_read_as_not_found(tmp_path: Path, s3_endpoin
     # Missing from the spool and from S3, both confirmed: the only exit 1, and quiet.
     r = run_cli("wal-fetch", "--config", str(config_path), "000000010000000000000009", str(tmp_path / "none"))
     assert (r.returncode, r.stderr) == (1, "")
+
+
+def test_a_dump_into_a_repository_of_another_cluster_is_refused(conn, repo, tmp_path: Path) -> None:
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.wal.identity import ArchiveIdentity, ForeignCluster, record
+
+    record(str(repo.local().wal_dir), ArchiveIdentity(str(OTHER_SYSID), 15, 16 << 20))
+    block = f"foreign-repo-{uuid.uuid4().hex[:8]}"
+    repo.save(block)
+    conn.save(block + "-db")
+    state = backup(connection_block=block + "-db", repository_block=block, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ForeignCluster, match=f"cluster {OTHER_SYSID}") as err:
+        state.result()
+    assert "\n" not in str(err.value)
+    assert not list(repo.local().backups_dir.glob("backup_*"))
