@@ -16,8 +16,10 @@ Pure: callers list the archive (spool, ledger, S3) and read the history files.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pgkeeper.wal.naming import DEFAULT_SEGMENT_SIZE, is_history, lsn_segment, parse_lsn, segment_name
 
@@ -91,16 +93,23 @@ def parse_history(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def _when(ts: float | None) -> datetime | None:
-    return datetime.fromtimestamp(ts, UTC) if ts is not None else None
+def _when(at: float | Path | None) -> datetime | None:
+    """An archive time: epoch seconds, or a local file whose mtime it is (read only when needed)."""
+    if isinstance(at, Path):
+        try:
+            at = at.stat().st_mtime
+        except FileNotFoundError:  # shipped away meanwhile: its ledger entry has the same mtime
+            return None
+    return datetime.fromtimestamp(at, UTC) if at is not None else None
 
 
-def check(backups: list[tuple[str, str, int, datetime]], archived: dict[str, float],
+def check(backups: list[tuple[str, str, int, datetime]], archived: Mapping[str, float | Path],
           histories: dict[int, str], segment_size: int = DEFAULT_SEGMENT_SIZE) -> ContinuityReport:
     """`backups`: (backup id, start LSN, timeline, consistent-from time); `archived`: WAL file
-    name -> archive time (epoch seconds); `histories`: timeline -> its history file's text."""
+    name -> archive time (epoch seconds, or a file with that mtime); `histories`: timeline ->
+    its history file's text."""
     per_log = 0x100000000 // segment_size
-    have: dict[int, dict[int, float]] = {}  # timeline -> segno -> archive time
+    have: dict[int, dict[int, float | Path]] = {}  # timeline -> segno -> archive time
     for name, at in archived.items():
         if len(name) == 24:  # whole segments only: .partial/.backup/.history are not replayed as such
             have.setdefault(int(name[:8], 16), {})[int(name[8:16], 16) * per_log + int(name[16:24], 16)] = at

@@ -7,6 +7,7 @@ uses it. wal-ship and the PITR drill add the S3 listing, the authoritative offsi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pgkeeper.wal.naming import is_history
@@ -15,31 +16,27 @@ from pgkeeper.wal.spool import LocalWalStore
 
 class ArchiveView:
     def __init__(self) -> None:
-        self.archived: dict[str, float] = {}  # WAL file name -> archive time (epoch seconds)
+        # WAL file name -> archive time (epoch seconds), or the local file whose mtime it is:
+        # stat()ed only for the few segments a window ends at (thousands of stats cost `list` ~0.2 s).
+        self.archived: dict[str, float | Path] = {}
         self.histories: dict[int, str] = {}  # timeline -> history file text
 
-    def add(self, name: str, at: float) -> None:
-        self.archived[name] = min(at, self.archived.get(name, at))
+    def add(self, name: str, at: float | Path) -> None:
+        self.archived.setdefault(name, at)
 
 
 def local_view(spool: str) -> ArchiveView:
     view = ArchiveView()
     store = LocalWalStore(spool)
     for obj in store.objects():
-        try:
-            view.add(obj.name, obj.path.stat().st_mtime)
-        except FileNotFoundError:
-            continue  # shipped away while we looked: the ledger below has it
+        view.add(obj.name, obj.path)
         if is_history(obj.name) and int(obj.name[:8], 16) not in view.histories:
             try:
                 view.histories[int(obj.name[:8], 16)] = store.read(obj).decode(errors="replace")
             except Exception:  # noqa: BLE001 - an unreadable history shows up as a missing one
                 pass
     for name, _sha, entry in store.ledger():
-        try:
-            view.add(name, entry.stat().st_mtime)
-        except FileNotFoundError:
-            continue
+        view.add(name, entry)
     return view
 
 
