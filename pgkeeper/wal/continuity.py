@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pgkeeper.wal.naming import DEFAULT_SEGMENT_SIZE, is_history, lsn_segment, parse_lsn, segment_name
+from pgkeeper.wal.naming import DEFAULT_SEGMENT_SIZE, lsn_segment, parse_lsn, segment_name
 
 MAX_LISTED = 10  # missing segments named per backup; the count says the rest
 
@@ -168,6 +168,3 @@ def check(backups: list[tuple[str, str, int, datetime]], archived: Mapping[str, 
         results.append(result)
     return ContinuityReport(results, forks, newest)
 
-
-def history_timeline(name: str) -> int | None:
-    return int(name[:8], 16) if is_history(name) else None

@@ -158,17 +158,6 @@ def record(spool: str, found: ArchiveIdentity) -> ArchiveIdentity:
     return found
 
 
-def check(spool: str, found: ArchiveIdentity, what: str) -> ArchiveIdentity:
-    """Refuse `what` (a segment, a backup) unless it comes from the archive's cluster; the
-    first one names the archive's cluster."""
-    archive = record(spool, found)
-    why = archive.mismatch(found)
-    if why:
-        raise ForeignCluster(f"{what} is from another cluster ({why}) in {spool}: refused, nothing "
-                             "changed (a re-initialised or other cluster needs its own repository or prefix)")
-    return archive
-
-
 class SegmentChecker:
     """Per wal-push process: the archive's identity read once, each segment's header compared."""
 
