@@ -203,7 +203,8 @@ def check_backup(spool: str, system_identifier: str | None, server_version: str,
         return load(spool)
     archive = load(spool)
     if archive is None:
-        if not claim or not wal_segment_size:
+        # Only into an existing spool: one created here (as root, 0700) would lock wal-push out.
+        if not claim or not wal_segment_size or not os.path.isdir(spool):
             return None
         archive = record(spool, ArchiveIdentity(system_identifier, major_of(server_version), wal_segment_size))
     if archive.system_identifier != str(system_identifier):
