@@ -162,3 +162,42 @@ def test_a_dump_into_a_repository_of_another_cluster_is_refused(conn, repo, tmp_
         state.result()
     assert "\n" not in str(err.value)
     assert not list(repo.local().backups_dir.glob("backup_*"))
+
+
+def test_the_server_user_still_pushes_after_root_shipped(s3_endpoint: str, s3_bucket: str) -> None:
+    import shlex
+    import shutil
+    import subprocess
+
+    from pgkeeper.localcluster import scratch_dir
+    from pgkeeper.wal.command import SERVER_USER, pgkeeper_command
+    from pgkeeper.wal.setup import prepare_spool, server_ids
+
+    base = scratch_dir("pgkeeper-ledger-")
+    try:
+        spool = prepare_spool(base / "spool")
+        config_path = s3_config(base, s3_endpoint, s3_bucket, spool=spool)
+        ids = server_ids()
+        if ids:
+            import os
+
+            os.chown(config_path, *ids)
+        as_server = ["runuser", "-u", SERVER_USER, "--"] if ids else []
+        later = "000000010000000000000004"
+        for name, seed in ((SEG, 3), (later, 5)):
+            (base / name).write_bytes(segment_bytes(seed, name=name))
+            (base / name).chmod(0o644)
+
+        def push(name: str) -> subprocess.CompletedProcess:
+            argv = [*as_server, *shlex.split(pgkeeper_command()), "wal-push", "--config", str(config_path),
+                    str(base / name)]
+            return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+        assert push(SEG).returncode == 0
+        ship(config_path)  # as root: the ledger it writes must stay readable by the server's user
+        r = push(SEG)
+        assert r.returncode == 0, r.stderr
+        r = push(later)
+        assert r.returncode == 0, r.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

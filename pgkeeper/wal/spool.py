@@ -192,7 +192,13 @@ class LocalWalStore:
         """Note `obj` in the ledger, durably, before its spool copy may go (its mtime is the
         object's: when it was archived, which the continuity report shows)."""
         d = self.root / LEDGER / wal_dir(obj.name)
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not d.is_dir():
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # wal-ship may run as root; wal-push (the server's OS user) must still list the ledger.
+            owner = self.root.stat()
+            if os.geteuid() == 0 and owner.st_uid != 0:
+                for path in (self.root / LEDGER, d):
+                    os.chown(path, owner.st_uid, owner.st_gid)
         entry = d / f"{obj.name}-{obj.sha256}"
         mtime = obj.path.stat().st_mtime
         fd = os.open(entry, os.O_WRONLY | os.O_CREAT, 0o600)
