@@ -55,6 +55,10 @@ class Verification(BaseModel):
     method: str = Field(description="'quick' (checksum, format) or 'restore' (a restore drill).")
     ok: bool
     restore_seconds: float | None = None
+    # PITR drills ('pitr-drill'): the last replayed transaction's time, and how far it was
+    # behind the source's clock when the drill ended (the RPO achieved).
+    recovered_to: datetime | None = None
+    rpo_seconds: float | None = None
     checks: dict[str, str] = Field(default_factory=dict, description="check name -> PASS/FAIL detail")
 
 
@@ -124,7 +128,7 @@ class Manifest(BaseModel):
         last = self.verifications[-1]
         if not last.ok:
             return "failed"
-        if any(v.ok and v.method == "restore" for v in self.verifications):
+        if any(v.ok and v.method in ("restore", "pitr-drill") for v in self.verifications):
             return "verified"
         return "checked"
 
@@ -133,6 +137,14 @@ class Manifest(BaseModel):
         for v in reversed(self.verifications):
             if v.ok and v.restore_seconds is not None:
                 return v.restore_seconds
+        return None
+
+    @property
+    def last_drill(self) -> Verification | None:
+        """The newest passed PITR drill (RTO in restore_seconds, RPO in rpo_seconds)."""
+        for v in reversed(self.verifications):
+            if v.ok and v.method == "pitr-drill":
+                return v
         return None
 
     def age_seconds(self, now: datetime | None = None) -> float:

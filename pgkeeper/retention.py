@@ -30,6 +30,8 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime
 
+from pgkeeper.clock import MAX_SKEW
+
 
 @dataclass(frozen=True)
 class RetentionPolicy:
@@ -146,13 +148,28 @@ def _plan_group(group: str, items: list[BackupRecord], policy: RetentionPolicy) 
     return decisions
 
 
-def plan(records: Iterable[BackupRecord], policy: RetentionPolicy) -> list[Decision]:
-    """One decision, with its reason, for every complete backup; newest first within a group."""
-    records = list(records)
+def plan(records: Iterable[BackupRecord], policy: RetentionPolicy, now: datetime | None = None,
+         protect: Iterable[str] = ()) -> list[Decision]:
+    """One decision, with its reason, for every complete backup; newest first within a group.
+
+    With `now`, a newest backup more than the allowed skew in the future (a clock that was
+    wrong when it was named) makes the plan remove nothing: windows counted from it would
+    expire good backups. Backups in `protect` (the one this run just made) are always kept."""
+    decisions = _plan(list(records), policy, now)
+    keep = set(protect)
+    return [Decision(d.backup_id, d.group, True, "made by this run") if d.backup_id in keep and not d.keep else d
+            for d in decisions]
+
+
+def _plan(records: list[BackupRecord], policy: RetentionPolicy, now: datetime | None) -> list[Decision]:
     complete = [r for r in records if r.complete]
     if not complete:
         return []
     newest = _newest_first(records)[0]
+    if now is not None and newest.taken_at > now + MAX_SKEW:
+        why = (f"the newest backup ({newest.backup_id}) is dated after now ({now:%Y-%m-%d %H:%M} UTC): a clock "
+               "was wrong; removing nothing until it is moved aside")
+        return [Decision(r.backup_id, r.group, True, why) for r in _newest_first(complete)]
     if not newest.complete:
         why = f"the newest backup ({newest.backup_id}) is incomplete, failed or still running: removing nothing"
         return [Decision(r.backup_id, r.group, True, why) for r in _newest_first(complete)]

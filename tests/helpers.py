@@ -56,3 +56,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "pgkeeper.cli.main", *args], env=full_env,
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+FAKE_SYSID = 7300000000000000001
+
+
+def wal_page_header(name: str, segment_size: int = 16 << 20, sysid: int = FAKE_SYSID) -> bytes:
+    """The 40-byte long page header PostgreSQL 15 starts every WAL segment with (for fake segments)."""
+    per_log = 0x100000000 // segment_size
+    tli, segno = int(name[:8], 16), int(name[8:16], 16) * per_log + int(name[16:24], 16)
+    return (0xD110.to_bytes(2, "little") + (2).to_bytes(2, "little") + tli.to_bytes(4, "little")
+            + (segno * segment_size).to_bytes(8, "little") + bytes(8) + sysid.to_bytes(8, "little")
+            + segment_size.to_bytes(4, "little") + (8192).to_bytes(4, "little"))

@@ -11,19 +11,23 @@ import time
 from pathlib import Path
 
 from pgkeeper.wal.config import DEFAULT_PUSH_AHEAD
-from tests.helpers import ROOT, run_cli
+from tests.helpers import FAKE_SYSID, ROOT, run_cli, wal_page_header
 
 SEG = "000000010000000000000003"
 
 
-def segment_bytes(seed: int, size: int = 16 << 20) -> bytes:
-    """WAL-like content: some varied pages, the rest zeros (as after archive_timeout)."""
+def segment_bytes(seed: int, size: int = 16 << 20, name: str = SEG, sysid: int = FAKE_SYSID) -> bytes:
+    """WAL-like content: PostgreSQL's long page header, some varied pages, the rest zeros (as
+    after archive_timeout)."""
     head = os.urandom(1 << 20) if seed < 0 else bytes((i * seed) % 251 for i in range(1 << 16)) * 16
-    return head + b"\0" * (size - len(head))
+    header = wal_page_header(name, size, sysid)
+    return header + head[len(header):] + b"\0" * (size - len(head))
 
 
 def stored(spool: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(spool)): p.read_bytes() for p in spool.rglob("*") if p.is_file()}
+    """Every file in the spool but the archive's identity record (wal/identity.py)."""
+    return {str(p.relative_to(spool)): p.read_bytes() for p in spool.rglob("*")
+            if p.is_file() and p.name != "archive.json"}
 
 
 def test_push_then_fetch_round_trips_segments_history_and_backup_files(tmp_path: Path) -> None:
@@ -88,7 +92,7 @@ def test_a_corrupt_archived_segment_aborts_recovery_instead_of_ending_it(tmp_pat
 
 
 def test_unwritable_spool_and_bad_names_fail_with_one_line(tmp_path: Path) -> None:
-    (tmp_path / SEG).write_bytes(b"x" * 1000)
+    (tmp_path / SEG).write_bytes(segment_bytes(3, size=1 << 20))
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     r = run_cli("wal-push", "--spool", str(blocker / "spool"), str(tmp_path / SEG))
@@ -128,6 +132,7 @@ def test_push_killed_mid_write_leaves_nothing_wal_fetch_would_return(tmp_path: P
     big = tmp_path / SEG
     # Incompressible and large, so the write takes long enough to be interrupted.
     with open(big, "wb") as f:
+        f.write(wal_page_header(SEG))
         for _ in range(24):
             f.write(os.urandom(8 << 20))
     proc = subprocess.Popen([sys.executable, "-m", "pgkeeper.cli.main", "wal-push", "--spool", str(spool),
@@ -160,7 +165,7 @@ def fake_pg_wal(root: Path, count: int) -> tuple[Path, list[str]]:
     (pg_wal / "archive_status").mkdir(parents=True)
     names = [f"0000000100000000000000{i:02X}" for i in range(1, count + 1)]
     for i, name in enumerate(names, start=1):
-        (pg_wal / name).write_bytes(segment_bytes(i + 2, size=4 << 20))
+        (pg_wal / name).write_bytes(segment_bytes(i + 2, size=4 << 20, name=name))
         (pg_wal / "archive_status" / f"{name}.ready").touch()
     return pg_wal, names
 
@@ -212,7 +217,7 @@ def test_a_marker_never_confirms_a_file_that_changed(tmp_path: Path) -> None:
     # The file PostgreSQL hands over is not the one that was read ahead (e.g. another cluster
     # sharing the spool): the full push runs and refuses the differing content.
     replacement = pg_wal / "replacement"
-    replacement.write_bytes(segment_bytes(99, size=4 << 20))
+    replacement.write_bytes(segment_bytes(99, size=4 << 20, name=names[1]))
     replacement.rename(pg_wal / names[1])
     r = archive_like_postgres(spool, pg_wal, names[1])
     assert r.returncode == 1

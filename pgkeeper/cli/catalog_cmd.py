@@ -42,15 +42,45 @@ def run(args: argparse.Namespace) -> int:
     if not backups:
         print(f"no backups in {storage.describe()}")
         return 0
+    windows = recoverability(repo, backups, getattr(args, "s3", False))
     rows = []
     for m in backups:
+        drill = m.last_drill
         rows.append([
             m.backup_id, m.finished_at.strftime("%Y-%m-%d %H:%M:%S UTC"), m.database, m.kind,
             human_bytes(m.size), f"{m.ratio:.1f}x" if m.ratio else "-", str(len(m.tables)),
             m.status, human_seconds(m.last_restore_seconds) if m.last_restore_seconds else "-",
-            ",".join(m.labels) or "-",
+            human_seconds(drill.rpo_seconds) if drill and drill.rpo_seconds is not None else "-",
+            windows.get(m.backup_id, "-"), ",".join(m.labels) or "-",
         ])
-    print_table(["ID", "FINISHED", "DATABASE", "KIND", "SIZE", "RATIO", "TABLES", "STATUS", "RTO", "LABELS"],
-                rows)
+    print_table(["ID", "FINISHED", "DATABASE", "KIND", "SIZE", "RATIO", "TABLES", "STATUS", "RTO", "RPO",
+                 "RECOVERABLE TO", "LABELS"], rows)
     print(f"{len(backups)} backup(s) in {storage.describe()}")
     return 0
+
+
+def recoverability(repo, backups: list, with_s3: bool) -> dict[str, str]:  # noqa: ANN001
+    """Each base backup's recoverability window, from the archive alone (pgkeeper.wal.continuity):
+    the local spool and its ledger of shipped WAL; the bucket too with --s3. No Prefect."""
+    physical = [m for m in backups if m.kind == "physical" and m.start_lsn]
+    if not physical:
+        return {}
+    from pgkeeper.wal.continuity import check
+    from pgkeeper.wal.setup import config_from_repository
+    from pgkeeper.wal.view import add_s3, local_view
+
+    cfg = config_from_repository(repo)
+    view = local_view(cfg.spool)
+    if with_s3 and cfg.s3 is not None:
+        from pgkeeper.wal.s3 import S3WalStore
+
+        add_s3(view, S3WalStore(cfg.s3))
+    sizes = {m.wal_segment_size for m in physical if m.wal_segment_size}
+    report = check([(m.backup_id, m.start_lsn, m.timeline or 1, m.finished_at) for m in physical],
+                   view.archived, view.histories, sizes.pop() if len(sizes) == 1 else 16 << 20)
+    out = {}
+    for b in report.backups:
+        last = next((w for w in reversed(b.windows) if w.latest), None)
+        reach = f"{last.latest:%Y-%m-%d %H:%M:%S} (tl {last.timeline})" if last and last.latest else "its end"
+        out[b.backup_id] = reach if b.ok else f"{reach}; GAP at {b.missing[0]}"
+    return out

@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="leave archive_mode as in the backup (default: off, so the copy does not write into "
                         "the original's archive)")
     p.add_argument("--timeout", type=int, default=3600, help="seconds to wait for recovery")
+    p.add_argument("--system-identifier", help="the cluster to recover (default: the one the WAL archive belongs to)")
     add_repository_args(p)
     p.set_defaults(func=run)
 
@@ -35,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
 
     r = pitr(data_dir=args.data_dir, port=args.port, target_time=args.target_time, target_lsn=args.target_lsn,
              target_name=args.target_name, latest=args.latest, source=args.source, wal_config=args.wal_config,
-             keep_archiving=args.keep_archiving, timeout_seconds=args.timeout, **repository_params(args))
-    print(f"recovered {r.data_dir} from {r.backup_id} to {r.target}: PostgreSQL is running on port {r.port}, "
+             keep_archiving=args.keep_archiving, timeout_seconds=args.timeout,
+             system_identifier=args.system_identifier, **repository_params(args))
+    print(f"recovered cluster {r.system_identifier} into {r.data_dir} from {r.backup_id} to {r.target}: "
+          f"PostgreSQL is running on port {r.port}, "
           f"promoted (timeline {r.timeline}); {r.reached}")
     return 0

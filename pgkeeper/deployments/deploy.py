@@ -20,7 +20,7 @@ import yaml
 from pgkeeper.errors import PgkeeperError
 
 DEPLOYED_HASH_VARIABLE = "pgkeeper_deployed"
-WAL_DEPLOYMENTS = ("wal-ship/every-5-minutes", "base-backup/daily")
+WAL_DEPLOYMENTS = ("wal-ship/every-5-minutes", "base-backup/daily", "pitr-drill/weekly")
 
 
 class DeployFailed(PgkeeperError):

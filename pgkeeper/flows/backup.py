@@ -38,7 +38,7 @@ def backup(
 
     with backup_slot(conn.database):  # never two backups of one database at once
         info = preflight(conn, repo)
-        backup_id = begin_backup(repo)
+        backup_id = begin_backup(repo, info.server_time)
         try:
             dumped = dump_database(conn, repo, backup_id, info.table_bytes)
             check = quick_verify(repo, backup_id, dumped.file, repo.compression, len(dumped.tables))

@@ -42,7 +42,7 @@ def base_backup(
 
     walcfg = wal_settings(repo, wal_config)
     info = physical_preflight(conn, repo)
-    backup_id = begin_backup(repo)
+    backup_id = begin_backup(repo, info.server_time)
     try:
         files = take_base_backup(conn, repo, backup_id)
         segments = check_wal_archived(walcfg, files.start_lsn, files.stop_lsn, files.timeline, info.wal_segment_size)

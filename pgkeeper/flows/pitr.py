@@ -13,6 +13,7 @@ from prefect import flow
 from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
 from pgkeeper.tasks.recovery import (
     RecoveryResult,
+    archive_cluster,
     choose_base_backup,
     configure_recovery,
     parse_target,
@@ -40,6 +41,7 @@ def pitr(
     wal_config: str | None = None,
     keep_archiving: bool = False,
     timeout_seconds: int = 3600,
+    system_identifier: str | None = None,
 ) -> RecoveryResult:
     """Recover to `target_time` (or an LSN, a restore point, or the latest archived WAL) into
     `data_dir`, start PostgreSQL there on `port`, and leave it running and promoted.
@@ -47,6 +49,8 @@ def pitr(
     `source` is where the base backup is read: 'local', 's3', or 'auto' (local if it holds a
     base backup, else the offsite bucket: recovery on a new machine that has only the bucket).
     WAL comes from `wal_config` if given, else from the repository block (spool, then S3).
+    Only base backups of one cluster are used: `system_identifier` if given, else the cluster
+    the WAL archive belongs to (its archive.json); the log and the artifact say which.
     """
     started = time.monotonic()
     target = parse_target(target_time, target_lsn, target_name, latest)
@@ -54,10 +58,12 @@ def pitr(
     source = resolve_source(repo, source)
     walcfg = load_wal_config(wal_config) if wal_config else config_from_repository(repo)
 
-    manifest = choose_base_backup(repo, source, target)
+    cluster = archive_cluster(walcfg, system_identifier)
+    manifest = choose_base_backup(repo, source, target, cluster)
     restore_base_backup(repo, source, manifest, data_dir)
     configure_recovery(data_dir, walcfg, target, port, keep_archiving)
     start_recovery(data_dir, port, target, timeout_seconds)
     result = wait_for_promotion(data_dir, port, manifest.backup_id, target, started, timeout_seconds)
+    result.system_identifier = manifest.system_identifier
     report_recovery(result)
     return result

@@ -26,13 +26,13 @@ def after_backup(repo: BackupRepository, backup_id: str) -> list[str]:
         uploaded = upload_backup(repo, backup_id)
         lines.append(f"uploaded to {uploaded.location}, checksum verified")
         sources.append("s3")
-    reports = [apply_retention(repo, "local")]
+    reports = [apply_retention(repo, "local", protect=[backup_id])]
     if repo.has_offsite():
         # After local retention, so only backups that are kept get a late offsite copy.
         caught_up = upload_missing(repo)
         if caught_up:
             lines.append(f"uploaded {len(caught_up)} older backup(s) that were not offsite: {', '.join(caught_up)}")
-        reports.append(apply_retention(repo, "s3"))
+        reports.append(apply_retention(repo, "s3", protect=[backup_id]))
     if len(reports) == 1:
         lines.append(f"retention: {reports[0].summary()}")
     else:

@@ -6,6 +6,7 @@ from prefect import flow
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.tasks.basebackup import wal_settings
+from pgkeeper.tasks.wal_continuity import check_continuity
 from pgkeeper.tasks.wal_ship import ArchiverStatus, check_archiver, read_archiver, report_archive, ship_spool
 
 
@@ -23,7 +24,8 @@ def wal_ship(
     max_lag_seconds: float = 900,
 ) -> ArchiverStatus:
     """Move spooled WAL to the offsite bucket and fail (so the failure mail fires) when
-    PostgreSQL cannot archive or archiving lags more than `max_lag_seconds`."""
+    PostgreSQL cannot archive, archiving lags more than `max_lag_seconds`, or the archive has
+    a gap after a kept base backup's start (the continuity check)."""
     conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
     repo = load_repository(repository_block, path=backup_dir)
 
@@ -32,4 +34,5 @@ def wal_ship(
     status = read_archiver(conn)
     report_archive(status, shipped)
     check_archiver(status, max_lag_seconds, conn.database)
+    check_continuity(repo, walcfg)  # a gap after a kept base backup fails the run (and mails)
     return status

@@ -35,6 +35,7 @@ from pgkeeper.storage.atomic import fsync_dir
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal.archive import WalArchive, segments_between
 from pgkeeper.wal.config import WalConfig
+from pgkeeper.wal.identity import check_backup, check_remote
 
 STAGING = ".pg_basebackup"
 PG_MANIFEST = "backup_manifest"
@@ -51,6 +52,8 @@ class ClusterInfo(BaseModel):
     wal_segment_size: int
     cluster_size: int
     timeline: int
+    server_time: datetime | None = None  # the server's clock, to check ours against (pgkeeper.clock)
+    tables: dict[str, int] = {}  # the connected database's tables -> reltuples, for the PITR drill's row check
 
 
 class BaseBackupFiles(BaseModel):
@@ -60,6 +63,17 @@ class BaseBackupFiles(BaseModel):
     timeline: int
     started_at: datetime
     finished_at: datetime
+
+
+def table_estimates(conn: PostgresConnection) -> dict[str, int]:
+    """schema.table -> reltuples (-1: never analysed) in the connection's database."""
+    with conn.connect() as c:
+        rows = c.execute(
+            "SELECT n.nspname || '.' || c.relname, c.reltuples::bigint FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
+            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
+        ).fetchall()
+    return {name: int(n) for name, n in rows}
 
 
 @task(name="physical-preflight", cache_policy=NO_CACHE, **RETRYABLE)
@@ -78,8 +92,20 @@ def physical_preflight(conn: PostgresConnection, repo: BackupRepository) -> Clus
             "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), "
             "(SELECT sum(pg_database_size(oid)) FROM pg_database)::bigint, "
             "(SELECT timeline_id FROM pg_control_checkpoint())").fetchone()  # type: ignore[misc]
+        server_time = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+    tables = table_estimates(conn)
     storage = repo.local()
     storage.ensure_writable()
+    # The repository belongs to one cluster (wal/identity.py): the first base backup claims it.
+    archive = check_backup(str(storage.wal_dir), sysid, version, int(seg), f"a base backup of {conn.describe()}",
+                           claim=True)
+    if repo.offsite is not None and archive is not None:
+        from pgkeeper.wal.s3 import S3WalStore
+        from pgkeeper.wal.setup import config_from_repository
+
+        s3 = config_from_repository(repo).s3
+        if s3 is not None:
+            check_remote(archive, S3WalStore(s3))
     free, _total = storage.free_space()
     if size > free:
         raise RepositoryError(f"not enough space in {storage.root}: the cluster is {human_bytes(size)}, "
@@ -87,7 +113,8 @@ def physical_preflight(conn: PostgresConnection, repo: BackupRepository) -> Clus
     get_run_logger().info("server %s, PostgreSQL %s, cluster %s, archive_command %r", conn.describe(), version,
                           human_bytes(size), command)
     return ClusterInfo(server_version=version, system_identifier=sysid, wal_segment_size=int(seg),
-                       cluster_size=int(size), timeline=int(tli))
+                       cluster_size=int(size), timeline=int(tli), server_time=server_time,
+                       tables=tables)
 
 
 def _compress_option(repo: BackupRepository) -> str:
@@ -253,7 +280,7 @@ def write_physical_manifest(repo: BackupRepository, backup_id: str, database: st
         started_at=backup.started_at, finished_at=backup.finished_at, start_lsn=backup.start_lsn,
         stop_lsn=backup.stop_lsn, timeline=backup.timeline, wal_segment_size=info.wal_segment_size,
         compression=repo.compression, size=size,
-        database_size=info.cluster_size, files=backup.files, labels=labels,
+        database_size=info.cluster_size, files=backup.files, labels=labels, tables=info.tables,
         verifications=[Verification(at=datetime.now(UTC), method="quick", ok=True, checks=checks)] if checks else [],
     )
     repo.local().finish_backup(backup_id, manifest.to_bytes())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
@@ -13,6 +15,7 @@ from pgkeeper.catalog import list_backups
 from pgkeeper.errors import RepositoryError
 from pgkeeper.fmt import human_bytes
 from pgkeeper.tasks.policy import RETRYABLE
+from pgkeeper.wal.identity import check_backup
 
 # With no earlier backup to learn from, assume the compressed dump is half the table data.
 FIRST_BACKUP_RATIO = 0.5
@@ -22,6 +25,7 @@ class ServerInfo(BaseModel):
     database: str
     server_version: str
     system_identifier: str | None
+    server_time: datetime | None = None  # the server's clock, to check ours against (pgkeeper.clock)
     database_size: int
     table_bytes: int
     estimated_backup_bytes: int
@@ -46,6 +50,7 @@ def preflight(conn: PostgresConnection, repo: BackupRepository) -> ServerInfo:
     logger = get_run_logger()
     with conn.connect() as c:
         version = c.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        server_time = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
         db_size = c.execute("SELECT pg_database_size(current_database())").fetchone()[0]  # type: ignore[index]
         # From pg_class, not pg_table_size(): an estimate must never wait behind a table lock.
         table_bytes = c.execute(
@@ -61,6 +66,8 @@ def preflight(conn: PostgresConnection, repo: BackupRepository) -> ServerInfo:
             sysid = None
     storage = repo.local()
     storage.ensure_writable()
+    # A repository that holds a cluster's WAL archive belongs to that cluster (wal/identity.py).
+    check_backup(str(storage.wal_dir), sysid, version, None, f"a backup of {conn.describe()}", claim=False)
     free, total = storage.free_space()
     estimate = size_estimate(repo, conn.database, db_size, int(table_bytes))
     warnings = []
@@ -73,7 +80,7 @@ def preflight(conn: PostgresConnection, repo: BackupRepository) -> ServerInfo:
         warn("low-disk", warnings[-1], database=conn.database, free_bytes=free, total_bytes=total)
     logger.info("server %s, PostgreSQL %s, database %s is %s; repository %s has %s free",
                 conn.describe(), version, conn.database, human_bytes(db_size), storage.root, human_bytes(free))
-    return ServerInfo(database=conn.database, server_version=version, system_identifier=sysid,
+    return ServerInfo(database=conn.database, server_version=version, system_identifier=sysid, server_time=server_time,
                       database_size=db_size, table_bytes=int(table_bytes), estimated_backup_bytes=estimate,
                       free_bytes=free, total_bytes=total, warnings=warnings)
 

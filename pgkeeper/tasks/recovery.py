@@ -29,7 +29,9 @@ from pgkeeper.errors import BadName, NotFound, PgkeeperError
 from pgkeeper.localcluster import make_server_dir
 from pgkeeper.manifest import Manifest
 from pgkeeper.tasks.basebackup import unpack_backup
+from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal import config as walconfig
+from pgkeeper.wal import identity
 from pgkeeper.wal.command import SERVER_USER, conf_quote, restore_command
 from pgkeeper.wal.naming import parse_lsn
 from pgkeeper.wal.setup import server_ids
@@ -60,6 +62,7 @@ class RecoveryResult(BaseModel):
     data_dir: str
     port: int
     backup_id: str
+    system_identifier: str | None = None  # the cluster recovered
     target: str
     timeline: int | None
     reached: str  # what PostgreSQL said about where it stopped
@@ -108,11 +111,43 @@ def resolve_source(repo: BackupRepository, source: str) -> str:
     return "local" if physical_backups(repo, "local") or not repo.offsite else "s3"
 
 
+@task(name="archive-cluster", cache_policy=NO_CACHE, **RETRYABLE)
+def archive_cluster(walcfg: walconfig.WalConfig, system_identifier: str | None = None) -> str | None:
+    """The cluster to recover: the one named, else the one the WAL archive belongs to (its
+    archive.json in the spool, else in the bucket), else None (decided from the backups)."""
+    if system_identifier:
+        return str(system_identifier)
+    found = identity.load(walcfg.spool)
+    if found is None and walcfg.s3 is not None:
+        from pgkeeper.wal.s3 import S3WalStore
+
+        data = S3WalStore(walcfg.s3).read_identity()
+        if data is not None:
+            found = identity.ArchiveIdentity.from_json(data, walcfg.s3.describe())
+    return found.system_identifier if found else None
+
+
+def of_cluster(backups: list[Manifest], system_identifier: str | None, where: str) -> tuple[list[Manifest], str]:
+    """Only the base backups of one cluster; with none named, there must be only one."""
+    clusters = sorted({m.system_identifier or "?" for m in backups})
+    if system_identifier is None:
+        if len(clusters) > 1:
+            raise BadName(f"{where} holds base backups of several clusters ({', '.join(clusters)}): "
+                          "name one with --system-identifier")
+        return backups, clusters[0] if clusters else "?"
+    mine = [m for m in backups if m.system_identifier == system_identifier]
+    if backups and not mine:
+        raise NotFound(f"no base backup of cluster {system_identifier} in {where} "
+                       f"(it holds cluster(s) {', '.join(clusters)})")
+    return mine, system_identifier
+
+
 @task(name="choose-base-backup", cache_policy=NO_CACHE)
-def choose_base_backup(repo: BackupRepository, source: str, target: RecoveryTarget) -> Manifest:
-    """The newest base backup that was consistent before the target."""
-    backups = physical_backups(repo, source)
+def choose_base_backup(repo: BackupRepository, source: str, target: RecoveryTarget,
+                       system_identifier: str | None = None) -> Manifest:
+    """The newest base backup of the cluster that was consistent before the target."""
     where = repo.storage(source).describe()
+    backups, cluster = of_cluster(physical_backups(repo, source), system_identifier, where)
     if not backups:
         raise NotFound(f"no base backups in {where}: run `pgkeeper base-backup` first")
     if target.kind == "time":
@@ -132,8 +167,8 @@ def choose_base_backup(repo: BackupRepository, source: str, target: RecoveryTarg
         chosen = max(eligible, key=lambda m: parse_lsn(m.stop_lsn or "0/0"))
     else:
         chosen = backups[-1]
-    get_run_logger().info("recovering from base backup %s (%s, WAL from %s) to %s", chosen.backup_id, where,
-                          chosen.start_lsn, target.describe())
+    get_run_logger().info("recovering cluster %s from base backup %s (%s, WAL from %s) to %s", cluster,
+                          chosen.backup_id, where, chosen.start_lsn, target.describe())
     return chosen
 
 
@@ -298,6 +333,7 @@ def report_recovery(result: RecoveryResult) -> None:
     create_markdown_artifact("\n".join([
         "# Point-in-time recovery", "", "| | |", "|---|---|",
         f"| Data directory | `{result.data_dir}` (port {result.port}) |",
+        f"| Cluster | {result.system_identifier or '-'} |",
         f"| Base backup | `{result.backup_id}` |",
         f"| Target | {result.target} |",
         f"| Reached | {result.reached} |",

@@ -25,7 +25,7 @@ from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups, resolve_backup
 from pgkeeper.content_check import prove_content
-from pgkeeper.errors import BadName, IntegrityError, PgkeeperError, RepositoryError
+from pgkeeper.errors import BadName, IntegrityError, NotFound, PgkeeperError, RepositoryError
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import DatabaseProperties, Manifest, StoredFile
 from pgkeeper.names import LATEST, check_identifier, parse_backup_ref
@@ -72,6 +72,7 @@ class RestorePlan(BaseModel):
     globals_file: StoredFile | None = None
     dump_settings: dict[str, str] = Field(default_factory=dict)
     target_comment: str | None = None
+    system_identifier: str | None = None  # the cluster the backup was taken from
 
     @property
     def age_seconds(self) -> float:
@@ -94,13 +95,36 @@ class RestoreReport(BaseModel):
     safety_backup_id: str | None
 
 
-def newest_regular_backup(storage, database: str) -> Manifest:  # storage: LocalStorage | S3Storage
-    """What `latest` means for a restore: the newest backup that is not a pre-restore safety copy.
+def server_cluster(conn: PostgresConnection) -> str | None:
+    """The configured server's system identifier (None if this role may not read it)."""
+    import psycopg
+
+    try:
+        with conn.connect() as c:
+            return str(c.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])  # type: ignore[index]
+    except (PgkeeperError, psycopg.Error):
+        return None
+
+
+def newest_regular_backup(storage, database: str,  # storage: LocalStorage | S3Storage
+                          system_identifier: str | None = None) -> Manifest:
+    """What `latest` means for a restore: the newest backup of the database, from the configured
+    server's cluster, that is not a pre-restore safety copy.
 
     A safety backup holds the data a restore replaced; picking it for the next `latest` would
-    quietly undo the restore. It stays restorable by its id.
+    quietly undo the restore. It stays restorable by its id. Backups of the same database name
+    from another cluster (a shared repository) are not `latest` for this server; when there are
+    none of this cluster at all (the server was rebuilt), those of a single other cluster are.
     """
     candidates = [m for m in list_backups(storage, database, kind="logical") if PRE_RESTORE_LABEL not in m.labels]
+    if system_identifier and candidates:
+        mine = [m for m in candidates if m.system_identifier in (None, system_identifier)]
+        others = sorted({m.system_identifier for m in candidates if m not in mine}, key=str)
+        if not mine and len(others) > 1:
+            raise NotFound(f"no backup of database {database!r} from this server (cluster {system_identifier}) in "
+                           f"{storage.describe()}; it holds backups from clusters {', '.join(map(str, others))}: "
+                           "name the backup id to restore")
+        candidates = mine or candidates
     if candidates:
         return candidates[-1]
     return resolve_backup(storage, LATEST, database, kind="logical")  # raises the catalog's own "nothing there" line
@@ -118,7 +142,8 @@ def plan_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, 
         raise BadName(f"mode {mode!r} is not known: use 'replace' or 'new'")
     storage = repo.storage(source)
     # An explicit id may name a base backup: resolve it anyway, to say to use pitr instead.
-    manifest = newest_regular_backup(storage, conn.database) if ref == LATEST else resolve_backup(storage, ref)
+    manifest = newest_regular_backup(storage, conn.database, server_cluster(conn)) if ref == LATEST \
+        else resolve_backup(storage, ref)
     if manifest.kind != "logical":
         raise BadName(f"{manifest.backup_id} is a physical base backup: restore it with `pgkeeper pitr`")
     dump_file = manifest.dump_file
@@ -144,7 +169,7 @@ def plan_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, 
         file=dump_file, tables=manifest.tables, objects=manifest.objects, mode=mode, target=target,
         target_exists=exists, target_size=pgdb.database_size(conn, target) if exists else None,
         shadow=shadow_name(target, uuid.uuid4().hex[:6]),
-        retire_as=old_copy_name(target, now) if exists else None,
+        retire_as=old_copy_name(target, now) if exists else None, system_identifier=manifest.system_identifier,
         properties=props, owner=owner, keep_ownership=keep_ownership, roles_to_create=to_create,
         globals_file=manifest.globals_file, dump_settings=manifest.dump_settings, target_comment=target_comment,
     )
@@ -182,8 +207,9 @@ def resolve_restore(conn: PostgresConnection, repo: BackupRepository, backup: st
                     target: str | None, keep_ownership: bool = True, create_roles: bool = False) -> RestorePlan:
     """Which backup, into which database, and what is there now."""
     plan = plan_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles)
-    get_run_logger().info("restore %s (%s, %s) from %s into %s (%s)", plan.backup_id, human_bytes(plan.size),
-                          plan.status, plan.location, plan.target,
+    get_run_logger().info("restore %s (%s, %s; cluster %s) from %s into %s (%s)", plan.backup_id,
+                          human_bytes(plan.size), plan.status, plan.system_identifier or "?", plan.location,
+                          plan.target,
                           f"exists, {human_bytes(plan.target_size)}" if plan.target_exists else "new database")
     return plan
 

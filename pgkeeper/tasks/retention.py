@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -73,13 +75,15 @@ def _table(decisions: list[Decision], manifests: dict[str, Manifest], dry_run: b
 
 
 @task(name="retention", cache_policy=NO_CACHE, **RETRYABLE)
-def apply_retention(repo: BackupRepository, source: str = "local", dry_run: bool = False) -> RetentionReport:
-    """Apply the repository's retention policy to one source; a table artifact shows every decision."""
+def apply_retention(repo: BackupRepository, source: str = "local", dry_run: bool = False,
+                    protect: list[str] | None = None) -> RetentionReport:
+    """Apply the repository's retention policy to one source; a table artifact shows every decision.
+    `protect`: backups this run made, never removed by it (whatever their id says)."""
     logger = get_run_logger()
     storage = repo.storage(source)
     policy = repo.retention_policy()
     records, manifests = backup_records(storage)
-    decisions = plan(records, policy)
+    decisions = plan(records, policy, now=datetime.now(UTC), protect=protect or [])
     removed = [d for d in decisions if not d.keep]
     for d in sorted(removed, key=lambda d: d.backup_id):
         logger.info("%s %s: %s", "would remove" if dry_run else "removing", d.backup_id, d.reason)

@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pgkeeper import __version__
 from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.clock import first_backup_time
 from pgkeeper.errors import RepositoryError
 from pgkeeper.manifest import Manifest, Verification
 from pgkeeper.names import new_backup_id
@@ -18,11 +19,14 @@ from pgkeeper.tasks.verify import QuickCheck
 
 
 @task(name="begin-backup", cache_policy=NO_CACHE)
-def begin_backup(repo: BackupRepository) -> str:
-    """Claim a fresh backup id; two backups started in the same second get the next second."""
+def begin_backup(repo: BackupRepository, server_time: datetime | None = None) -> str:
+    """Claim a fresh backup id, newer than every id in the repository and from a clock that
+    agrees with the database server's (pgkeeper.clock); two backups started in the same
+    second get the next second."""
     storage = repo.local()
     storage.ensure_writable()
-    now = datetime.now(UTC)
+    existing = [p.name for p in storage.backups_dir.iterdir()]  # incomplete ones count too
+    now = first_backup_time(existing, datetime.now(UTC), server_time)
     for attempt in range(30):
         backup_id = new_backup_id(now + timedelta(seconds=attempt))
         try:

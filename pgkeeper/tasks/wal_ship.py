@@ -21,8 +21,9 @@ from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.fmt import human_bytes, human_seconds
 from pgkeeper.tasks.policy import RETRYABLE
-from pgkeeper.wal import ahead
+from pgkeeper.wal import ahead, identity
 from pgkeeper.wal.config import WalConfig
+from pgkeeper.wal.naming import is_history
 from pgkeeper.wal.spool import LocalWalStore, WalConflict
 
 STALE_TEMP_SECONDS = 3600.0
@@ -81,6 +82,9 @@ def ship_spool(walcfg: WalConfig, keep_local_seconds: float | None = None) -> Sh
     keep = walcfg.keep_local_seconds if keep_local_seconds is None else keep_local_seconds
     local, remote = LocalWalStore(walcfg.spool), S3WalStore(walcfg.s3)
     result = ShipResult(destination=remote.describe())
+    archive_id = identity.load(walcfg.spool)
+    if archive_id is not None:  # the bucket's prefix must belong to the same cluster, or nothing moves
+        logger.info("%s", identity.check_remote(archive_id, remote))
     in_s3: dict[str, set[str]] = {}
     for name, sha, _rel in remote.objects():  # one listing for the whole run
         in_s3.setdefault(name, set()).add(sha)
@@ -97,7 +101,9 @@ def ship_spool(walcfg: WalConfig, keep_local_seconds: float | None = None) -> Sh
             remote.put_file(obj.key, str(obj.path), obj.sha256)
             result.uploaded += 1
             result.bytes += obj.path.stat().st_size
-        if now - obj.path.stat().st_mtime >= keep:
+        # History files stay: they are tiny, and `pgkeeper list` reads them to follow timelines offline.
+        if now - obj.path.stat().st_mtime >= keep and not is_history(obj.name):
+            local.record_shipped(obj)  # so wal-push can still refuse a differing duplicate
             local.remove(obj)
             result.removed_from_spool += 1
         else:

@@ -130,6 +130,8 @@ def load(config: str | None = None, spool: str | None = None, repo: str | None =
                                  "(run `pgkeeper wal-setup`, or pass --repo DIR)") from None
     except (OSError, ValueError) as exc:
         raise WalConfigError(f"cannot read WAL config {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise WalConfigError(f"WAL config {path} does not hold a JSON object (found {type(data).__name__})")
     if repo:
         data["spool"] = os.path.join(repo, "wal")
     if spool:
@@ -137,6 +139,9 @@ def load(config: str | None = None, spool: str | None = None, repo: str | None =
     cfg = WalConfig.from_dict(data)
     if cfg.s3 is None:
         cfg.s3 = s3_from_env()
+    endpoint = cfg.s3.endpoint_url if cfg.s3 is not None else None
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise WalConfigError(f"WAL config {path}: S3 endpoint {endpoint!r} needs a scheme (https://...)")
     return cfg
 
 

@@ -4,7 +4,9 @@ Imports neither Prefect nor boto3 (a test holds us to it): PostgreSQL calls this
 16 MB segment, serially, and every millisecond here is archive lag. The segment is zstd-
 compressed into the local spool atomically; the wal-ship flow moves it on to S3 later.
 Exit 0 means "safely archived" (also for an identical duplicate); anything else makes
-PostgreSQL keep the segment and try again, so a differing duplicate exits 1 loudly.
+PostgreSQL keep the segment and try again, so a differing duplicate (in the spool, or already
+shipped: see the ledger in wal/spool.py) and a segment of another cluster (its page header's
+system identifier, see wal/identity.py) exit 1 loudly.
 With a backlog, one call also archives the next ready files (wal/ahead.py), whose own calls
 then return after a marker check, before compression code is even imported.
 """
@@ -83,12 +85,18 @@ def push(args: argparse.Namespace) -> int:
 
 def archive_with_backlog(cfg: config.WalConfig, name: str, wal_path: str) -> None:
     """Archive `wal_path`, plus up to cfg.push_ahead files PostgreSQL has queued after it."""
+    from pgkeeper.wal.identity import SegmentChecker
     from pgkeeper.wal.spool import LocalWalStore  # zstandard and hashlib: only when there is work
 
     store = LocalWalStore(cfg.spool)
+    same_cluster = SegmentChecker(cfg.spool)  # 40 bytes of the first page, before anything is stored
+
+    def push_one(n: str, p: str) -> object:
+        same_cluster(n, p)
+        return store.put_file(n, p, cfg.compression_level)
+
     extras = ahead.ready_files(wal_path, cfg.spool, cfg.push_ahead, is_wal_name)
-    ahead.push_all(lambda n, p: store.put_file(n, p, cfg.compression_level), (name, wal_path), extras,
-                   cfg.spool, workers=min(4, os.cpu_count() or 1))
+    ahead.push_all(push_one, (name, wal_path), extras, cfg.spool, workers=min(4, os.cpu_count() or 1))
 
 
 if __name__ == "__main__":

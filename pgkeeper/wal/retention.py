@@ -75,6 +75,10 @@ def expire_wal(repo: Any, kept_physical_manifests: list[Any], dry_run: bool = Fa
             result.removed_local.append(obj.name)
             if not dry_run:
                 local.remove(obj)
+    if not dry_run:
+        for name, _sha, entry in list(local.ledger()):  # shipped-WAL ledger entries go with their WAL
+            if expendable(name, cutoff, size):
+                entry.unlink(missing_ok=True)
     if cfg.s3 is not None:
         from pgkeeper.wal.s3 import S3WalStore
 

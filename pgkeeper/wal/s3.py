@@ -75,6 +75,22 @@ class S3WalStore:
             if parsed:
                 yield parsed[0], parsed[1], rel
 
+    def listing(self) -> Iterator[tuple[str, str, str, float]]:
+        """(wal name, sha256, relative key, upload time in epoch seconds) of every WAL object."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        base = self.target.wal_prefix()
+        try:
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.target.bucket,
+                                                                               Prefix=base):
+                for item in page.get("Contents", []):
+                    rel = item["Key"][len(base):]
+                    parsed = parse_object_name(rel.rsplit("/", 1)[-1])
+                    if parsed:
+                        yield parsed[0], parsed[1], rel, item["LastModified"].timestamp()
+        except (BotoCoreError, ClientError) as exc:
+            raise S3WalError(f"cannot list {self.describe()}: {_why(exc)}") from None
+
     def get(self, rel: str) -> bytes:
         from botocore.exceptions import BotoCoreError, ClientError
 
@@ -82,6 +98,32 @@ class S3WalStore:
             return self.client.get_object(Bucket=self.target.bucket, Key=self.key(rel))["Body"].read()
         except (BotoCoreError, ClientError) as exc:
             raise S3WalError(f"cannot read {self.key(rel)} from bucket {self.target.bucket}: {_why(exc)}") from None
+
+    def read_identity(self) -> bytes | None:
+        """The archive's identity record in the bucket (wal/identity.py), or None if absent."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from pgkeeper.wal.identity import IDENTITY_FILE
+
+        try:
+            return self.client.get_object(Bucket=self.target.bucket, Key=self.key(IDENTITY_FILE))["Body"].read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise S3WalError(f"cannot read {self.key(IDENTITY_FILE)}: {_why(exc)}") from None
+        except BotoCoreError as exc:
+            raise S3WalError(f"cannot read {self.key(IDENTITY_FILE)}: {_why(exc)}") from None
+
+    def write_identity(self, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        from pgkeeper.wal.identity import IDENTITY_FILE
+
+        try:
+            self.client.put_object(Bucket=self.target.bucket, Key=self.key(IDENTITY_FILE), Body=data,
+                                   ServerSideEncryption="AES256")
+        except (BotoCoreError, ClientError) as exc:
+            raise S3WalError(f"cannot write {self.key(IDENTITY_FILE)}: {_why(exc)}") from None
 
     def put_file(self, rel: str, path: str, sha256: str) -> None:
         """Upload one object; S3 checks the bytes against the sha256 we send with them."""

@@ -18,10 +18,14 @@ from typing import NamedTuple
 import zstandard
 
 from pgkeeper.errors import IntegrityError, PgkeeperError
-from pgkeeper.storage.atomic import atomic_file
+from pgkeeper.storage.atomic import atomic_file, fsync_dir
 from pgkeeper.wal.naming import check_wal_name, object_name, parse_object_name, wal_dir
 
 CHUNK = 1 << 20
+# The ledger of shipped WAL: one empty file <spool>/.shipped/<dir>/<walfile>-<sha256> per object
+# wal-ship removed from the spool once it was in S3. wal-push compares a new push with it, so a
+# differing duplicate is refused after shipping too, without the network on the push path.
+LEDGER = ".shipped"
 
 
 class WalConflict(PgkeeperError):
@@ -120,6 +124,12 @@ class LocalWalStore:
             raise WalConflict(f"{name} is already archived in {self.root} with different content "
                               f"(sha256 {existing.sha256[:16]}..., this one {sha[:16]}...); "
                               "the archived copy was left unchanged")
+        for shipped in self.shipped(name):
+            if shipped == sha:
+                return "duplicate", StoredWal(name, sha, self.root / LEDGER / wal_dir(name) / object_name(name, sha))
+            raise WalConflict(f"{name} was already archived and shipped offsite with different content "
+                              f"(sha256 {shipped[:16]}..., this one {sha[:16]}...; ledger {self.root / LEDGER}); "
+                              "the archived copy was left unchanged")
         d = self.root / wal_dir(name)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = d / object_name(name, sha)
@@ -168,3 +178,46 @@ class LocalWalStore:
 
     def remove(self, obj: StoredWal) -> None:
         obj.path.unlink(missing_ok=True)
+
+    def shipped(self, name: str) -> list[str]:
+        """sha256 of each copy of `name` the ledger says was shipped (normally zero or one)."""
+        try:
+            entries = os.listdir(self.root / LEDGER / wal_dir(name))
+        except FileNotFoundError:
+            return []
+        prefix = name + "-"
+        return [e[len(prefix):] for e in entries if e.startswith(prefix) and len(e) == len(prefix) + 64]
+
+    def record_shipped(self, obj: StoredWal) -> None:
+        """Note `obj` in the ledger, durably, before its spool copy may go (its mtime is the
+        object's: when it was archived, which the continuity report shows)."""
+        d = self.root / LEDGER / wal_dir(obj.name)
+        if not d.is_dir():
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+            # wal-ship may run as root; wal-push (the server's OS user) must still list the ledger.
+            owner = self.root.stat()
+            if os.geteuid() == 0 and owner.st_uid != 0:
+                for path in (self.root / LEDGER, d):
+                    os.chown(path, owner.st_uid, owner.st_gid)
+        entry = d / f"{obj.name}-{obj.sha256}"
+        mtime = obj.path.stat().st_mtime
+        fd = os.open(entry, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.utime(entry, (mtime, mtime))
+        fsync_dir(d)
+
+    def ledger(self) -> Iterator[tuple[str, str, Path]]:
+        """(wal name, sha256, entry path) of every ledger entry."""
+        root = self.root / LEDGER
+        if not root.is_dir():
+            return
+        for d in sorted(root.iterdir()):
+            if not d.is_dir():
+                continue
+            for entry in sorted(os.listdir(d)):
+                wal, dash, sha = entry.rpartition("-")
+                if dash and len(sha) == 64:
+                    yield wal, sha, d / entry
