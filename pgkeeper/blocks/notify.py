@@ -12,6 +12,7 @@ import re
 import socket
 import sys
 from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 
 from prefect.blocks.abstract import NotificationBlock
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -43,6 +44,9 @@ class MailNotification(NotificationBlock):
         msg["Subject"] = subject if not prefix or subject.startswith(prefix) else f"{prefix} {subject}"
         msg["From"] = self.from_address()
         msg["To"] = ", ".join(self.recipients)
+        # Without them some servers add their own and spam filters score the mail down.
+        msg["Date"] = formatdate(localtime=True)
+        msg["Message-ID"] = make_msgid(domain=self.from_address().rpartition("@")[2] or None)
         msg.set_content(body)
         return msg
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from pgkeeper.fmt import human_bytes, human_seconds
@@ -39,9 +38,12 @@ def backup_summary_markdown(m: Manifest, location: str, warnings: list[str]) -> 
     return "\n".join(lines)
 
 
-@task(name="report-backup")
 def report_backup(manifest: Manifest, location: str, warnings: list[str]) -> str:
-    """The run's summary artifact: database, id, size, ratio, duration, tables, checksum."""
+    """The run's summary artifact: database, id, size, ratio, duration, tables, checksum.
+
+    Called in the flow itself, not as a task: the artifact then belongs to the flow run
+    (the UI's Artifacts tab of the run shows it, instead of "Flow run: None").
+    """
     create_markdown_artifact(
         backup_summary_markdown(manifest, location, warnings),
         key=artifact_key("backup", manifest.database),

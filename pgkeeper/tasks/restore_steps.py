@@ -299,10 +299,10 @@ def confirmation_form(plan: RestorePlan, toc: dict[str, int], safety_backup: boo
 def refusal(plan: RestorePlan, confirm: bool, typed: str) -> str | None:
     """Why a submitted form does not allow the restore, or None when it does."""
     if not confirm:
-        return f"restore of {plan.backup_id} into {plan.target} was not confirmed: nothing was changed"
+        return f"restore of {plan.backup_id} into {plan.target} was not confirmed: {unchanged_line(plan)}"
     if typed.strip() != plan.target:
         return (f"the name typed ({typed.strip()!r}) is not the target database {plan.target!r}: "
-                "restore refused, nothing was changed")
+                f"restore refused, {unchanged_line(plan)}")
     return None
 
 
@@ -332,9 +332,9 @@ def summary_markdown(r: RestoreReport) -> str:
     return "\n".join(lines)
 
 
-@task(name="report-restore")
 def report_restore(report: RestoreReport) -> str:
-    """The run's summary artifact: backup, target, tables and rows, RTO, where the old copy is."""
+    """The run's summary artifact: backup, target, tables and rows, RTO, where the old copy is.
+    Not a task: called in the flow, the artifact belongs to the flow run."""
     create_markdown_artifact(summary_markdown(report), key=artifact_key("restore", report.target),
                              description=f"Restore of {report.target} from {report.backup_id}")
     return report.target
