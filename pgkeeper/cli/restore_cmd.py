@@ -66,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     ensure_api()
     from pgkeeper.config import load_connection, load_repository
+    from pgkeeper.errors import ExitCode
     from pgkeeper.flows.restore import restore
     from pgkeeper.fmt import human_seconds
     from pgkeeper.tasks.restore_steps import plan_restore
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     # Resolved here so that what was confirmed is what runs, even if a new backup lands meanwhile.
     plan = plan_restore(conn, repo, args.backup, source, mode, target)
     if mode == "replace" and not args.yes and not ask(plan):
-        return 1
+        return ExitCode.NOT_CONFIRMED
     report = restore(backup=plan.backup_id, mode=mode, target=plan.target, source=source, confirmed=True,
                      safety_backup=not args.no_safety_backup, keep_old=not args.drop_old,
                      keep_old_hours=args.keep_old_hours, keep_ownership=args.keep_ownership, jobs=args.jobs,

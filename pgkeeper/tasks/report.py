@@ -21,16 +21,14 @@ def backup_summary_markdown(m: Manifest, location: str, warnings: list[str]) -> 
     lines = [
         f"# Backup {m.backup_id} of `{m.database}`",
         "",
-        "| | |",
-        "|---|---|",
-        f"| Database | `{m.database}` (PostgreSQL {m.server_version}, {human_bytes(m.database_size)}) |",
-        f"| Backup id | `{m.backup_id}` |",
-        f"| Location | `{location}` |",
-        f"| Size | {human_bytes(m.size)} (raw dump {human_bytes(m.raw_size)}, ratio {ratio}, {m.compression}) |",
-        f"| Duration | {human_seconds(m.duration_seconds)} |",
-        f"| Tables | {len(m.tables)} tables, {rows} rows, {m.objects.get('indexes', 0)} indexes |",
-        f"| Checksum | sha256 `{m.files[0].sha256}` |",
-        f"| Status | {m.status} |",
+        f"- **Database**: `{m.database}` (PostgreSQL {m.server_version}, {human_bytes(m.database_size)})",
+        f"- **Backup id**: `{m.backup_id}`",
+        f"- **Location**: `{location}`",
+        f"- **Size**: {human_bytes(m.size)} (raw dump {human_bytes(m.raw_size)}, ratio {ratio}, {m.compression})",
+        f"- **Duration**: {human_seconds(m.duration_seconds)}",
+        f"- **Tables**: {len(m.tables)} tables, {rows} rows, {m.objects.get('indexes', 0)} indexes",
+        f"- **Checksum**: sha256 `{m.files[0].sha256}`",
+        f"- **Status**: {m.status}",
     ]
     if warnings:
         lines += ["", "**Warnings**", ""] + [f"- {w}" for w in warnings]

@@ -261,15 +261,13 @@ def confirmation_description(plan: RestorePlan, toc: dict[str, int], safety_back
     lines = [
         f"# Replace database `{plan.target}` with backup `{plan.backup_id}`?",
         "",
-        "| | |",
-        "|---|---|",
-        f"| Target | `{plan.target}` ({target_now}) |",
-        f"| Backup | `{plan.backup_id}` of `{plan.backup_database}`, from {plan.source} (`{plan.location}`) |",
-        f"| Age | {human_seconds(plan.age_seconds)} (finished {plan.finished_at:%Y-%m-%d %H:%M:%S} UTC) |",
-        f"| Size | {human_bytes(plan.size)} stored, {human_bytes(plan.raw_size)} dump |",
-        f"| Contents | {len(plan.tables)} tables, {rows} rows, {plan.objects.get('indexes', 0)} indexes |",
-        f"| Verification | {plan.status}; checksum and table of contents checked now "
-        f"({toc.get('TABLE DATA', 0)} tables readable) |",
+        f"- **Target**: `{plan.target}` ({target_now})",
+        f"- **Backup**: `{plan.backup_id}` of `{plan.backup_database}`, from {plan.source} (`{plan.location}`)",
+        f"- **Age**: {human_seconds(plan.age_seconds)} (finished {plan.finished_at:%Y-%m-%d %H:%M:%S} UTC)",
+        f"- **Size**: {human_bytes(plan.size)} stored, {human_bytes(plan.raw_size)} dump",
+        f"- **Contents**: {len(plan.tables)} tables, {rows} rows, {plan.objects.get('indexes', 0)} indexes",
+        f"- **Verification**: {plan.status}; checksum and table of contents checked now "
+        f"({toc.get('TABLE DATA', 0)} tables readable)",
         "",
         "What happens when you confirm:",
         "",
@@ -313,17 +311,15 @@ def summary_markdown(r: RestoreReport) -> str:
     lines = [
         f"# Restore of `{r.target}` from `{r.backup_id}`",
         "",
-        "| | |",
-        "|---|---|",
-        f"| Backup | `{r.backup_id}` ({r.source}) |",
-        f"| Target | `{r.target}` ({'replaced' if r.mode == 'replace' else 'new database'}) |",
-        f"| Duration (RTO) | {human_seconds(r.rto_seconds)} (pg_restore {human_seconds(r.restore_seconds)}; "
-        f"waiting for confirmation not counted: {human_seconds(r.waited_seconds)}) |",
-        f"| Tables | {len(r.tables)} tables, {rows} rows, {r.objects.get('indexes', 0)} indexes; "
-        "counts equal the manifest |",
-        f"| Sessions ended | {r.terminated_sessions} |",
-        f"| Previous database | {old} |",
-        f"| Safety backup | {f'`{r.safety_backup_id}`' if r.safety_backup_id else 'none'} |",
+        f"- **Backup**: `{r.backup_id}` ({r.source})",
+        f"- **Target**: `{r.target}` ({'replaced' if r.mode == 'replace' else 'new database'})",
+        f"- **Duration (RTO)**: {human_seconds(r.rto_seconds)} (pg_restore {human_seconds(r.restore_seconds)}; "
+        f"waiting for confirmation not counted: {human_seconds(r.waited_seconds)})",
+        f"- **Tables**: {len(r.tables)} tables, {rows} rows, {r.objects.get('indexes', 0)} indexes; "
+        "counts equal the manifest",
+        f"- **Sessions ended**: {r.terminated_sessions}",
+        f"- **Previous database**: {old}",
+        f"- **Safety backup**: {f'`{r.safety_backup_id}`' if r.safety_backup_id else 'none'}",
         "",
         "| Table | Rows |",
         "|---|---:|",
