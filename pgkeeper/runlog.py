@@ -8,10 +8,11 @@ loggers drops the traceback of those records and keeps their one line. Catching 
 inside each task instead would hide its type from retries and from the flows that handle
 it, and would have to be repeated in every task.
 
-A flow that returns a Cancelled state (a restore nobody confirmed) makes the engine raise
-CancelledRun at the very end and log "Engine execution exited with unexpected exception"
-with a traceback; that record becomes one INFO line saying how the run ended.
-Unexpected errors keep their traceback.
+At the very end the engine logs "Engine execution exited with unexpected exception" with
+the traceback again, both for a flow that failed with such an error and for a flow that
+returned a Cancelled state (a restore nobody confirmed: the engine raises CancelledRun). The
+line before it, "Finished in state ...", already says how the run ended, so that record is
+dropped. Unexpected errors keep their tracebacks.
 """
 
 from __future__ import annotations
@@ -26,14 +27,12 @@ RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs", "prefect.engine", "pref
 class OneLineExpectedErrors(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        if exc is None:
+        # CancelledRun by name: importing prefect.exceptions here would run on every log call's path.
+        if exc is None or (expected_error(exc) is None and type(exc).__name__ != "CancelledRun"):
             return True
-        if expected_error(exc) is not None:
-            record.exc_info, record.exc_text = None, None
-        elif type(exc).__name__ == "CancelledRun":  # prefect.exceptions, not imported: this runs in every log call
-            record.exc_info, record.exc_text = None, None
-            record.msg, record.args = "run ended Cancelled: %s", (str(exc),)
-            record.levelno, record.levelname = logging.INFO, "INFO"
+        if str(record.msg).startswith("Engine execution exited"):
+            return False
+        record.exc_info, record.exc_text = None, None
         return True
 
 

@@ -40,7 +40,7 @@ CONFIRM_POLL_SECONDS = 2
 
 
 @flow(name="restore", log_prints=True,
-      flow_run_name=name_from_parameters("restore", "target", "database", "connection_block"))
+      flow_run_name=name_from_parameters("restore", "target", "database", "backup"))
 def restore(
     backup: str = "latest",
     mode: Literal["replace", "new"] = "replace",
