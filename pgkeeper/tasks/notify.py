@@ -103,8 +103,12 @@ def mail_backup_success(manifest: Manifest, repo, warnings: list[str]) -> None: 
 
 def restore_done_mail(r, url: str | None) -> tuple[str, str]:  # r: RestoreReport
     """(subject, body) of the mail a completed restore sends."""
-    old = (f"{r.old_copy} (kept until {r.old_copy_keep_until:%Y-%m-%d %H:%M} UTC)" if r.old_copy
-           and r.old_copy_keep_until else (r.old_copy or "none (dropped)" if r.mode == "replace" else "none"))
+    if r.old_copy and r.old_copy_keep_until:
+        old = f"{r.old_copy} (kept until {r.old_copy_keep_until:%Y-%m-%d %H:%M} UTC)"
+    elif r.old_copy:
+        old = r.old_copy
+    else:
+        old = "none kept"
     subject = f"restore of {r.target} OK: {r.backup_id}, RTO {human_seconds(r.rto_seconds)}"
     lines = [
         f"Database {r.target} was restored from backup {r.backup_id} ({r.source}).",
