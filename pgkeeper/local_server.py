@@ -67,31 +67,72 @@ def _pid_file() -> Path:
     return server_dir() / "server.pid"
 
 
-def start_local_server(port: int | None = None, timeout: float = 120) -> str:
-    """Start (or find running) the local Prefect server; return its API URL."""
+def server_env(url: str) -> dict[str, str]:
+    """The server's environment. The UI is told its API's address: by default it looks for
+    the API on port 4200, and every page fails on any other port."""
+    host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    env = {**os.environ, **QUIET_PREFECT, "PREFECT_HOME": str(server_dir() / "home"),
+           "PREFECT_SERVER_API_HOST": host, "PREFECT_SERVER_API_PORT": port,
+           "PREFECT_UI_API_URL": url, "PREFECT_UI_URL": url.removesuffix("/api")}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
+def start_local_server(port: int | None = None, timeout: float = 120, announce: bool = False) -> str:
+    """Start (or find running) the local Prefect server; return its API URL.
+
+    With `announce`, a progress line with the elapsed time while it starts (30-70 s on a
+    small machine, most of it Prefect's database migrations on the first start).
+    """
     url = local_api_url(port)
     if is_healthy(url):
         return url
     sdir = server_dir()
-    env = {**os.environ, **QUIET_PREFECT, "PREFECT_HOME": str(sdir / "home")}
-    env.pop("PREFECT_API_URL", None)
     with open(sdir / "server.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
              "--port", url.split(":")[-1].split("/")[0]],
-            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            env=server_env(url), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
     _pid_file().write_text(str(proc.pid))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    started = time.monotonic()
+    progress = Progress(announce)
+    while time.monotonic() - started < timeout:
         if proc.poll() is not None:
+            progress.done("failed")
             raise PgkeeperError(f"the local Prefect server exited at start-up: see {sdir / 'server.log'}")
         if is_healthy(url):
+            progress.done(f"up after {time.monotonic() - started:.0f} s")
             return url
+        progress.tick(f"starting the local Prefect server ({time.monotonic() - started:.0f} s)")
         time.sleep(0.5)
+    progress.done("gave up")
     stop_local_server()
     raise PgkeeperError(f"the local Prefect server did not start within {timeout:.0f} s: "
                         f"see {sdir / 'server.log'}")
+
+
+class Progress:
+    """One line on stderr that counts up: rewritten in place on a terminal, every 10 s otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.tty, self.last, self.text = enabled, sys.stderr.isatty(), 0.0, ""
+
+    def tick(self, text: str) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if self.tty:
+            print(f"\r{text}", end="", file=sys.stderr, flush=True)
+        elif now - self.last >= 10:
+            print(text, file=sys.stderr, flush=True)
+        else:
+            return
+        self.last, self.text = now, text
+
+    def done(self, outcome: str) -> None:
+        if self.enabled and self.text:
+            print(f"\r{self.text}: {outcome}" if self.tty else outcome, file=sys.stderr, flush=True)
 
 
 def stop_local_server() -> bool:
@@ -133,7 +174,7 @@ def ensure_api(announce: bool = True) -> str:
         if announce:
             print(f"No Prefect API configured: starting a local Prefect server at {url[:-4]} "
                   "(stop it with `pgkeeper server stop`)", file=sys.stderr)
-        start_local_server()
+        start_local_server(announce=announce)
     elif announce:
         print(f"Using the local Prefect server at {url[:-4]}", file=sys.stderr)
     os.environ["PREFECT_API_URL"] = url

@@ -50,6 +50,26 @@ def prefect_api() -> Iterator[str]:
     shutil.rmtree(_HOME, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def wal_runtime() -> Iterator[Path | None]:
+    """What `wal-setup --apply` does for a pgkeeper the postgres OS user cannot run (a checkout in
+    a 0700 directory): a copy it can run. Here in a temporary root, removed afterwards; nothing is
+    copied when this checkout is already within that user's reach."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    root = Path(tempfile.mkdtemp(prefix="pgkeeper-wal-runtime-", dir="/var/tmp"))
+    root.chmod(0o755)
+    os.environ["PGKEEPER_WAL_RUNTIME_ROOT"] = str(root)  # CLI processes the tests start find it too
+    try:
+        from pgkeeper.wal.setup import provide_runtime
+
+        yield provide_runtime()
+    finally:
+        os.environ.pop("PGKEEPER_WAL_RUNTIME_ROOT", None)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[LocalCluster]:
     """One real PostgreSQL 15 cluster for the session; tests make their own databases in it."""

@@ -151,7 +151,8 @@ def test_cli_error_is_one_line(pg_env):
     from tests.helpers import run_cli
 
     done = run_cli("backup", env={**pg_env, "POSTGRES_PASSWORD": "wrong-one"})
-    assert done.returncode == 1
+    assert done.returncode == 4  # connection
+    assert "Traceback" not in done.stderr + done.stdout
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("pgkeeper: error: cannot connect") and "password authentication failed" in last
     assert "wrong-one" not in done.stderr + done.stdout

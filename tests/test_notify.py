@@ -40,6 +40,7 @@ def test_block_sends_plain_mail_to_all_recipients(smtp_server) -> None:
     assert msg["Subject"] == "[pgkeeper] backup of crm OK"
     assert msg["To"] == "a@example.com, b@example.com"
     assert "all good" in msg.get_content()
+    assert msg["Date"] and msg["Message-ID"].endswith("@test.invalid>")
 
 
 def test_block_is_a_notification_block_prefect_can_find() -> None:

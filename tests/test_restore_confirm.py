@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import table_fingerprints
+from tests.test_notify import saved_mail  # noqa: F401 (fixture)
 from tests.test_restore import change_data, cleanup_copies, env, leftovers, old_copies  # noqa: F401
 
 
@@ -31,6 +32,13 @@ def paused_run(stop: threading.Event, timeout: float = 120):
                     return run, description
             time.sleep(0.2)
     return None, None
+
+
+def read_run(flow_run_id):  # noqa: ANN201
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(flow_run_id)
 
 
 def run_log(flow_run_id) -> list[str]:
@@ -96,13 +104,16 @@ def assert_nothing_happened(pg, crm_db, repo, now) -> None:
     assert [m.labels for m in list_backups(repo.local(), crm_db)] == [[]]  # no safety backup was made
 
 
-def test_a_wrong_name_is_refused_and_nothing_happens(pg, crm_db, repo, backed_up):
+def test_a_wrong_name_is_refused_and_nothing_happens(pg, crm_db, repo, backed_up, saved_mail):  # noqa: F811
     _, now = backed_up
     state, description = restore_answering({"confirm": True, "database_name": crm_db + "x"})
     assert description is not None
     assert state.is_cancelled()
-    assert "restore refused, nothing was changed" in state.message
+    assert f"restore refused, database {crm_db} is unchanged" in state.message
+    assert_one_line_log(state.state_details.flow_run_id, "restore refused")
     assert_nothing_happened(pg, crm_db, repo, now)
+    # A notice, not a failure: the subject says nothing changed.
+    assert [m["Subject"] for m in saved_mail] == [f"[pgkeeper] restore of {crm_db} not confirmed: nothing changed"]
 
 
 def test_an_unticked_form_is_refused(pg, crm_db, repo, backed_up):
@@ -113,12 +124,33 @@ def test_an_unticked_form_is_refused(pg, crm_db, repo, backed_up):
 
 
 def test_the_form_describes_the_restore_and_a_correct_answer_proceeds(pg, crm_db, repo, backed_up,
-                                                                      cleanup_copies):  # noqa: F811
+                                                                      cleanup_copies, saved_mail):  # noqa: F811
+    from pgkeeper.catalog import list_backups
+
     at_backup, now = backed_up
     state, description = restore_answering({"confirm": True, "database_name": crm_db})
     assert state.is_completed(), state.message
     for expected in (crm_db, "backup_", "Age", "Size", "Verification", "exists,", "pre-restore"):
         assert expected in description
+    assert "| | |" not in description  # facts as a list: no empty header row, nothing clipped
+
+    # The runs list: the restore and its safety backup say what they are.
+    report = state.result()
+    restore_run = read_run(state.state_details.flow_run_id)
+    assert restore_run.name == f"restore {crm_db} ← {report.backup_id}"
+    assert {f"db:{crm_db}", "restore"} <= set(restore_run.tags)
+    assert restore_run.state.message.startswith(f"restored {report.backup_id} into {crm_db}: ")
+    assert "RTO" in restore_run.state.message and report.old_copy in restore_run.state.message
+    [safety] = [m for m in list_backups(repo.local(), crm_db) if "pre-restore" in m.labels]
+    assert safety.backup_id == report.safety_backup_id
+
+    # Mails: the safety backup labelled as such, then the restore's own.
+    subjects = [m["Subject"] for m in saved_mail]
+    assert subjects[0].startswith(f"[pgkeeper] safety backup (pre-restore) of {crm_db} OK: {safety.backup_id}")
+    assert subjects[1].startswith(f"[pgkeeper] restore of {crm_db} OK: {report.backup_id}, RTO ")
+    body = saved_mail[1].get_content()
+    assert report.old_copy in body and safety.backup_id in body and "RTO:" in body
+    assert all(m["Date"] and m["Message-ID"] for m in saved_mail)
     assert table_fingerprints(pg.conninfo(crm_db)) == at_backup
     [old] = old_copies(pg, crm_db)
     assert table_fingerprints(pg.conninfo(old)) == now
@@ -130,8 +162,14 @@ def test_no_answer_before_the_timeout_cancels_cleanly(pg, crm_db, repo, backed_u
     _, now = backed_up
     state, description = restore_answering(None, confirm_timeout_seconds=4)
     assert description is not None  # it did pause with its form
-    # Prefect's API fails a run whose pause expired; the run's log says what that means here.
-    assert not state.is_completed() and "never resumed" in state.message
+    # Cancelled, not Failed (which the API makes of an expired pause): no failure mail goes out.
     wanted = f"no confirmation within 4 s: restore cancelled, database {crm_db} is unchanged"
-    assert wait_for_log(state.state_details.flow_run_id, wanted)
+    assert state.is_cancelled() and wanted in state.message, state
+    assert_one_line_log(state.state_details.flow_run_id, wanted)
     assert_nothing_happened(pg, crm_db, repo, now)
+
+
+def assert_one_line_log(flow_run_id, wanted: str) -> None:
+    """The outcome is in the run's log, and nothing there is a traceback."""
+    assert wait_for_log(flow_run_id, wanted)
+    assert not [line for line in run_log(flow_run_id) if "Traceback" in line or "\n" in line.strip()]

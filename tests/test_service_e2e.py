@@ -60,25 +60,56 @@ def healthy(api: str) -> bool:
         return False
 
 
-@pytest.fixture
-def service(pg_env, smtp_server) -> Iterator[tuple[str, dict[str, str], list]]:
-    """A real Prefect server and a pgkeeper worker, set up from the old scripts' variables."""
-    host, smtp_port, messages = smtp_server
+@pytest.fixture(scope="module")
+def service_env(pg, tmp_path_factory) -> Iterator[dict[str, str]]:
+    """The old scripts' variables for one CRM database and repository, for this module's tests."""
+    from pgkeeper.sample_crm import create_crm
+    from tests.conftest import PASSWORD
+    from tests.helpers import create_database, drop_database
+
+    name = "crm_" + uuid.uuid4().hex[:8]
+    create_database(pg, name)
+    create_crm(pg.conninfo(name), scale=0.3)
+    try:
+        yield {"POSTGRES_HOST": pg.host, "POSTGRES_PORT": str(pg.port), "POSTGRES_USER": "postgres",
+               "POSTGRES_PASSWORD": PASSWORD, "POSTGRES_DB": name,
+               "BACKUP_DIR": str(tmp_path_factory.mktemp("e2e-repo"))}
+    finally:
+        drop_database(pg, name)
+
+
+@pytest.fixture(scope="module")
+def module_smtp() -> Iterator[tuple[str, int, list]]:
+    from aiosmtpd.controller import Controller
+
+    from tests.conftest import _Inbox
+
+    inbox = _Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        yield controller.hostname, controller.port, inbox.messages
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+def service(service_env, module_smtp) -> Iterator[tuple[str, dict[str, str], list]]:
+    """A real Prefect server (started as a user does, `pgkeeper server start`, on a port that is
+    not 4200) and a pgkeeper worker, set up from the old scripts' variables. Shared by this
+    module's tests: a server start costs ~15-70 s."""
+    host, smtp_port, messages = module_smtp
     home = Path(tempfile.mkdtemp(prefix="pgkeeper-e2e-"))
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     base_env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PGKEEPER_HOME": str(home / "pgkeeper"),
-                "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+                "PGKEEPER_SERVER_PORT": str(port), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     base_env.pop("PREFECT_API_URL", None)
-    server_log = open(home / "server.log", "wb")  # noqa: SIM115 (closed in finally)
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=base_env, stdout=server_log, stderr=subprocess.STDOUT,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
     worker = None
     try:
-        wait_for(lambda: healthy(api) or server.poll() is not None, 120, "the Prefect server")
-        assert server.poll() is None, (home / "server.log").read_text()[-3000:]
-        env = {**base_env, **pg_env, "PREFECT_API_URL": api, "ENABLE_EMAIL_ALERTS": "true",
+        started = run_cli("server", "start", env=base_env, timeout=180)
+        assert started.returncode == 0 and healthy(api), started.stdout + started.stderr
+        env = {**base_env, **service_env, "PREFECT_API_URL": api, "ENABLE_EMAIL_ALERTS": "true",
                "ALERT_EMAIL": "dba@example.com", "SMTP_HOST": host, "SMTP_PORT": str(smtp_port),
                "SMTP_PASS": SMTP_PASS, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
         result = run_cli("setup", env=env)
@@ -96,8 +127,7 @@ def service(pg_env, smtp_server) -> Iterator[tuple[str, dict[str, str], list]]:
     finally:
         if worker is not None:
             stop(worker)
-        stop(server)
-        server_log.close()
+        run_cli("server", "stop", env=base_env)
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -134,19 +164,21 @@ def mails_about(messages: list, run_name: str) -> list:
     return [m for m in messages if run_name in m["Subject"]]
 
 
-def test_service_end_to_end(service, pg_env) -> None:
+def test_service_end_to_end(service, service_env) -> None:
     from pgkeeper.deployments.limits import database_limit_name
 
     api, env, messages = service
-    password = pg_env["POSTGRES_PASSWORD"]
+    password = service_env["POSTGRES_PASSWORD"]
 
     # 1. The nightly backup, started by hand: Completed, with its artifact and a success mail.
     ok = final_run(api, start_run(api, "backup/daily")["id"])
     assert ok["state"]["type"] == "COMPLETED", ok["state"]["message"]
     artifacts = api_call(api, "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [ok["id"]]}}})
-    assert any(pg_env["POSTGRES_DB"] in str(a["data"]) for a in artifacts)
+    assert any(service_env["POSTGRES_DB"] in str(a["data"]) for a in artifacts)
     success = wait_for(lambda: [m for m in messages if "OK" in m["Subject"]], 30, "the success mail")
-    assert len(success) == 1 and pg_env["POSTGRES_DB"] in success[0]["Subject"]
+    assert len(success) == 1 and service_env["POSTGRES_DB"] in success[0]["Subject"]
+    assert ok["name"].startswith(f"backup {service_env['POSTGRES_DB']} ")
+    assert ok["state"]["message"].startswith("backup_")
     assert "Size:" in success[0].get_content() and ("KB" in success[0]["Subject"] or "MB" in success[0]["Subject"])
 
     # 2. A run that fails (nothing listens on that port): exactly one failure mail.
@@ -154,6 +186,7 @@ def test_service_end_to_end(service, pg_env) -> None:
     assert failed["state"]["type"] == "FAILED"
     mail = wait_for(lambda: mails_about(messages, failed["name"]), 60, "the failure mail")
     assert "backup" in mail[0]["Subject"] and "Failed" in mail[0]["Subject"]
+    assert service_env["POSTGRES_DB"] in mail[0]["Subject"]  # the run's name carries the database
     body = mail[0].get_content()
     assert "server unreachable" in body
     assert "Step: preflight (failed)" in body
@@ -163,7 +196,7 @@ def test_service_end_to_end(service, pg_env) -> None:
     #    process here), gets SIGKILL, the worker reports it Crashed, and one failure mail goes out.
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys\nfrom prefect.concurrency.sync import concurrency\n"
-         f"with concurrency({database_limit_name(pg_env['POSTGRES_DB'])!r}, strict=True):\n"
+         f"with concurrency({database_limit_name(service_env['POSTGRES_DB'])!r}, strict=True):\n"
          "    print('held', flush=True); sys.stdin.read()"],
         env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -193,8 +226,27 @@ def test_service_end_to_end(service, pg_env) -> None:
                     "the warning mail")
     assert "the repository disk is 97% full" in mail[0].get_content()
 
+    # 5. A restore nobody confirms in time: Cancelled, the database unchanged, a notice and no failure
+    #    mail, and a run log without tracebacks (the engine's CancelledRun is one line too).
+    db = service_env["POSTGRES_DB"]
+    unanswered = final_run(api, start_run(api, "restore/on-demand", {"confirm_timeout_seconds": 3})["id"])
+    assert unanswered["state"]["type"] == "CANCELLED", unanswered["state"]
+    assert f"database {db} is unchanged" in unanswered["state"]["message"]
+    assert unanswered["name"].startswith(f"restore {db} ← backup_")
+    wait_for(lambda: [m for m in messages if f"restore of {db} not confirmed" in m["Subject"]], 30, "the notice")
+    def logs_of(*run_ids: str) -> list[str]:
+        body = {"logs": {"flow_run_id": {"any_": list(run_ids)}}}
+        return [log["message"] for log in api_call(api, "POST", "/logs/filter", body)]
+
+    # Run logs reach the API in batches, a moment after the run ends.
+    lines = wait_for(lambda: (found := logs_of(unanswered["id"], failed["id"]))
+                     and any(f"database {db} is unchanged" in line for line in found) and found, 30, "the run logs")
+    text = "\n".join(lines)
+    assert "Traceback" not in text and "Engine execution exited" not in text, text[-3000:]
+
     # Exactly one mail per failure, even after the automation had time to misbehave.
     time.sleep(5)
+    assert not mails_about(messages, unanswered["name"])  # a notice has its own subject, no failure mail
     assert len(mails_about(messages, failed["name"])) == 1
     assert len(mails_about(messages, crashed["name"])) == 1
     assert len([m for m in messages if "OK" in m["Subject"]]) == 1
@@ -207,3 +259,59 @@ def test_service_end_to_end(service, pg_env) -> None:
         assert all(secret not in m.as_string() for m in messages)
         assert all(secret not in log["message"] for log in logs)
         assert all(secret not in str(a["data"]) for a in artifacts)
+
+
+def ui_browser() -> str | None:
+    """The system's Chromium when Playwright can drive it, else None."""
+    import importlib.util
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    return chromium if chromium and importlib.util.find_spec("playwright") else None
+
+
+@pytest.mark.skipif(ui_browser() is None, reason="no Chromium to look at the UI with: `apt-get install chromium` "
+                    "(Debian's package; Playwright, from the test extras, drives it)")
+def test_ui_shows_the_runs_and_the_restore_form(service, service_env) -> None:
+    """The pages a user opens, in a headless Chromium: the runs list says what ran, and the
+    restore form shows what will happen, on a server that is not on port 4200."""
+    from playwright.sync_api import sync_playwright
+
+    api, _env, _messages = service
+    ui, db = api.removesuffix("/api"), service_env["POSTGRES_DB"]
+    backups = api_call(api, "POST", "/flow_runs/filter", {"flow_runs": {"name": {"like_": f"backup {db}"},
+                                                                        "state": {"type": {"any_": ["COMPLETED"]}}}})
+    if not backups:  # run alone: the restore needs a backup
+        assert final_run(api, start_run(api, "backup/daily")["id"])["state"]["type"] == "COMPLETED"
+    paused = start_run(api, "restore/on-demand", {"confirm_timeout_seconds": 600})
+    wait_for(lambda: read_run(api, paused["id"])["state"]["type"] == "PAUSED", 120, "the restore to ask")
+    name = read_run(api, paused["id"])["name"]
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=ui_browser(), args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 900})
+                page.goto(f"{ui}/runs", timeout=60_000)
+                page.get_by_text(name).first.wait_for(timeout=60_000)
+                text = page.inner_text("body")
+                assert "Can't connect" not in text
+                assert f"backup {db} " in text  # the backup runs are named after their database
+
+                page.goto(f"{ui}/runs/flow-run/{paused['id']}", timeout=60_000)
+                page.get_by_role("button", name="Resume").first.click(timeout=60_000)
+                heading = page.get_by_text(f"Replace database {db} with backup")
+                heading.first.wait_for(timeout=30_000)
+                form = page.inner_text("body")
+                for expected in ("Target:", "Backup:", "Age:", "Size:", "Verification:", "pre-restore"):
+                    assert expected in form, form[-2000:]
+                # Nothing clipped: no element of the description is wider than what shows it.
+                clipped = page.evaluate("""() => [...document.querySelectorAll('li, td, p')]
+                    .filter(e => e.innerText.includes('backup_') && e.scrollWidth > e.clientWidth + 1)
+                    .map(e => e.innerText)""")
+                assert clipped == []
+            finally:
+                browser.close()
+    finally:
+        api_call(api, "POST", f"/flow_runs/{paused['id']}/resume",
+                 {"run_input": {"confirm": False, "database_name": ""}})
+    refused = final_run(api, paused["id"])
+    assert refused["state"]["type"] == "CANCELLED" and f"database {db} is unchanged" in refused["state"]["message"]

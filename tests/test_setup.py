@@ -113,7 +113,7 @@ def test_setup_from_environment_then_again_changes_nothing(setup_env, pg_env) ->
 def test_missing_required_variable_is_one_clear_line(pg_env, missing) -> None:
     env = {k: v for k, v in pg_env.items() if k != missing}
     result = run_cli("setup", env=env)
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad input
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"pgkeeper: error: missing required environment variable: {missing} "
                      "(see `pgkeeper setup --help`)"]
@@ -121,6 +121,6 @@ def test_missing_required_variable_is_one_clear_line(pg_env, missing) -> None:
 
 def test_mail_alerts_need_their_variables(pg_env) -> None:
     result = run_cli("setup", env={**pg_env, "ENABLE_EMAIL_ALERTS": "true"})
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.strip() == ("pgkeeper: error: missing required environment variables: ALERT_EMAIL, "
                                      "SMTP_HOST (see `pgkeeper setup --help`)")

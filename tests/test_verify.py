@@ -184,13 +184,14 @@ def test_cli_verify_prints_one_line_per_test(env, pg):
     with open(path, "r+b") as f:
         f.truncate(100)
     bad = run_cli("verify", m.backup_id + ".sql.gz", "--no-restore", env=env)
-    assert bad.returncode == 1
+    assert bad.returncode == 5  # integrity
     assert bad.stdout.splitlines()[0].endswith(" FAIL") and m.files[0].name in bad.stdout.splitlines()[0]
     assert bad.stderr.strip().splitlines()[-1].startswith(f"pgkeeper: error: backup {m.backup_id} failed")
     assert env["POSTGRES_PASSWORD"] not in bad.stdout + bad.stderr
 
     unknown = run_cli("verify", "backup_20000101_000000", env=env)
-    assert unknown.returncode == 1
+    assert unknown.returncode == 3  # not found
+    assert "Traceback" not in unknown.stderr + unknown.stdout
     assert unknown.stderr.strip().splitlines()[-1] == (
         f"pgkeeper: error: backup backup_20000101_000000 not found in {env['BACKUP_DIR']}")
 

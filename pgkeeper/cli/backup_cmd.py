@@ -20,11 +20,12 @@ def run(args: argparse.Namespace) -> int:
 
     ensure_api()
     from pgkeeper.flows.backup import backup
-    from pgkeeper.fmt import human_bytes, human_seconds
+    from pgkeeper.fmt import contents, human_bytes, human_seconds
 
     m = backup(**connection_params(args), **repository_params(args), labels=args.label)
     ratio = f", ratio {m.ratio:.1f}x" if m.ratio else ""
-    print(f"backup {m.backup_id} of {m.database}: {human_bytes(m.size)}{ratio}, {len(m.tables)} tables, "
-          f"{sum(m.tables.values())} rows, {human_seconds(m.duration_seconds)}, {m.status}"
+    print(f"backup {m.backup_id} of {m.database}: {human_bytes(m.size)}{ratio}, "
+          f"{contents(len(m.tables), m.objects.get('indexes', 0), sum(m.tables.values()))}, "
+          f"{human_seconds(m.duration_seconds)}, {m.status}"
           + "".join(f"; {line}" for line in m.outcome))
     return 0

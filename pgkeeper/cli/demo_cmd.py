@@ -9,7 +9,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="a throwaway PostgreSQL with a sample CRM, backed up and listed")
     p.add_argument("--scale", type=float, default=2.0, help="size of the sample CRM (1 is about 10 MB)")
     p.add_argument("--stop", action="store_true", help="stop the demo database instead")
-    p.add_argument("--remove", action="store_true", help="with --stop: delete the demo files too")
+    p.add_argument("--remove", action="store_true", default=None,
+                   help="with --stop: delete the demo directory too (default: ask on a terminal)")
+    p.add_argument("--keep", dest="remove", action="store_false", help="with --stop: keep the demo directory")
     p.set_defaults(func=run)
 
 

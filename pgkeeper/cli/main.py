@@ -54,22 +54,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.main(args_list[1:]))
     parser = build_parser()
     args = parser.parse_args(args_list)
-    from pgkeeper.errors import PgkeeperError
+    from pgkeeper.errors import ExitCode, exit_code_for, expected_error
 
+    debug = args.debug or bool(os.environ.get("PGKEEPER_DEBUG"))
     try:
         return int(args.func(args) or 0)
-    except PgkeeperError as exc:
-        print(f"pgkeeper: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("pgkeeper: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     except Exception as exc:
-        if args.debug or os.environ.get("PGKEEPER_DEBUG"):
+        expected = expected_error(exc)  # the error itself, or one it was raised from
+        if expected is not None:
+            print(f"pgkeeper: error: {one_line(str(expected))}", file=sys.stderr)
+            return exit_code_for(expected)
+        if debug:
             raise
-        print(f"pgkeeper: error: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
+        print(f"pgkeeper: error: {type(exc).__name__}: {one_line(str(exc))} (run with --debug for the traceback)",
               file=sys.stderr)
-        return 1
+        return ExitCode.UNEXPECTED
+
+
+def one_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[0] if lines else ""
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def describe_plan(plan) -> str:  # plan: RestorePlan
-    from pgkeeper.fmt import human_bytes, human_seconds
+    from pgkeeper.fmt import contents, human_bytes, human_seconds
 
     now = (f"exists, {human_bytes(plan.target_size)}; it will be kept as {plan.retire_as}"
            if plan.target_exists else "does not exist yet; it will be created")
@@ -46,7 +46,8 @@ def describe_plan(plan) -> str:  # plan: RestorePlan
         f"  target:   {plan.target} ({now})",
         f"  backup:   {plan.backup_id} of {plan.backup_database}, from {plan.source} ({plan.location})",
         f"  age:      {human_seconds(plan.age_seconds)}, finished {plan.finished_at:%Y-%m-%d %H:%M:%S} UTC",
-        f"  size:     {human_bytes(plan.size)} stored, {len(plan.tables)} tables, {sum(plan.tables.values())} rows",
+        f"  size:     {human_bytes(plan.size)} stored, "
+        f"{contents(len(plan.tables), plan.objects.get('indexes', 0), sum(plan.tables.values()))}",
         f"  status:   {plan.status}",
         *([f"  roles:    {', '.join(plan.roles_to_create)} will be created from the backup"]
           if plan.roles_to_create else []),
@@ -73,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
 
     ensure_api()
     from pgkeeper.config import load_connection, load_repository
+    from pgkeeper.errors import ExitCode
     from pgkeeper.flows.restore import restore
-    from pgkeeper.fmt import human_seconds
+    from pgkeeper.fmt import contents, human_seconds
     from pgkeeper.tasks.restore_steps import plan_restore
 
     if args.into and args.target:
@@ -91,15 +93,16 @@ def run(args: argparse.Namespace) -> int:
     # Resolved here so that what was confirmed is what runs, even if a new backup lands meanwhile.
     plan = plan_restore(conn, repo, args.backup, source, mode, target, args.keep_ownership, args.create_roles)
     if mode == "replace" and not args.yes and not ask(plan):
-        return 1
+        return ExitCode.NOT_CONFIRMED
     print(f"restoring {plan.backup_id} (database {plan.backup_database}, from {plan.source}) into {plan.target}")
     report = restore(backup=plan.backup_id, mode=mode, target=plan.target, source=source, confirmed=True,
                      safety_backup=not args.no_safety_backup, keep_old=not args.drop_old,
                      keep_old_hours=args.keep_old_hours, keep_ownership=args.keep_ownership,
                      create_roles=args.create_roles, jobs=args.jobs,
                      **conn_params, **repo_params)
-    print(f"restored {report.backup_id} into {report.target}: {len(report.tables)} tables, "
-          f"{sum(report.tables.values())} rows, checked against the manifest; RTO {human_seconds(report.rto_seconds)}")
+    print(f"restored {report.backup_id} into {report.target}: "
+          f"{contents(len(report.tables), report.objects.get('indexes', 0), sum(report.tables.values()))}, "
+          f"content proven against the backup; RTO {human_seconds(report.rto_seconds)}")
     if report.safety_backup_id:
         print(f"safety backup of the replaced database: {report.safety_backup_id}")
     if report.old_copy and report.old_copy_keep_until:

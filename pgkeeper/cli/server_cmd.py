@@ -16,7 +16,7 @@ def run(args: argparse.Namespace) -> int:
 
     url = ls.local_api_url()
     if args.action == "start":
-        ls.start_local_server()
+        ls.start_local_server(announce=True)
         print(f"local Prefect server running: UI at {url[:-4]}")
     elif args.action == "stop":
         print("local Prefect server stopped" if ls.stop_local_server() else "no local Prefect server was running")

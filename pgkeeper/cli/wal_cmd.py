@@ -52,13 +52,17 @@ def run_setup(args: argparse.Namespace) -> int:
     ensure_api(announce=False)
     from pgkeeper.config import load_connection, load_repository
     from pgkeeper.wal import config as walconfig
-    from pgkeeper.wal.setup import archive_settings, config_from_repository, write_config
+    from pgkeeper.wal.setup import archive_settings, config_from_repository, provide_runtime, write_config
 
     cp, rp = connection_params(args), repository_params(args)
     conn = load_connection(cp.pop("connection_block"), **cp)
     repo = load_repository(rp["repository_block"], path=rp["backup_dir"])
     cfg_path = walconfig.config_path(args.wal_config)
     cfg = config_from_repository(repo)
+    if args.apply:
+        runtime = provide_runtime()
+        if runtime is not None:
+            print(f"the WAL commands run from {runtime} (a copy the server's OS user can read)")
     wanted = archive_settings(cfg_path, args.archive_timeout)
     with conn.connect(autocommit=True) as c:
         current = {k: c.execute("SELECT current_setting(%s)", (k,)).fetchone()[0] for k in wanted}  # type: ignore[index]

@@ -24,7 +24,10 @@ FAILURE_EVENTS = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefec
 # notify() reads this line to look up which step failed; see blocks/notify.py.
 RUN_ID_LINE = "Flow run id: "
 
-FAILURE_SUBJECT = "[pgkeeper] {{ flow.name }} run {{ flow_run.name }} {{ flow_run.state.name }}"
+# pgkeeper's own runs are named "backup crm 2026-11-30" (the database in every subject); others
+# keep Prefect's random names, so the flow's name goes in front of those.
+FAILURE_SUBJECT = ("[pgkeeper] {% if flow_run.name.startswith(flow.name ~ ' ') %}{{ flow_run.name }}"
+                   "{% else %}{{ flow.name }} run {{ flow_run.name }}{% endif %} {{ flow_run.state.name }}")
 FAILURE_BODY = """\
 The pgkeeper flow {{ flow.name }} (run {{ flow_run.name }}{% if deployment %}, deployment \
 {{ deployment.name }}{% endif %}) ended {{ flow_run.state.name }}.

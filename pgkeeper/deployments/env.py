@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from pydantic import SecretStr
 
-from pgkeeper.errors import PgkeeperError
+from pgkeeper.errors import ExitCode, PgkeeperError
 
 REQUIRED = ("POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD", "BACKUP_DIR")
 REQUIRED_FOR_MAIL = ("ALERT_EMAIL", "SMTP_HOST")
@@ -24,6 +24,8 @@ SMTP_TYPE_BY_PORT = {465: "SSL", 587: "STARTTLS"}
 
 class SetupError(PgkeeperError):
     """The environment does not describe a usable set-up."""
+
+    exit_code = ExitCode.BAD_INPUT
 
 
 def enabled(env: Mapping[str, str], name: str) -> bool:

@@ -1,1 +1,6 @@
 """One module per user-facing flow. Orchestration only: which tasks, in what order."""
+
+from pgkeeper import runlog
+
+# Every process that runs a flow (the CLI, a worker's run process) imports this package first.
+runlog.install()

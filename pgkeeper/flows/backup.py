@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from prefect import flow
+from prefect.states import State
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.deployments.limits import backup_slot
 from pgkeeper.flows.retention import after_backup
+from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import Manifest
+from pgkeeper.runinfo import KIND_PRE_RESTORE, completed, database_tag, describe_run, name_from_parameters, today
 from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.dump import dump_database
 from pgkeeper.tasks.notify import mail_backup_success
@@ -17,7 +20,8 @@ from pgkeeper.tasks.store import abandon_backup, begin_backup, write_manifest
 from pgkeeper.tasks.verify import quick_verify
 
 
-@flow(name="backup", log_prints=True, on_failure=[report_failure])  # Sentry, when configured
+@flow(name="backup", log_prints=True, on_failure=[report_failure],  # Sentry, when configured
+      flow_run_name=name_from_parameters("backup", "database", "connection_block"))
 def backup(
     database: str | None = None,
     connection_block: str | None = DEFAULT_CONNECTION_BLOCK,
@@ -27,7 +31,7 @@ def backup(
     user: str | None = None,
     backup_dir: str | None = None,
     labels: list[str] | None = None,
-) -> Manifest:
+) -> Manifest | State:
     """Back up one database into the repository and prove the file reads back.
 
     Settings come from the named blocks, else (or with no block name) from the old scripts'
@@ -35,6 +39,9 @@ def backup(
     """
     conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
     repo = load_repository(repository_block, path=backup_dir)
+    kind = KIND_PRE_RESTORE if KIND_PRE_RESTORE in (labels or []) else "backup"
+    describe_run(f"backup {conn.database} {today()}" + (f" ({kind})" if kind != "backup" else ""),
+                 [database_tag(conn.database), kind])
 
     with backup_slot(conn.database):  # never two backups of one database at once
         info = preflight(conn, repo)
@@ -49,4 +56,12 @@ def backup(
     report_backup(manifest, repo.local().describe(), info.warnings)
     manifest.outcome = after_backup(repo, backup_id)  # offsite upload → retention → garbage collection
     mail_backup_success(manifest, repo, info.warnings)  # only when mail is configured
-    return manifest
+    return completed(manifest, result_line(manifest))
+
+
+def result_line(m: Manifest) -> str:
+    """The run's final message: what a person checks first."""
+    ratio = f", ratio {m.ratio:.1f}x" if m.ratio else ""
+    return (f"{m.backup_id} of {m.database}: {human_bytes(m.size)}{ratio}, "
+            f"{contents(len(m.tables), m.objects.get('indexes', 0), sum(m.tables.values()))}, "
+            f"{human_seconds(m.duration_seconds)}, {m.status}")

@@ -16,6 +16,9 @@ from prefect.states import Cancelled, State
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.flows.backup import backup as backup_flow
+from pgkeeper.runinfo import completed, database_tag, describe_run, name_from_parameters
+from pgkeeper.tasks.confirm import leave_expired_pause
+from pgkeeper.tasks.notify import mail_restore_done, mail_restore_not_confirmed
 from pgkeeper.tasks.restore_steps import (
     RestoreFailed,
     RestoreReport,
@@ -39,7 +42,8 @@ from pgkeeper.tasks.swap import check_swapped, drop_database_task, expire_old_co
 CONFIRM_POLL_SECONDS = 2
 
 
-@flow(name="restore", log_prints=True)
+@flow(name="restore", log_prints=True,
+      flow_run_name=name_from_parameters("restore", "target", "database", "backup"))
 def restore(
     backup: str = "latest",
     mode: Literal["replace", "new"] = "replace",
@@ -104,6 +108,7 @@ def restore(
 
     expire_old_copies(conn)
     plan = resolve_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles)
+    describe_run(f"restore {plan.target} ← {plan.backup_id}", [database_tag(plan.target), "restore"])
     # From here on every failure ends with one line saying what state the target is in.
     work_file = None
     shadow_started = False
@@ -120,16 +125,17 @@ def restore(
                 answer = pause_flow_run(wait_for_input=form, timeout=confirm_timeout_seconds,
                                         poll_interval=CONFIRM_POLL_SECONDS)
             except FlowPauseTimeout:
-                # Prefect's API marks a run whose pause expired as failed ("never resumed"),
-                # whatever state we propose; this line in the run's log says what it means.
                 message = (f"no confirmation within {confirm_timeout_seconds} s: restore cancelled, "
                            f"{unchanged_line(plan)}")
+                leave_expired_pause(message)  # else the API turns the expired pause into Failed
                 logger.warning(message)
+                mail_restore_not_confirmed(plan.target, message)
                 return Cancelled(message=message)
             waited = time.monotonic() - asked
             reason = refusal(plan, answer.confirm, answer.database_name)
             if reason:
                 logger.warning(reason)
+                mail_restore_not_confirmed(plan.target, reason)
                 return Cancelled(message=reason)
 
         with restore_slot(plan.target):
@@ -177,7 +183,18 @@ def restore(
         old_copy_keep_until=keep_until, safety_backup_id=safety_id,
     )
     report_restore(report)
-    return report
+    mail_restore_done(report)  # only when mail is configured
+    return completed(report, restored_line(report))
+
+
+def restored_line(r: RestoreReport) -> str:
+    """The run's final message."""
+    from pgkeeper.fmt import contents, human_seconds
+
+    old = f"; previous database kept as {r.old_copy}" if r.old_copy else ""
+    return (f"restored {r.backup_id} into {r.target}: "
+            f"{contents(len(r.tables), r.objects.get('indexes', 0), sum(r.tables.values()))}, "
+            f"RTO {human_seconds(r.rto_seconds)}{old}")
 
 
 def _drop_quietly(conn, name: str) -> bool:  # conn: PostgresConnection

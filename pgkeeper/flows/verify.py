@@ -11,11 +11,13 @@ from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from pgkeeper.anomaly import DEFAULT_THRESHOLD
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.names import LATEST, parse_backup_ref
+from pgkeeper.runinfo import completed, database_tag, describe_run, name_from_parameters
 from pgkeeper.tasks.drill import (
     drop_scratch_after_run,
     restore_drill,
@@ -44,7 +46,8 @@ T = TypeVar("T")
 
 
 @flow(name="verify", log_prints=True, on_crashed=[drop_scratch_after_run],
-      on_cancellation=[drop_scratch_after_run])
+      on_cancellation=[drop_scratch_after_run],
+      flow_run_name=name_from_parameters("verify", "database", "backup"))
 def verify(
     backup: str = "latest",
     database: str | None = None,
@@ -63,7 +66,7 @@ def verify(
     history: int = 10,
     work_dir: str | None = None,
     restore_timeout_seconds: float = 6 * 3600,
-) -> VerifyReport:
+) -> VerifyReport | State:
     """Prove a backup ('latest', an id, or an old file name) by restoring it into a scratch database.
 
     The scratch database lives on the backed-up database's server unless
@@ -77,6 +80,7 @@ def verify(
         database = load_connection(connection_block, host=host, port=port, user=user).database
     catalog = resolve_for_verify(repo, source, backup, database)
     target = catalog.target
+    describe_run(f"verify {target.database} {target.backup_id}", [database_tag(target.database), "verify"])
     log.info("verifying %s of %s from %s", target.backup_id, target.database, source)
     checks: list[CheckResult] = []
 
@@ -137,10 +141,10 @@ def verify(
         updated = record_verification(repo, source, report)
     recent = [updated if m.backup_id == updated.backup_id else m for m in catalog.backups][-history:]
     report_verification(report, recent)
-    (log.info if report.ok else log.error)(report.lines()[-1])
     if not report.ok:
+        log.error(report.lines()[-1])
         failed = [c.title for c in report.checks if c.status == "FAIL"]
         verdict = "could not be verified" if report.inconclusive else "failed verification"
         raise VerificationFailed(f"backup {report.backup_id} {verdict}: " + "; ".join(failed),
                                  report=report)
-    return report
+    return completed(report, f"{report.backup_id} of {report.database}: {report.lines()[-1]}")

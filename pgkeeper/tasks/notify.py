@@ -1,4 +1,4 @@
-"""Mail from inside a run: the success mail after a backup.
+"""Mail from inside a run: the success mail after a backup, the restore's outcome.
 
 Failure and warning mail do not come from here: Prefect automations send them (see
 pgkeeper/deployments/automations.py), so they also go out when a run's process is killed.
@@ -13,11 +13,12 @@ from prefect.cache_policies import NO_CACHE
 
 from pgkeeper.blocks.notify import MailNotification
 from pgkeeper.catalog import list_backups
-from pgkeeper.fmt import human_bytes, human_seconds
+from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import Manifest
 from pgkeeper.tasks.policy import RETRYABLE
 
 DEFAULT_NOTIFICATION_BLOCK = "pgkeeper-mail"
+PRE_RESTORE_LABEL = "pre-restore"
 
 
 def load_notification(block_name: str | None = DEFAULT_NOTIFICATION_BLOCK) -> MailNotification | None:
@@ -53,14 +54,21 @@ def success_mail(m: Manifest, location: str, warnings: list[str], drill: tuple[s
     verification = m.status + (" (" + ", ".join(f"{k}: {v}" for k, v in checks.items()) + ")" if checks else "")
     rto = (f"{human_seconds(drill[1])} (restore drill of {drill[0]})" if drill
            else "not measured yet: no restore drill has passed for this database")
-    subject = f"backup of {m.database} OK: {m.backup_id}, {human_bytes(m.size)}"
+    if PRE_RESTORE_LABEL in m.labels:
+        # Taken by a restore just before it replaced the database: not the nightly backup.
+        subject = f"safety backup (pre-restore) of {m.database} OK: {m.backup_id}, {human_bytes(m.size)}"
+        first = (f"Safety backup {m.backup_id} of database {m.database} completed, taken before a restore "
+                 "replaces the database (label pre-restore; `latest` never picks it).")
+    else:
+        subject = f"backup of {m.database} OK: {m.backup_id}, {human_bytes(m.size)}"
+        first = f"Backup {m.backup_id} of database {m.database} completed."
     lines = [
-        f"Backup {m.backup_id} of database {m.database} completed.",
+        first,
         "",
         f"Size:          {human_bytes(m.size)} (raw dump {human_bytes(m.raw_size)})",
         f"Ratio:         {ratio} ({m.compression})",
         f"Duration:      {human_seconds(m.duration_seconds)}",
-        f"Tables:        {len(m.tables)} tables, {sum(m.tables.values())} rows",
+        f"Tables:        {contents(len(m.tables), m.objects.get('indexes', 0), sum(m.tables.values()))}",
         f"Verification:  {verification}",
         f"RTO:           {rto}",
         f"Location:      {location}",
@@ -91,3 +99,52 @@ def mail_backup_success(manifest: Manifest, repo, warnings: list[str]) -> None: 
     except Exception as exc:
         # The backup is good; a mail server outage must not turn it into a failure alert.
         get_run_logger().warning("could not send the success mail: %s", type(exc).__name__)
+
+
+def restore_done_mail(r, url: str | None) -> tuple[str, str]:  # r: RestoreReport
+    """(subject, body) of the mail a completed restore sends."""
+    if r.old_copy and r.old_copy_keep_until:
+        old = f"{r.old_copy} (kept until {r.old_copy_keep_until:%Y-%m-%d %H:%M} UTC)"
+    elif r.old_copy:
+        old = r.old_copy
+    else:
+        old = "none kept"
+    subject = f"restore of {r.target} OK: {r.backup_id}, RTO {human_seconds(r.rto_seconds)}"
+    lines = [
+        f"Database {r.target} was restored from backup {r.backup_id} ({r.source}).",
+        "",
+        f"Mode:           {'replaced the existing database' if r.mode == 'replace' else 'new database'}",
+        f"Tables:         {contents(len(r.tables), r.objects.get('indexes', 0), sum(r.tables.values()))}; "
+        "counts, schema, grants, data and properties equal the backup",
+        f"RTO:            {human_seconds(r.rto_seconds)} (pg_restore {human_seconds(r.restore_seconds)}; "
+        f"waiting for confirmation not counted)",
+        f"Previous copy:  {old}",
+        f"Safety backup:  {r.safety_backup_id or 'none'}",
+        f"Sessions ended: {r.terminated_sessions}",
+    ]
+    if url:
+        lines += ["", f"Run: {url}"]
+    return subject, "\n".join(lines) + "\n"
+
+
+def _send_quietly(subject: str, body: str, what: str) -> None:
+    notification = load_notification()
+    if notification is None:
+        return
+    try:
+        send_mail(notification, subject, body)
+    except Exception as exc:
+        # The outcome stands; a mail server outage must not turn it into a failure.
+        get_run_logger().warning("could not send the %s mail: %s", what, type(exc).__name__)
+
+
+def mail_restore_done(report) -> None:  # noqa: ANN001 (RestoreReport)
+    """The restore-completed mail, when notifications are configured."""
+    _send_quietly(*restore_done_mail(report, run_url()), "restore-completed")
+
+
+def mail_restore_not_confirmed(target: str, line: str) -> None:
+    """A restore that was refused or never confirmed: a notice, not a failure (nothing changed)."""
+    url = run_url()
+    body = f"{line}\n" + (f"\nRun: {url}\n" if url else "")
+    _send_quietly(f"restore of {target} not confirmed: nothing changed", body, "restore-not-confirmed")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from pgkeeper.fmt import contents, human_bytes, human_seconds
@@ -22,16 +21,14 @@ def backup_summary_markdown(m: Manifest, location: str, warnings: list[str]) -> 
     lines = [
         f"# Backup {m.backup_id} of `{m.database}`",
         "",
-        "| | |",
-        "|---|---|",
-        f"| Database | `{m.database}` (PostgreSQL {m.server_version}, {human_bytes(m.database_size)}) |",
-        f"| Backup id | `{m.backup_id}` |",
-        f"| Location | `{location}` |",
-        f"| Size | {human_bytes(m.size)} (raw dump {human_bytes(m.raw_size)}, ratio {ratio}, {m.compression}) |",
-        f"| Duration | {human_seconds(m.duration_seconds)} |",
-        f"| Tables | {contents(len(m.tables), m.objects.get('indexes', 0), rows)} |",
-        f"| Checksum | sha256 `{m.dump_file.sha256}` |",
-        f"| Status | {m.status} |",
+        f"- **Database**: `{m.database}` (PostgreSQL {m.server_version}, {human_bytes(m.database_size)})",
+        f"- **Backup id**: `{m.backup_id}`",
+        f"- **Location**: `{location}`",
+        f"- **Size**: {human_bytes(m.size)} (raw dump {human_bytes(m.raw_size)}, ratio {ratio}, {m.compression})",
+        f"- **Duration**: {human_seconds(m.duration_seconds)}",
+        f"- **Tables**: {contents(len(m.tables), m.objects.get('indexes', 0), rows)}",
+        f"- **Checksum**: sha256 `{m.dump_file.sha256}`",
+        f"- **Status**: {m.status}",
     ]
     if warnings:
         lines += ["", "**Warnings**", ""] + [f"- {w}" for w in warnings]
@@ -39,9 +36,12 @@ def backup_summary_markdown(m: Manifest, location: str, warnings: list[str]) -> 
     return "\n".join(lines)
 
 
-@task(name="report-backup")
 def report_backup(manifest: Manifest, location: str, warnings: list[str]) -> str:
-    """The run's summary artifact: database, id, size, ratio, duration, tables, checksum."""
+    """The run's summary artifact: database, id, size, ratio, duration, tables, checksum.
+
+    Called in the flow itself, not as a task: the artifact then belongs to the flow run
+    (the UI's Artifacts tab of the run shows it, instead of "Flow run: None").
+    """
     create_markdown_artifact(
         backup_summary_markdown(manifest, location, warnings),
         key=artifact_key("backup", manifest.database),

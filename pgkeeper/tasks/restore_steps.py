@@ -377,15 +377,13 @@ def confirmation_description(plan: RestorePlan, toc: dict[str, int], safety_back
     lines = [
         f"# Replace database `{plan.target}` with backup `{plan.backup_id}`?",
         "",
-        "| | |",
-        "|---|---|",
-        f"| Target | `{plan.target}` ({target_now}) |",
-        f"| Backup | `{plan.backup_id}` of `{plan.backup_database}`, from {plan.source} (`{plan.location}`) |",
-        f"| Age | {human_seconds(plan.age_seconds)} (finished {plan.finished_at:%Y-%m-%d %H:%M:%S} UTC) |",
-        f"| Size | {human_bytes(plan.size)} stored, {human_bytes(plan.raw_size)} dump |",
-        f"| Contents | {contents(len(plan.tables), plan.objects.get('indexes', 0), rows)} |",
-        f"| Verification | {plan.status}; checksum and table of contents checked now "
-        f"({toc.get('TABLE DATA', 0)} tables readable) |",
+        f"- **Target**: `{plan.target}` ({target_now})",
+        f"- **Backup**: `{plan.backup_id}` of `{plan.backup_database}`, from {plan.source} (`{plan.location}`)",
+        f"- **Age**: {human_seconds(plan.age_seconds)} (finished {plan.finished_at:%Y-%m-%d %H:%M:%S} UTC)",
+        f"- **Size**: {human_bytes(plan.size)} stored, {human_bytes(plan.raw_size)} dump",
+        f"- **Contents**: {contents(len(plan.tables), plan.objects.get('indexes', 0), rows)}",
+        f"- **Verification**: {plan.status}; checksum and table of contents checked now "
+        f"({toc.get('TABLE DATA', 0)} tables readable)",
         "",
         "What happens when you confirm:",
         "",
@@ -415,10 +413,10 @@ def confirmation_form(plan: RestorePlan, toc: dict[str, int], safety_backup: boo
 def refusal(plan: RestorePlan, confirm: bool, typed: str) -> str | None:
     """Why a submitted form does not allow the restore, or None when it does."""
     if not confirm:
-        return f"restore of {plan.backup_id} into {plan.target} was not confirmed: nothing was changed"
+        return f"restore of {plan.backup_id} into {plan.target} was not confirmed: {unchanged_line(plan)}"
     if typed.strip() != plan.target:
         return (f"the name typed ({typed.strip()!r}) is not the target database {plan.target!r}: "
-                "restore refused, nothing was changed")
+                f"restore refused, {unchanged_line(plan)}")
     return None
 
 
@@ -429,17 +427,15 @@ def summary_markdown(r: RestoreReport) -> str:
     lines = [
         f"# Restore of `{r.target}` from `{r.backup_id}`",
         "",
-        "| | |",
-        "|---|---|",
-        f"| Backup | `{r.backup_id}` ({r.source}) |",
-        f"| Target | `{r.target}` ({'replaced' if r.mode == 'replace' else 'new database'}) |",
-        f"| Duration (RTO) | {human_seconds(r.rto_seconds)} (pg_restore {human_seconds(r.restore_seconds)}; "
-        f"waiting for confirmation not counted: {human_seconds(r.waited_seconds)}) |",
-        f"| Tables | {contents(len(r.tables), r.objects.get('indexes', 0), rows)}; "
-        "counts equal the manifest |",
-        f"| Sessions ended | {r.terminated_sessions} |",
-        f"| Previous database | {old} |",
-        f"| Safety backup | {f'`{r.safety_backup_id}`' if r.safety_backup_id else 'none'} |",
+        f"- **Backup**: `{r.backup_id}` ({r.source})",
+        f"- **Target**: `{r.target}` ({'replaced' if r.mode == 'replace' else 'new database'})",
+        f"- **Duration (RTO)**: {human_seconds(r.rto_seconds)} (pg_restore {human_seconds(r.restore_seconds)}; "
+        f"waiting for confirmation not counted: {human_seconds(r.waited_seconds)})",
+        f"- **Tables**: {contents(len(r.tables), r.objects.get('indexes', 0), rows)}; "
+        "counts, schema, grants, data and properties equal the backup",
+        f"- **Sessions ended**: {r.terminated_sessions}",
+        f"- **Previous database**: {old}",
+        f"- **Safety backup**: {f'`{r.safety_backup_id}`' if r.safety_backup_id else 'none'}",
         "",
         "| Table | Rows |",
         "|---|---:|",
@@ -448,9 +444,9 @@ def summary_markdown(r: RestoreReport) -> str:
     return "\n".join(lines)
 
 
-@task(name="report-restore")
 def report_restore(report: RestoreReport) -> str:
-    """The run's summary artifact: backup, target, tables and rows, RTO, where the old copy is."""
+    """The run's summary artifact: backup, target, tables and rows, RTO, where the old copy is.
+    Not a task: called in the flow, the artifact belongs to the flow run."""
     create_markdown_artifact(summary_markdown(report), key=artifact_key("restore", report.target),
                              description=f"Restore of {report.target} from {report.backup_id}")
     return report.target

@@ -22,7 +22,7 @@ from pgkeeper import anomaly, pgtools
 from pgkeeper.alerts import warn
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups, resolve_backup
-from pgkeeper.errors import ConnectionFailed, IntegrityError, PgkeeperError, RepositoryError
+from pgkeeper.errors import ConnectionFailed, ExitCode, IntegrityError, PgkeeperError, RepositoryError
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import Manifest
 from pgkeeper.pgdb import count_differences
@@ -116,6 +116,8 @@ class VerifyReport(BaseModel):
 
 class VerificationFailed(PgkeeperError):
     """A check failed; `report` holds every check's line."""
+
+    exit_code = ExitCode.INTEGRITY
 
     def __init__(self, message: str, report: VerifyReport | None = None) -> None:
         super().__init__(message)

@@ -73,9 +73,9 @@ def history_rows(backups: list[Manifest]) -> list[dict[str, str]]:
     } for m in reversed(backups)]
 
 
-@task(name="report-verification", cache_policy=NO_CACHE)
 def report_verification(report: VerifyReport, history: list[Manifest]) -> None:
-    """Two artifacts: this run's checks, and the database's recent backups (size, rows, RTO)."""
+    """Two artifacts: this run's checks, and the database's recent backups (size, rows, RTO).
+    Not a task: called in the flow, the artifacts belong to the flow run."""
     create_table_artifact(
         [{"test": str(c.number), "check": c.title, "result": c.status} for c in report.checks],
         key=artifact_key("verify", report.database),

@@ -45,16 +45,25 @@ def pgkeeper_command(user: str = SERVER_USER) -> str:
         return shlex.quote(str(script))
     package_root = str(Path(pgkeeper.__file__).resolve().parent.parent)
     site = sysconfig.get_paths()["purelib"]
+    from pgkeeper.wal.runtime import installed_runtime
+
+    # pgkeeper where it is installed, else the copy `wal-setup --apply` made (pgkeeper.wal.runtime).
+    paths = [f"{package_root}:{site}"] + [str(r) for r in [installed_runtime()] if r]
+    for python in system_pythons():
+        for path in paths:
+            # -S: PYTHONPATH already holds everything; the system's .pth files only cost start-up time.
+            argv = ["env", f"PYTHONPATH={path}", python, "-S", "-m", "pgkeeper.cli.main"]
+            if _runs_as(user, [*argv, *probe]):
+                return " ".join(shlex.quote(a) for a in argv)
+    raise PgkeeperError(f"the {user} OS user cannot run pgkeeper ({script}): run `pgkeeper wal-setup --apply` "
+                        "as root (it installs a copy that user can run)" if system_pythons() else
+                        f"the {user} OS user cannot run pgkeeper ({script}) and there is no system "
+                        f"python{sys.version_info.major}.{sys.version_info.minor}: install one")
+
+
+def system_pythons() -> list[str]:
     version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for python in (f"/usr/bin/{version}", f"/usr/local/bin/{version}", "/usr/bin/python3"):
-        if not Path(python).exists():
-            continue
-        # -S: PYTHONPATH already holds everything; the system's .pth files only cost start-up time.
-        argv = ["env", f"PYTHONPATH={package_root}:{site}", python, "-S", "-m", "pgkeeper.cli.main"]
-        if _runs_as(user, [*argv, *probe]):
-            return " ".join(shlex.quote(a) for a in argv)
-    raise PgkeeperError(f"the {user} OS user cannot run pgkeeper ({script}): install pgkeeper "
-                       "where that user can read and execute it")
+    return [p for p in (f"/usr/bin/{version}", f"/usr/local/bin/{version}", "/usr/bin/python3") if Path(p).exists()]
 
 
 def archive_command(config_path: Path | str, user: str = SERVER_USER) -> str:

@@ -75,3 +75,23 @@ def config_from_repository(repo: Any, previous: walconfig.WalConfig | None = Non
         compression_level=previous.compression_level if previous else walconfig.DEFAULT_LEVEL,
         keep_local_seconds=previous.keep_local_seconds if previous else 0.0,
         push_ahead=previous.push_ahead if previous else walconfig.DEFAULT_PUSH_AHEAD)
+
+
+def provide_runtime(user: str = SERVER_USER) -> Path | None:
+    """When `user` cannot run this pgkeeper, install a copy it can (pgkeeper.wal.runtime); its path.
+
+    Only as root (otherwise the server runs as us and can run what we run).
+    """
+    from pgkeeper.wal.command import pgkeeper_command
+    from pgkeeper.wal.runtime import install_runtime
+
+    if server_ids(user) is None:
+        return None
+    try:
+        pgkeeper_command(user)
+        return None
+    except PgkeeperError:
+        path = install_runtime()
+        pgkeeper_command.cache_clear()
+        pgkeeper_command(user)  # raises the one-line reason if even the copy cannot run
+        return path

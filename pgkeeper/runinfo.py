@@ -1,0 +1,70 @@
+"""What a flow run says about itself in the runs list: its name, its tags, its final line.
+
+Prefect names runs "backup calm-ibis" unless told otherwise. A run is first named from its
+parameters (`flow_run_name`), then renamed once the flow knows what it works on (the
+database behind a connection block, the backup `latest` resolved to), and tagged with the
+database and the kind of run. Its final state carries the one-line result, so the runs
+list tells the story without a click.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+KIND_PRE_RESTORE = "pre-restore"
+
+
+def today() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d")
+
+
+def database_tag(database: str) -> str:
+    return f"db:{database}"
+
+
+def name_from_parameters(kind: str, *keys: str) -> Callable[[], str]:
+    """A `flow_run_name` callable: `kind` and the first of `keys` given in the run's parameters."""
+
+    def name() -> str:
+        from prefect.runtime import flow_run
+
+        params: dict[str, Any] = dict(flow_run.parameters or {})
+        subject = next((str(params[k]) for k in keys if params.get(k)), "")
+        labels = params.get("labels") or []
+        extra = f" ({KIND_PRE_RESTORE})" if KIND_PRE_RESTORE in labels else ""
+        return " ".join(p for p in (kind, subject, today()) if p) + extra
+
+    return name
+
+
+def describe_run(name: str, tags: Iterable[str]) -> None:
+    """Rename the current flow run and add `tags` to the ones it has (a deployment's stay).
+
+    Best effort: a run that cannot be renamed still does its work.
+    """
+    from prefect import get_run_logger
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    try:
+        with get_client(sync_client=True) as client:
+            current = client.read_flow_run(ctx.flow_run.id)
+            merged = list(dict.fromkeys([*current.tags, *tags]))
+            client.update_flow_run(ctx.flow_run.id, name=name, tags=merged)
+        ctx.flow_run.name, ctx.flow_run.tags = name, merged
+    except Exception as exc:  # the API being busy must not fail a backup
+        get_run_logger().debug("could not rename the run: %s", exc)
+
+
+def completed(result: Any, line: str):  # -> State
+    """The final state: Completed, with `line` as its message (shown in the runs list) and in the log."""
+    from prefect import get_run_logger
+    from prefect.states import Completed
+
+    get_run_logger().info(line)
+    return Completed(message=line, data=result)
