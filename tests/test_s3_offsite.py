@@ -71,6 +71,7 @@ def test_backup_goes_up_is_listed_from_the_bucket_alone_and_restores(pg, crm_db,
 
     stored = keys(s3_endpoint, s3_bucket, "nightly/crm/")
     assert stored == [f"nightly/crm/backups/{backup_id}/{crm_db}.dump.zst",
+                      f"nightly/crm/backups/{backup_id}/globals.json.zst",
                       f"nightly/crm/backups/{backup_id}/manifest.json"]
     for key in stored:  # server-side encryption on every object
         assert direct(s3_endpoint).head_object(Bucket=s3_bucket, Key=key)["ServerSideEncryption"] == "AES256"

@@ -215,7 +215,7 @@ def resolve_restore(conn: PostgresConnection, repo: BackupRepository, backup: st
 
 
 @contextmanager
-def restore_slot(target: str, wait_seconds: float = 30) -> Iterator[None]:
+def restore_slot(target: str, wait_seconds: float = 15) -> Iterator[None]:
     """Never two restores into one database at once (a Prefect global concurrency limit, so it
     holds across processes and workers). A second restore fails fast instead of queueing."""
     from pgkeeper.deployments.limits import limit_name, one_at_a_time
