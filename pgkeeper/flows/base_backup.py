@@ -7,6 +7,7 @@ from prefect import flow
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.manifest import Manifest
+from pgkeeper.runinfo import name_from_parameters
 from pgkeeper.tasks.basebackup import (
     check_wal_archived,
     physical_preflight,
@@ -19,7 +20,8 @@ from pgkeeper.tasks.basebackup import (
 from pgkeeper.tasks.store import abandon_backup, begin_backup
 
 
-@flow(name="base-backup", log_prints=True)
+@flow(name="base-backup", log_prints=True,
+      flow_run_name=name_from_parameters("base-backup", "database", "connection_block"))
 def base_backup(
     database: str | None = None,
     connection_block: str = DEFAULT_CONNECTION_BLOCK,

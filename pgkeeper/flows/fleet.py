@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.fmt import human_bytes, human_seconds
+from pgkeeper.runinfo import name_from_parameters
 from pgkeeper.sentry import report_failure
 
 
@@ -61,7 +62,7 @@ def report_fleet(results: list[FleetResult]) -> None:
                           description=f"{len(results) - failed} of {len(results)} databases backed up")
 
 
-@flow(name="fleet", log_prints=True, on_failure=[report_failure])
+@flow(name="fleet", log_prints=True, on_failure=[report_failure], flow_run_name=name_from_parameters("fleet"))
 def fleet(
     connection_blocks: list[str] | None = None,
     repository_block: str = DEFAULT_REPOSITORY_BLOCK,

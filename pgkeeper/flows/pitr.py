@@ -11,6 +11,7 @@ import time
 from prefect import flow
 
 from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
+from pgkeeper.runinfo import name_from_parameters
 from pgkeeper.tasks.recovery import (
     RecoveryResult,
     archive_cluster,
@@ -27,7 +28,8 @@ from pgkeeper.wal.config import load as load_wal_config
 from pgkeeper.wal.setup import config_from_repository
 
 
-@flow(name="pitr", log_prints=True)
+@flow(name="pitr", log_prints=True,
+      flow_run_name=name_from_parameters("pitr", "target_time", "target_lsn", "target_name"))
 def pitr(
     data_dir: str,
     port: int = 5439,

@@ -12,6 +12,7 @@ from pgkeeper.alerts import warn
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
 from pgkeeper.errors import PgkeeperError
+from pgkeeper.runinfo import name_from_parameters
 from pgkeeper.tasks.offsite import backups_missing_offsite, collect_garbage, upload_backup
 from pgkeeper.tasks.retention import RetentionReport, apply_retention
 from pgkeeper.tasks.wal_ship import expire_archived_wal
@@ -56,7 +57,8 @@ def upload_missing(repo: BackupRepository) -> list[str]:
     return done
 
 
-@flow(name="retention", log_prints=True)
+@flow(name="retention", log_prints=True,
+      flow_run_name=name_from_parameters("retention", "backup_dir", "repository_block"))
 def retention(
     repository_block: str = DEFAULT_REPOSITORY_BLOCK,
     backup_dir: str | None = None,

@@ -5,12 +5,13 @@ from __future__ import annotations
 from prefect import flow
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
+from pgkeeper.runinfo import name_from_parameters
 from pgkeeper.tasks.basebackup import wal_settings
 from pgkeeper.tasks.wal_continuity import check_continuity
 from pgkeeper.tasks.wal_ship import ArchiverStatus, check_archiver, read_archiver, report_archive, ship_spool
 
 
-@flow(name="wal-ship", log_prints=True)
+@flow(name="wal-ship", log_prints=True, flow_run_name=name_from_parameters("wal-ship", "database", "connection_block"))
 def wal_ship(
     connection_block: str = DEFAULT_CONNECTION_BLOCK,
     repository_block: str = DEFAULT_REPOSITORY_BLOCK,

@@ -309,18 +309,16 @@ def base_backup_markdown(m: Manifest, location: str) -> str:
     lines = [
         f"# Base backup {m.backup_id}",
         "",
-        "| | |",
-        "|---|---|",
-        f"| Cluster | PostgreSQL {m.server_version}, system {m.system_identifier}, "
-        f"{human_bytes(m.database_size)} |",
-        f"| Location | `{location}` |",
-        f"| Size | {human_bytes(m.size)} ({m.compression}) in {len(m.files)} files |",
-        f"| WAL | {m.start_lsn} .. {m.stop_lsn}, timeline {m.timeline} |",
-        f"| Consistent from | {m.finished_at.isoformat()} (earliest point-in-time target) |",
-        f"| Status | {m.status} |",
+        f"- **Cluster**: PostgreSQL {m.server_version}, system {m.system_identifier}, "
+        f"{human_bytes(m.database_size)}",
+        f"- **Location**: `{location}`",
+        f"- **Size**: {human_bytes(m.size)} ({m.compression}) in {len(m.files)} files",
+        f"- **WAL**: {m.start_lsn} .. {m.stop_lsn}, timeline {m.timeline}",
+        f"- **Consistent from**: {m.finished_at.isoformat()} (earliest point-in-time target)",
+        f"- **Status**: {m.status}",
     ]
     for v in m.verifications:
-        lines += [f"| {k} | {val} |" for k, val in v.checks.items()]
+        lines += [f"- {k}: {val}" for k, val in v.checks.items()]
     return "\n".join(lines)
 
 

@@ -183,12 +183,12 @@ def drill_markdown(r: DrillReport) -> str:
     def t(x: datetime | None) -> str:
         return x.isoformat(sep=" ", timespec="seconds") if x else "-"
 
-    lines = ["# PITR drill: " + ("passed" if r.ok else "FAILED"), "", "| | |", "|---|---|",
-             f"| Cluster | {r.system_identifier or '-'} |", f"| Base backup | `{r.backup_id}` |",
-             f"| RTO (to a queryable server) | {human_seconds(r.rto_seconds) if r.rto_seconds else '-'} |",
-             f"| Recovered to (last transaction) | {t(r.recovered_to)} |",
-             f"| RPO achieved | {human_seconds(r.rpo_seconds) if r.rpo_seconds is not None else '-'} |"]
-    lines += [f"| {k} | {v} |" for k, v in r.checks.items()]
+    lines = ["# PITR drill: " + ("passed" if r.ok else "FAILED"), "",
+             f"- **Cluster**: {r.system_identifier or '-'}", f"- **Base backup**: `{r.backup_id}`",
+             f"- **RTO (to a queryable server)**: {human_seconds(r.rto_seconds) if r.rto_seconds else '-'}",
+             f"- **Recovered to (last transaction)**: {t(r.recovered_to)}",
+             f"- **RPO achieved**: {human_seconds(r.rpo_seconds) if r.rpo_seconds is not None else '-'}"]
+    lines += [f"- {k}: {v}" for k, v in r.checks.items()]
     return "\n".join(lines)
 
 

@@ -331,12 +331,12 @@ def report_recovery(result: RecoveryResult) -> None:
     from prefect.artifacts import create_markdown_artifact
 
     create_markdown_artifact("\n".join([
-        "# Point-in-time recovery", "", "| | |", "|---|---|",
-        f"| Data directory | `{result.data_dir}` (port {result.port}) |",
-        f"| Cluster | {result.system_identifier or '-'} |",
-        f"| Base backup | `{result.backup_id}` |",
-        f"| Target | {result.target} |",
-        f"| Reached | {result.reached} |",
-        f"| New timeline | {result.timeline} |",
-        f"| Duration | {result.seconds:.1f} s |",
+        "# Point-in-time recovery", "",
+        f"- **Data directory**: `{result.data_dir}` (port {result.port})",
+        f"- **Cluster**: {result.system_identifier or '-'}",
+        f"- **Base backup**: `{result.backup_id}`",
+        f"- **Target**: {result.target}",
+        f"- **Reached**: {result.reached}",
+        f"- **New timeline**: {result.timeline}",
+        f"- **Duration**: {result.seconds:.1f} s",
     ]), key="pitr", description=f"Recovery to {result.target}")

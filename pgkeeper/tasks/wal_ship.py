@@ -151,15 +151,15 @@ def archive_markdown(status: ArchiverStatus, shipped: ShipResult) -> str:
 
     health = "FAILING" if status.failing else ("lagging" if status.lag_seconds else "ok")
     return "\n".join([
-        f"# WAL archive of {status.server}: {health}", "", "| | |", "|---|---|",
-        f"| archive_mode | {status.archive_mode} |",
-        f"| Archived | {status.archived_count} segments, last `{status.last_archived_wal or '-'}` at "
-        f"{when(status.last_archived_time)} |",
-        f"| Failed | {status.failed_count} attempts, last `{status.last_failed_wal or '-'}` at "
-        f"{when(status.last_failed_time)} |",
-        f"| Waiting | {status.pending_segments} segment(s), archive lag {human_seconds(status.lag_seconds)} |",
-        f"| Shipped | {shipped.uploaded} file(s), {human_bytes(shipped.bytes)} to {shipped.destination} |",
-        f"| Spool | {shipped.removed_from_spool} removed, {shipped.left_in_spool} kept |",
+        f"# WAL archive of {status.server}: {health}", "",
+        f"- **archive_mode**: {status.archive_mode}",
+        f"- **Archived**: {status.archived_count} segments, last `{status.last_archived_wal or '-'}` at "
+        f"{when(status.last_archived_time)}",
+        f"- **Failed**: {status.failed_count} attempts, last `{status.last_failed_wal or '-'}` at "
+        f"{when(status.last_failed_time)}",
+        f"- **Waiting**: {status.pending_segments} segment(s), archive lag {human_seconds(status.lag_seconds)}",
+        f"- **Shipped**: {shipped.uploaded} file(s), {human_bytes(shipped.bytes)} to {shipped.destination}",
+        f"- **Spool**: {shipped.removed_from_spool} removed, {shipped.left_in_spool} kept",
     ])
 
 
