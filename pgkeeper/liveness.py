@@ -44,3 +44,32 @@ def maker_is_dead(text: str) -> bool:
         return False
     pid, start = int(m.group(2)), int(m.group(3))
     return process_start(pid) != start
+
+
+OWNER_FILE = ".owner"
+
+
+def claim_dir(path: Path) -> None:
+    """Tag a work directory with the process using it (see clear_dead_dirs)."""
+    (path / OWNER_FILE).write_text(owner_tag())
+
+
+def clear_dead_dirs(root: Path, prefix: str) -> list[Path]:
+    """Remove work directories under `root` named `prefix*` whose tagged process is gone (a run
+    killed with SIGKILL leaves its decompressed dump behind); returns what was removed."""
+    import shutil
+
+    removed = []
+    try:
+        candidates = [p for p in root.iterdir() if p.name.startswith(prefix) and p.is_dir()]
+    except OSError:
+        return []
+    for path in candidates:
+        try:
+            tag = (path / OWNER_FILE).read_text()
+        except OSError:
+            continue  # untagged: not ours to judge
+        if maker_is_dead(tag):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

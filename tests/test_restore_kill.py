@@ -46,10 +46,15 @@ def _start_restore(env_vars: dict[str, str]) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def test_a_restore_killed_at_any_instant_leaves_the_target_usable(pg, crm_db, env, repo):  # noqa: F811
+def test_a_restore_killed_at_any_instant_leaves_the_target_usable(pg, crm_db, env, repo, tmp_path,  # noqa: F811
+                                                                  monkeypatch):
     from pgkeeper.flows.backup import backup
     from pgkeeper.flows.restore import restore
 
+    work = tmp_path / "work"  # where the restores decompress the dump (PGKEEPER_WORK_DIR)
+    work.mkdir()
+    monkeypatch.setenv("PGKEEPER_WORK_DIR", str(work))
+    env = {**env, "PGKEEPER_WORK_DIR": str(work)}
     with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:  # a restore that takes a moment
         c.execute("CREATE TABLE bulk AS SELECT i, md5(i::text) AS t FROM generate_series(1, 200000) i")
     backup()
@@ -87,6 +92,7 @@ def test_a_restore_killed_at_any_instant_leaves_the_target_usable(pg, crm_db, en
         report = restore("latest", confirmed=True, safety_backup=False, keep_old=False)
         assert table_fingerprints(pg.conninfo(crm_db)) == restored
         assert leftovers(pg, crm_db) == [] and report.target == crm_db
+        assert list(work.iterdir()) == []  # the killed runs' decompressed dumps are gone too
     finally:
         for name in old_copies(pg, crm_db) + leftovers(pg, crm_db):
             if database_exists(pg, name):

@@ -207,7 +207,8 @@ def test_a_scratch_database_left_by_a_killed_run_is_reported_not_dropped(env, pg
         drop_database(pg, leftover)
 
 
-def test_a_killed_verify_leaves_no_pg_restore_and_the_next_one_drops_its_scratch(env, pg, crm_db):  # noqa: F811
+def test_a_killed_verify_leaves_no_pg_restore_and_the_next_one_drops_its_scratch(env, pg, crm_db,  # noqa: F811
+                                                                                 tmp_path):
     """SIGKILL of `pgkeeper verify` mid-drill: its pg_restore dies with it (it would otherwise go on
     filling the scratch database), and the next verify drops the dead run's scratch database."""
     import os
@@ -224,7 +225,10 @@ def test_a_killed_verify_leaves_no_pg_restore_and_the_next_one_drops_its_scratch
     with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:  # a drill that takes a moment
         c.execute("CREATE TABLE bulk AS SELECT i, md5(i::text) AS t FROM generate_series(1, 300000) i")
     take_backup(env)
-    proc = subprocess.Popen([sys.executable, "-m", "pgkeeper.cli.main", "verify"], env={**os.environ, **env},
+    work = tmp_path / "work"  # the verify's work area (TMPDIR for the killed one)
+    work.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "pgkeeper.cli.main", "verify"],
+                            env={**os.environ, **env, "TMPDIR": str(work)},
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
@@ -237,8 +241,10 @@ def test_a_killed_verify_leaves_no_pg_restore_and_the_next_one_drops_its_scratch
         assert pids_with_arg(b"--dbname=pgkeeper_verify_") == []  # died with its parent
         left = scratch_databases(pg)
         assert len(left) == 1  # the killed run's, with nobody writing into it
-        assert run_verify(env).ok
+        assert [p.name.startswith("pgkeeper-verify-") for p in work.iterdir()] == [True]  # its dump
+        assert run_verify(env, work_dir=str(work)).ok
         assert scratch_databases(pg) == []  # dropped: its maker is provably gone
+        assert list(work.iterdir()) == []  # and its work area removed
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -28,7 +28,7 @@ from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.config import load_block, load_connection
 from pgkeeper.content_check import ArchiveReading, prove_content
 from pgkeeper.errors import NotFound
-from pgkeeper.liveness import maker_is_dead, owner_tag, tag_run_id
+from pgkeeper.liveness import claim_dir, clear_dead_dirs, maker_is_dead, owner_tag, tag_run_id
 from pgkeeper.manifest import Manifest
 from pgkeeper.pgdb import (
     admin_connection,
@@ -76,7 +76,9 @@ def scratch_connection(connection_block: str | None, scratch_connection_block: s
 @contextmanager
 def work_area(base: str | None = None) -> Iterator[Path]:
     """A private directory for the decompressed archive, removed whatever happens."""
+    clear_dead_dirs(Path(base or tempfile.gettempdir()), "pgkeeper-verify-")  # left by killed runs
     path = Path(tempfile.mkdtemp(prefix="pgkeeper-verify-", dir=base))
+    claim_dir(path)
     try:
         yield path
     finally:

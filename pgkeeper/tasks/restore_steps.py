@@ -27,6 +27,7 @@ from pgkeeper.catalog import list_backups, resolve_backup
 from pgkeeper.content_check import prove_content
 from pgkeeper.errors import BadName, IntegrityError, NotFound, PgkeeperError, RepositoryError
 from pgkeeper.fmt import contents, human_bytes, human_seconds
+from pgkeeper.liveness import claim_dir, clear_dead_dirs
 from pgkeeper.manifest import DatabaseProperties, Manifest, StoredFile
 from pgkeeper.names import LATEST, check_identifier, parse_backup_ref
 from pgkeeper.tasks.checksum import checked_chunks
@@ -244,7 +245,10 @@ def fetch_backup(repo: BackupRepository, plan: RestorePlan) -> Path:
     if need > free:
         raise RepositoryError(f"not enough space in {root} for the decompressed dump: needs about "
                               f"{human_bytes(need)}, {human_bytes(free)} free (set PGKEEPER_WORK_DIR)")
+    for gone in clear_dead_dirs(root, "pgkeeper-restore-"):
+        get_run_logger().warning("removed %s, the work directory of a restore that was killed", gone)
     workdir = Path(tempfile.mkdtemp(prefix="pgkeeper-restore-", dir=root))
+    claim_dir(workdir)
     dest = workdir / f"{plan.backup_id}.dump"
     try:
         with repo.storage(plan.source).open_file(plan.backup_id, plan.file.name) as stream:
