@@ -121,9 +121,15 @@ def test_missing_roles_are_named_before_anything_is_touched_and_created_on_reque
 
     role = f"owner_{crm_db}"
     with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
-        c.execute(f"CREATE ROLE {role} NOLOGIN CONNECTION LIMIT 7")
+        c.execute(f"CREATE ROLE {role} NOLOGIN CONNECTION LIMIT 7 PASSWORD 'sentinel-Pw-1'")
         c.execute(f"ALTER TABLE deal OWNER TO {role}")
-    backup()
+        hashed = c.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)).fetchone()[0]
+    m = backup()
+    # The hash travels only in the backup's roles file (0600), never in the manifest.
+    folder = Path(repo.path) / "backups" / m.backup_id
+    manifest_text = (folder / "manifest.json").read_text()
+    assert hashed not in manifest_text and "SCRAM-SHA-256" not in manifest_text
+    assert (folder / m.globals_file.name).stat().st_mode & 0o777 == 0o600
     with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
         c.execute("ALTER TABLE deal OWNER TO postgres")
         c.execute(f"DROP ROLE {role}")
@@ -141,6 +147,7 @@ def test_missing_roles_are_named_before_anything_is_touched_and_created_on_reque
         with psycopg.connect(pg.conninfo(crm_db)) as c:
             assert c.execute("SELECT rolconnlimit, rolcanlogin FROM pg_roles WHERE rolname = %s",
                              (role,)).fetchone() == (7, False)
+            assert c.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (role,)).fetchone()[0] == hashed
             assert c.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'deal'").fetchone()[0] == role
     finally:
         with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
