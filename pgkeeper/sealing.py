@@ -174,6 +174,15 @@ class DecryptingReader:
                 pass  # the reader stopped early
             except BaseException as exc:
                 self._error = exc
+                # Damaged bytes fail decryption before the end is reached: read on, so that the
+                # source's own check (the manifest's sha256) names the damage when it can.
+                try:
+                    while src.read(PIPE_CHUNK):
+                        pass
+                except PgkeeperError as damaged:
+                    self._error = damaged
+                except Exception:  # noqa: BLE001 - the decryption error stands
+                    pass
             finally:
                 pipe_in.close()
 

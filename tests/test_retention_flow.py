@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -13,7 +12,7 @@ import pytest
 
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups
-from pgkeeper.manifest import Manifest, StoredFile, Verification
+from pgkeeper.manifest import Manifest, Verification
 from pgkeeper.names import backup_id_time, new_backup_id
 from pgkeeper.retention import plan, to_remove
 from pgkeeper.tasks.retention import backup_records
@@ -25,15 +24,15 @@ NEWEST = datetime(2024, 3, 15, 2, 0, 0, tzinfo=UTC)
 def make_backup(repo: BackupRepository, backup_id: str, files: dict[str, bytes], database: str = "crm",
                 verified: bool | None = None, labels: list[str] | None = None, compression: str = "none",
                 ) -> Manifest:
-    """A complete backup written through the local driver (manifest last), without pg_dump."""
-    storage = repo.local()
+    """A complete backup written through the repository's storage (manifest last, signed), without pg_dump."""
+    storage = repo.storage()
     storage.ensure_writable()
     storage.begin_backup(backup_id)
     stored = []
     for name, data in files.items():
         with storage.write_file(backup_id, name) as f:
             f.write(data)
-        stored.append(StoredFile(name=name, size=len(data), sha256=hashlib.sha256(data).hexdigest()))
+        stored.append(storage.stored_file(name, f))
     at = backup_id_time(backup_id)
     checks = [Verification(at=at, method="quick", ok=True)]
     if verified is not None:

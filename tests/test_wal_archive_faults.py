@@ -124,7 +124,7 @@ def test_wal_fetch_exit_codes_never_read_as_not_found(tmp_path: Path, s3_endpoin
     (tmp_path / "down").mkdir()
     down = s3_config(tmp_path / "down", f"http://127.0.0.1:{free_port()}", s3_bucket)
     r = run_cli("wal-fetch", "--config", str(down), SEG, str(dest))
-    assert r.returncode == 255 and "cannot list" in r.stderr
+    assert r.returncode == 255 and "listing s3://" in r.stderr and "failed" in r.stderr
     assert not dest.exists()
 
     # A corrupt spool copy: the S3 copy is used.

@@ -12,10 +12,13 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("key", help="encryption keys: create, rotate, list, export-blocks")
-    p.add_argument("action", choices=["create", "rotate", "list", "export-blocks"])
+    p.add_argument("action", choices=["create", "rotate", "list", "export-blocks", "sign-existing"])
     p.add_argument("--copy-to", default=".", metavar="PATH",
                    help="where to write the copy of a new private key that you must keep elsewhere "
                         "(a directory or a file name; default: the current directory)")
+    p.add_argument("--s3", action="store_true", help="sign-existing: the bucket's manifests (default: local)")
+    p.add_argument("--backup-dir", default=None, help="sign-existing: the local repository (default BACKUP_DIR)")
+    p.add_argument("--repository-block", default=None, help="sign-existing: the repository block")
     p.set_defaults(func=run)
 
 
@@ -42,7 +45,41 @@ def run(args: argparse.Namespace) -> int:
         if not current and not keys.identities():
             print(f"no keys in {keys.keys_dir()}: `pgkeeper key create` makes one")
         return 0
+    if args.action == "sign-existing":
+        return sign_existing(args)
     return export_blocks()
+
+
+def sign_existing(args: argparse.Namespace) -> int:
+    """Sign the manifests written before manifests were signed, each only after every file it
+    lists was read back and matched its sha256 (a manifest that does not match stays unsigned)."""
+    from pgkeeper.config import load_repository
+    from pgkeeper.errors import IntegrityError
+    from pgkeeper.manifest import Manifest
+    from pgkeeper.sealing import MAC_FIELD
+
+    repo = load_repository(args.repository_block, path=args.backup_dir)
+    storage = repo.storage("s3" if args.s3 else "local")
+    raw = storage.inner  # type: ignore[attr-defined]
+    signed = refused = 0
+    for backup_id in raw.list_backup_ids():
+        data = raw.read_manifest(backup_id)
+        if data is None or f'"{MAC_FIELD}"'.encode() in data:
+            continue
+        manifest = Manifest.from_bytes(data)
+        try:
+            for file in manifest.files:
+                with raw.open_plain(backup_id, file.model_copy(update={"encryption": None})) as f:
+                    while f.read(1 << 20):
+                        pass
+        except IntegrityError as exc:
+            print(f"not signed: {exc}")
+            refused += 1
+            continue
+        storage.write_manifest(backup_id, data)
+        signed += 1
+    print(f"signed {signed} manifest(s) in {storage.describe()}; {refused} did not match their files")
+    return 1 if refused else 0
 
 
 def export_blocks() -> int:
