@@ -16,6 +16,7 @@ from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.errors import BadName
 from pgkeeper.names import check_identifier
+from pgkeeper.tls import tls_from_env
 
 DEFAULT_CONNECTION_BLOCK = "pgkeeper-db"
 DEFAULT_REPOSITORY_BLOCK = "pgkeeper-repo"
@@ -45,7 +46,7 @@ def connection_from_env(env: Mapping[str, str] = os.environ) -> PostgresConnecti
     return PostgresConnection(
         host=env.get("POSTGRES_HOST", "localhost"), port=port,
         user=env.get("POSTGRES_USER", "postgres"), password=password,  # type: ignore[arg-type]
-        database=env.get("POSTGRES_DB", "postgres"),
+        database=env.get("POSTGRES_DB", "postgres"), **tls_from_env(env),  # POSTGRES_SSLMODE, POSTGRES_SSLROOTCERT
     )
 
 
