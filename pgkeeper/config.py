@@ -19,6 +19,7 @@ from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.errors import BadName
 from pgkeeper.names import check_identifier
+from pgkeeper.tls import tls_from_env
 
 DEFAULT_CONNECTION_BLOCK = "pgkeeper-db"
 DEFAULT_REPOSITORY_BLOCK = "pgkeeper-repo"
@@ -44,7 +45,7 @@ def connection_from_env(env: Mapping[str, str] = os.environ) -> PostgresConnecti
         fields = settings.postgres_settings(env)
     except settings.SetupError:
         raise BadName(f"POSTGRES_PORT={env.get('POSTGRES_PORT')!r} is not a port number") from None
-    return PostgresConnection(**fields)  # type: ignore[arg-type]
+    return PostgresConnection(**fields, **tls_from_env(env))  # type: ignore[arg-type]
 
 
 def repository_from_env(env: Mapping[str, str] = os.environ) -> BackupRepository:

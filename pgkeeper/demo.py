@@ -88,11 +88,12 @@ def start_demo_cluster(scale: float, step: Steps) -> object:
 
 
 def run_demo(scale: float = 2.0) -> int:
-    from pgkeeper.local_server import ensure_api
+    from pgkeeper.local_server import configured_api_url, ensure_api
 
     step = Steps()
     cluster = start_demo_cluster(scale, step)
     use_demo_server()
+    own_server = configured_api_url() is None  # then ensure_api starts or finds the locked local one
     api = ensure_api()
     step(3, f"Prefect API: {api}")
     # Importing Prefect's blocks takes 5-25 s on a small machine: say what is happening first.
@@ -127,6 +128,10 @@ def run_demo(scale: float = 2.0) -> int:
     ui = api[:-4] if api.endswith("/api") else api
     print()
     print(f"See the backup run in the Prefect UI: {ui}/runs/flow-run/{run_id}")
+    if own_server:  # locked (server_auth.py): say where its credential is, never the credential
+        from pgkeeper.server_auth import credential_path
+
+        print(f"  (the UI asks for the auth string: paste the contents of {credential_path()})")
     where = cluster.conninfo(DEMO_DB).rsplit(" password=", 1)[0]
     print(f"Repository: {DEMO_DIR / 'repository'}   Demo database: {where}")
     print(f"Stop the demo (database and Prefect server) with: make stop   "

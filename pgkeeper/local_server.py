@@ -20,6 +20,14 @@ from pathlib import Path
 
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.home import pgkeeper_home
+from pgkeeper.server_auth import (
+    CLIENT_SETTING,
+    SERVER_SETTING,
+    answers,
+    credential_path,
+    server_credential,
+    use_credential,
+)
 
 DEFAULT_PORT = 4200
 QUIET_PREFECT = {
@@ -69,11 +77,14 @@ def _pid_file() -> Path:
 
 def server_env(url: str) -> dict[str, str]:
     """The server's environment. The UI is told its API's address: by default it looks for
-    the API on port 4200, and every page fails on any other port."""
+    the API on port 4200, and every page fails on any other port. The credential that locks
+    the API goes here, never on the command line (server_auth.py)."""
     host, port = url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+    credential = server_credential(create=True)
     env = {**os.environ, **QUIET_PREFECT, "PREFECT_HOME": str(server_dir() / "home"),
            "PREFECT_SERVER_API_HOST": host, "PREFECT_SERVER_API_PORT": port,
-           "PREFECT_UI_API_URL": url, "PREFECT_UI_URL": url.removesuffix("/api")}
+           "PREFECT_UI_API_URL": url, "PREFECT_UI_URL": url.removesuffix("/api"),
+           SERVER_SETTING: credential, CLIENT_SETTING: credential}  # type: ignore[dict-item]
     env.pop("PREFECT_API_URL", None)
     return env
 
@@ -166,8 +177,11 @@ def ensure_api(announce: bool = True) -> str:
     """Point this process at a Prefect API before prefect is imported; return its URL."""
     for k, v in QUIET_PREFECT.items():
         os.environ.setdefault(k, v)
+    port = int(os.environ.get("PGKEEPER_SERVER_PORT", DEFAULT_PORT))
     url = configured_api_url()
     if url:
+        # A configured URL that is our own local server gets its credential too.
+        use_credential(url, port)
         return url
     url = local_api_url()
     if not is_healthy(url):
@@ -178,4 +192,20 @@ def ensure_api(announce: bool = True) -> str:
     elif announce:
         print(f"Using the local Prefect server at {url[:-4]}", file=sys.stderr)
     os.environ["PREFECT_API_URL"] = url
+    use_credential(url, port)
+    check_lock(url)
     return url
+
+
+def check_lock(url: str) -> None:
+    """One clear line when the local server refuses our credential; a warning when it takes
+    requests without one (a server started before pgkeeper locked it)."""
+    credential = os.environ.get(CLIENT_SETTING)
+    status = answers(url, credential)
+    if status == 401:
+        raise PgkeeperError(f"the Prefect server at {url[:-4]} refuses pgkeeper's credential "
+                            f"({credential_path()}): restart it with `pgkeeper server stop` and run "
+                            "the command again")
+    if status == 200 and answers(url, None) == 200:
+        print(f"warning: the Prefect server at {url[:-4]} accepts requests without a credential; "
+              "restart it with `pgkeeper server stop` to lock it", file=sys.stderr)

@@ -4,7 +4,7 @@ Enabled when a DSN is configured (the Secret block pgkeeper-sentry-dsn, else SEN
 sentry-sdk is installed (`pip install 'pgkeeper[sentry]'`). The event carries the flow, run,
 failed step, database, its size and the repository's free disk. It never carries a secret:
 no default integrations (no logs, no local variables), and every string of the event is
-scrubbed of the connection's password before it leaves.
+scrubbed of every secret pgkeeper knows (pgkeeper/redact.py) before it leaves.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import os
 import shutil
 from pathlib import Path
 from typing import Any
+
+from pgkeeper.redact import known_secrets, scrub  # noqa: F401 (scrub: this module's name for it)
 
 SENTRY_BLOCK = "pgkeeper-sentry-dsn"
 
@@ -31,30 +33,16 @@ def sentry_dsn() -> str | None:
     return os.environ.get("SENTRY_DSN", "").strip() or None
 
 
-def scrub(value: Any, secrets: list[str]) -> Any:
-    if isinstance(value, str):
-        for s in secrets:
-            value = value.replace(s, "**********")
-        return value
-    if isinstance(value, dict):
-        return {k: scrub(v, secrets) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [scrub(v, secrets) for v in value]
-    return value
-
-
 def failure_context(parameters: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """(context for the event, secrets to scrub): database, its size, the repository's free disk."""
     from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 
     context: dict[str, Any] = {}
-    secrets: list[str] = []
+    conn = repo = None
     try:
         conn = load_connection(parameters.get("connection_block") or DEFAULT_CONNECTION_BLOCK,
                                database=parameters.get("database"), host=parameters.get("host"),
                                port=parameters.get("port"), user=parameters.get("user"))
-        if conn.password is not None:
-            secrets.append(conn.password.get_secret_value())
         context["database"] = conn.database
         context["server"] = f"{conn.host}:{conn.port}"
         with conn.connect() as c:
@@ -73,7 +61,17 @@ def failure_context(parameters: dict[str, Any]) -> tuple[dict[str, Any], list[st
         context["total_disk_bytes"] = usage.total
     except Exception:
         context.setdefault("free_disk_bytes", None)
-    return context, secrets
+    # Every secret known here, not just the database's: AWS, SMTP, auth strings, keys (redact.py).
+    return context, known_secrets(conn, repo, _mail_block())
+
+
+def _mail_block() -> Any:
+    try:
+        from pgkeeper.tasks.notify import load_notification
+
+        return load_notification()
+    except Exception:
+        return None
 
 
 def failed_step(flow_run_id: Any) -> str | None:

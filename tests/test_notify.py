@@ -159,6 +159,9 @@ def test_failed_backup_is_reported_to_sentry_without_secrets(conn, repo, monkeyp
         import sentry_sdk
 
         sentry_sdk.get_client().close(timeout=5)  # leave no client (or retries) behind
+        # Without a DSN, init reads SENTRY_DSN: unset it first, or later tests' error logs go to a
+        # catcher that is gone (through the default integrations this init installs).
+        monkeypatch.delenv("SENTRY_DSN")
         sentry_sdk.init(dsn=None)
         catcher.stop()
     events = [json.loads(line) for body in catcher.bodies for line in body.splitlines()[1:]

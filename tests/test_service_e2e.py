@@ -109,6 +109,9 @@ def service(service_env, module_smtp) -> Iterator[tuple[str, dict[str, str], lis
     try:
         started = run_cli("server", "start", env=base_env, timeout=180)
         assert started.returncode == 0 and healthy(api), started.stdout + started.stderr
+        # The server is locked (issue 13): this test's own HTTP calls carry its credential;
+        # pgkeeper's commands below find it themselves.
+        CREDENTIALS[api] = (home / "pgkeeper" / "server-auth").read_text().strip()
         env = {**base_env, **service_env, "PREFECT_API_URL": api, "ENABLE_EMAIL_ALERTS": "true",
                "ALERT_EMAIL": "dba@example.com", "SMTP_HOST": host, "SMTP_PORT": str(smtp_port),
                "SMTP_PASS": SMTP_PASS, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
@@ -133,12 +136,19 @@ def service(service_env, module_smtp) -> Iterator[tuple[str, dict[str, str], lis
 
 # The test talks to this server over plain HTTP (and a subprocess for the slot): a Prefect client
 # in this process would keep pointing at the server after it is stopped and disturb later tests.
+CREDENTIALS: dict[str, str] = {}  # API URL -> the locked server's auth string
+
+
 def api_call(api: str, method: str, path: str, body: dict | None = None):  # noqa: ANN201
+    import base64
+
     import httpx
 
+    token = base64.b64encode(CREDENTIALS[api].encode()).decode()
     # The server answers 503 while its SQLite database is busy; Prefect's own client retries those.
     for attempt in range(6):
-        response = httpx.request(method, f"{api}{path}", json=body, timeout=30)
+        response = httpx.request(method, f"{api}{path}", json=body, timeout=30,
+                                 headers={"Authorization": f"Basic {token}"})
         if response.status_code not in (429, 503):
             break
         time.sleep(0.5 * 2**attempt)
@@ -200,7 +210,8 @@ def test_service_end_to_end(service, service_env) -> None:
         [sys.executable, "-c", "import sys\nfrom prefect.concurrency.sync import concurrency\n"
          f"with concurrency({database_limit_name(service_env['POSTGRES_DB'])!r}, strict=True):\n"
          "    print('held', flush=True); sys.stdin.read()"],
-        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        env={**env, "PREFECT_API_AUTH_STRING": CREDENTIALS[api]},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         doomed = start_run(api, "backup/daily")
@@ -222,7 +233,8 @@ def test_service_end_to_end(service, service_env) -> None:
     probe = ("from prefect import flow\nfrom pgkeeper.alerts import warn\n@flow(name='warning-probe')\n"
              "def probe():\n    warn('low-disk', 'the repository disk is 97% full', database='crm_probe')\n"
              "probe()\n")
-    r = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", probe], env={**env, "PREFECT_API_AUTH_STRING": CREDENTIALS[api]},
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     mail = wait_for(lambda: [m for m in messages if "warning (low-disk) on crm_probe" in m["Subject"]], 60,
                     "the warning mail")
@@ -292,7 +304,10 @@ def test_ui_shows_the_runs_and_the_restore_form(service, service_env) -> None:
             browser = p.chromium.launch(executable_path=ui_browser(), args=["--no-sandbox"])
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 900})
+                # The server is locked: the UI asks for the auth string first, as the README says.
                 page.goto(f"{ui}/runs", timeout=60_000)
+                page.locator("input[type=password]").fill(CREDENTIALS[api], timeout=60_000)
+                page.get_by_role("button", name="Login").click()
                 page.get_by_text(name).first.wait_for(timeout=60_000)
                 text = page.inner_text("body")
                 assert "Can't connect" not in text

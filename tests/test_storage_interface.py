@@ -64,6 +64,11 @@ def test_every_driver_keeps_the_interface(storage: Storage) -> None:
     assert not scratch.exists()
     storage.delete_backup(first.backup_id)
     assert storage.list_backup_ids() == []
+    storage.write_record("restores", "2.json", b"second")
+    storage.write_record("restores", "1.json", b"first")
+    assert storage.read_records("restores") == [b"first", b"second"]
+    with pytest.raises(RepositoryError):
+        storage.write_record("backups", "x.json", b"")
 
 
 def test_a_write_that_fails_stores_nothing(storage: Storage) -> None:

@@ -34,6 +34,10 @@ class MailNotification(NotificationBlock):
     subject_prefix: str = Field(default="[pgkeeper]", description="Put in front of every subject.")
     ui_url: str | None = Field(default=None, description="The Prefect UI's address, for links in the mail "
                                "(the server itself may not know the address users reach it at).")
+    allow_plaintext_auth: bool = Field(
+        default=False, description="Send the SMTP password even when the connection is not encrypted (the "
+                                   "server offers no STARTTLS). Off: such a mail is refused. Env: "
+                                   "SMTP_ALLOW_PLAINTEXT_AUTH.")
 
     def from_address(self) -> str:
         return self.sender or self.credentials.username or f"pgkeeper@{socket.getfqdn()}"
@@ -61,7 +65,10 @@ class MailNotification(NotificationBlock):
         msg = self.message(subject or "notification", body)
 
         def _send() -> None:
-            with self.credentials.get_server() as server:
+            from pgkeeper.tls import plaintext_auth_allowed, smtp_connect
+
+            # Not credentials.get_server(): it logs in over a plain connection on any port but 465/587.
+            with smtp_connect(self.credentials, plaintext_auth_allowed(self.allow_plaintext_auth)) as server:
                 server.send_message(msg)
 
         await to_thread.run_sync(_send)

@@ -25,7 +25,11 @@ class PostgresConnection(Block):
     password: SecretStr | None = Field(default=None, description="Password of that role.")
     database: str = Field(default="postgres", description="Database to back up.")
     sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = Field(
-        default="prefer", description="libpq sslmode.")
+        default="prefer", description="libpq sslmode: prefer encrypts when the server can; verify-full (with "
+                                       "sslrootcert) also proves the server is the right one.")
+    sslrootcert: str | None = Field(
+        default=None, description="File of the CA certificate(s) the server's certificate must chain to "
+                                  "(libpq sslrootcert; for verify-ca / verify-full).")
     connect_timeout: int = Field(default=10, description="Seconds to wait for the server.")
 
     def libpq_env(self, database: str | None = None) -> dict[str, str]:
@@ -39,6 +43,8 @@ class PostgresConnection(Block):
             "PGCONNECT_TIMEOUT": str(self.connect_timeout),
             "PGAPPNAME": "pgkeeper",
         }
+        if self.sslrootcert:
+            env["PGSSLROOTCERT"] = self.sslrootcert
         if self.password is not None:
             env["PGPASSWORD"] = self.password.get_secret_value()
         return env
@@ -51,6 +57,8 @@ class PostgresConnection(Block):
 
         # UTF8 always: in a SQL_ASCII database psycopg would otherwise hand text back as bytes.
         kwargs.setdefault("client_encoding", "UTF8")
+        if self.sslrootcert:
+            kwargs.setdefault("sslrootcert", self.sslrootcert)
         try:
             return psycopg.connect(
                 host=self.host, port=self.port, user=self.user, dbname=database or self.database,

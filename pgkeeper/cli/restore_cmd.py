@@ -55,18 +55,18 @@ def describe_plan(plan) -> str:  # plan: RestorePlan
     ])
 
 
-def ask(plan) -> bool:
-    """The terminal's confirmation: the target's name typed back."""
+def ask(plan) -> str | None:
+    """The terminal's confirmation: the target's name typed back (returned), else None."""
     print(describe_plan(plan))
     try:
         typed = input(f"Type the database name ({plan.target}) to go ahead: ")
     except EOFError:
         print("\nno answer (use --yes when there is no terminal): nothing was changed", file=sys.stderr)
-        return False
+        return None
     if typed.strip() != plan.target:
         print(f"{typed.strip()!r} is not {plan.target!r}: restore cancelled, nothing was changed", file=sys.stderr)
-        return False
-    return True
+        return None
+    return typed.strip()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from pgkeeper.errors import ExitCode
     from pgkeeper.flows.restore import restore
     from pgkeeper.fmt import contents, human_seconds
+    from pgkeeper.tasks.restore_confirmation import confirmed_at_terminal
     from pgkeeper.tasks.restore_steps import plan_restore
 
     if args.into and args.target:
@@ -92,14 +93,20 @@ def run(args: argparse.Namespace) -> int:
     repo = load_repository(repo_params["repository_block"], path=args.backup_dir)
     # Resolved here so that what was confirmed is what runs, even if a new backup lands meanwhile.
     plan = plan_restore(conn, repo, args.backup, source, mode, target, args.keep_ownership, args.create_roles)
-    if mode == "replace" and not args.yes and not ask(plan):
-        return ExitCode.NOT_CONFIRMED
+    typed = None
+    if mode == "replace" and not args.yes:
+        typed = ask(plan)
+        if typed is None:
+            return ExitCode.NOT_CONFIRMED
     print(f"restoring {plan.backup_id} (database {plan.backup_database}, from {plan.source}) into {plan.target}")
-    report = restore(backup=plan.backup_id, mode=mode, target=plan.target, source=source, confirmed=True,
-                     safety_backup=not args.no_safety_backup, keep_old=not args.drop_old,
-                     keep_old_hours=args.keep_old_hours, keep_ownership=args.keep_ownership,
-                     create_roles=args.create_roles, jobs=args.jobs,
-                     **conn_params, **repo_params)
+    # The flow runs in this process: the terminal's confirmation reaches it here, where no
+    # deployment parameter can (tasks/restore_confirmation.py), and is recorded by the run.
+    with confirmed_at_terminal(typed):
+        report = restore(backup=plan.backup_id, mode=mode, target=plan.target, source=source, confirmed=True,
+                         safety_backup=not args.no_safety_backup, keep_old=not args.drop_old,
+                         keep_old_hours=args.keep_old_hours, keep_ownership=args.keep_ownership,
+                         create_roles=args.create_roles, jobs=args.jobs,
+                         **conn_params, **repo_params)
     print(f"restored {report.backup_id} into {report.target}: "
           f"{contents(len(report.tables), report.objects.get('indexes', 0), sum(report.tables.values()))}, "
           f"content proven against the backup; RTO {human_seconds(report.rto_seconds)}")

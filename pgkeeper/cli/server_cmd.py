@@ -13,11 +13,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pgkeeper import local_server as ls
+    from pgkeeper.server_auth import credential_path
 
     url = ls.local_api_url()
     if args.action == "start":
         ls.start_local_server(announce=True)
-        print(f"local Prefect server running: UI at {url[:-4]}")
+        # Where the credential is, never the credential itself: terminals get logged.
+        print(f"local Prefect server running: UI at {url[:-4]} "
+              f"(it asks for the auth string: the contents of {credential_path()})")
     elif args.action == "stop":
         print("local Prefect server stopped" if ls.stop_local_server() else "no local Prefect server was running")
     else:

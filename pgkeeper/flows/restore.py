@@ -19,6 +19,12 @@ from pgkeeper.flows.backup import backup as backup_flow
 from pgkeeper.runinfo import completed, database_tag, describe_run, name_from_parameters
 from pgkeeper.tasks.confirm import leave_expired_pause
 from pgkeeper.tasks.notify import mail_restore_done, mail_restore_not_confirmed
+from pgkeeper.tasks.restore_confirmation import (
+    confirmation_line,
+    form_confirmation,
+    given_confirmation,
+    record_confirmation,
+)
 from pgkeeper.tasks.restore_steps import (
     RestoreFailed,
     RestoreReport,
@@ -82,6 +88,7 @@ def restore(
             Required in new mode.
         source: read the backup from the `local` repository or from `s3`.
         confirmed: skip the confirmation form (the CLI sets it after asking on the terminal).
+            Ignored in a deployment run: there the form always asks.
         confirm_timeout_seconds: how long the form waits; then the run is cancelled, unchanged.
         safety_backup: back up the current target (label `pre-restore`) before replacing it.
         keep_old: keep the replaced database (renamed) instead of dropping it after the swap.
@@ -118,7 +125,9 @@ def restore(
         work_file = fetch_backup(repo, plan)
         toc = check_readable(plan, work_file)
 
-        if mode == "replace" and not confirmed:
+        # `confirmed` stands in for the form only outside deployment runs (restore_confirmation.py).
+        confirmation = given_confirmation(confirmed) if mode == "replace" else None
+        if mode == "replace" and confirmation is None:
             asked = time.monotonic()
             form = confirmation_form(plan, toc, safety_backup)
             try:
@@ -137,6 +146,9 @@ def restore(
                 logger.warning(reason)
                 mail_restore_not_confirmed(plan.target, reason)
                 return Cancelled(message=reason)
+            confirmation = form_confirmation(answer.database_name)
+        if confirmation is not None:
+            record_confirmation(repo, plan, confirmation, keep_old)
 
         with restore_slot(plan.target):
             create_roles_task(conn, repo, plan)
@@ -181,6 +193,7 @@ def restore(
         rto_seconds=time.monotonic() - started - waited, waited_seconds=waited,
         terminated_sessions=swap.terminated, old_copy=swap.retired_as if keep_old else None,
         old_copy_keep_until=keep_until, safety_backup_id=safety_id,
+        confirmation=confirmation_line(confirmation) if confirmation else None,
     )
     report_restore(report)
     mail_restore_done(report)  # only when mail is configured

@@ -114,6 +114,14 @@ class Storage(Protocol):
         """Remove what interrupted writes left outside backups (unfinished multipart uploads,
         scratch directories of dead processes) older than the limit; how many."""
 
+    # -- records beside the backups (the restore log) -----------------------------------------
+
+    def write_record(self, folder: str, name: str, data: bytes) -> str:
+        """One small file `<folder>/<name>` beside the backups, written atomically; where it is."""
+
+    def read_records(self, folder: str) -> list[bytes]:
+        """Every record in `folder`, by name."""
+
     # -- room and scratch -------------------------------------------------------------------
 
     def free_space(self) -> tuple[int, int] | None:
@@ -121,6 +129,14 @@ class Storage(Protocol):
 
     def scratch(self, purpose: str) -> AbstractContextManager[Path]:
         """A private local directory outside every backup folder, removed afterwards."""
+
+
+def check_record_name(folder: str, name: str) -> str:
+    from pgkeeper.errors import RepositoryError
+
+    if folder in ("backups", "wal") or "/" in folder or not folder or folder.startswith("."):
+        raise RepositoryError(f"bad record folder {folder!r}")
+    return f"{folder}/{check_file_name(name)}"
 
 
 class DriverBase:

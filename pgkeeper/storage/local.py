@@ -23,7 +23,7 @@ from pgkeeper.liveness import claim_dir, clear_dead_dirs
 from pgkeeper.manifest import StoredFile
 from pgkeeper.names import is_backup_id
 from pgkeeper.storage.atomic import atomic_file, atomic_write_bytes, fsync_dir
-from pgkeeper.storage.interface import MANIFEST, DriverBase, Storage, check_file_name
+from pgkeeper.storage.interface import MANIFEST, DriverBase, Storage, check_file_name, check_record_name
 from pgkeeper.storage.streams import CHUNK, HashingReader, HashingWriter, check_digest, sha256_of
 
 IN_PROGRESS = ".in-progress"
@@ -179,6 +179,17 @@ class LocalStorage(DriverBase):
                 continue
             found.append(p.name)
         return sorted(found)
+
+    def write_record(self, folder: str, name: str, data: bytes) -> str:
+        path = self.root / check_record_name(folder, name)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write_bytes(path, data)
+        return str(path)
+
+    def read_records(self, folder: str) -> list[bytes]:
+        path = self.root / check_record_name(folder, "x").rsplit("/", 1)[0]
+        return [p.read_bytes() for p in sorted(path.iterdir()) if not p.name.startswith(".")] \
+            if path.is_dir() else []
 
     def clear_partial_writes(self, stale_after_s: float) -> int:
         """Scratch directories whose process is gone; how many were removed (temp files of an

@@ -15,7 +15,7 @@ from typing import BinaryIO
 from pgkeeper.errors import NotFound, RepositoryError
 from pgkeeper.manifest import StoredFile
 from pgkeeper.names import is_backup_id
-from pgkeeper.storage.interface import MANIFEST, DriverBase, Storage, check_file_name
+from pgkeeper.storage.interface import MANIFEST, DriverBase, Storage, check_file_name, check_record_name
 from pgkeeper.storage.streams import CHUNK, HashingReader, HashingWriter, check_digest
 
 
@@ -25,6 +25,7 @@ class MemoryStorage(DriverBase):
         # backup id -> {file name: bytes}; a claimed backup has an entry, a complete one a manifest.
         self.backups: dict[str, dict[str, bytes]] = {}
         self.claimed_at: dict[str, float] = {}
+        self.records: dict[str, bytes] = {}
 
     def describe(self) -> str:
         return f"memory://{self.name}"
@@ -108,6 +109,15 @@ class MemoryStorage(DriverBase):
         cutoff = time.time() - stale_after_s
         return sorted(i for i, files in self.backups.items()
                       if MANIFEST not in files and (stale_after_s <= 0 or self.claimed_at.get(i, 0) < cutoff))
+
+    def write_record(self, folder: str, name: str, data: bytes) -> str:
+        rel = check_record_name(folder, name)
+        self.records[rel] = data
+        return f"{self.describe()}/{rel}"
+
+    def read_records(self, folder: str) -> list[bytes]:
+        prefix = check_record_name(folder, "x")[:-1]
+        return [v for k, v in sorted(self.records.items()) if k.startswith(prefix)]
 
     def clear_partial_writes(self, stale_after_s: float) -> int:
         return 0

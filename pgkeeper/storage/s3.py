@@ -33,7 +33,7 @@ from pgkeeper.errors import IntegrityError, NotFound, RepositoryError
 from pgkeeper.manifest import StoredFile
 from pgkeeper.names import is_backup_id
 from pgkeeper.settings import S3Target
-from pgkeeper.storage.interface import MANIFEST, DriverBase, Storage, check_file_name
+from pgkeeper.storage.interface import MANIFEST, DriverBase, Storage, check_file_name, check_record_name
 from pgkeeper.storage.s3core import Bucket, MiB, put_args, s3_errors
 from pgkeeper.storage.streams import CHUNK, HashingReader, HashingWriter, check_digest, sha256_of
 
@@ -316,6 +316,15 @@ class S3Storage(DriverBase):
                         raise
             aborted += 1
         return aborted
+
+    def write_record(self, folder: str, name: str, data: bytes) -> str:
+        rel = check_record_name(folder, name)
+        self.bucket.put(rel, data)
+        return self.bucket.url(rel)
+
+    def read_records(self, folder: str) -> list[bytes]:
+        names = sorted(n for n, _size, _at in self.bucket.list(check_record_name(folder, "x")[:-1]))
+        return [data for n in names if (data := self.bucket.get(n)) is not None]
 
     # -- room and scratch -----------------------------------------------------------------
 

@@ -31,6 +31,7 @@ from pgkeeper.fmt import human_bytes
 from pgkeeper.manifest import Manifest, StoredFile, Verification
 from pgkeeper.storage.interface import Storage
 from pgkeeper.tasks.policy import RETRYABLE
+from pgkeeper.tls import plaintext_warning
 from pgkeeper.wal.archive import WalArchive, segments_between
 from pgkeeper.wal.config import WalConfig
 from pgkeeper.wal.identity import check_backup, check_remote
@@ -91,6 +92,11 @@ def physical_preflight(conn: PostgresConnection, repo: BackupRepository) -> Clus
             "(SELECT sum(pg_database_size(oid)) FROM pg_database)::bigint, "
             "(SELECT timeline_id FROM pg_control_checkpoint())").fetchone()  # type: ignore[misc]
         server_time = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        plaintext = plaintext_warning(conn.host, conn.port, conn.sslmode, c)
+    if plaintext:  # another machine, no TLS: the whole cluster is about to cross the network in clear
+        from pgkeeper.alerts import warn
+
+        warn("plaintext-connection", plaintext, database=conn.database, host=conn.host, port=conn.port)
     tables = table_estimates(conn)
     storage = repo.storage()
     storage.ensure_writable()

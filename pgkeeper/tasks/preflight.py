@@ -15,6 +15,7 @@ from pgkeeper.catalog import list_backups
 from pgkeeper.errors import RepositoryError
 from pgkeeper.fmt import human_bytes
 from pgkeeper.tasks.policy import RETRYABLE
+from pgkeeper.tls import plaintext_warning
 from pgkeeper.wal.identity import check_backup
 
 # With no earlier backup to learn from, assume the compressed dump is half the table data.
@@ -64,6 +65,7 @@ def preflight(conn: PostgresConnection, repo: BackupRepository) -> ServerInfo:
         except Exception:
             c.rollback()
             sysid = None
+        plaintext = plaintext_warning(conn.host, conn.port, conn.sslmode, c)
     storage = repo.storage()
     storage.ensure_writable()
     # A repository that holds a cluster's WAL archive belongs to that cluster (wal/identity.py).
@@ -71,6 +73,9 @@ def preflight(conn: PostgresConnection, repo: BackupRepository) -> ServerInfo:
     free, total = storage.free_space() or (0, 0)
     estimate = size_estimate(repo, conn.database, db_size, int(table_bytes))
     warnings = []
+    if plaintext:  # another machine, no TLS: the password and every row crossed the network in clear
+        warnings.append(plaintext)
+        warn("plaintext-connection", plaintext, database=conn.database, host=conn.host, port=conn.port)
     if estimate > free:
         raise RepositoryError(
             f"not enough space in {storage.describe()}: the backup needs about {human_bytes(estimate)}, "

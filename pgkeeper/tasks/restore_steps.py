@@ -94,6 +94,7 @@ class RestoreReport(BaseModel):
     old_copy: str | None
     old_copy_keep_until: datetime | None
     safety_backup_id: str | None
+    confirmation: str | None = None  # how a replace was confirmed (restore_confirmation.py)
 
 
 def server_cluster(conn: PostgresConnection) -> str | None:
@@ -439,6 +440,7 @@ def summary_markdown(r: RestoreReport) -> str:
         f"- **Sessions ended**: {r.terminated_sessions}",
         f"- **Previous database**: {old}",
         f"- **Safety backup**: {f'`{r.safety_backup_id}`' if r.safety_backup_id else 'none'}",
+        *([f"- **Confirmation**: {r.confirmation}"] if r.confirmation else []),
         "",
         "| Table | Rows |",
         "|---|---:|",
