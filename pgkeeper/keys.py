@@ -19,6 +19,7 @@ import secrets
 from pathlib import Path
 
 from pgkeeper import sealing
+from pgkeeper.redact import remember
 from pgkeeper.storage.atomic import atomic_write_bytes
 
 RECIPIENTS = "recipients.txt"
@@ -55,6 +56,7 @@ def identities(root: Path | None = None) -> list[str]:
             found += sealing.parse_identities(path.read_text())
         except FileNotFoundError:
             continue
+    remember(*found)
     return found
 
 
@@ -62,12 +64,12 @@ def mac_keys(root: Path | None = None, create: bool = False) -> list[bytes]:
     """The manifest keys; with `create`, a first one is made when there is none (losing it loses
     no data: manifests can be re-signed after a check)."""
     path = (root or keys_dir()) / MANIFEST_KEY
-    keys = [bytes.fromhex(k) for k in _lines(path)]
-    if not keys and create:
+    if not _lines(path) and create:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         atomic_write_bytes(path, secrets.token_hex(32).encode() + b"\n")
-        keys = [bytes.fromhex(k) for k in _lines(path)]
-    return keys
+    lines = _lines(path)
+    remember(*lines)  # so that Sentry scrubbing knows them
+    return [bytes.fromhex(k) for k in lines]
 
 
 def _write_backup_copy(identity: str, recipient: str, to: Path) -> Path:
