@@ -9,14 +9,10 @@ from prefect.futures import as_completed
 from pydantic import BaseModel
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK
-from pgkeeper.errors import PgkeeperError
+from pgkeeper.errors import FleetIncomplete, PgkeeperError
 from pgkeeper.fmt import human_bytes, human_seconds
 from pgkeeper.runinfo import name_from_parameters
 from pgkeeper.sentry import report_failure
-
-
-class FleetIncomplete(PgkeeperError):
-    """Some databases of a fleet run were not backed up."""
 
 
 class FleetResult(BaseModel):

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from pgkeeper import pgtools
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
-from pgkeeper.errors import IntegrityError, PgkeeperError
+from pgkeeper.errors import DrillFailed, IntegrityError, PgkeeperError
 from pgkeeper.fmt import human_seconds
 from pgkeeper.localcluster import LocalCluster
 from pgkeeper.manifest import Manifest, Verification
@@ -31,10 +31,6 @@ METHOD = "pitr-drill"
 # A table is implausible when it holds less than this share of the rows the base backup's
 # statistics showed (reltuples; tables never analysed are only checked for being there).
 PLAUSIBLE_SHARE = 0.5
-
-
-class DrillFailed(PgkeeperError):
-    """The PITR drill could not recover, or the recovered copy failed a check."""
 
 
 class DrillReport(BaseModel):

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from pgkeeper import pgtools
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups
-from pgkeeper.errors import BadName, NotFound, PgkeeperError
+from pgkeeper.errors import BadName, NotFound, RecoveryFailed
 from pgkeeper.localcluster import make_server_dir
 from pgkeeper.manifest import Manifest
 from pgkeeper.tasks.basebackup import unpack_backup
@@ -38,10 +38,6 @@ from pgkeeper.wal.setup import server_ids
 
 WAL_CONFIG_NAME = "pgkeeper-wal.json"
 LOG_NAME = "log/pgkeeper-pitr.log"
-
-
-class RecoveryFailed(PgkeeperError):
-    """PostgreSQL could not recover to the requested point."""
 
 
 class RecoveryTarget(BaseModel):

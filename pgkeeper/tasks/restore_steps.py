@@ -25,7 +25,7 @@ from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups, resolve_backup
 from pgkeeper.content_check import prove_content
-from pgkeeper.errors import BadName, IntegrityError, NotFound, PgkeeperError, RepositoryError
+from pgkeeper.errors import BadName, IntegrityError, NotFound, PgkeeperError, RepositoryError, RestoreFailed
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.liveness import claim_dir, clear_dead_dirs
 from pgkeeper.manifest import DatabaseProperties, Manifest, StoredFile
@@ -39,10 +39,6 @@ from pgkeeper.tasks.verify import toc_kinds
 
 PRE_RESTORE_LABEL = "pre-restore"
 SYSTEM_DATABASES = {"postgres", "template0", "template1"}
-
-
-class RestoreFailed(PgkeeperError):
-    """A restore stopped; the message says what state the target database is in."""
 
 
 class RestorePlan(BaseModel):

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.dbprops import create_database
-from pgkeeper.errors import PgkeeperError
+from pgkeeper.errors import SwapFailed
 from pgkeeper.liveness import maker_is_dead, owner_tag
 from pgkeeper.manifest import DatabaseProperties
 from pgkeeper.names import check_identifier
@@ -35,10 +35,6 @@ _SINCE = re.compile(r"since (\S+)")
 # pg_restore stays connected to its shadow for the whole restore.
 STALE_SHADOW = timedelta(hours=24)
 MAX_NAME = 63
-
-
-class SwapFailed(PgkeeperError):
-    """The restored database could not be put in place; the live one is as it was."""
 
 
 class SwapResult(BaseModel):

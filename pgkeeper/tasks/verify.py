@@ -12,15 +12,11 @@ from pydantic import BaseModel
 
 from pgkeeper import pgtools
 from pgkeeper.blocks.repository import BackupRepository
-from pgkeeper.errors import IntegrityError
+from pgkeeper.errors import IntegrityError, UnreadableDump
 from pgkeeper.fmt import plural
 from pgkeeper.manifest import StoredFile
 from pgkeeper.tasks.checksum import checked_chunks
 from pgkeeper.tasks.policy import RETRYABLE
-
-
-class UnreadableDump(IntegrityError):
-    """The stored bytes are intact (checksum matched) but pg_restore cannot read the archive."""
 
 
 class QuickCheck(BaseModel):

@@ -22,7 +22,8 @@ from pgkeeper import anomaly, pgtools
 from pgkeeper.alerts import warn
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups, resolve_backup
-from pgkeeper.errors import ConnectionFailed, ExitCode, IntegrityError, PgkeeperError, RepositoryError
+from pgkeeper.errors import ConnectionFailed, IntegrityError, PgkeeperError, RepositoryError
+from pgkeeper.errors import VerificationFailed as VerificationFailed  # callers import it from here
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import Manifest
 from pgkeeper.pgdb import count_differences
@@ -112,16 +113,6 @@ class VerifyReport(BaseModel):
             failed = ", ".join(str(c.number) for c in self.checks if c.status == "FAIL")
             out.append(f"Backup {self.backup_id} FAILED verification (test {failed}).")
         return out
-
-
-class VerificationFailed(PgkeeperError):
-    """A check failed; `report` holds every check's line."""
-
-    exit_code = ExitCode.INTEGRITY
-
-    def __init__(self, message: str, report: VerifyReport | None = None) -> None:
-        super().__init__(message)
-        self.report = report
 
 
 class Fetched(BaseModel):

@@ -24,7 +24,7 @@ from pathlib import Path
 from pgkeeper.errors import IntegrityError, PgkeeperError
 from pgkeeper.storage.atomic import atomic_write_bytes
 from pgkeeper.wal import config
-from pgkeeper.wal.naming import BadWalName, check_wal_name
+from pgkeeper.wal.naming import check_wal_name
 from pgkeeper.wal.push import add_location_args
 from pgkeeper.wal.spool import LocalWalStore, decompress_checked
 
@@ -101,7 +101,7 @@ def _main(argv: Sequence[str]) -> int:
         if raw is None:
             return MISSING
         atomic_write_bytes(Path(args.dest), raw)
-    except (PgkeeperError, BadWalName) as exc:
+    except PgkeeperError as exc:  # a bad WAL name (BadWalName) too
         _say(f"error: {exc}")
         return ABORT
     except OSError as exc:
