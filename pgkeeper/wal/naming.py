@@ -56,11 +56,6 @@ def object_name(name: str, sha256: str) -> str:
     return f"{name}-{sha256}{SUFFIX}"
 
 
-def object_key(name: str, sha256: str) -> str:
-    """Path of the object below the wal/ prefix."""
-    return f"{wal_dir(name)}/{object_name(name, sha256)}"
-
-
 def parse_object_name(obj: str) -> tuple[str, str] | None:
     """(wal file name, sha256) of a stored object's base name, or None if it is not one."""
     if not obj.endswith(SUFFIX):
