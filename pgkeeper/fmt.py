@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(text: object, empty: str = "") -> str:
+    """The first line of an error's message (or of any text), `empty` when there is none: what a
+    one-line report shows. This module imports nothing, so wal-fetch can use it too."""
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else empty
+
+
 def human_bytes(n: float | None) -> str:
     if n is None:
         return "-"

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.errors import SwapFailed
+from pgkeeper.fmt import first_line
 from pgkeeper.liveness import maker_is_dead, owner_tag
 from pgkeeper.manifest import DatabaseProperties
 from pgkeeper.names import check_identifier
@@ -137,10 +138,10 @@ def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as
                 return SwapResult(target=live, retired_as=retire_as if exists else None, terminated=ended,
                                   seconds=time.monotonic() - started, oid=oid)
             except (psycopg.errors.ObjectInUse, psycopg.errors.LockNotAvailable) as exc:
-                last_error = _first_line(exc)  # a session slipped in before the lock: again
+                last_error = first_line(exc, type(exc).__name__)  # a session slipped in before the lock: again
                 time.sleep(0.1 * (attempt + 1))
             except psycopg.Error as exc:
-                last_error = _first_line(exc)
+                last_error = first_line(exc, type(exc).__name__)
                 break
         raise SwapFailed(f"could not swap {incoming!r} into place as {live!r}: {last_error}")
 
@@ -150,11 +151,6 @@ def _terminate(c: psycopg.Connection, name: str) -> int:
     rows = c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                      "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchall()
     return sum(1 for (ok,) in rows if ok)
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def old_copy_comment(target: str, backup_id: str, keep_hours: float, now: datetime) -> str:
@@ -266,7 +262,7 @@ def expire_old_copies(conn: PostgresConnection) -> list[str]:
             try:
                 c.execute(sql.SQL("DROP DATABASE {}").format(_ident(name)))
             except psycopg.Error as exc:
-                logger.warning("could not drop %s %s: %s", what, name, _first_line(exc))
+                logger.warning("could not drop %s %s: %s", what, name, first_line(exc, type(exc).__name__))
                 continue
         logger.info("dropped %s %s", what, name)
         dropped.append(name)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pgkeeper.errors import IntegrityError, PgkeeperError
+from pgkeeper.fmt import first_line
 from pgkeeper.storage.atomic import atomic_write_bytes
 from pgkeeper.wal import config
 from pgkeeper.wal.naming import check_wal_name
@@ -82,8 +83,7 @@ def main(argv: Sequence[str]) -> int:
     except SystemExit as exc:  # --help exits 0; our parser's errors carry ABORT
         return exc.code if isinstance(exc.code, int) else ABORT
     except BaseException as exc:  # noqa: BLE001 - never let an unexpected error read as "not found"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        _say(f"error: unexpected {type(exc).__name__}: {first} (recovery stops here; fix and restart)")
+        _say(f"error: unexpected {type(exc).__name__}: {first_line(exc)} (recovery stops here; fix and restart)")
         return ABORT
 
 
