@@ -35,7 +35,7 @@ from pgkeeper.tasks.pg_restore import materialize_dump, pg_restore_into, public_
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.tasks.report import artifact_key
 from pgkeeper.tasks.swap import old_copy_name, shadow_name
-from pgkeeper.tasks.verify import toc_kinds
+from pgkeeper.tasks.verify import check_table_count, toc_kinds
 
 PRE_RESTORE_LABEL = "pre-restore"
 SYSTEM_DATABASES = {"postgres", "template0", "template1"}
@@ -265,10 +265,7 @@ def check_readable(plan: RestorePlan, work_file: Path) -> dict[str, int]:
     except pgtools.ToolFailed as exc:
         raise IntegrityError(f"{plan.backup_id}: pg_restore cannot read it ({exc})") from None
     kinds = dict(toc_kinds(listing))
-    found = kinds.get("TABLE DATA", 0)
-    if found != len(plan.tables):
-        raise IntegrityError(f"{plan.backup_id}: the dump holds {found} tables, its manifest counted "
-                             f"{len(plan.tables)}")
+    check_table_count(kinds, len(plan.tables), plan.backup_id)
     return kinds
 
 

@@ -44,6 +44,16 @@ def toc_kinds(listing: str) -> Counter[str]:
     return kinds
 
 
+def check_table_count(toc: dict[str, int], expected: int, where: str = "") -> int:
+    """The tables with data in a dump's table of contents, which must be as many as the backup's
+    snapshot counted (its manifest's table list); UnreadableDump otherwise."""
+    found = toc.get("TABLE DATA", 0)
+    if found != expected:
+        raise UnreadableDump(f"{where + ': ' if where else ''}the dump holds {found} tables, "
+                             f"its manifest counted {expected}")
+    return found
+
+
 def read_dump_toc(repo: BackupRepository, backup_id: str, file: StoredFile, compression: str,
                   source: str = "local") -> QuickCheck:
     """One pass over the stored file: hash it, decompress it, and let pg_restore list it."""
@@ -90,9 +100,6 @@ def quick_verify(repo: BackupRepository, backup_id: str, file: StoredFile, compr
                  expected_tables: int) -> QuickCheck:
     """The stored dump decompresses, its hash matches, and it holds every table we counted."""
     check = read_dump_toc(repo, backup_id, file, compression)
-    found = check.toc.get("TABLE DATA", 0)
-    if found != expected_tables:
-        raise IntegrityError(f"{backup_id}: the dump holds {found} tables, the snapshot counted "
-                             f"{expected_tables}")
+    check_table_count(check.toc, expected_tables, backup_id)
     get_run_logger().info("verified %s: %s", backup_id, "; ".join(check.checks.values()))
     return check

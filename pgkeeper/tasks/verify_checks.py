@@ -30,7 +30,7 @@ from pgkeeper.pgdb import count_differences
 from pgkeeper.tasks.drill import DrillResult
 from pgkeeper.tasks.pg_restore import materialize_dump
 from pgkeeper.tasks.policy import RETRYABLE
-from pgkeeper.tasks.verify import UnreadableDump, read_dump_toc, toc_kinds
+from pgkeeper.tasks.verify import UnreadableDump, check_table_count, read_dump_toc, toc_kinds
 
 Status = Literal["PASS", "FAIL", "SKIP"]
 
@@ -167,9 +167,7 @@ def restore_passed(drill: DrillResult) -> CheckResult:
 
 
 def _format_result(manifest: Manifest, toc: dict[str, int]) -> CheckResult:
-    found, expected = toc.get("TABLE DATA", 0), len(manifest.tables)
-    if found != expected:
-        raise UnreadableDump(f"the dump holds {found} tables, the manifest counted {expected}")
+    found = check_table_count(toc, len(manifest.tables))
     return CheckResult(number=2, status="PASS",
                        title=f"dump format: {contents(found, manifest.objects.get('indexes', 0))}")
 
