@@ -76,3 +76,11 @@ def count_differences(expected: dict[str, int], actual: dict[str, int]) -> list[
         if e != a:
             diffs.append(f"{table}: expected {'absent' if e is None else e}, found {'absent' if a is None else a}")
     return diffs
+
+
+def database_differences(tables: dict[str, int], objects: dict[str, int], found_tables: dict[str, int],
+                         found_objects: dict[str, int]) -> list[str]:
+    """Lines for every row count (per table) and object count that differs from what a manifest
+    recorded. Only the object kinds it recorded are compared: an older manifest counts fewer."""
+    return count_differences(tables, found_tables) + count_differences(
+        objects, {k: v for k, v in found_objects.items() if k in objects})

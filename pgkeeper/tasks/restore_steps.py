@@ -331,9 +331,7 @@ def restore_shadow(conn: PostgresConnection, plan: RestorePlan, work_file: Path,
 def check_counts(conn: PostgresConnection, database: str, plan: RestorePlan) -> dict[str, int]:
     """Every table has exactly the rows the manifest counted in the dump's snapshot."""
     rows, objects = pgdb.count_database(conn, database)
-    diffs = pgdb.count_differences(plan.tables, rows)
-    diffs += [f"{k}: expected {v}, found {objects.get(k)}" for k, v in plan.objects.items()
-              if objects.get(k) != v]
+    diffs = pgdb.database_differences(plan.tables, plan.objects, rows, objects)
     if diffs:
         more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
         raise IntegrityError(f"{database} does not match backup {plan.backup_id}: {'; '.join(diffs[:3])}{more}")

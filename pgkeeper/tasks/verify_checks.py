@@ -26,7 +26,7 @@ from pgkeeper.errors import ConnectionFailed, IntegrityError, PgkeeperError, Rep
 from pgkeeper.errors import VerificationFailed as VerificationFailed  # callers import it from here
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import Manifest
-from pgkeeper.pgdb import count_differences
+from pgkeeper.pgdb import database_differences
 from pgkeeper.tasks.drill import DrillResult
 from pgkeeper.tasks.pg_restore import materialize_dump
 from pgkeeper.tasks.policy import RETRYABLE
@@ -199,9 +199,7 @@ def check_data(manifest: Manifest, drill: DrillResult) -> CheckResult:
         more = f" (and {len(drill.differences) - 3} more)" if len(drill.differences) > 3 else ""
         raise IntegrityError("the restored copy differs from the backup: " + "; ".join(drill.differences[:3]) + more)
     wrong = sorted(t for t in set(manifest.tables) | set(tables) if manifest.tables.get(t) != tables.get(t))
-    diffs = count_differences(manifest.tables, tables)
-    # Only the kinds the manifest recorded: an older manifest may count fewer kinds.
-    diffs += count_differences(manifest.objects, {k: v for k, v in objects.items() if k in manifest.objects})
+    diffs = database_differences(manifest.tables, manifest.objects, tables, objects)
     if diffs:
         raise IntegrityError(f"{len(wrong)} of {len(manifest.tables)} tables differ "
                              f"({', '.join(wrong) or 'none'}): " + "; ".join(diffs))
