@@ -38,16 +38,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _as_server_user() -> list[str]:
-    """Prefix for commands that must run as the server's OS user."""
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--"]
-    return []
-
-
 def _give_to_server_user(path: Path) -> None:
     if os.geteuid() == 0:
-        pw = pwd.getpwnam("postgres")
+        pw = pwd.getpwnam(pgtools.SERVER_USER)
         os.chown(path, pw.pw_uid, pw.pw_gid)
 
 
@@ -97,7 +90,7 @@ class LocalCluster:
         _give_to_server_user(pwfile)
         try:
             subprocess.run(
-                [*_as_server_user(), pgtools.tool("initdb"), "-D", str(self.datadir), "-U", self.user,
+                [*pgtools.as_server_user(), pgtools.tool("initdb"), "-D", str(self.datadir), "-U", self.user,
                  "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8",
                  "--no-sync"],
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -119,7 +112,7 @@ class LocalCluster:
         log.touch()
         _give_to_server_user(log)
         subprocess.run(
-            [*_as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "-l", str(log),
+            [*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "-l", str(log),
              "-o", f"-p {self.port}", "-w", "-t", str(timeout), "start"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
@@ -128,12 +121,12 @@ class LocalCluster:
         if not (self.datadir / "postmaster.pid").exists():
             return
         subprocess.run(
-            [*_as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "-m", mode,
+            [*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "-m", mode,
              "-w", "-t", "60", "stop"],
             check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def is_running(self) -> bool:
-        r = subprocess.run([*_as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "status"],
+        r = subprocess.run([*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "status"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return r.returncode == 0
 

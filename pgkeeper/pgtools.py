@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pgkeeper.errors import NotFound, ToolFailed
 
+SERVER_USER = "postgres"  # the OS user PostgreSQL runs as when we are root (it refuses to run as root)
 _CANDIDATE_BINDIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin",
                       "/usr/lib/postgresql/17/bin", "/usr/pgsql-15/bin")
 
@@ -40,6 +41,12 @@ def tool(name: str) -> str:
     if not path.exists():
         raise NotFound(f"{name} not found in {path.parent}: set PG_BINDIR")
     return str(path)
+
+
+def as_server_user(user: str = SERVER_USER) -> list[str]:
+    """Prefix for a command that must run as the server's OS user: `runuser -u USER --` when we
+    are root (as the tests and the demo are), nothing otherwise (the server runs as us)."""
+    return ["runuser", "-u", user, "--"] if os.geteuid() == 0 and user else []
 
 
 def last_line(text: str | bytes) -> str:

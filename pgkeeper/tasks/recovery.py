@@ -32,7 +32,7 @@ from pgkeeper.tasks.basebackup import unpack_backup
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal import config as walconfig
 from pgkeeper.wal import identity
-from pgkeeper.wal.command import SERVER_USER, conf_quote, restore_command
+from pgkeeper.wal.command import conf_quote, restore_command
 from pgkeeper.wal.naming import parse_lsn
 from pgkeeper.wal.setup import server_ids
 
@@ -229,10 +229,6 @@ def configure_recovery(data_dir: str, walcfg: walconfig.WalConfig, target: Recov
     return command
 
 
-def _as_server() -> list[str]:
-    return ["runuser", "-u", SERVER_USER, "--"] if server_ids() is not None else []
-
-
 def _log_lines(data_dir: Path) -> list[str]:
     try:
         return (data_dir / LOG_NAME).read_text(errors="replace").splitlines()
@@ -263,8 +259,8 @@ def start_recovery(data_dir: str, port: int, target: RecoveryTarget, timeout_sec
     ids = server_ids()
     if ids is not None:
         os.chown(log, *ids)
-    r = subprocess.run([*_as_server(), pgtools.tool("pg_ctl"), "-D", str(dest), "-l", str(log), "-o", f"-p {port}",
-                        "-w", "-t", str(timeout_seconds), "start"],
+    r = subprocess.run([*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(dest), "-l", str(log),
+                        "-o", f"-p {port}", "-w", "-t", str(timeout_seconds), "start"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_seconds + 30)
     if r.returncode != 0:
         raise RecoveryFailed(_explain_failure(dest, target))
@@ -278,7 +274,7 @@ def _control_state(data_dir: Path) -> tuple[str, int | None]:
 
 
 def _running(data_dir: Path) -> bool:
-    r = subprocess.run([*_as_server(), pgtools.tool("pg_ctl"), "-D", str(data_dir), "status"],
+    r = subprocess.run([*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(data_dir), "status"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return r.returncode == 0
 
