@@ -23,10 +23,9 @@ from pgkeeper.fmt import first_line
 from pgkeeper.liveness import maker_is_dead, owner_tag
 from pgkeeper.manifest import DatabaseProperties
 from pgkeeper.names import check_identifier
-from pgkeeper.pgdb import admin_connection, create_database
+from pgkeeper.pgdb import USER_TABLES, admin_connection, create_database
 from pgkeeper.pgdb import drop_database as drop_if_exists  # the name restore's callers know
 from pgkeeper.tasks.policy import RETRYABLE
-from pgkeeper.tasks.snapshot import USER_TABLES
 
 OLD_COPY_MARK = "pgkeeper pre-restore copy"
 SHADOW_MARK = "pgkeeper restore in progress"
