@@ -7,8 +7,6 @@ password path is exercised exactly as in production.
 
 from __future__ import annotations
 
-import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -19,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgkeeper import pgtools
+from pgkeeper.pgtools import make_server_dir
 
 _DEFAULT_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
@@ -38,24 +37,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _give_to_server_user(path: Path) -> None:
-    if os.geteuid() == 0:
-        pw = pwd.getpwnam(pgtools.SERVER_USER)
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-
-
 def scratch_dir(prefix: str = "pgkeeper-") -> Path:
     """A new temp directory that the server user may traverse (mkdtemp makes 0700)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
-    return path
-
-
-def make_server_dir(path: Path) -> Path:
-    """A directory the server user can own, with every parent traversable by it."""
-    path.mkdir(parents=True, exist_ok=True)
-    _give_to_server_user(path)
-    path.chmod(0o700)
     return path
 
 
@@ -87,7 +72,7 @@ class LocalCluster:
         pwfile = self.datadir.parent / f".pw-{self.port}"
         pwfile.write_text(self.password + "\n")
         pwfile.chmod(0o600)
-        _give_to_server_user(pwfile)
+        pgtools.give_to_server_user(pwfile)
         try:
             subprocess.run(
                 [*pgtools.as_server_user(), pgtools.tool("initdb"), "-D", str(self.datadir), "-U", self.user,
@@ -110,7 +95,7 @@ class LocalCluster:
     def start(self, timeout: int = 60) -> LocalCluster:
         log = self.datadir.parent / f"postgres-{self.port}.log"
         log.touch()
-        _give_to_server_user(log)
+        pgtools.give_to_server_user(log)
         subprocess.run(
             [*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "-l", str(log),
              "-o", f"-p {self.port}", "-w", "-t", str(timeout), "start"],

@@ -7,6 +7,7 @@ A tool that hangs is killed by us: a Prefect task timeout does not stop a blocki
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -47,6 +48,21 @@ def as_server_user(user: str = SERVER_USER) -> list[str]:
     """Prefix for a command that must run as the server's OS user: `runuser -u USER --` when we
     are root (as the tests and the demo are), nothing otherwise (the server runs as us)."""
     return ["runuser", "-u", user, "--"] if os.geteuid() == 0 and user else []
+
+
+def give_to_server_user(path: Path) -> None:
+    """Hand `path` to the server's OS user when we are root (a server started by runuser writes it)."""
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam(SERVER_USER)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def make_server_dir(path: Path) -> Path:
+    """A directory the server user can own (a data directory), with every parent traversable by it."""
+    path.mkdir(parents=True, exist_ok=True)
+    give_to_server_user(path)
+    path.chmod(0o700)
+    return path
 
 
 def last_line(text: str | bytes) -> str:

@@ -26,7 +26,6 @@ from pgkeeper import pgtools
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups
 from pgkeeper.errors import BadName, NotFound, RecoveryFailed
-from pgkeeper.localcluster import make_server_dir
 from pgkeeper.manifest import Manifest
 from pgkeeper.tasks.basebackup import unpack_backup
 from pgkeeper.tasks.policy import RETRYABLE
@@ -185,7 +184,7 @@ def restore_base_backup(repo: BackupRepository, source: str, manifest: Manifest,
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise BadName(f"{dest} is not empty: pitr only recovers into a new or empty directory")
     created = not dest.exists()
-    make_server_dir(dest)
+    pgtools.make_server_dir(dest)
     storage = repo.storage(source)
     try:
         unpack_backup(lambda name: storage.open_file(manifest.backup_id, name), manifest.files, dest)
