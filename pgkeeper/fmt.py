@@ -47,3 +47,11 @@ def contents(tables: int, indexes: int, rows: int | None = None) -> str:
         parts.append(plural(rows, "row"))
     parts.append(plural(indexes, "index"))
     return ", ".join(parts)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns aligned with two spaces, headers first (the command line's listings, the demo's)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)
