@@ -199,11 +199,55 @@ def _check_server(conn: PostgresConnection, manifest: Manifest, existing_target:
     return props, owner, missing if create_roles else [], current.comment if current else None
 
 
+def check_plan(conn: PostgresConnection, plan: RestorePlan, backup: str, source: str, mode: str,
+               target: str | None, keep_ownership: bool, create_roles: bool) -> RestorePlan:
+    """A plan made before the run (the command line shows it at its prompt, so that the name the
+    previous database is kept as is the one confirmed), checked against the run's parameters and
+    the server now. Its shadow is dropped on failure and its old-copy name taken: both must be
+    names a plan makes for its target, and free."""
+    asked = {"backup": backup, "source": source, "mode": mode, "target": target or plan.target,
+             "keep_ownership": keep_ownership}
+    planned = {"backup": plan.backup_id, "source": plan.source, "mode": plan.mode, "target": plan.target,
+               "keep_ownership": plan.keep_ownership}
+    differ = [f"{k} {planned[k]!r} (the run says {asked[k]!r})" for k in asked if asked[k] != planned[k]]
+    if plan.roles_to_create and not create_roles:
+        differ.append(f"roles to create {', '.join(plan.roles_to_create)} (the run does not create roles)")
+    if differ:
+        raise BadName("the restore plan does not match the run: " + "; ".join(differ))
+    check_identifier("target database", plan.target)
+    if not _names_made_for_target(plan):
+        raise BadName(f"the restore plan's shadow {plan.shadow!r} or old-copy name {plan.retire_as!r} is not one "
+                      f"pgkeeper makes for {plan.target!r}")
+    if pgdb.database_exists(conn, plan.target) != plan.target_exists:
+        now = "exists now" if not plan.target_exists else "no longer exists"
+        raise BadName(f"database {plan.target!r} {now}: plan the restore again")
+    for name in (plan.shadow, plan.retire_as):
+        if name and pgdb.database_exists(conn, name):
+            raise BadName(f"database {name!r} already exists: plan the restore again")
+    return plan
+
+
+def _names_made_for_target(plan: RestorePlan) -> bool:
+    """Whether the plan's shadow and old-copy names are the ones plan_restore makes for its target."""
+    if plan.shadow != shadow_name(plan.target, plan.shadow[-6:]):
+        return False
+    if plan.retire_as is None:
+        return True
+    try:
+        when = datetime.strptime(plan.retire_as[-15:], "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    return plan.retire_as == old_copy_name(plan.target, when)
+
+
 @task(name="resolve-restore", cache_policy=NO_CACHE, **RETRYABLE)
 def resolve_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, source: str, mode: str,
-                    target: str | None, keep_ownership: bool = True, create_roles: bool = False) -> RestorePlan:
-    """Which backup, into which database, and what is there now."""
-    plan = plan_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles)
+                    target: str | None, keep_ownership: bool = True, create_roles: bool = False,
+                    planned: RestorePlan | None = None) -> RestorePlan:
+    """Which backup, into which database, and what is there now: `planned` when the caller
+    already planned the restore (checked), else planned here."""
+    plan = check_plan(conn, planned, backup, source, mode, target, keep_ownership, create_roles) if planned \
+        else plan_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles)
     get_run_logger().info("restore %s (%s, %s; cluster %s) from %s into %s (%s)", plan.backup_id,
                           human_bytes(plan.size), plan.status, plan.system_identifier or "?", plan.location,
                           plan.target,
