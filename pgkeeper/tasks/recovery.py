@@ -281,14 +281,19 @@ def _running(data_dir: Path) -> bool:
 @task(name="wait-for-promotion", cache_policy=NO_CACHE)
 def wait_for_promotion(data_dir: str, port: int, backup_id: str, target: RecoveryTarget,
                        started: float, timeout_seconds: int = 3600) -> RecoveryResult:
-    """Wait until recovery ended and the server promoted itself; report the point reached."""
+    """Wait until recovery ended and the server promoted itself; report the point reached.
+
+    Promotion is read from the control file (pg_controldata run in the C locale), not from the
+    server's log, which is written in its own lc_messages: "in production" is the state the
+    server sets as pg_is_in_recovery() turns false, after its end-of-recovery checkpoint, which
+    is on the new timeline. A query would need credentials for the copy, which the pitr flow
+    does not have. The log only adds where recovery stopped, when it is in English.
+    """
     dest = Path(data_dir)
     deadline = time.monotonic() + timeout_seconds
     while True:
-        lines = _log_lines(dest)
-        promoted = any("database system is ready to accept connections" in ln for ln in lines) and \
-            any("archive recovery complete" in ln or "selected new timeline ID" in ln for ln in lines)
-        if promoted and _control_state(dest)[0] == "in production":
+        state, timeline = _control_state(dest)
+        if state == "in production":
             break
         if not _running(dest):
             raise RecoveryFailed(_explain_failure(dest, target))
@@ -296,10 +301,9 @@ def wait_for_promotion(data_dir: str, port: int, backup_id: str, target: Recover
             raise RecoveryFailed(f"recovery did not finish within {timeout_seconds} s; the server is still "
                                  f"running in {dest} (see {dest / LOG_NAME})")
         time.sleep(0.5)
+    lines = _log_lines(dest)
     stop = [ln for ln in lines if "recovery stopping" in ln]
     last = [ln for ln in lines if "last completed transaction was at log time" in ln]
-    new_tli = [ln for ln in lines if "selected new timeline ID" in ln]
-    timeline = int(re.findall(r"selected new timeline ID: (\d+)", new_tli[-1])[0]) if new_tli else None
     last_at = None
     if last:
         stamp = last[-1].split("log time", 1)[1].strip()
