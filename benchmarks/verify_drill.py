@@ -10,7 +10,7 @@ backed up once by the backup flow and its archive decompressed to a work file. T
      the backup's, pg_restore with owners and grants, the database's settings, row counts, and
      pg_dump of the scratch compared entry by entry with the archive read as SQL (schema, grants
      and data; the archive is read while pg_restore runs), then DROP DATABASE.
-Medians are compared. Target (issue 11): content <= 1.5x count-only.
+Medians are compared. Target: content <= 1.5x count-only.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ wal-push one file per call; wal-push with push-ahead, the default):
    one command per file, serially, as the postgres OS user, with fsync on.
 The server's log (log_min_messages = debug3) gives each call's start and end to the
 millisecond; segments/min is files archived over the time from first call to last.
-Targets (DESIGN.md): median <= 80 ms a segment, >= 600 segments/min.
+Targets: median <= 80 ms a segment, >= 600 segments/min.
 Then, with archive_timeout, single-row commits are timed until pg_stat_archiver reports
 their segment archived by wal-push: the RPO.
 """

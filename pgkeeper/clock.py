@@ -11,14 +11,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pgkeeper.errors import PgkeeperError
+from pgkeeper.errors import ClockSkew
 from pgkeeper.names import backup_id_time, is_backup_id
 
 MAX_SKEW = timedelta(minutes=5)
-
-
-class ClockSkew(PgkeeperError):
-    """A clock is too far off to name a backup by it."""
 
 
 def _fmt(t: datetime) -> str:

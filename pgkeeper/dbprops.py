@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from pgkeeper.errors import BadName
+from pgkeeper.fmt import first_line
 from pgkeeper.manifest import DatabaseGrant, DatabaseProperties
 
 # Settings whose value is a list of names that ALTER ... SET must receive element by element
@@ -95,9 +96,11 @@ def create_database(c: psycopg.Connection, name: str, props: DatabaseProperties 
     try:
         c.execute(sql.SQL(" ").join(parts))
     except psycopg.errors.DataError as exc:  # an unknown locale, an encoding the locale cannot hold
-        raise BadName(f"cannot create database {name!r} as the backup's was: {_first_line(exc)}") from None
+        raise BadName(f"cannot create database {name!r} as the backup's was: "
+                      f"{first_line(exc, type(exc).__name__)}") from None
     except psycopg.errors.InvalidParameterValue as exc:
-        raise BadName(f"cannot create database {name!r} as the backup's was: {_first_line(exc)}") from None
+        raise BadName(f"cannot create database {name!r} as the backup's was: "
+                      f"{first_line(exc, type(exc).__name__)}") from None
 
 
 def split_list_setting(value: str) -> list[str]:
@@ -187,8 +190,3 @@ def differences(expected: DatabaseProperties, actual: DatabaseProperties | None,
         if want != got:
             out.append(f"database {key.replace('_', ' ')}: expected {want!r}, found {got!r}")
     return out
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

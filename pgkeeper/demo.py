@@ -117,14 +117,13 @@ def run_demo(scale: float = 2.0) -> int:
     report = verify(backup=manifest.backup_id, connection_block="demo-crm", repository_block="demo-repository")
     print("\n".join("      " + line for line in report.lines()))
     print("Repository listing:")
-    from pgkeeper.cli.common import print_table
-    from pgkeeper.fmt import human_bytes, human_seconds
+    from pgkeeper.fmt import human_bytes, human_seconds, table
 
     repo = BackupRepository(path=str(DEMO_DIR / "repository"))
-    print_table(["ID", "DATABASE", "SIZE", "RATIO", "TABLES", "ROWS", "STATUS", "RTO"], [
+    print(table(["ID", "DATABASE", "SIZE", "RATIO", "TABLES", "ROWS", "STATUS", "RTO"], [
         [m.backup_id, m.database, human_bytes(m.size), f"{m.ratio:.1f}x" if m.ratio else "-",
          str(len(m.tables)), str(sum(m.tables.values())), m.status, human_seconds(m.last_restore_seconds)]
-        for m in list_backups(repo.storage())])
+        for m in list_backups(repo.storage())]))
     ui = api[:-4] if api.endswith("/api") else api
     print()
     print(f"See the backup run in the Prefect UI: {ui}/runs/flow-run/{run_id}")

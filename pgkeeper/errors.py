@@ -1,8 +1,38 @@
-"""Errors a user can act on. Each message is one plain line, never a secret.
+"""Errors a user can act on, all in one registry. Each message is one plain line, never a secret.
 
-Each kind has its own exit code, so a script calling `pgkeeper` can tell them apart
-(documented in the README's troubleshooting section).
+Every error pgkeeper raises on purpose is a class below. Its kind (the registry's base it
+derives from) gives it two properties: `exit_code`, what `pgkeeper` exits with (the CLI reads
+it through `exit_code_for`; the README's troubleshooting section has the same table), and
+`transient`, whether trying again later could help (the task retry policy, tasks/policy.py,
+reads it; one raise may override it, e.g. an unreachable server is transient, a wrong password
+is not). Anything else is a bug: exit 70, and retried by tasks as if transient.
+
+| Kind               | Exit | Transient | Meaning                                                  |
+|--------------------|------|-----------|----------------------------------------------------------|
+| PgkeeperError      | 1    | no        | an expected failure not listed below (a restore stopped) |
+| BadName            | 2    | no        | a bad name, option, setting or WAL file name             |
+| NotFound           | 3    | no        | no such backup, block or file                            |
+| ConnectionFailed   | 4    | per raise | the server is unreachable (transient) or refused us      |
+| RepositoryError    | 1    | per raise | the repository cannot be read or written                 |
+| IntegrityError     | 5    | no        | stored data does not match its checksum or contents      |
+| ToolFailed         | 1    | yes       | pg_dump, pg_restore, ... failed or were killed           |
+| NotConfirmed       | 6    | no        | a restore was not confirmed: nothing was changed         |
+| (KeyboardInterrupt)| 130  |           | Ctrl-C                                                   |
+| (anything else)    | 70   | yes       | a bug; `--debug` shows the traceback                     |
+
+The specific errors below derive from these kinds: BadWalName, SetupError (BadName: 2); WalGap,
+UnreadableDump (IntegrityError: 5); VerificationFailed, KeyMissing (5); ClockSkew, WalConflict,
+ForeignCluster, NotWalSegment, ArchiveFailing, ArchivingOff, WalConfigError, RecoveryFailed,
+RestoreFailed, SwapFailed, DrillFailed, FleetIncomplete, DeployFailed, PlaintextAuthRefused
+(PgkeeperError: 1).
+
+wal-push and wal-fetch import this module, and keep PostgreSQL's exit codes instead of these
+(see wal/fetch.py): it must stay free of imports.
 """
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~4 ms a WAL command)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ExitCode:
@@ -72,6 +102,98 @@ class NotConfirmed(PgkeeperError):
     """A restore whose confirmation was refused or never came: nothing was changed."""
 
     exit_code = ExitCode.NOT_CONFIRMED
+
+
+# The specific errors, each of one kind above. The modules that raise them re-export them.
+
+
+class BadWalName(BadName):
+    """Not a name PostgreSQL gives to archived WAL files (a path, '..'): never worth a retry."""
+
+
+class ClockSkew(PgkeeperError):
+    """A clock is too far off to name a backup by it."""
+
+
+class WalConflict(PgkeeperError):
+    """A WAL file of this name is already archived with different content."""
+
+
+class ForeignCluster(PgkeeperError):
+    """WAL or a backup of one cluster offered to a repository that belongs to another."""
+
+
+class NotWalSegment(PgkeeperError):
+    """The file does not start with a WAL long page header matching its name."""
+
+
+class ArchiveFailing(PgkeeperError):
+    """PostgreSQL cannot archive WAL, or archiving lags too far behind."""
+
+
+class WalGap(IntegrityError):
+    """A segment that a kept base backup needs is missing from the archive."""
+
+
+class UnreadableDump(IntegrityError):
+    """The stored bytes are intact (checksum matched) but pg_restore cannot read the archive."""
+
+
+class VerificationFailed(PgkeeperError):
+    """A check failed; `report` holds every check's line."""
+
+    exit_code = ExitCode.INTEGRITY
+
+    def __init__(self, message: str, report: object = None) -> None:
+        super().__init__(message)
+        # A VerifyReport (tasks/verify_checks.py); typed loosely so that this module imports nothing.
+        self.report: Any = report
+
+
+class RecoveryFailed(PgkeeperError):
+    """PostgreSQL could not recover to the requested point."""
+
+
+class RestoreFailed(PgkeeperError):
+    """A restore stopped; the message says what state the target database is in."""
+
+
+class SwapFailed(PgkeeperError):
+    """The restored database could not be put in place; the live one is as it was."""
+
+
+class DrillFailed(PgkeeperError):
+    """The PITR drill could not recover, or the recovered copy failed a check."""
+
+
+class FleetIncomplete(PgkeeperError):
+    """Some databases of a fleet run were not backed up."""
+
+
+class DeployFailed(PgkeeperError):
+    """`prefect deploy` did not succeed."""
+
+
+class SetupError(BadName):
+    """The environment does not describe a usable set-up."""
+
+
+class WalConfigError(PgkeeperError):
+    """The WAL archive settings are missing or unreadable."""
+
+
+class ArchivingOff(PgkeeperError):
+    """The server does not archive WAL: a base backup could never be made consistent."""
+
+
+class KeyMissing(PgkeeperError):
+    """An encryption or manifest key is missing, malformed or cannot open a file."""
+
+    exit_code = ExitCode.INTEGRITY
+
+
+class PlaintextAuthRefused(PgkeeperError):
+    """An SMTP password would have crossed the network in clear."""
 
 
 def exit_code_for(exc: BaseException) -> int:

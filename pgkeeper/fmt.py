@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 
+def first_line(text: object, empty: str = "") -> str:
+    """The first line of an error's message (or of any text), `empty` when there is none: what a
+    one-line report shows. This module imports nothing, so wal-fetch can use it too."""
+    lines = str(text).strip().splitlines()
+    return lines[0] if lines else empty
+
+
 def human_bytes(n: float | None) -> str:
     if n is None:
         return "-"
@@ -40,3 +47,11 @@ def contents(tables: int, indexes: int, rows: int | None = None) -> str:
         parts.append(plural(rows, "row"))
     parts.append(plural(indexes, "index"))
     return ", ".join(parts)
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns aligned with two spaces, headers first (the command line's listings, the demo's)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines)

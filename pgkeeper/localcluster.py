@@ -7,8 +7,6 @@ password path is exercised exactly as in production.
 
 from __future__ import annotations
 
-import os
-import pwd
 import shutil
 import socket
 import subprocess
@@ -19,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pgkeeper import pgtools
+from pgkeeper.pgtools import make_server_dir
 
 _DEFAULT_SETTINGS = {
     "listen_addresses": "'127.0.0.1'",
@@ -38,31 +37,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _as_server_user() -> list[str]:
-    """Prefix for commands that must run as the server's OS user."""
-    if os.geteuid() == 0:
-        return ["runuser", "-u", "postgres", "--"]
-    return []
-
-
-def _give_to_server_user(path: Path) -> None:
-    if os.geteuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(path, pw.pw_uid, pw.pw_gid)
-
-
 def scratch_dir(prefix: str = "pgkeeper-") -> Path:
     """A new temp directory that the server user may traverse (mkdtemp makes 0700)."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
-    return path
-
-
-def make_server_dir(path: Path) -> Path:
-    """A directory the server user can own, with every parent traversable by it."""
-    path.mkdir(parents=True, exist_ok=True)
-    _give_to_server_user(path)
-    path.chmod(0o700)
     return path
 
 
@@ -94,10 +72,10 @@ class LocalCluster:
         pwfile = self.datadir.parent / f".pw-{self.port}"
         pwfile.write_text(self.password + "\n")
         pwfile.chmod(0o600)
-        _give_to_server_user(pwfile)
+        pgtools.give_to_server_user(pwfile)
         try:
             subprocess.run(
-                [*_as_server_user(), pgtools.tool("initdb"), "-D", str(self.datadir), "-U", self.user,
+                [*pgtools.as_server_user(), pgtools.tool("initdb"), "-D", str(self.datadir), "-U", self.user,
                  "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8",
                  "--no-sync"],
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -117,9 +95,9 @@ class LocalCluster:
     def start(self, timeout: int = 60) -> LocalCluster:
         log = self.datadir.parent / f"postgres-{self.port}.log"
         log.touch()
-        _give_to_server_user(log)
+        pgtools.give_to_server_user(log)
         subprocess.run(
-            [*_as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "-l", str(log),
+            [*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "-l", str(log),
              "-o", f"-p {self.port}", "-w", "-t", str(timeout), "start"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self
@@ -128,12 +106,12 @@ class LocalCluster:
         if not (self.datadir / "postmaster.pid").exists():
             return
         subprocess.run(
-            [*_as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "-m", mode,
+            [*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "-m", mode,
              "-w", "-t", "60", "stop"],
             check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def is_running(self) -> bool:
-        r = subprocess.run([*_as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "status"],
+        r = subprocess.run([*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "status"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         return r.returncode == 0
 

@@ -96,9 +96,6 @@ class Manifest(BaseModel):
     dump_settings: dict[str, str] = Field(default_factory=dict,
                                           description="output settings of pg_dump's session (TimeZone, ...)")
     verifications: list[Verification] = Field(default_factory=list)
-    # What happened after the manifest was written (offsite upload, retention), for the run's
-    # caller to show; never stored: the manifest on disk was final before any of it happened.
-    outcome: list[str] = Field(default_factory=list, exclude=True)
 
     @property
     def dump_file(self) -> StoredFile:

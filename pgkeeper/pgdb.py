@@ -12,9 +12,46 @@ from pgkeeper import dbprops
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.manifest import DatabaseProperties
 from pgkeeper.names import check_identifier
-from pgkeeper.tasks.snapshot import object_counts, table_row_counts
 
 MAINTENANCE_DB = "postgres"
+
+# Tables whose data pg_dump writes, by pg_dump's own rule: ordinary tables outside system schemas
+# that are not extension members, plus the configuration tables extensions registered with
+# pg_extension_config_dump (whose rows pg_dump filters with the registered condition). Each is
+# counted ONLY itself: an inheritance parent's count must not include its children's rows.
+USER_TABLES = """
+SELECT n.nspname, c.relname, coalesce(cfg.condition, '') AS condition
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN LATERAL (
+  SELECT e.extcondition[array_position(e.extconfig, c.oid)] AS condition
+  FROM pg_extension e WHERE c.oid = ANY (e.extconfig) LIMIT 1) cfg ON true
+LEFT JOIN LATERAL (
+  SELECT true AS member FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+  AND d.objid = c.oid AND d.deptype = 'e' LIMIT 1) ext ON true
+WHERE c.relkind = 'r' AND c.relpersistence <> 't'
+  AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+  AND (ext.member IS NULL AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       OR cfg.condition IS NOT NULL)
+ORDER BY 1, 2
+"""
+
+USER_NAMESPACES = """
+n.nspname NOT IN ('pg_catalog', 'information_schema')
+AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'
+"""
+
+OBJECT_COUNTS = f"""
+SELECT
+  (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND {USER_NAMESPACES}) AS tables,
+  (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'i' AND {USER_NAMESPACES}) AS indexes,
+  (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'S' AND {USER_NAMESPACES}) AS sequences,
+  (SELECT count(*) FROM pg_constraint k JOIN pg_namespace n ON n.oid = k.connamespace
+    WHERE k.contype IN ('p', 'f', 'u', 'c', 'x') AND {USER_NAMESPACES}) AS constraints,
+  (SELECT count(*) FROM pg_largeobject_metadata) AS large_objects
+"""
 
 
 def admin_connection(conn: PostgresConnection) -> psycopg.Connection:
@@ -76,3 +113,29 @@ def count_differences(expected: dict[str, int], actual: dict[str, int]) -> list[
         if e != a:
             diffs.append(f"{table}: expected {'absent' if e is None else e}, found {'absent' if a is None else a}")
     return diffs
+
+
+def database_differences(tables: dict[str, int], objects: dict[str, int], found_tables: dict[str, int],
+                         found_objects: dict[str, int]) -> list[str]:
+    """Lines for every row count (per table) and object count that differs from what a manifest
+    recorded. Only the object kinds it recorded are compared: an older manifest counts fewer."""
+    return count_differences(tables, found_tables) + count_differences(
+        objects, {k: v for k, v in found_objects.items() if k in objects})
+
+
+def table_row_counts(holder: psycopg.Connection) -> dict[str, int]:
+    """Exact row counts of every dumped table, as seen by the holder's snapshot."""
+    counts: dict[str, int] = {}
+    for schema, table, condition in holder.execute(USER_TABLES).fetchall():
+        # The condition is the extension's own SQL from the catalog, as pg_dump applies it.
+        query = sql.SQL("SELECT count(*) FROM ONLY {}.{} {}").format(
+            sql.Identifier(schema), sql.Identifier(table), sql.SQL(condition))
+        counts[f"{schema}.{table}"] = holder.execute(query).fetchone()[0]  # type: ignore[index]
+    return counts
+
+
+def object_counts(connection: psycopg.Connection) -> dict[str, int]:
+    row = connection.execute(OBJECT_COUNTS).fetchone()
+    assert row is not None
+    return {"tables": row[0], "indexes": row[1], "sequences": row[2], "constraints": row[3],
+            "large_objects": row[4]}

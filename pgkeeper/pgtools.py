@@ -7,6 +7,7 @@ A tool that hangs is killed by us: a Prefect task timeout does not stop a blocki
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from pgkeeper.errors import NotFound, ToolFailed
 
+SERVER_USER = "postgres"  # the OS user PostgreSQL runs as when we are root (it refuses to run as root)
 _CANDIDATE_BINDIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin",
                       "/usr/lib/postgresql/17/bin", "/usr/pgsql-15/bin")
 
@@ -40,6 +42,27 @@ def tool(name: str) -> str:
     if not path.exists():
         raise NotFound(f"{name} not found in {path.parent}: set PG_BINDIR")
     return str(path)
+
+
+def as_server_user(user: str = SERVER_USER) -> list[str]:
+    """Prefix for a command that must run as the server's OS user: `runuser -u USER --` when we
+    are root (as the tests and the demo are), nothing otherwise (the server runs as us)."""
+    return ["runuser", "-u", user, "--"] if os.geteuid() == 0 and user else []
+
+
+def give_to_server_user(path: Path) -> None:
+    """Hand `path` to the server's OS user when we are root (a server started by runuser writes it)."""
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam(SERVER_USER)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
+def make_server_dir(path: Path) -> Path:
+    """A directory the server user can own (a data directory), with every parent traversable by it."""
+    path.mkdir(parents=True, exist_ok=True)
+    give_to_server_user(path)
+    path.chmod(0o700)
+    return path
 
 
 def last_line(text: str | bytes) -> str:

@@ -9,11 +9,17 @@ list tells the story without a click.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 KIND_PRE_RESTORE = "pre-restore"
+# The line of a failure mail (deployments/automations.py) that carries the run's id, so that the
+# mail block (blocks/notify.py) can look up the step the run stopped at.
+RUN_ID_LINE = "Flow run id: "
+# Task run states a failed flow run can have stopped at.
+STOPPED_AT_STATES = frozenset({"FAILED", "CRASHED", "RUNNING"})
 
 
 def today() -> str:
@@ -59,6 +65,16 @@ def describe_run(name: str, tags: Iterable[str]) -> None:
         ctx.flow_run.name, ctx.flow_run.tags = name, merged
     except Exception as exc:  # the API being busy must not fail a backup
         get_run_logger().debug("could not rename the run: %s", exc)
+
+
+def stopped_at(task_runs: Iterable[tuple[str, str | None, str | None]]) -> tuple[str, str] | None:
+    """(task name, state name) of the step a failed flow run stopped at: the first of its task runs
+    (name, state type, state name), newest first, that failed, crashed or was still running."""
+    for name, state_type, state_name in task_runs:
+        if state_type in STOPPED_AT_STATES:
+            # Task run names are the task's name plus a short random suffix.
+            return re.sub(r"-[0-9a-f]{3}$", "", name), (state_name or state_type).lower()
+    return None
 
 
 def completed(result: Any, line: str):  # -> State

@@ -21,17 +21,13 @@ import threading
 from collections.abc import Iterable
 from typing import Any, BinaryIO
 
-from pgkeeper.errors import IntegrityError, PgkeeperError
+from pgkeeper.errors import IntegrityError, KeyMissing, PgkeeperError
 
 AGE = "age"
 AGE_MAGIC = b"age-encryption.org/v1\n"  # the first line of every age file
 SUFFIX = ".age"
 MAC_FIELD = "authentication"
 PIPE_CHUNK = 1 << 20
-
-
-class KeyMissing(PgkeeperError):
-    """A key is missing, malformed or cannot open a file."""
 
 
 def generate_identity() -> tuple[str, str]:

@@ -75,19 +75,18 @@ def _mail_block() -> Any:
 
 
 def failed_step(flow_run_id: Any) -> str | None:
-    import re
-
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.client.schemas.sorting import TaskRunSort
 
+    from pgkeeper.runinfo import stopped_at
+
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
                                      sort=TaskRunSort.EXPECTED_START_TIME_DESC, limit=50)
-    for run in runs:
-        if run.state is not None and run.state.type.value in {"FAILED", "CRASHED", "RUNNING"}:
-            return re.sub(r"-[0-9a-f]{3}$", "", run.name)
-    return None
+    found = stopped_at((run.name, run.state.type.value if run.state else None, run.state.name if run.state else None)
+                       for run in runs)
+    return found[0] if found else None
 
 
 def report_failure(flow: Any, flow_run: Any, state: Any) -> None:

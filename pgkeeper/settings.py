@@ -21,17 +21,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pgkeeper.errors import ExitCode, PgkeeperError
+from pgkeeper.errors import SetupError
 
 REQUIRED = ("POSTGRES_USER", "POSTGRES_DB", "POSTGRES_PASSWORD", "BACKUP_DIR")
 REQUIRED_FOR_MAIL = ("ALERT_EMAIL", "SMTP_HOST")
 REQUIRED_FOR_S3 = ("S3_BUCKET",)
-
-
-class SetupError(PgkeeperError):
-    """The environment does not describe a usable set-up."""
-
-    exit_code = ExitCode.BAD_INPUT
 
 
 def enabled(env: Mapping[str, str], name: str) -> bool:

@@ -14,7 +14,7 @@ import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from pgkeeper.errors import BadName, PgkeeperError
+from pgkeeper.errors import BadName, PlaintextAuthRefused
 
 if TYPE_CHECKING:
     import psycopg
@@ -58,10 +58,6 @@ def plaintext_warning(host: str, port: int, sslmode: str, connection: psycopg.Co
     return (f"the connection to {host}:{port} is not encrypted (sslmode={sslmode}): the password and the data "
             "cross the network in clear; set POSTGRES_SSLMODE=verify-full and POSTGRES_SSLROOTCERT (or the "
             "connection block's sslmode and sslrootcert)")
-
-
-class PlaintextAuthRefused(PgkeeperError):
-    """An SMTP password would have crossed the network in clear."""
 
 
 def plaintext_auth_allowed(block_setting: bool, env: Mapping[str, str] = os.environ) -> bool:

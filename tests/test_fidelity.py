@@ -1,4 +1,4 @@
-"""A restore gives back exactly what was there (issue 11), checked as a DBA would check it.
+"""A restore gives back exactly what was there, checked as a DBA would check it.
 
 A realistic application database (tests/app_schema.py) in four flavours (UTF8/libc, ICU sv-SE,
 LATIN1, SQL_ASCII) is backed up and restored with the `pgkeeper` command line: into a new

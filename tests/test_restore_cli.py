@@ -33,6 +33,7 @@ def test_restore_asks_for_the_name_then_replaces(pg, crm_db, pg_env):
         assert table_fingerprints(pg.conninfo(crm_db)) == at_backup
         [old] = old_copies(pg, crm_db)
         assert table_fingerprints(pg.conninfo(old)) == changed
+        assert f"it will be kept as {old}" in done.stdout  # the name confirmed is the name used
     finally:
         for name in old_copies(pg, crm_db):
             drop_database(pg, name)

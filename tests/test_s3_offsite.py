@@ -114,10 +114,11 @@ def test_backup_lands_intact_through_a_flaky_network(pg, crm_db, conn, s3_endpoi
     with FaultyProxy(s3_endpoint, failure_rate=0.3, max_faults=40, seed=7) as proxy:
         repo = s3_repo(tmp_path, proxy.url, s3_bucket, "flaky", s3_checksum="SHA256")  # the other algorithm
         repo.save(f"repo-{suffix}")
-        manifest = backup(connection_block=f"db-{suffix}", repository_block=f"repo-{suffix}")
+        state = backup(connection_block=f"db-{suffix}", repository_block=f"repo-{suffix}", return_state=True)
+        manifest = state.result()
         upload_faults = sum(proxy.faults.values())
     assert upload_faults > 0, f"the proxy should have failed some of its {proxy.requests} requests"
-    assert any(line.endswith("checksum verified") for line in manifest.outcome)
+    assert any(line.endswith("checksum verified") for line in state.message.split("; "))
     file = manifest.files[0]
     assert file.size > 10 * 1024 * 1024  # really multipart
     prefix = f"flaky/backups/{manifest.backup_id}/"

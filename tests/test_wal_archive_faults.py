@@ -170,7 +170,8 @@ def test_the_server_user_still_pushes_after_root_shipped(s3_endpoint: str, s3_bu
     import subprocess
 
     from pgkeeper.localcluster import scratch_dir
-    from pgkeeper.wal.command import SERVER_USER, pgkeeper_command
+    from pgkeeper.pgtools import as_server_user
+    from pgkeeper.wal.command import pgkeeper_command
     from pgkeeper.wal.setup import prepare_spool, server_ids
 
     base = scratch_dir("pgkeeper-ledger-")
@@ -182,7 +183,7 @@ def test_the_server_user_still_pushes_after_root_shipped(s3_endpoint: str, s3_bu
             import os
 
             os.chown(config_path, *ids)
-        as_server = ["runuser", "-u", SERVER_USER, "--"] if ids else []
+        as_server = as_server_user()
         later = "000000010000000000000004"
         for name, seed in ((SEG, 3), (later, 5)):
             (base / name).write_bytes(segment_bytes(seed, name=name))

@@ -8,7 +8,6 @@ The SMTP settings live in prefect-email's EmailServerCredentials (password kept 
 
 from __future__ import annotations
 
-import re
 import socket
 import sys
 from email.message import EmailMessage
@@ -19,6 +18,8 @@ from prefect.blocks.abstract import NotificationBlock
 from prefect.utilities.asyncutils import run_coro_as_sync
 from prefect_email import EmailServerCredentials
 from pydantic import Field
+
+from pgkeeper.runinfo import RUN_ID_LINE, stopped_at
 
 
 class MailNotification(NotificationBlock):
@@ -85,8 +86,6 @@ async def with_failed_step(body: str, ui_url: str | None = None) -> str:
     carries the run id (RUN_ID_LINE) and this looks the failed or interrupted task up.
     Best effort: without it the mail still has the error and the run's link.
     """
-    from pgkeeper.deployments.automations import RUN_ID_LINE
-
     marker = next((line for line in body.splitlines() if line.startswith(RUN_ID_LINE)), None)
     if marker is None:
         return body
@@ -117,10 +116,6 @@ async def _failed_step(flow_run_id: str) -> str | None:
             json={"flow_runs": {"id": {"any_": [flow_run_id]}}, "sort": "EXPECTED_START_TIME_DESC",
                   "limit": 50}), timeout=10)
         response.raise_for_status()
-    for run in response.json():
-        state = (run.get("state") or {}).get("type")
-        if state in {"FAILED", "CRASHED", "RUNNING"}:
-            # Task run names are the task's name plus a short random suffix.
-            name = re.sub(r"-[0-9a-f]{3}$", "", run["name"])
-            return f"{name} ({(run.get('state') or {}).get('name', state).lower()})"
-    return None
+    found = stopped_at((run["name"], (run.get("state") or {}).get("type"), (run.get("state") or {}).get("name"))
+                       for run in response.json())
+    return f"{found[0]} ({found[1]})" if found else None

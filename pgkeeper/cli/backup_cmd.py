@@ -20,12 +20,8 @@ def run(args: argparse.Namespace) -> int:
 
     ensure_api()
     from pgkeeper.flows.backup import backup
-    from pgkeeper.fmt import contents, human_bytes, human_seconds
 
-    m = backup(**connection_params(args), **repository_params(args), labels=args.label)
-    ratio = f", ratio {m.ratio:.1f}x" if m.ratio else ""
-    print(f"backup {m.backup_id} of {m.database}: {human_bytes(m.size)}{ratio}, "
-          f"{contents(len(m.tables), m.objects.get('indexes', 0), sum(m.tables.values()))}, "
-          f"{human_seconds(m.duration_seconds)}, {m.status}"
-          + "".join(f"; {line}" for line in m.outcome))
+    state = backup(**connection_params(args), **repository_params(args), labels=args.label, return_state=True)
+    state.result()  # raises the run's error if it failed
+    print(f"backup {state.message}")  # the run's final line: the backup, then upload and retention
     return 0

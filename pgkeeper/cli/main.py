@@ -56,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(args_list)
     from pgkeeper.errors import ExitCode, exit_code_for, expected_error
+    from pgkeeper.fmt import first_line
 
     debug = args.debug or bool(os.environ.get("PGKEEPER_DEBUG"))
     try:
@@ -66,18 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         expected = expected_error(exc)  # the error itself, or one it was raised from
         if expected is not None:
-            print(f"pgkeeper: error: {one_line(str(expected))}", file=sys.stderr)
+            print(f"pgkeeper: error: {first_line(expected)}", file=sys.stderr)
             return exit_code_for(expected)
         if debug:
             raise
-        print(f"pgkeeper: error: {type(exc).__name__}: {one_line(str(exc))} (run with --debug for the traceback)",
+        print(f"pgkeeper: error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)",
               file=sys.stderr)
         return ExitCode.UNEXPECTED
-
-
-def one_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[0] if lines else ""
 
 
 if __name__ == "__main__":

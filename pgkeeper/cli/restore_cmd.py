@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         report = restore(backup=plan.backup_id, mode=mode, target=plan.target, source=source, confirmed=True,
                          safety_backup=not args.no_safety_backup, keep_old=not args.drop_old,
                          keep_old_hours=args.keep_old_hours, keep_ownership=args.keep_ownership,
-                         create_roles=args.create_roles, jobs=args.jobs,
+                         create_roles=args.create_roles, jobs=args.jobs, plan=plan,
                          **conn_params, **repo_params)
     print(f"restored {report.backup_id} into {report.target}: "
           f"{contents(len(report.tables), report.objects.get('indexes', 0), sum(report.tables.values()))}, "

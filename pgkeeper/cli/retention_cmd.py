@@ -28,6 +28,6 @@ def run(args: argparse.Namespace) -> int:
         if r.removed:
             print_table(["BACKUP", verb, "REASON"], [[i, "yes", r.reasons[i]] for i in r.removed])
         print(f"retention of {r.location} ({r.policy}): {r.summary()}{' (dry run)' if r.dry_run else ''}")
-        if r.removed and not r.dry_run:
-            print(r.wal)
+    if reports and reports[-1].wal:  # WAL is expired once, after every source: one line
+        print(f"WAL retention: {reports[-1].wal}")
     return 0

@@ -16,13 +16,12 @@ from prefect.automations import Automation, EventTrigger, SendNotification
 from prefect.events.schemas.automations import AutomationCore, Posture
 
 from pgkeeper.alerts import WARNING_EVENT
+from pgkeeper.runinfo import RUN_ID_LINE  # notify() reads this line to look up which step failed
 
 FAILURE_AUTOMATION = "pgkeeper: mail on failed run"
 WARNING_AUTOMATION = "pgkeeper: mail on warning"
 TAG = "pgkeeper"
 FAILURE_EVENTS = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
-# notify() reads this line to look up which step failed; see blocks/notify.py.
-RUN_ID_LINE = "Flow run id: "
 
 # pgkeeper's own runs are named "backup crm 2026-11-30" (the database in every subject); others
 # keep Prefect's random names, so the flow's name goes in front of those.

@@ -17,14 +17,10 @@ from typing import Any
 
 import yaml
 
-from pgkeeper.errors import PgkeeperError
+from pgkeeper.errors import DeployFailed
 
 DEPLOYED_HASH_VARIABLE = "pgkeeper_deployed"
 WAL_DEPLOYMENTS = ("wal-ship/every-5-minutes", "base-backup/daily", "pitr-drill/weekly")
-
-
-class DeployFailed(PgkeeperError):
-    """`prefect deploy` did not succeed."""
 
 
 def default_prefect_yaml() -> Path:

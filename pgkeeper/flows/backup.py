@@ -54,9 +54,11 @@ def backup(
             abandon_backup(repo, backup_id)
             raise
     report_backup(manifest, repo.storage().describe(), info.warnings)
-    manifest.outcome = after_backup(repo, backup_id)  # offsite upload → retention → garbage collection
+    after = after_backup(repo, backup_id)  # offsite upload → retention → garbage collection
     mail_backup_success(manifest, repo, info.warnings)  # only when mail is configured
-    return completed(manifest, result_line(manifest))
+    # The result: the manifest as written, and the run's final line, which also says what the
+    # steps after it did (they change the repository, not the manifest).
+    return completed(manifest, result_line(manifest) + "".join(f"; {line}" for line in after))
 
 
 def result_line(m: Manifest) -> str:

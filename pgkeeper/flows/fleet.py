@@ -9,14 +9,10 @@ from prefect.futures import as_completed
 from pydantic import BaseModel
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK
-from pgkeeper.errors import PgkeeperError
-from pgkeeper.fmt import human_bytes, human_seconds
+from pgkeeper.errors import FleetIncomplete, PgkeeperError
+from pgkeeper.fmt import first_line, human_bytes, human_seconds
 from pgkeeper.runinfo import name_from_parameters
 from pgkeeper.sentry import report_failure
-
-
-class FleetIncomplete(PgkeeperError):
-    """Some databases of a fleet run were not backed up."""
 
 
 class FleetResult(BaseModel):
@@ -32,8 +28,7 @@ class FleetResult(BaseModel):
 def one_line(exc: BaseException) -> str:
     if isinstance(exc, PgkeeperError):
         return str(exc)  # written for users: one line, no secret
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 # No retries here: the backup flow retries its own steps; this only records the outcome.

@@ -27,6 +27,7 @@ from pgkeeper.tasks.restore_confirmation import (
 )
 from pgkeeper.tasks.restore_steps import (
     RestoreFailed,
+    RestorePlan,
     RestoreReport,
     check_content,
     check_counts,
@@ -63,6 +64,7 @@ def restore(
     keep_ownership: bool = True,
     create_roles: bool = False,
     jobs: int = 2,
+    plan: RestorePlan | None = None,
     database: str | None = None,
     connection_block: str = DEFAULT_CONNECTION_BLOCK,
     repository_block: str = DEFAULT_REPOSITORY_BLOCK,
@@ -100,6 +102,9 @@ def restore(
         create_roles: create the roles the backup needs and this server lacks, from the
             backup's roles file (existing roles are never altered).
         jobs: parallel pg_restore jobs.
+        plan: the plan the caller showed and had confirmed (the command line passes it, so that
+            the name the previous database is kept as is the one shown); checked against the
+            other parameters and the server before use. Default: planned by the run.
         database: the database whose backups `latest` looks at (default: the connection's).
         connection_block: saved pgkeeper-postgres-connection block (else POSTGRES_* variables).
         repository_block: saved pgkeeper-backup-repository block (else BACKUP_DIR).
@@ -114,7 +119,7 @@ def restore(
     repo = load_repository(repository_block, path=backup_dir)
 
     expire_old_copies(conn)
-    plan = resolve_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles)
+    plan = resolve_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles, plan)
     describe_run(f"restore {plan.target} ← {plan.backup_id}", [database_tag(plan.target), "restore"])
     # From here on every failure ends with one line saying what state the target is in.
     work_file = None

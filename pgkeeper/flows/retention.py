@@ -77,5 +77,5 @@ def retention(
         reports.append(apply_retention(repo, source, dry_run))
         if not dry_run:
             collect_garbage(repo, source, gc_safety_hours)
-    expire_archived_wal(repo, dry_run)  # WAL no remaining base backup needs (pgkeeper.wal.retention)
-    return reports
+    wal = expire_archived_wal(repo, dry_run)  # WAL no remaining base backup needs (pgkeeper.wal.retention)
+    return [r.model_copy(update={"wal": wal}) for r in reports]

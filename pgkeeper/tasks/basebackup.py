@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from pgkeeper import __version__, pgtools
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
-from pgkeeper.errors import IntegrityError, PgkeeperError, RepositoryError
+from pgkeeper.errors import ArchivingOff, IntegrityError, PgkeeperError, RepositoryError
 from pgkeeper.fmt import human_bytes
 from pgkeeper.manifest import Manifest, StoredFile, Verification
 from pgkeeper.storage.interface import Storage
@@ -39,10 +39,6 @@ from pgkeeper.wal.identity import check_backup, check_remote
 STAGING = ".pg_basebackup"
 PG_MANIFEST = "backup_manifest"
 READ_CHUNK = 1 << 20
-
-
-class ArchivingOff(PgkeeperError):
-    """The server does not archive WAL: a base backup could never be made consistent."""
 
 
 class ClusterInfo(BaseModel):

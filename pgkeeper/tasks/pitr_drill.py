@@ -20,8 +20,8 @@ from pydantic import BaseModel
 from pgkeeper import pgtools
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
-from pgkeeper.errors import IntegrityError, PgkeeperError
-from pgkeeper.fmt import human_seconds
+from pgkeeper.errors import DrillFailed, IntegrityError, PgkeeperError
+from pgkeeper.fmt import first_line, human_seconds
 from pgkeeper.localcluster import LocalCluster
 from pgkeeper.manifest import Manifest, Verification
 from pgkeeper.tasks.policy import RETRYABLE
@@ -31,10 +31,6 @@ METHOD = "pitr-drill"
 # A table is implausible when it holds less than this share of the rows the base backup's
 # statistics showed (reltuples; tables never analysed are only checked for being there).
 PLAUSIBLE_SHARE = 0.5
-
-
-class DrillFailed(PgkeeperError):
-    """The PITR drill could not recover, or the recovered copy failed a check."""
 
 
 class DrillReport(BaseModel):
@@ -97,7 +93,7 @@ def drill_checks(conn: PostgresConnection, report: DrillReport, manifest: Manife
                 c.execute("CREATE EXTENSION IF NOT EXISTS amcheck")  # the copy is scratch: ours to change
             checked.append(db)
         except (PgkeeperError, psycopg.Error) as exc:
-            logger.info("amcheck cannot be created in %s (%s): not checked", db, str(exc).splitlines()[0])
+            logger.info("amcheck cannot be created in %s (%s): not checked", db, first_line(exc))
     if checked:
         env = copy.libpq_env()
         argv = [pgtools.tool("pg_amcheck"), "-h", "127.0.0.1", "-p", str(report.port), "-U", conn.user,
@@ -123,7 +119,7 @@ def drill_checks(conn: PostgresConnection, report: DrillReport, manifest: Manife
                 n = c.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table))).fetchone()[0]  # type: ignore[index]
             except psycopg.Error as exc:
                 c.rollback()
-                implausible.append(f"{name}: {str(exc).splitlines()[0]}")
+                implausible.append(f"{name}: {first_line(exc)}")
                 continue
             if estimate > 0 and n < estimate * PLAUSIBLE_SHARE:
                 implausible.append(f"{name}: {n} rows, the base backup showed about {estimate}")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from prefect.tasks import exponential_backoff
+
 from pgkeeper.errors import PgkeeperError
 
 RETRIES = int(os.environ.get("PGKEEPER_TASK_RETRIES", "2"))
 _BASE = float(os.environ.get("PGKEEPER_RETRY_DELAY_SECONDS", "10"))
-RETRY_DELAYS = [_BASE * 2**i for i in range(max(RETRIES, 1))]
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -29,6 +30,6 @@ def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 RETRYABLE: dict[str, Any] = {
     "retries": RETRIES,
-    "retry_delay_seconds": RETRY_DELAYS,
+    "retry_delay_seconds": exponential_backoff(_BASE),  # _BASE, 2 x _BASE, 4 x _BASE, ...
     "retry_condition_fn": retry_if_transient,
 }

@@ -25,24 +25,19 @@ from pydantic import BaseModel
 from pgkeeper import pgtools
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups
-from pgkeeper.errors import BadName, NotFound, PgkeeperError
-from pgkeeper.localcluster import make_server_dir
+from pgkeeper.errors import BadName, NotFound, RecoveryFailed
 from pgkeeper.manifest import Manifest
 from pgkeeper.storage.atomic import atomic_write_bytes
 from pgkeeper.tasks.basebackup import unpack_backup
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal import config as walconfig
 from pgkeeper.wal import identity
-from pgkeeper.wal.command import SERVER_USER, conf_quote, restore_command
+from pgkeeper.wal.command import conf_quote, restore_command
 from pgkeeper.wal.naming import parse_lsn
 from pgkeeper.wal.setup import server_ids
 
 WAL_CONFIG_NAME = "pgkeeper-wal.json"
 LOG_NAME = "log/pgkeeper-pitr.log"
-
-
-class RecoveryFailed(PgkeeperError):
-    """PostgreSQL could not recover to the requested point."""
 
 
 class RecoveryTarget(BaseModel):
@@ -190,7 +185,7 @@ def restore_base_backup(repo: BackupRepository, source: str, manifest: Manifest,
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise BadName(f"{dest} is not empty: pitr only recovers into a new or empty directory")
     created = not dest.exists()
-    make_server_dir(dest)
+    pgtools.make_server_dir(dest)
     storage = repo.storage(source)
     try:
         unpack_backup(lambda f: storage.open_plain(manifest.backup_id, f), manifest.files, dest)
@@ -271,10 +266,6 @@ def forget_recovery_secrets(data_dir: str) -> None:
     shutil.rmtree(recovery_secrets_dir(data_dir), ignore_errors=True)
 
 
-def _as_server() -> list[str]:
-    return ["runuser", "-u", SERVER_USER, "--"] if server_ids() is not None else []
-
-
 def _log_lines(data_dir: Path) -> list[str]:
     try:
         return (data_dir / LOG_NAME).read_text(errors="replace").splitlines()
@@ -308,8 +299,8 @@ def start_recovery(data_dir: str, port: int, target: RecoveryTarget, timeout_sec
     ids = server_ids()
     if ids is not None:
         os.chown(log, *ids)
-    r = subprocess.run([*_as_server(), pgtools.tool("pg_ctl"), "-D", str(dest), "-l", str(log), "-o", f"-p {port}",
-                        "-w", "-t", str(timeout_seconds), "start"],
+    r = subprocess.run([*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(dest), "-l", str(log),
+                        "-o", f"-p {port}", "-w", "-t", str(timeout_seconds), "start"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_seconds + 30)
     if r.returncode != 0:
         raise RecoveryFailed(_explain_failure(dest, target))
@@ -323,7 +314,7 @@ def _control_state(data_dir: Path) -> tuple[str, int | None]:
 
 
 def _running(data_dir: Path) -> bool:
-    r = subprocess.run([*_as_server(), pgtools.tool("pg_ctl"), "-D", str(data_dir), "status"],
+    r = subprocess.run([*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(data_dir), "status"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return r.returncode == 0
 
@@ -331,14 +322,19 @@ def _running(data_dir: Path) -> bool:
 @task(name="wait-for-promotion", cache_policy=NO_CACHE)
 def wait_for_promotion(data_dir: str, port: int, backup_id: str, target: RecoveryTarget,
                        started: float, timeout_seconds: int = 3600) -> RecoveryResult:
-    """Wait until recovery ended and the server promoted itself; report the point reached."""
+    """Wait until recovery ended and the server promoted itself; report the point reached.
+
+    Promotion is read from the control file (pg_controldata run in the C locale), not from the
+    server's log, which is written in its own lc_messages: "in production" is the state the
+    server sets as pg_is_in_recovery() turns false, after its end-of-recovery checkpoint, which
+    is on the new timeline. A query would need credentials for the copy, which the pitr flow
+    does not have. The log only adds where recovery stopped, when it is in English.
+    """
     dest = Path(data_dir)
     deadline = time.monotonic() + timeout_seconds
     while True:
-        lines = _log_lines(dest)
-        promoted = any("database system is ready to accept connections" in ln for ln in lines) and \
-            any("archive recovery complete" in ln or "selected new timeline ID" in ln for ln in lines)
-        if promoted and _control_state(dest)[0] == "in production":
+        state, timeline = _control_state(dest)
+        if state == "in production":
             break
         if not _running(dest):
             raise RecoveryFailed(_explain_failure(dest, target))
@@ -346,10 +342,9 @@ def wait_for_promotion(data_dir: str, port: int, backup_id: str, target: Recover
             raise RecoveryFailed(f"recovery did not finish within {timeout_seconds} s; the server is still "
                                  f"running in {dest} (see {dest / LOG_NAME})")
         time.sleep(0.5)
+    lines = _log_lines(dest)
     stop = [ln for ln in lines if "recovery stopping" in ln]
     last = [ln for ln in lines if "last completed transaction was at log time" in ln]
-    new_tli = [ln for ln in lines if "selected new timeline ID" in ln]
-    timeline = int(re.findall(r"selected new timeline ID: (\d+)", new_tli[-1])[0]) if new_tli else None
     last_at = None
     if last:
         stamp = last[-1].split("log time", 1)[1].strip()

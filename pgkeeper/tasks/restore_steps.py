@@ -25,7 +25,7 @@ from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups, resolve_backup
 from pgkeeper.content_check import prove_content
-from pgkeeper.errors import BadName, IntegrityError, NotFound, PgkeeperError, RepositoryError
+from pgkeeper.errors import BadName, IntegrityError, NotFound, PgkeeperError, RepositoryError, RestoreFailed
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.liveness import claim_dir, clear_dead_dirs
 from pgkeeper.manifest import DatabaseProperties, Manifest, StoredFile
@@ -35,14 +35,10 @@ from pgkeeper.tasks.pg_restore import materialize_dump, pg_restore_into, public_
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.tasks.report import artifact_key
 from pgkeeper.tasks.swap import old_copy_name, shadow_name
-from pgkeeper.tasks.verify import toc_kinds
+from pgkeeper.tasks.verify import check_table_count, toc_kinds
 
 PRE_RESTORE_LABEL = "pre-restore"
 SYSTEM_DATABASES = {"postgres", "template0", "template1"}
-
-
-class RestoreFailed(PgkeeperError):
-    """A restore stopped; the message says what state the target database is in."""
 
 
 class RestorePlan(BaseModel):
@@ -204,11 +200,55 @@ def _check_server(conn: PostgresConnection, manifest: Manifest, existing_target:
     return props, owner, missing if create_roles else [], current.comment if current else None
 
 
+def check_plan(conn: PostgresConnection, plan: RestorePlan, backup: str, source: str, mode: str,
+               target: str | None, keep_ownership: bool, create_roles: bool) -> RestorePlan:
+    """A plan made before the run (the command line shows it at its prompt, so that the name the
+    previous database is kept as is the one confirmed), checked against the run's parameters and
+    the server now. Its shadow is dropped on failure and its old-copy name taken: both must be
+    names a plan makes for its target, and free."""
+    asked = {"backup": backup, "source": source, "mode": mode, "target": target or plan.target,
+             "keep_ownership": keep_ownership}
+    planned = {"backup": plan.backup_id, "source": plan.source, "mode": plan.mode, "target": plan.target,
+               "keep_ownership": plan.keep_ownership}
+    differ = [f"{k} {planned[k]!r} (the run says {asked[k]!r})" for k in asked if asked[k] != planned[k]]
+    if plan.roles_to_create and not create_roles:
+        differ.append(f"roles to create {', '.join(plan.roles_to_create)} (the run does not create roles)")
+    if differ:
+        raise BadName("the restore plan does not match the run: " + "; ".join(differ))
+    check_identifier("target database", plan.target)
+    if not _names_made_for_target(plan):
+        raise BadName(f"the restore plan's shadow {plan.shadow!r} or old-copy name {plan.retire_as!r} is not one "
+                      f"pgkeeper makes for {plan.target!r}")
+    if pgdb.database_exists(conn, plan.target) != plan.target_exists:
+        now = "exists now" if not plan.target_exists else "no longer exists"
+        raise BadName(f"database {plan.target!r} {now}: plan the restore again")
+    for name in (plan.shadow, plan.retire_as):
+        if name and pgdb.database_exists(conn, name):
+            raise BadName(f"database {name!r} already exists: plan the restore again")
+    return plan
+
+
+def _names_made_for_target(plan: RestorePlan) -> bool:
+    """Whether the plan's shadow and old-copy names are the ones plan_restore makes for its target."""
+    if plan.shadow != shadow_name(plan.target, plan.shadow[-6:]):
+        return False
+    if plan.retire_as is None:
+        return True
+    try:
+        when = datetime.strptime(plan.retire_as[-15:], "%Y%m%d_%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    return plan.retire_as == old_copy_name(plan.target, when)
+
+
 @task(name="resolve-restore", cache_policy=NO_CACHE, **RETRYABLE)
 def resolve_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, source: str, mode: str,
-                    target: str | None, keep_ownership: bool = True, create_roles: bool = False) -> RestorePlan:
-    """Which backup, into which database, and what is there now."""
-    plan = plan_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles)
+                    target: str | None, keep_ownership: bool = True, create_roles: bool = False,
+                    planned: RestorePlan | None = None) -> RestorePlan:
+    """Which backup, into which database, and what is there now: `planned` when the caller
+    already planned the restore (checked), else planned here."""
+    plan = check_plan(conn, planned, backup, source, mode, target, keep_ownership, create_roles) if planned \
+        else plan_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles)
     get_run_logger().info("restore %s (%s, %s; cluster %s) from %s into %s (%s)", plan.backup_id,
                           human_bytes(plan.size), plan.status, plan.system_identifier or "?", plan.location,
                           plan.target,
@@ -270,10 +310,7 @@ def check_readable(plan: RestorePlan, work_file: Path) -> dict[str, int]:
     except pgtools.ToolFailed as exc:
         raise IntegrityError(f"{plan.backup_id}: pg_restore cannot read it ({exc})") from None
     kinds = dict(toc_kinds(listing))
-    found = kinds.get("TABLE DATA", 0)
-    if found != len(plan.tables):
-        raise IntegrityError(f"{plan.backup_id}: the dump holds {found} tables, its manifest counted "
-                             f"{len(plan.tables)}")
+    check_table_count(kinds, len(plan.tables), plan.backup_id)
     return kinds
 
 
@@ -338,9 +375,7 @@ def restore_shadow(conn: PostgresConnection, plan: RestorePlan, work_file: Path,
 def check_counts(conn: PostgresConnection, database: str, plan: RestorePlan) -> dict[str, int]:
     """Every table has exactly the rows the manifest counted in the dump's snapshot."""
     rows, objects = pgdb.count_database(conn, database)
-    diffs = pgdb.count_differences(plan.tables, rows)
-    diffs += [f"{k}: expected {v}, found {objects.get(k)}" for k, v in plan.objects.items()
-              if objects.get(k) != v]
+    diffs = pgdb.database_differences(plan.tables, plan.objects, rows, objects)
     if diffs:
         more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
         raise IntegrityError(f"{database} does not match backup {plan.backup_id}: {'; '.join(diffs[:3])}{more}")

@@ -26,7 +26,7 @@ class RetentionReport(BaseModel):
     kept: list[str]
     removed: list[str]
     reasons: dict[str, str]  # backup id -> why it was kept or removed
-    wal: str
+    wal: str = ""  # what WAL retention did: set by the retention flow, which expires WAL once after all sources
 
     def summary(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
@@ -44,24 +44,6 @@ def backup_records(storage) -> tuple[list[BackupRecord], dict[str, Manifest]]:  
     incomplete |= set(storage.incomplete_backups(stale_after_s=0))
     records += [BackupRecord(backup_id=i, taken_at=backup_id_time(i), complete=False) for i in sorted(incomplete)]
     return records, manifests
-
-
-def expire_wal(repo: BackupRepository, source: str, kept: list[Manifest], removed: list[Manifest],
-               dry_run: bool) -> str:
-    """Hook for WAL expiry, called after base backups were removed; says what it did.
-
-    WAL older than the oldest kept physical base backup's start_lsn (on its timeline) is no
-    longer needed by any kept base backup. The WAL archive (pgkeeper.wal) is to remove it here;
-    until it does, nothing is deleted, which is always safe.
-    """
-    if not any(m.kind == "physical" for m in removed):
-        return "no base backup removed: WAL untouched"
-    physical = sorted((m for m in kept if m.kind == "physical"), key=lambda m: m.started_at)
-    if not physical:
-        return "no base backup kept: WAL kept (nothing to expire against)"
-    oldest = physical[0]
-    return (f"WAL before {oldest.start_lsn} (timeline {oldest.timeline}) is no longer needed by a kept base "
-            f"backup; WAL expiry is not automatic yet, so it was kept")
 
 
 def _table(decisions: list[Decision], manifests: dict[str, Manifest], dry_run: bool) -> list[dict[str, str]]:
@@ -89,15 +71,13 @@ def apply_retention(repo: BackupRepository, source: str = "local", dry_run: bool
         logger.info("%s %s: %s", "would remove" if dry_run else "removing", d.backup_id, d.reason)
         if not dry_run:
             storage.delete_backup(d.backup_id)
-    kept_m = [manifests[d.backup_id] for d in decisions if d.keep]
-    wal = expire_wal(repo, source, kept_m, [manifests[d.backup_id] for d in removed], dry_run)
     report = RetentionReport(
         source=source, location=storage.describe(), dry_run=dry_run, policy=policy.describe(),
         kept=sorted(d.backup_id for d in decisions if d.keep), removed=sorted(d.backup_id for d in removed),
-        reasons={d.backup_id: d.reason for d in decisions}, wal=wal)
+        reasons={d.backup_id: d.reason for d in decisions})
     create_table_artifact(
         table=_table(decisions, manifests, dry_run), key=artifact_key("retention", source),
         description=f"Retention of {storage.describe()} ({policy.describe()}): {report.summary()}"
                     f"{' (dry run)' if dry_run else ''}")
-    logger.info("retention of %s: %s; %s", storage.describe(), report.summary(), wal)
+    logger.info("retention of %s: %s", storage.describe(), report.summary())
     return report

@@ -18,14 +18,14 @@ from psycopg import sql
 from pydantic import BaseModel
 
 from pgkeeper.blocks.postgres import PostgresConnection
-from pgkeeper.dbprops import create_database
-from pgkeeper.errors import PgkeeperError
+from pgkeeper.errors import SwapFailed
+from pgkeeper.fmt import first_line
 from pgkeeper.liveness import maker_is_dead, owner_tag
 from pgkeeper.manifest import DatabaseProperties
 from pgkeeper.names import check_identifier
-from pgkeeper.pgdb import MAINTENANCE_DB
+from pgkeeper.pgdb import USER_TABLES, admin_connection, create_database
+from pgkeeper.pgdb import drop_database as drop_if_exists  # the name restore's callers know
 from pgkeeper.tasks.policy import RETRYABLE
-from pgkeeper.tasks.snapshot import USER_TABLES
 
 OLD_COPY_MARK = "pgkeeper pre-restore copy"
 SHADOW_MARK = "pgkeeper restore in progress"
@@ -35,10 +35,6 @@ _SINCE = re.compile(r"since (\S+)")
 # pg_restore stays connected to its shadow for the whole restore.
 STALE_SHADOW = timedelta(hours=24)
 MAX_NAME = 63
-
-
-class SwapFailed(PgkeeperError):
-    """The restored database could not be put in place; the live one is as it was."""
 
 
 class SwapResult(BaseModel):
@@ -52,11 +48,6 @@ class SwapResult(BaseModel):
 def database_oid(c: psycopg.Connection, name: str) -> int | None:
     row = c.execute("SELECT oid FROM pg_database WHERE datname = %s", (name,)).fetchone()
     return int(row[0]) if row else None
-
-
-def _admin(conn: PostgresConnection) -> psycopg.Connection:
-    db = MAINTENANCE_DB if conn.database != MAINTENANCE_DB else "template1"
-    return conn.connect(database=db, autocommit=True)
 
 
 def _ident(name: str) -> sql.Identifier:
@@ -89,9 +80,7 @@ def terminate_all(c: psycopg.Connection, name: str, wait_s: float = 15.0) -> int
     ended = 0
     deadline = time.monotonic() + wait_s
     while True:
-        rows = c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchall()
-        ended += sum(1 for (ok,) in rows if ok)
+        ended += _terminate(c, name)
         if sessions_on(c, name) == 0:
             return ended
         if time.monotonic() > deadline:
@@ -105,17 +94,8 @@ def create_shadow(conn: PostgresConnection, shadow: str, props: DatabaseProperti
     provider and locales, owner, tablespace); settings, ACL and connection limit come after
     pg_restore. Its comment marks it as a shadow and names the process making it, so the next
     run can drop it if this one is killed."""
-    check_identifier("database", shadow)
-    with _admin(conn) as c:
-        create_database(c, shadow, props, owner)
-        c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(_ident(shadow), sql.Literal(
-            f"{SHADOW_MARK} since {datetime.now(UTC).isoformat(timespec='seconds')} by {owner_tag(run_id)}")))
-
-
-def drop_if_exists(conn: PostgresConnection, name: str) -> None:
-    check_identifier("database", name)
-    with _admin(conn) as c:
-        c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(_ident(name)))
+    create_database(conn, shadow, props, owner,
+                    f"{SHADOW_MARK} since {datetime.now(UTC).isoformat(timespec='seconds')} by {owner_tag(run_id)}")
 
 
 def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as: str | None,
@@ -130,7 +110,7 @@ def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as
     SIGKILL at any instant leaves `live` connectable, with either the old or the new content.
     """
     started = time.monotonic()
-    with _admin(conn) as c:
+    with admin_connection(conn) as c:
         oid = database_oid(c, incoming)
         if oid is None:
             raise SwapFailed(f"database {incoming!r} to put in place does not exist")
@@ -157,10 +137,10 @@ def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as
                 return SwapResult(target=live, retired_as=retire_as if exists else None, terminated=ended,
                                   seconds=time.monotonic() - started, oid=oid)
             except (psycopg.errors.ObjectInUse, psycopg.errors.LockNotAvailable) as exc:
-                last_error = _first_line(exc)  # a session slipped in before the lock: again
+                last_error = first_line(exc, type(exc).__name__)  # a session slipped in before the lock: again
                 time.sleep(0.1 * (attempt + 1))
             except psycopg.Error as exc:
-                last_error = _first_line(exc)
+                last_error = first_line(exc, type(exc).__name__)
                 break
         raise SwapFailed(f"could not swap {incoming!r} into place as {live!r}: {last_error}")
 
@@ -172,11 +152,6 @@ def _terminate(c: psycopg.Connection, name: str) -> int:
     return sum(1 for (ok,) in rows if ok)
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def old_copy_comment(target: str, backup_id: str, keep_hours: float, now: datetime) -> str:
     until = (now + timedelta(hours=keep_hours)).astimezone(UTC).isoformat(timespec="seconds")
     return (f"{OLD_COPY_MARK} of {target}, replaced by backup {backup_id} at "
@@ -186,7 +161,7 @@ def old_copy_comment(target: str, backup_id: str, keep_hours: float, now: dateti
 def _marked_databases(conn: PostgresConnection, mark: str,
                       when: re.Pattern[str]) -> list[tuple[str, datetime, str]]:
     """(name, time, comment) of databases whose comment starts with `mark`, the time read with `when`."""
-    with _admin(conn) as c:
+    with admin_connection(conn) as c:
         rows = c.execute(
             "SELECT d.datname, shobj_description(d.oid, 'pg_database') FROM pg_database d "
             "WHERE shobj_description(d.oid, 'pg_database') LIKE %s ORDER BY 1", (mark + "%",)).fetchall()
@@ -239,7 +214,7 @@ def swap_into_place(conn: PostgresConnection, target: str, shadow: str, retire_a
 def check_swapped(conn: PostgresConnection, swap: SwapResult, expected_tables: int) -> None:
     """The database now called the target is the one restored and counted (same oid: a rename
     moves no data, so its counts still hold), it accepts connections and holds every table."""
-    with _admin(conn) as c:
+    with admin_connection(conn) as c:
         oid = database_oid(c, swap.target)
         settings = connection_settings(c, swap.target)
     if oid != swap.oid:
@@ -279,14 +254,14 @@ def expire_old_copies(conn: PostgresConnection) -> list[str]:
     dropped = []
     for name, what in [*((n, "expired pre-restore copy") for n in expired_old_copies(conn)),
                        *((n, "shadow database of an interrupted restore") for n in stale_shadows(conn))]:
-        with _admin(conn) as c:
+        with admin_connection(conn) as c:
             if sessions_on(c, name):
                 logger.warning("%s %s is in use: left in place", what, name)
                 continue
             try:
                 c.execute(sql.SQL("DROP DATABASE {}").format(_ident(name)))
             except psycopg.Error as exc:
-                logger.warning("could not drop %s %s: %s", what, name, _first_line(exc))
+                logger.warning("could not drop %s %s: %s", what, name, first_line(exc, type(exc).__name__))
                 continue
         logger.info("dropped %s %s", what, name)
         dropped.append(name)

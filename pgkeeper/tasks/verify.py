@@ -14,17 +14,13 @@ from pydantic import BaseModel
 
 from pgkeeper import pgtools
 from pgkeeper.blocks.repository import BackupRepository
-from pgkeeper.errors import IntegrityError
+from pgkeeper.errors import IntegrityError, UnreadableDump
 from pgkeeper.fmt import plural
 from pgkeeper.manifest import StoredFile
 from pgkeeper.sealing import AGE_MAGIC
 from pgkeeper.storage.streams import HashingReader, check_digest
 from pgkeeper.tasks.checksum import checked_chunks
 from pgkeeper.tasks.policy import RETRYABLE
-
-
-class UnreadableDump(IntegrityError):
-    """The stored bytes are intact (checksum matched) but pg_restore cannot read the archive."""
 
 
 class QuickCheck(BaseModel):
@@ -50,6 +46,16 @@ def toc_kinds(listing: str) -> Counter[str]:
                 kinds[kind] += 1
                 break
     return kinds
+
+
+def check_table_count(toc: dict[str, int], expected: int, where: str = "") -> int:
+    """The tables with data in a dump's table of contents, which must be as many as the backup's
+    snapshot counted (its manifest's table list); UnreadableDump otherwise."""
+    found = toc.get("TABLE DATA", 0)
+    if found != expected:
+        raise UnreadableDump(f"{where + ': ' if where else ''}the dump holds {found} tables, "
+                             f"its manifest counted {expected}")
+    return found
 
 
 @contextmanager
@@ -132,9 +138,6 @@ def quick_verify(repo: BackupRepository, backup_id: str, file: StoredFile, compr
         check = check_sealed_dump(repo, backup_id, file, toc_at_dump)
     else:
         check = read_dump_toc(repo, backup_id, file, compression)
-    found = check.toc.get("TABLE DATA", 0)
-    if found != expected_tables:
-        raise IntegrityError(f"{backup_id}: the dump holds {found} tables, the snapshot counted "
-                             f"{expected_tables}")
+    check_table_count(check.toc, expected_tables, backup_id)
     get_run_logger().info("verified %s: %s", backup_id, "; ".join(check.checks.values()))
     return check

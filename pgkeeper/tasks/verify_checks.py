@@ -22,14 +22,15 @@ from pgkeeper import anomaly, pgtools
 from pgkeeper.alerts import warn
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups, resolve_backup
-from pgkeeper.errors import ConnectionFailed, ExitCode, IntegrityError, PgkeeperError, RepositoryError
+from pgkeeper.errors import ConnectionFailed, IntegrityError, PgkeeperError, RepositoryError
+from pgkeeper.errors import VerificationFailed as VerificationFailed  # callers import it from here
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import Manifest
-from pgkeeper.pgdb import count_differences
+from pgkeeper.pgdb import database_differences
 from pgkeeper.tasks.drill import DrillResult
 from pgkeeper.tasks.pg_restore import materialize_dump
 from pgkeeper.tasks.policy import RETRYABLE
-from pgkeeper.tasks.verify import UnreadableDump, read_dump_toc, toc_kinds
+from pgkeeper.tasks.verify import UnreadableDump, check_table_count, read_dump_toc, toc_kinds
 
 Status = Literal["PASS", "FAIL", "SKIP"]
 
@@ -114,16 +115,6 @@ class VerifyReport(BaseModel):
         return out
 
 
-class VerificationFailed(PgkeeperError):
-    """A check failed; `report` holds every check's line."""
-
-    exit_code = ExitCode.INTEGRITY
-
-    def __init__(self, message: str, report: VerifyReport | None = None) -> None:
-        super().__init__(message)
-        self.report = report
-
-
 class Fetched(BaseModel):
     path: str
     raw_size: int
@@ -180,9 +171,7 @@ def restore_passed(drill: DrillResult) -> CheckResult:
 
 
 def _format_result(manifest: Manifest, toc: dict[str, int]) -> CheckResult:
-    found, expected = toc.get("TABLE DATA", 0), len(manifest.tables)
-    if found != expected:
-        raise UnreadableDump(f"the dump holds {found} tables, the manifest counted {expected}")
+    found = check_table_count(toc, len(manifest.tables))
     return CheckResult(number=2, status="PASS",
                        title=f"dump format: {contents(found, manifest.objects.get('indexes', 0))}")
 
@@ -214,9 +203,7 @@ def check_data(manifest: Manifest, drill: DrillResult) -> CheckResult:
         more = f" (and {len(drill.differences) - 3} more)" if len(drill.differences) > 3 else ""
         raise IntegrityError("the restored copy differs from the backup: " + "; ".join(drill.differences[:3]) + more)
     wrong = sorted(t for t in set(manifest.tables) | set(tables) if manifest.tables.get(t) != tables.get(t))
-    diffs = count_differences(manifest.tables, tables)
-    # Only the kinds the manifest recorded: an older manifest may count fewer kinds.
-    diffs += count_differences(manifest.objects, {k: v for k, v in objects.items() if k in manifest.objects})
+    diffs = database_differences(manifest.tables, manifest.objects, tables, objects)
     if diffs:
         raise IntegrityError(f"{len(wrong)} of {len(manifest.tables)} tables differ "
                              f"({', '.join(wrong) or 'none'}): " + "; ".join(diffs))

@@ -26,7 +26,7 @@ def _storages_holding(repo: BackupRepository, source: str, backup_id: str) -> li
         extra = repo.storage(other)
         if extra.read_manifest(backup_id) is not None:
             found.append(extra)
-    except (NotImplementedError, ValueError, PgkeeperError) as exc:
+    except (ValueError, PgkeeperError) as exc:
         # No offsite configured (or not reachable): the verified copy is recorded regardless.
         get_run_logger().debug("not recording in %s: %s", other, exc)
     return found

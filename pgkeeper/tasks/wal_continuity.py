@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups
-from pgkeeper.errors import IntegrityError
+from pgkeeper.errors import WalGap
 from pgkeeper.manifest import Manifest
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal import identity
@@ -18,10 +18,6 @@ from pgkeeper.wal.config import WalConfig
 from pgkeeper.wal.continuity import ContinuityReport, check
 from pgkeeper.wal.naming import DEFAULT_SEGMENT_SIZE
 from pgkeeper.wal.view import add_s3, local_view
-
-
-class WalGap(IntegrityError):
-    """A segment that a kept base backup needs is missing from the archive."""
 
 
 def kept_base_backups(repo: BackupRepository, system_identifier: str | None = None) -> list[Manifest]:

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from pgkeeper.alerts import warn
 from pgkeeper.blocks.postgres import PostgresConnection
-from pgkeeper.errors import PgkeeperError
+from pgkeeper.errors import ArchiveFailing
 from pgkeeper.fmt import human_bytes, human_seconds
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal import ahead, identity
@@ -27,10 +27,6 @@ from pgkeeper.wal.naming import is_history
 from pgkeeper.wal.spool import LocalWalStore, WalConflict
 
 STALE_TEMP_SECONDS = 3600.0
-
-
-class ArchiveFailing(PgkeeperError):
-    """PostgreSQL cannot archive WAL, or archiving lags too far behind."""
 
 
 class ShipResult(BaseModel):

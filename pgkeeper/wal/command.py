@@ -9,7 +9,6 @@ PYTHONPATH (compiled modules such as zstandard are ABI-compatible within a minor
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 import sys
@@ -19,17 +18,12 @@ from pathlib import Path
 
 import pgkeeper
 from pgkeeper.errors import PgkeeperError
-
-SERVER_USER = "postgres"
-
-
-def _as(user: str) -> list[str]:
-    return ["runuser", "-u", user, "--"] if os.geteuid() == 0 and user else []
+from pgkeeper.pgtools import SERVER_USER, as_server_user
 
 
 def _runs_as(user: str, argv: list[str]) -> bool:
     try:
-        r = subprocess.run([*_as(user), *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        r = subprocess.run([*as_server_user(user), *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -41,7 +35,7 @@ def pgkeeper_command(user: str = SERVER_USER) -> str:
     """A shell prefix that runs the pgkeeper CLI as `user`."""
     script = Path(sys.executable).parent / "pgkeeper"
     probe = ["wal-push", "--help"]
-    if script.exists() and (not _as(user) or _runs_as(user, [str(script), *probe])):
+    if script.exists() and (not as_server_user(user) or _runs_as(user, [str(script), *probe])):
         return shlex.quote(str(script))
     package_root = str(Path(pgkeeper.__file__).resolve().parent.parent)
     site = sysconfig.get_paths()["purelib"]

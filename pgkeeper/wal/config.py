@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 
-from pgkeeper.errors import PgkeeperError
+from pgkeeper.errors import WalConfigError
 from pgkeeper.settings import S3Target, s3_from_env
 
 __all__ = ["S3Target", "WalConfig", "WalConfigError", "load", "s3_from_env", "write"]
@@ -33,10 +33,6 @@ if TYPE_CHECKING:
 
 DEFAULT_CONFIG = "/etc/pgkeeper/wal.json"
 ENV_CONFIG = "PGKEEPER_WAL_CONFIG"
-
-
-class WalConfigError(PgkeeperError):
-    """The WAL archive settings are missing or unreadable."""
 
 
 DEFAULT_LEVEL = 1

@@ -22,9 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pgkeeper.errors import IntegrityError, PgkeeperError
+from pgkeeper.fmt import first_line
 from pgkeeper.storage.atomic import atomic_write_bytes
 from pgkeeper.wal import config
-from pgkeeper.wal.naming import BadWalName, check_wal_name
+from pgkeeper.wal.naming import check_wal_name
 from pgkeeper.wal.push import add_location_args
 from pgkeeper.wal.spool import LocalWalStore, decompress_checked
 
@@ -82,8 +83,7 @@ def main(argv: Sequence[str]) -> int:
     except SystemExit as exc:  # --help exits 0; our parser's errors carry ABORT
         return exc.code if isinstance(exc.code, int) else ABORT
     except BaseException as exc:  # noqa: BLE001 - never let an unexpected error read as "not found"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        _say(f"error: unexpected {type(exc).__name__}: {first} (recovery stops here; fix and restart)")
+        _say(f"error: unexpected {type(exc).__name__}: {first_line(exc)} (recovery stops here; fix and restart)")
         return ABORT
 
 
@@ -101,7 +101,7 @@ def _main(argv: Sequence[str]) -> int:
         if raw is None:
             return MISSING
         atomic_write_bytes(Path(args.dest), raw)
-    except (PgkeeperError, BadWalName) as exc:
+    except PgkeeperError as exc:  # a bad WAL name (BadWalName) too
         _say(f"error: {exc}")
         return ABORT
     except OSError as exc:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 
-from pgkeeper.errors import PgkeeperError
+from pgkeeper.errors import ForeignCluster, NotWalSegment, PgkeeperError
 
 IDENTITY_FILE = "archive.json"
 # XLogLongPageHeaderData (access/xlog_internal.h): xlp_magic u16 @0, xlp_info u16 @2, xlp_tli u32 @4,
@@ -34,14 +34,6 @@ HEADER_BYTES = 40
 XLP_LONG_HEADER = 0x0002
 # XLOG_PAGE_MAGIC per major version: the page format changes with every major release.
 PAGE_MAGIC = {0xD101: 12, 0xD106: 13, 0xD10D: 14, 0xD110: 15, 0xD113: 16, 0xD116: 17}
-
-
-class ForeignCluster(PgkeeperError):
-    """WAL or a backup of one cluster offered to a repository that belongs to another."""
-
-
-class NotWalSegment(PgkeeperError):
-    """The file does not start with a WAL long page header matching its name."""
 
 
 class ArchiveIdentity:

@@ -8,16 +8,14 @@ listing of `<walfile>-` and lets wal-fetch check what it got without a second ob
 
 from __future__ import annotations
 
+from pgkeeper.errors import BadWalName
+
 SUFFIX = ".zst"
 HISTORY_DIR = "history"
 DEFAULT_SEGMENT_SIZE = 16 * 1024 * 1024
 # Plain string tests, not regular expressions: importing `re` costs every wal-push call ~2 ms.
 _UPPER_HEX = frozenset("0123456789ABCDEF")
 _LOWER_HEX = frozenset("0123456789abcdef")
-
-
-class BadWalName(ValueError):
-    pass
 
 
 def _hex(s: str, length: int, digits: frozenset[str] = _UPPER_HEX) -> bool:
@@ -56,11 +54,6 @@ def wal_dir(name: str) -> str:
 
 def object_name(name: str, sha256: str) -> str:
     return f"{name}-{sha256}{SUFFIX}"
-
-
-def object_key(name: str, sha256: str) -> str:
-    """Path of the object below the wal/ prefix."""
-    return f"{wal_dir(name)}/{object_name(name, sha256)}"
 
 
 def parse_object_name(obj: str) -> tuple[str, str] | None:

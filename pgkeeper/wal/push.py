@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.wal import ahead, config
-from pgkeeper.wal.naming import BadWalName, check_wal_name, is_wal_name
+from pgkeeper.wal.naming import check_wal_name, is_wal_name
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~4 ms a WAL command)
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def push(args: argparse.Namespace) -> int:
         if ahead.claim(cfg.spool, name, args.wal_path):
             return 0
         archive_with_backlog(cfg, name, args.wal_path)
-    except (PgkeeperError, BadWalName) as exc:
+    except PgkeeperError as exc:  # a bad WAL name (BadWalName) too
         print(f"pgkeeper wal-push: error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import zstandard
 
-from pgkeeper.errors import IntegrityError, PgkeeperError
+from pgkeeper.errors import IntegrityError, WalConflict
 from pgkeeper.sealing import AGE_MAGIC
 from pgkeeper.storage.atomic import atomic_file, fsync_dir
 from pgkeeper.wal.naming import check_wal_name, is_history, object_name, parse_object_name, wal_dir
@@ -27,10 +27,6 @@ CHUNK = 1 << 20
 # wal-ship removed from the spool once it was in S3. wal-push compares a new push with it, so a
 # differing duplicate is refused after shipping too, without the network on the push path.
 LEDGER = ".shipped"
-
-
-class WalConflict(PgkeeperError):
-    """A WAL file of this name is already archived with different content."""
 
 
 class StoredWal(NamedTuple):
