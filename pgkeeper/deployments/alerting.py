@@ -133,16 +133,15 @@ def absence_automations(env: Mapping[str, str], databases: Sequence[str], pool: 
     return found
 
 
-def stale_absence_automations(wanted: Sequence[Automation]) -> list[Automation]:
-    """pgkeeper's absence automations on the server that `wanted` no longer lists (a database
-    removed from the watch list, WAL archiving turned off)."""
+def stale_absence_automations(wanted: Sequence[Automation]) -> list[str]:
+    """Names of pgkeeper's absence automations on the server that `wanted` no longer lists (a
+    database removed from the watch list, WAL archiving turned off)."""
     from prefect.client.orchestration import get_client
 
     names = {a.name for a in wanted}
     with get_client(sync_client=True) as client:
         existing = client.read_automations()
-    return [Automation(**a.model_dump()) for a in existing
-            if a.name.startswith(ABSENCE_PREFIX) and a.name not in names]
+    return [a.name for a in existing if a.name.startswith(ABSENCE_PREFIX) and a.name not in names]
 
 
 def watched_databases(env: Mapping[str, str]) -> list[str]:

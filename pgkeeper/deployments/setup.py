@@ -147,5 +147,5 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
         for name in (FAILURE_AUTOMATION, WARNING_AUTOMATION, SUCCESS_AUTOMATION):
             note(f"automation {name!r}", "removed" if remove_automation(name) else "off (ENABLE_EMAIL_ALERTS)")
     for stale in stale_absence_automations(wanted):
-        note(f"automation {stale.name!r}", "removed" if remove_automation(stale.name) else "unchanged")
+        note(f"automation {stale!r}", "removed" if remove_automation(stale) else "unchanged")
     return done
