@@ -21,6 +21,8 @@ BACKUP_COMPLETED = "pgkeeper.backup.completed"
 BACKUP_VERIFIED = "pgkeeper.backup.verified"
 WAL_SHIPPED = "pgkeeper.wal.shipped"
 RESOURCE_PREFIX = "pgkeeper.database."
+# The automation `pgkeeper setup` creates on BACKUP_COMPLETED; while it exists, it notifies.
+SUCCESS_AUTOMATION = "pgkeeper: notify on completed backup"
 
 
 def database_resource(database: str, **labels: str) -> dict[str, str]:

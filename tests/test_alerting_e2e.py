@@ -74,7 +74,6 @@ class Ops:
     db: str
     ghost: str
     worker: subprocess.Popen
-    started: float
 
 
 @pytest.fixture(scope="module")
@@ -111,16 +110,17 @@ def ops(pg, module_smtp, receiver) -> Iterator[Ops]:
                "SMTP_PORT": str(smtp_port), "SMTP_PASS": SMTP_PASS, "ALERT_WEBHOOK_URL": hook_url,
                "PGKEEPER_DATABASES": f"{db},{ghost}", "BACKUP_ALERT_HOURS": str(40 / 3600),
                "WORKER_ALERT_MINUTES": str(15 / 60)}
-        started = time.time()  # wall clock: compared with the alert mail's Date header
+        started = time.monotonic()
         result = run_cli("setup", env=env)
         assert result.returncode == 0, result.stdout + result.stderr
+        print(f"pgkeeper setup {time.monotonic() - started:.0f} s")
         worker = subprocess.Popen(
             [sys.executable, "-m", "prefect", "worker", "start", "--pool", "pgkeeper", "--type", "process"],
             env={**env, "PREFECT_WORKER_HEARTBEAT_SECONDS": "2", "PREFECT_WORKER_QUERY_SECONDS": "1",
                  "PREFECT_WORKER_PREFETCH_SECONDS": "5"},
             cwd=ROOT, stdout=open(home / "worker.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
             stdin=subprocess.DEVNULL, start_new_session=True)
-        yield Ops(api, env, mails, posts, db, ghost, worker, started)
+        yield Ops(api, env, mails, posts, db, ghost, worker)
     finally:
         if worker is not None:
             stop(worker)
@@ -176,9 +176,9 @@ def test_completed_backup_starts_verify_with_its_id_and_notifies_every_channel(o
     post = wait_for(lambda: posts_about(ops.posts, subject), 30, "the success webhook")
     assert "RTO:" in post[0]["json"]["body"]
 
-    # The event carries the figures.
-    event = next(e for e in events_named(ops.api, "pgkeeper.backup.completed")
-                 if e["payload"]["backup_id"] == backup_id)
+    # The event carries the figures (stored by the server's event persister, a moment after triggers saw it).
+    event = wait_for(lambda: [e for e in events_named(ops.api, "pgkeeper.backup.completed")
+                              if e["payload"]["backup_id"] == backup_id], 30, "the stored event")[0]
     figures = event["payload"]
     assert event["resource"]["prefect.resource.id"] == f"pgkeeper.database.{ops.db}"
     assert (figures["size_bytes"], figures["raw_size_bytes"], figures["rows"]) == (
@@ -207,13 +207,17 @@ def test_completed_backup_starts_verify_with_its_id_and_notifies_every_channel(o
 def test_database_nobody_backs_up_is_reported(ops: Ops) -> None:
     subject = f"no backup of {ops.ghost}"
     mail = wait_for(lambda: [x for x in ops.mails if subject in x["Subject"]], 120, "the absence mail")
+    from datetime import datetime
     from email.utils import parsedate_to_datetime
 
-    waited = parsedate_to_datetime(mail[0]["Date"]).timestamp() - ops.started
+    automation = api_call(ops.api, "POST", "/automations/filter",
+                          {"automations": {"name": {"any_": [f"pgkeeper: absence: {subject}"]}}})[0]
+    created = datetime.fromisoformat(automation["created"]).timestamp()
+    waited = parsedate_to_datetime(mail[0]["Date"]).timestamp() - created
     assert "Nothing failed: nothing ran" in mail[0].get_content()
     assert posts_about(ops.posts, subject)
     assert not runs_of(ops.api, "backup", ops.ghost)  # no run, no failure: only the silence
-    print(f"absence mail sent {waited:.0f} s after setup began (window 40 s)")
+    print(f"absence mail sent {waited:.0f} s after its automation was created (window 40 s)")
 
 
 def test_stopped_worker_is_reported(ops: Ops) -> None:
@@ -227,10 +231,11 @@ def test_stopped_worker_is_reported(ops: Ops) -> None:
     print(f"worker mail {time.monotonic() - stopped:.0f} s after the worker stopped (window 15 s)")
 
 
-def test_metrics_endpoint_matches_the_repository(ops: Ops) -> None:
+def test_metrics_endpoint_matches_the_repository(ops: Ops, pg) -> None:
     """`pgkeeper metrics` scraped over HTTP, parsed as Prometheus parses it, against the manifests.
     Runs after the chain above: the repository holds its backup, checked by the triggered verify."""
     import httpx
+    import psycopg
     from prometheus_client.parser import text_string_to_metric_families
 
     from pgkeeper.catalog import list_backups
@@ -266,7 +271,11 @@ def test_metrics_endpoint_matches_the_repository(ops: Ops) -> None:
     assert value("pgkeeper_backup_last_verification_ok", **key) == 1  # the triggered quick verify
     assert value("pgkeeper_backup_since_last_verification_seconds", database=ops.db, method="quick") < 600
     assert value("pgkeeper_archiver_up", database=ops.db) == 1
-    assert value("pgkeeper_wal_archive_enabled", database=ops.db) == 1
+    with psycopg.connect(pg.conninfo()) as c:
+        mode, archived = c.execute("SELECT current_setting('archive_mode'), archived_count FROM pg_stat_archiver"
+                                   ).fetchone()
+    assert value("pgkeeper_wal_archive_enabled", database=ops.db) == (mode in ("on", "always"))
+    assert value("pgkeeper_wal_archived_count", database=ops.db) <= archived  # read just before
     assert value("pgkeeper_wal_archive_status", database=ops.db) in (0, 1)
     print(f"metrics scrape {scrape * 1000:.0f} ms, {len(samples)} samples")
 
@@ -277,3 +286,27 @@ def test_metrics_endpoint_matches_the_repository(ops: Ops) -> None:
     defined = set(re.findall(r'"(pgkeeper_[a-z_]+)"', (ROOT / "pgkeeper" / "metrics.py").read_text()))
     assert set(re.findall(r"pgkeeper_[a-z_]+", dashboard)) - {"pgkeeper_"} <= defined
     assert {f.name for f in text_string_to_metric_families(text)} <= defined
+
+
+def test_failed_verify_is_reported_to_sentry(tmp_path, monkeypatch) -> None:
+    """Sentry hears of every flow now, not only backups (here: the session's test API, no server)."""
+    from pgkeeper.flows.verify import verify
+    from tests.test_notify import _Catcher
+
+    catcher = _Catcher()
+    monkeypatch.setenv("SENTRY_DSN", catcher.dsn)
+    try:
+        state = verify(backup="backup_20200101_000000", database="nothere", restore=False,
+                       backup_dir=str(tmp_path / "empty"), connection_block=None, repository_block=None,
+                       return_state=True)
+        assert state.is_failed()
+    finally:
+        import sentry_sdk
+
+        sentry_sdk.get_client().close(timeout=5)  # leave no client (or retries) behind
+        sentry_sdk.init(dsn=None)
+        catcher.stop()
+    events = [json.loads(line) for body in catcher.bodies for line in body.splitlines()[1:]
+              if line.startswith(b"{") and b'"level"' in line]
+    assert len(events) == 1 and events[0]["tags"]["flow"] == "verify"
+    assert "backup_20200101_000000" in events[0]["message"]

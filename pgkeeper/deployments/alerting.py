@@ -21,11 +21,12 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from uuid import UUID
 
-from prefect.automations import Automation, EventTrigger, SendNotification
+from prefect.automations import Automation, EventTrigger
 from prefect.events.schemas.automations import Posture
 
+from pgkeeper.deployments.automations import notify_actions
 from pgkeeper.errors import ExitCode, PgkeeperError
-from pgkeeper.events import BACKUP_COMPLETED, BACKUP_VERIFIED, RESOURCE_PREFIX, WAL_SHIPPED
+from pgkeeper.events import BACKUP_COMPLETED, BACKUP_VERIFIED, RESOURCE_PREFIX, SUCCESS_AUTOMATION, WAL_SHIPPED
 from pgkeeper.fmt import human_seconds
 
 
@@ -35,7 +36,6 @@ class AlertSetupError(PgkeeperError):
     exit_code = ExitCode.BAD_INPUT
 
 
-SUCCESS_AUTOMATION = "pgkeeper: notify on completed backup"
 ABSENCE_PREFIX = "pgkeeper: absence: "
 WINDOWS = {  # variable: (default, seconds per unit)
     "BACKUP_ALERT_HOURS": (26.0, 3600),
@@ -43,11 +43,6 @@ WINDOWS = {  # variable: (default, seconds per unit)
     "WAL_ALERT_MINUTES": (60.0, 60),
     "WORKER_ALERT_MINUTES": (10.0, 60),
 }
-
-
-def notify(block_ids: Sequence[UUID], subject: str, body: str) -> list[SendNotification]:
-    """One SendNotification per channel: a failing channel (Slack down) does not stop the others."""
-    return [SendNotification(block_document_id=i, subject=subject, body=body) for i in block_ids]
 
 
 def window(env: Mapping[str, str], name: str) -> timedelta:
@@ -70,14 +65,14 @@ def success_automation(block_ids: Sequence[UUID]) -> Automation:
         description="Send the figures of every completed pgkeeper backup (the old scripts' success mail).",
         trigger=EventTrigger(expect={BACKUP_COMPLETED}, match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
                              posture=Posture.Reactive, threshold=1, within=0),
-        actions=notify(block_ids, "{{ event.payload.subject }}", "{{ event.payload.message }}"),
+        actions=notify_actions(block_ids, "{{ event.payload.subject }}", "{{ event.payload.message }}"),
     )
 
 
 def _absence(name: str, description: str, trigger: EventTrigger, block_ids: Sequence[UUID], subject: str,
              body: str) -> Automation:
     return Automation(name=ABSENCE_PREFIX + name, description=description, trigger=trigger,
-                      actions=notify(block_ids, subject, body))
+                      actions=notify_actions(block_ids, subject, body))
 
 
 def absence_automations(env: Mapping[str, str], databases: Sequence[str], pool: str, wal_on: bool,
@@ -142,6 +137,15 @@ def stale_absence_automations(wanted: Sequence[Automation]) -> list[str]:
     with get_client(sync_client=True) as client:
         existing = client.read_automations()
     return [a.name for a in existing if a.name.startswith(ABSENCE_PREFIX) and a.name not in names]
+
+
+def check_alert_environment(env: Mapping[str, str]) -> None:
+    """Bad windows or webhook URLs stop set-up before anything is saved (one line each)."""
+    from pgkeeper.deployments.channels import channel_blocks
+
+    for name in WINDOWS:
+        window(env, name)
+    channel_blocks(env)
 
 
 def watched_databases(env: Mapping[str, str]) -> list[str]:

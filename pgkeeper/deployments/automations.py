@@ -49,7 +49,7 @@ Database: {{ event.payload.database }}
 {% endif %}"""
 
 
-def _notify(block_document_ids: UUID | Sequence[UUID], subject: str, body: str) -> list[SendNotification]:
+def notify_actions(block_document_ids: UUID | Sequence[UUID], subject: str, body: str) -> list[SendNotification]:
     """One action per channel (mail, Slack, webhook...): one failing channel does not silence the rest."""
     ids = [block_document_ids] if isinstance(block_document_ids, UUID) else list(block_document_ids)
     return [SendNotification(block_document_id=i, subject=subject, body=body) for i in ids]
@@ -65,7 +65,7 @@ def failure_automation(block_document_id: UUID | Sequence[UUID]) -> Automation:
             match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{TAG}"},
             posture=Posture.Reactive, threshold=1, within=0,
         ),
-        actions=_notify(block_document_id, FAILURE_SUBJECT, FAILURE_BODY),
+        actions=notify_actions(block_document_id, FAILURE_SUBJECT, FAILURE_BODY),
     )
 
 
@@ -77,7 +77,7 @@ def warning_automation(block_document_id: UUID | Sequence[UUID]) -> Automation:
             expect={WARNING_EVENT}, match={"prefect.resource.id": "pgkeeper.database.*"},
             posture=Posture.Reactive, threshold=1, within=0,
         ),
-        actions=_notify(block_document_id, WARNING_SUBJECT, WARNING_BODY),
+        actions=notify_actions(block_document_id, WARNING_SUBJECT, WARNING_BODY),
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlparse
 from uuid import UUID
 
 from pydantic import SecretStr
@@ -73,17 +74,27 @@ def existing_block_id(ref: str) -> UUID:
             raise ChannelError(f"PGKEEPER_NOTIFICATION_BLOCKS: no block {ref.strip()!r} on the server") from None
 
 
-def ensure_channels(env: Mapping[str, str], note: Callable[[str, str], None]) -> list[UUID]:
-    """Save the channel blocks the environment describes; their document ids (mail not included)."""
-    ids: list[UUID] = []
+def channel_blocks(env: Mapping[str, str]) -> list[tuple[str, str, Any]]:
+    """(variable, block name, unsaved block) for each channel the environment sets."""
+    found = []
     for var, (name, make) in FROM_ENV.items():
         url = env.get(var, "").strip()
         if not url:
             continue
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ChannelError(f"{var} must be an http(s):// URL")
         try:
-            block = make(url)
+            found.append((var, name, make(url)))
         except ValueError as exc:  # pydantic's or Prefect's own URL checks; the URL is not echoed (it is a secret)
             raise ChannelError(f"{var} is not a usable webhook URL ({type(exc).__name__})") from None
+    return found
+
+
+def ensure_channels(env: Mapping[str, str], note: Callable[[str, str], None]) -> list[UUID]:
+    """Save the channel blocks the environment describes; their document ids (mail not included)."""
+    ids: list[UUID] = []
+    for var, name, block in channel_blocks(env):
         outcome, saved = save_block(block, name)
         note(f"block {name} ({var})", outcome)
         ids.append(saved._block_document_id)

@@ -64,6 +64,7 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
     from pgkeeper.deployments.alerting import (
         SUCCESS_AUTOMATION,
         absence_automations,
+        check_alert_environment,
         stale_absence_automations,
         success_automation,
         watched_databases,
@@ -81,6 +82,7 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
     from pgkeeper.names import check_identifier
 
     envmod.check_environment(env)
+    check_alert_environment(env)
     check_identifier("database", env["POSTGRES_DB"])
     done: list[tuple[str, str]] = []
 

@@ -90,7 +90,7 @@ def success_automation_exists() -> bool:
     """Whether `pgkeeper setup` put the success automation on the server (it then notifies)."""
     from prefect.automations import Automation
 
-    from pgkeeper.deployments.alerting import SUCCESS_AUTOMATION
+    from pgkeeper.events import SUCCESS_AUTOMATION
 
     try:
         return Automation.read(name=SUCCESS_AUTOMATION).enabled
