@@ -175,27 +175,34 @@ class RepositoryCollector(Collector):
         yield from (window, gap)
 
 
-def wal_window(spool: str, s3_store: Any | None = None) -> Callable[[list[Manifest]], WalWindow]:
-    """The continuity check over the spool (and the S3 archive, when given) for kept base backups."""
+def window_from(physical: list[Manifest], archived: Any, histories: dict[int, str]) -> WalWindow:
+    """The continuity walk (pgkeeper.wal.continuity) summed up: oldest recoverable point, newest
+    archived WAL time, and whether any kept base backup misses a segment."""
     from pgkeeper.wal.continuity import check
     from pgkeeper.wal.naming import DEFAULT_SEGMENT_SIZE
+
+    sizes = {m.wal_segment_size for m in physical if m.wal_segment_size}
+    report = check([(m.backup_id, m.start_lsn, m.timeline or 1, m.finished_at) for m in physical],
+                   archived, histories, sizes.pop() if len(sizes) == 1 else DEFAULT_SEGMENT_SIZE)
+    earliest = latest = None
+    for b in report.backups:
+        for w in b.windows:
+            if w.earliest and (earliest is None or w.earliest < earliest):
+                earliest = w.earliest
+            if w.latest and (latest is None or w.latest > latest):
+                latest = w.latest
+    return WalWindow(earliest, latest, not report.ok)
+
+
+def wal_window(spool: str, s3_store: Any | None = None) -> Callable[[list[Manifest]], WalWindow]:
+    """Per scrape: the spool's view of the archive (plus the S3 archive, when given)."""
     from pgkeeper.wal.view import add_s3, local_view
 
     def compute(physical: list[Manifest]) -> WalWindow:
         view = local_view(spool)
         if s3_store is not None:
             add_s3(view, s3_store)
-        sizes = {m.wal_segment_size for m in physical if m.wal_segment_size}
-        report = check([(m.backup_id, m.start_lsn, m.timeline or 1, m.finished_at) for m in physical],
-                       view.archived, view.histories, sizes.pop() if len(sizes) == 1 else DEFAULT_SEGMENT_SIZE)
-        earliest = latest = None
-        for b in report.backups:  # oldest base backup first: it opens the window
-            for w in b.windows:
-                if w.earliest and (earliest is None or w.earliest < earliest):
-                    earliest = w.earliest
-                if w.latest and (latest is None or w.latest > latest):
-                    latest = w.latest
-        return WalWindow(earliest, latest, not report.ok)
+        return window_from(physical, view.archived, view.histories)
 
     return compute
 

@@ -315,3 +315,45 @@ def test_stopped_worker_is_reported(ops: Ops) -> None:
     mail = wait_for(lambda: [x for x in ops.mails if subject in x["Subject"]], 120, "the worker mail")
     assert "pgkeeper serve" in mail[0].get_content()
     print(f"worker mail {time.monotonic() - ops.worker_stopped:.0f} s after the worker stopped (window 15 s)")
+
+
+def test_recoverability_window_and_gap_metrics(tmp_path) -> None:
+    """The WAL half of the metrics, from base backup manifests in a real local repository and an
+    archive listing (names and archive times, as the continuity walk reads them): no server."""
+    from datetime import UTC, datetime, timedelta
+
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pgkeeper.manifest import Manifest
+    from pgkeeper.metrics import RepositoryCollector, window_from
+    from pgkeeper.storage.local import LocalStorage
+    from pgkeeper.wal.naming import segment_name
+
+    t0 = datetime(2026, 11, 29, tzinfo=UTC)
+    storage = LocalStorage(tmp_path / "repo")
+    storage.ensure_writable()
+    for n, (backup_id, lsn) in enumerate([("backup_20261129_000000", "0/3000028"), ("backup_20261129_060000",
+                                                                                   "0/A000028")]):
+        m = Manifest(backup_id=backup_id, kind="physical", database="crm", server_version="15", tool_version="t",
+                     started_at=t0 + timedelta(hours=6 * n), finished_at=t0 + timedelta(hours=6 * n, minutes=1),
+                     compression="zstd", size=1000, files=[], start_lsn=lsn, timeline=1, wal_segment_size=16 << 20)
+        storage.begin_backup(backup_id)
+        storage.finish_backup(backup_id, m.to_bytes())
+    last = (t0 + timedelta(hours=12)).timestamp()
+    archive = {segment_name(1, n): last - (20 - n) for n in range(3, 21)}
+
+    def scrape(names: dict[str, float]) -> dict[str, float]:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(RepositoryCollector(storage, "crm", wal=lambda ms: window_from(ms, names, {})))
+        text = generate_latest(registry).decode()
+        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.labels.get("database") == "crm"}
+
+    whole = scrape(archive)
+    assert whole["pgkeeper_wal_archive_gap"] == 0
+    # From the oldest base backup's consistent point to the newest archived segment's time.
+    assert whole["pgkeeper_recoverability_window_seconds"] == last - (t0 + timedelta(minutes=1)).timestamp()
+    assert whole["pgkeeper_backup_count"] == 2
+    del archive[segment_name(1, 12)]  # a segment the newer base backup needs
+    assert scrape(archive)["pgkeeper_wal_archive_gap"] == 1
