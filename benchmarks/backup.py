@@ -95,15 +95,22 @@ def main() -> int:
             PostgresConnection(host=cluster.host, port=cluster.port, user="postgres", password=SecretStr(PASSWORD),
                                database=SOURCE_DB).save("bench-db", overwrite=True)
             BackupRepository(path=str(work / "repo")).save("bench-repo", overwrite=True)
-            a_s, b_s, c = [], [], []
+            # The same flow with client-side encryption (age to a throwaway public key).
+            from pgkeeper.sealing import generate_identity
+
+            BackupRepository(path=str(work / "repo-sealed"), encryption="age",
+                             encryption_recipients=[generate_identity()[1]]).save("bench-sealed", overwrite=True)
+            a_s, b_s, c, e = [], [], [], []
             bare_file = work / "bare.dump"
             for i in range(args.rounds):
                 with open(os.devnull, "wb") as null:
                     a_s.append(timed([pgtools.tool("pg_dump"), "-Fc", "-Z0", "-w"], env, stdout=null))
                 b_s.append(timed([pgtools.tool("pg_dump"), "-Fc", "-w", "-f", str(bare_file)], env))
                 c.append(flow_in_child(api, "bench-db", "bench-repo"))
+                e.append(flow_in_child(api, "bench-db", "bench-sealed"))
                 print(f"round {i + 1}: raw floor {a_s[-1]:.2f} s, pg_dump -Fc {b_s[-1]:.2f} s, "
-                      f"flow body {c[-1]['body_s']:.2f} s (run {c[-1]['flow_s']:.2f} s)", flush=True)
+                      f"flow body {c[-1]['body_s']:.2f} s (run {c[-1]['flow_s']:.2f} s), "
+                      f"encrypted {e[-1]['body_s']:.2f} s", flush=True)
             small = None
             if args.also_scale:
                 small_db = SOURCE_DB + "_small"
@@ -130,6 +137,9 @@ def main() -> int:
         print(f"  b. pg_dump -Fc -f file           {b:7.2f} s   {size_b / 2**20:7.1f} MB")
         print(f"  c. backup flow body              {body:7.2f} s   {size_c / 2**20:7.1f} MB")
         print(f"     whole flow run                {run:7.2f} s   (+ {med([x['import_s'] for x in c]):.2f} s imports)")
+        sealed_body = med([x["body_s"] for x in e])
+        print(f"  e. backup flow body, encrypted   {sealed_body:7.2f} s   {e[-1]['size'] / 2**20:7.1f} MB")
+        print(f"  e/c = {sealed_body / body:.2f}  (what client-side encryption costs the backup)")
         print(f"  c/a = {body / a:.2f}  (target <= 1.35)")
         print(f"  c/b = {body / b:.2f}  (target <= 0.50)")
         print(f"  size c/b = {size_c / size_b:.2f}  (target <= 0.90)")

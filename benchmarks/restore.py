@@ -111,7 +111,7 @@ def main() -> int:
             print(f"backup {manifest.backup_id}: {manifest.size / 2**20:.0f} MB stored, "
                   f"{sum(manifest.tables.values())} rows, {time.monotonic() - t0:.1f} s")
             dump = work / "dump.fc"
-            with repo.local().open_file(manifest.backup_id, manifest.dump_file.name) as stream:
+            with repo.storage().open_plain(manifest.backup_id, manifest.dump_file) as stream:
                 materialize_dump(stream, manifest.dump_file, manifest.compression, dump, "bench")
             print(f"work file: {dump.stat().st_size / 2**20:.0f} MB")
             # The target exists, as in a real replace; the first flow round also warms the cache.

@@ -1,4 +1,5 @@
-"""Where settings come from: named blocks when they exist, else the old scripts' variables.
+"""Where settings come from: named blocks when they exist, else the old scripts' variables
+(parsed by pgkeeper.settings) turned into the same blocks `pgkeeper setup` would save.
 
 Flags (flow parameters) override both. Passwords only ever come from a block's secret or
 from POSTGRES_PASSWORD; they are never flow parameters.
@@ -7,11 +8,13 @@ from POSTGRES_PASSWORD; they are never flow parameters.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from prefect.blocks.core import Block
+from pydantic import SecretStr
 
+from pgkeeper import settings
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.errors import BadName
@@ -37,16 +40,11 @@ def load_block(cls: type[B], name: str | None) -> B | None:
 
 def connection_from_env(env: Mapping[str, str] = os.environ) -> PostgresConnection:
     """The old scripts' POSTGRES_* variables as a connection."""
-    password = env.get("POSTGRES_PASSWORD")
     try:
-        port = int(env.get("POSTGRES_PORT", "5432"))
-    except ValueError:
+        fields = settings.postgres_settings(env)
+    except settings.SetupError:
         raise BadName(f"POSTGRES_PORT={env.get('POSTGRES_PORT')!r} is not a port number") from None
-    return PostgresConnection(
-        host=env.get("POSTGRES_HOST", "localhost"), port=port,
-        user=env.get("POSTGRES_USER", "postgres"), password=password,  # type: ignore[arg-type]
-        database=env.get("POSTGRES_DB", "postgres"),
-    )
+    return PostgresConnection(**fields)  # type: ignore[arg-type]
 
 
 def repository_from_env(env: Mapping[str, str] = os.environ) -> BackupRepository:
@@ -58,40 +56,59 @@ def repository_from_env(env: Mapping[str, str] = os.environ) -> BackupRepository
     return BackupRepository(**fields)
 
 
-def _env_number(env: Mapping[str, str], name: str) -> int | None:
-    if not env.get(name):
-        return None
-    try:
-        return int(env[name])
-    except ValueError:
-        raise BadName(f"{name}={env[name]!r} is not a whole number") from None
+def s3_bucket_block(target: settings.S3Target) -> tuple[Any, Callable[[Any], Any]]:
+    """(AwsCredentials, a maker of the S3Bucket over saved credentials) for `target`: the one
+    way both `pgkeeper setup` and the environment fallback describe a bucket."""
+    from prefect_aws import AwsCredentials, S3Bucket
+    from prefect_aws.client_parameters import AwsClientParameters
+
+    params = AwsClientParameters(endpoint_url=target.endpoint_url,
+                                 config={"s3": {"addressing_style": "path"}} if target.path_style else None)
+    credentials = AwsCredentials(
+        aws_access_key_id=target.access_key_id,
+        aws_secret_access_key=SecretStr(target.secret_access_key) if target.secret_access_key else None,
+        aws_session_token=target.session_token, region_name=target.region, aws_client_parameters=params)
+    return credentials, lambda saved: S3Bucket(bucket_name=target.bucket, bucket_folder=target.prefix,
+                                               credentials=saved)
 
 
 def offsite_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The old scripts' S3_BUCKET, S3_PREFIX, ENABLE_S3_UPLOAD, RETENTION_DAYS and the AWS_*
     variables as repository fields. Without AWS_ACCESS_KEY_ID, boto3's usual chain applies."""
     fields: dict[str, Any] = {}
-    days = _env_number(env, "RETENTION_DAYS")
-    if days is not None:
-        fields["retention_days"] = days
-    if not env.get("S3_BUCKET"):
+    try:
+        if env.get("RETENTION_DAYS", "").strip():
+            fields["retention_days"] = settings.int_var(env, "RETENTION_DAYS", 30)
+    except settings.SetupError as exc:
+        raise BadName(str(exc)) from None
+    target = settings.s3_from_env(env)
+    if target is None:
         return fields
-    from prefect_aws import AwsCredentials, S3Bucket
-    from prefect_aws.client_parameters import AwsClientParameters
-
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    # MinIO, R2 and friends want path-style addressing; AWS itself is fine with it too.
-    params = AwsClientParameters(endpoint_url=endpoint,
-                                 config={"s3": {"addressing_style": "path"}} if endpoint else None)
-    credentials = AwsCredentials(
-        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"), aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
-        aws_session_token=env.get("AWS_SESSION_TOKEN"),
-        region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"), aws_client_parameters=params)
-    fields["offsite"] = S3Bucket(bucket_name=env["S3_BUCKET"], bucket_folder=env.get("S3_PREFIX", "").strip("/"),
-                                 credentials=credentials)
-    # The old scripts uploaded only with ENABLE_S3_UPLOAD=true; the bucket is still readable without it.
-    fields["s3_upload"] = env.get("ENABLE_S3_UPLOAD", "").strip().lower() in ("1", "true", "yes", "on")
+    credentials, make_bucket = s3_bucket_block(target)
+    fields["offsite"] = make_bucket(credentials)
+    fields["s3_encryption"] = target.sse
+    fields["s3_kms_key_id"] = target.kms_key_id
+    fields["s3_storage_class"] = target.storage_class
+    fields["s3_upload"] = settings.s3_upload_enabled(env)
     return fields
+
+
+def smtp_credentials_from_env(env: Mapping[str, str] = os.environ) -> Any:  # -> EmailServerCredentials
+    from prefect_email import EmailServerCredentials
+
+    fields = settings.smtp_settings(env)
+    fields["password"] = SecretStr(str(fields["password"]))
+    return EmailServerCredentials(**fields)
+
+
+def notification_from_env(env: Mapping[str, str] = os.environ) -> Any:  # -> MailNotification | None
+    """The mail block the old scripts' variables describe, or None when mail is off."""
+    if not settings.mail_enabled(env):
+        return None
+    from pgkeeper.blocks.notify import MailNotification
+
+    return MailNotification(credentials=smtp_credentials_from_env(env), recipients=settings.recipients(env),
+                            sender=env.get("ALERT_FROM") or None, ui_url=settings.ui_url(env))
 
 
 def _override(block: B, overrides: Mapping[str, Any]) -> B:

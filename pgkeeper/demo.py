@@ -123,7 +123,7 @@ def run_demo(scale: float = 2.0) -> int:
     print_table(["ID", "DATABASE", "SIZE", "RATIO", "TABLES", "ROWS", "STATUS", "RTO"], [
         [m.backup_id, m.database, human_bytes(m.size), f"{m.ratio:.1f}x" if m.ratio else "-",
          str(len(m.tables)), str(sum(m.tables.values())), m.status, human_seconds(m.last_restore_seconds)]
-        for m in list_backups(repo.local())])
+        for m in list_backups(repo.storage())])
     ui = api[:-4] if api.endswith("/api") else api
     print()
     print(f"See the backup run in the Prefect UI: {ui}/runs/flow-run/{run_id}")

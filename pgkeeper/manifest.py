@@ -23,6 +23,9 @@ class StoredFile(BaseModel):
     size: int = Field(description="Bytes as stored (compressed, encrypted).")
     sha256: str = Field(description="sha256 of the stored bytes.")
     raw_size: int | None = Field(default=None, description="Bytes before compression.")
+    encryption: str | None = Field(default=None, description="'age' when encrypted (compressed first).")
+    key_fingerprints: list[str] = Field(default_factory=list, description="Fingerprints of the public keys it is "
+                                                              "encrypted to (pgkeeper key list).")
 
 
 class DatabaseGrant(BaseModel):

@@ -70,6 +70,16 @@ def wal_runtime() -> Iterator[Path | None]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def backup_key() -> str:
+    """The session's encryption key, as `pgkeeper key create` makes it (offsite copies are
+    encrypted by default); its public key."""
+    from pgkeeper import keys
+
+    _fingerprint, recipient, _copy = keys.create_key(_HOME / "key-copy.txt")
+    return recipient
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[LocalCluster]:
     """One real PostgreSQL 15 cluster for the session; tests make their own databases in it."""

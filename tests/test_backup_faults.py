@@ -92,7 +92,7 @@ def free_leaked_backup_slot(database: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
-    from pgkeeper.deployments.limits import database_limit_name
+    from pgkeeper.slots import database_limit_name
 
     with get_client(sync_client=True) as client:
         client.update_global_concurrency_limit(database_limit_name(database),

@@ -28,7 +28,7 @@ def test_each_injected_difference_is_named(pg, crm_db, conn, env, repo, tmp_path
         m = backup()
         restore(m.backup_id, mode="new", target=copy)
         archive = tmp_path / "archive.dump"
-        with LocalStorage(Path(repo.path)).open_file(m.backup_id, m.dump_file.name) as stream:
+        with LocalStorage(Path(repo.path)).open_plain(m.backup_id, m.dump_file) as stream:
             materialize_dump(stream, m.dump_file, m.compression, archive, "test")
 
         def differences() -> list[str]:

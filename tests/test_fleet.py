@@ -81,9 +81,8 @@ def test_backup_waits_while_the_database_slot_is_held(conn, repo) -> None:
     from prefect.concurrency.sync import concurrency
 
     from pgkeeper.catalog import list_backups
-    from pgkeeper.deployments.limits import database_limit_name
-    from pgkeeper.deployments.server_objects import ensure_limit
     from pgkeeper.flows.backup import backup
+    from pgkeeper.slots import database_limit_name, ensure_limit
 
     db_block, repo_block = save(conn, "held"), save(repo, "held-repo")
     name = database_limit_name(conn.database)

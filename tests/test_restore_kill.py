@@ -31,7 +31,7 @@ def _free_slot(target: str) -> None:
     harness runs no lease service, so the test frees it (recreated on the next use)."""
     from prefect.client.orchestration import get_client
 
-    from pgkeeper.deployments.limits import limit_name
+    from pgkeeper.slots import limit_name
 
     with get_client(sync_client=True) as client:
         try:

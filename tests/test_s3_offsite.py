@@ -90,7 +90,7 @@ def test_backup_goes_up_is_listed_from_the_bucket_alone_and_restores(pg, crm_db,
     m = resolve_backup(storage, "latest", crm_db)
     assert m.backup_id == backup_id
     file = m.files[0]
-    archive = materialize_dump(storage.open_file(m.backup_id, file.name), file, m.compression,
+    archive = materialize_dump(storage.open_plain(m.backup_id, file), file, m.compression,
                                tmp_path / "from-bucket.dump", storage.url(m.backup_id, file.name))
     restored = "from_s3_" + uuid.uuid4().hex[:6]
     try:
@@ -229,7 +229,7 @@ def test_a_corrupted_object_is_refused_on_download_naming_the_object(s3_endpoint
     m = resolve_backup(storage, backup_id)
     dest = tmp_path / "work.dump"
     with pytest.raises(IntegrityError, match=url):
-        materialize_dump(storage.open_file(backup_id, m.files[0].name), m.files[0], "zstd", dest,
+        materialize_dump(storage.open_plain(backup_id, m.files[0]), m.files[0], "zstd", dest,
                          storage.url(backup_id, m.files[0].name))
     assert not dest.exists()
 

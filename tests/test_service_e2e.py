@@ -167,7 +167,7 @@ def mails_about(messages: list, run: dict) -> list:
 
 
 def test_service_end_to_end(service, service_env) -> None:
-    from pgkeeper.deployments.limits import database_limit_name
+    from pgkeeper.slots import database_limit_name
 
     api, env, messages = service
     password = service_env["POSTGRES_PASSWORD"]

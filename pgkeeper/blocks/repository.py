@@ -9,6 +9,8 @@ from prefect.blocks.core import Block
 from prefect_aws import S3Bucket
 from pydantic import Field
 
+from pgkeeper.settings import S3Target
+from pgkeeper.storage.interface import Storage
 from pgkeeper.storage.local import LocalStorage
 
 
@@ -30,7 +32,7 @@ class BackupRepository(Block):
     min_free_fraction: float = Field(
         default=0.2, description="Warn when the repository disk has less free space than this.")
 
-    # Offsite copies (issue 3): an S3Bucket from prefect-aws; its bucket_folder is the prefix.
+    # Offsite copies: an S3Bucket from prefect-aws; its bucket_folder is the prefix.
     offsite: S3Bucket | None = Field(
         default=None, description="S3 bucket (prefect-aws S3Bucket with AwsCredentials) for offsite copies.")
     s3_upload: bool = Field(default=True, description="Upload each new backup to the offsite bucket.")
@@ -43,6 +45,11 @@ class BackupRepository(Block):
     s3_checksum: Literal["CRC32", "SHA256"] = Field(
         default="CRC32", description="Per-part checksum S3 verifies on arrival and pgkeeper compares after "
                                      "upload (the manifest's sha256 is checked on the same local pass).")
+    encryption: Literal["auto", "age", "off"] = Field(
+        default="auto", description="Client-side encryption (age): 'auto' encrypts whenever offsite copies are on.")
+    encryption_recipients: list[str] = Field(
+        default_factory=list, description="Public keys (age1...) new backups and WAL are encrypted to; empty: "
+                                          "those of `pgkeeper key create` (pgkeeper's key directory).")
     gc_safety_hours: float = Field(
         default=24.0, description="Incomplete uploads and orphan objects younger than this are left alone.")
 
@@ -55,28 +62,68 @@ class BackupRepository(Block):
     def local(self) -> LocalStorage:
         return LocalStorage(Path(self.path))
 
-    def storage(self, source: str = "local"):  # -> LocalStorage | S3Storage
-        """The driver for `source` ('local' or 's3'). Both offer describe, list_backup_ids,
-        read_manifest, write_manifest, open_file(backup_id, name) and delete_backup."""
+    def storage(self, source: str = "local") -> Storage:
+        """The driver for `source` ('local' or 's3') behind encryption and signed manifests:
+        the one door every byte goes through."""
+        from pgkeeper.storage.sealed import SealedStorage
+
         if source == "local":
-            return self.local()
+            return SealedStorage(self.local(), self.keyset())
         if source == "s3":
-            return self.s3()
+            return SealedStorage(self.s3(), self.keyset())
         raise ValueError(f"unknown repository source {source!r}: use 'local' or 's3'")
+
+    def encrypts(self) -> bool:
+        return self.encryption == "age" or (self.encryption == "auto" and self.has_offsite())
+
+    def recipients(self) -> list[str]:
+        """The public keys new files are encrypted to ([] when this repository does not encrypt)."""
+        from pgkeeper import keys
+        from pgkeeper.sealing import KeyMissing
+
+        if not self.encrypts():
+            return []
+        found = list(self.encryption_recipients) or keys.recipients()
+        if not found:
+            raise KeyMissing("backups that go offsite are encrypted, and no key exists yet: run `pgkeeper key "
+                             "create` (or set the repository's encryption to 'off')")
+        return found
+
+    def keyset(self):  # -> pgkeeper.storage.sealed.KeySet
+        from pgkeeper import keys
+        from pgkeeper.storage.sealed import KeySet
+
+        mac = keys.mac_keys() or [bytes.fromhex(k) for k in _secret_lines(MANIFEST_KEY_BLOCK)]
+        if not mac:
+            mac = keys.mac_keys(create=True)
+        return KeySet(self.recipients, mac,
+                      identities=lambda: keys.identities() or _secret_lines(IDENTITIES_BLOCK))
+
+    def wal_spool(self) -> str:
+        """The local WAL archive (the spool wal-push writes): the repository's wal/."""
+        return str(Path(self.path) / "wal")
 
     def has_offsite(self) -> bool:
         """Whether new backups are to be copied to the offsite bucket."""
         return self.offsite is not None and self.s3_upload
 
+    def s3_target(self) -> S3Target | None:
+        """The offsite bucket as plain settings (no prefect-aws needed to use them)."""
+        if self.offsite is None:
+            return None
+        return s3_target_of(self.offsite, sse=self.s3_encryption, kms_key_id=self.s3_kms_key_id,
+                            storage_class=self.s3_storage_class)
+
     def s3(self):  # -> S3Storage
         from pgkeeper.errors import RepositoryError
-        from pgkeeper.storage.s3 import MiB, S3Storage
+        from pgkeeper.storage.s3 import S3Storage
+        from pgkeeper.storage.s3core import MiB
 
-        if self.offsite is None:
+        target = self.s3_target()
+        if target is None:
             raise RepositoryError("no offsite bucket is configured (set S3_BUCKET or the repository block's offsite)")
-        return S3Storage(self.offsite, encryption=self.s3_encryption, kms_key_id=self.s3_kms_key_id,
-                         storage_class=self.s3_storage_class, part_size=self.s3_part_size_mb * MiB,
-                         max_concurrency=self.s3_max_concurrency, checksum_algorithm=self.s3_checksum)
+        return S3Storage(target, part_size=self.s3_part_size_mb * MiB, max_concurrency=self.s3_max_concurrency,
+                         checksum_algorithm=self.s3_checksum)
 
     def retention_policy(self):  # -> pgkeeper.retention.RetentionPolicy
         from pgkeeper.retention import RetentionPolicy
@@ -88,3 +135,36 @@ class BackupRepository(Block):
         if self.compression_level is not None:
             return self.compression_level
         return 1 if self.compression == "zstd" else 6
+
+
+# Secret blocks that carry the keys to workers on other machines (`pgkeeper key create --blocks`).
+IDENTITIES_BLOCK = "pgkeeper-age-identities"
+MANIFEST_KEY_BLOCK = "pgkeeper-manifest-key"
+
+
+def _secret_lines(name: str) -> list[str]:
+    from prefect.blocks.system import Secret
+
+    try:
+        value = Secret.load(name).get()
+    except ValueError:
+        return []
+    return [ln.strip() for ln in str(value).splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def s3_target_of(bucket: S3Bucket, **extra: str | None) -> S3Target:
+    """A prefect-aws S3Bucket block (with its AwsCredentials) as the S3 core's settings."""
+    creds = bucket.credentials
+    params = getattr(creds, "aws_client_parameters", None)
+    config = (getattr(params, "config", None) or {}) if params is not None else {}
+    secret = getattr(creds, "aws_secret_access_key", None)
+    token = getattr(creds, "aws_session_token", None)
+    style = (config.get("s3") or {}).get("addressing_style") if isinstance(config, dict) else None
+    return S3Target(
+        bucket=bucket.bucket_name, prefix=bucket.bucket_folder or "",
+        endpoint_url=getattr(params, "endpoint_url", None), region=getattr(creds, "region_name", None),
+        access_key_id=getattr(creds, "aws_access_key_id", None),
+        secret_access_key=secret.get_secret_value() if secret is not None else None,
+        session_token=token.get_secret_value() if hasattr(token, "get_secret_value") else token,
+        path_style=None if style is None else style == "path",
+        profile=getattr(creds, "profile_name", None), **extra)  # type: ignore[arg-type]

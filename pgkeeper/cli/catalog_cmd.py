@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from pgkeeper.fmt import human_bytes, human_seconds
 
     repo = open_repository(args)
-    storage = repo.storage("s3") if getattr(args, "s3", False) else repo.local()
+    storage = repo.storage("s3" if getattr(args, "s3", False) else "local")
     backups = list_backups(storage, args.database)
     if not backups:
         print(f"no backups in {storage.describe()}")

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "pgkeeper.cli.backup_cmd",
     "pgkeeper.cli.catalog_cmd",
     "pgkeeper.cli.demo_cmd",
+    "pgkeeper.cli.key_cmd",
     "pgkeeper.cli.metrics_cmd",
     "pgkeeper.cli.restore_cmd",
     "pgkeeper.cli.retention_cmd",

@@ -31,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from pgkeeper.deployments.env import check_environment
+    from pgkeeper.settings import check_environment
 
     # A missing variable is reported before anything starts or connects.
     check_environment(os.environ)

@@ -67,7 +67,7 @@ def run_setup(args: argparse.Namespace) -> int:
     with conn.connect(autocommit=True) as c:
         current = {k: c.execute("SELECT current_setting(%s)", (k,)).fetchone()[0] for k in wanted}  # type: ignore[index]
         print(f"WAL archiving for {conn.describe()} (spool {cfg.spool}"
-              f"{', then ' + cfg.s3.describe() if cfg.s3 else ''}; config {cfg_path}):")
+              f"{', then ' + cfg.s3.describe_wal() if cfg.s3 else ''}; config {cfg_path}):")
         for k, v in wanted.items():
             literal = v.strip("'").replace("''", "'")
             mark = "ok" if current[k] == literal else "change"

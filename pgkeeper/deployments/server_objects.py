@@ -1,4 +1,4 @@
-"""Work pool, global concurrency limits and variables: created once, left alone if equal."""
+"""Work pool and variables: created once, left alone if equal (concurrency limits: pgkeeper.slots)."""
 
 from __future__ import annotations
 
@@ -24,27 +24,6 @@ def ensure_work_pool(name: str = DEFAULT_WORK_POOL) -> str:
             name=name, type="process", description="pgkeeper's jobs, run by `pgkeeper serve` or `prefect worker start`",
             base_job_template=ProcessWorker.get_default_base_job_template()))
     return "created"
-
-
-def ensure_limit(name: str, limit: int) -> str:
-    """A global concurrency limit `name` with `limit` slots."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    with get_client(sync_client=True) as client:
-        try:
-            existing = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-            except ObjectAlreadyExists:
-                return "unchanged"  # another run created it just now
-            return "created"
-        if existing.limit == limit and existing.active:
-            return "unchanged"
-        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
-    return "updated"
 
 
 def ensure_variable(name: str, value: Any) -> str:

@@ -14,8 +14,15 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, connection_from_env, repository_from_env
-from pgkeeper.deployments import env as envmod
+from pgkeeper import settings
+from pgkeeper.config import (
+    DEFAULT_CONNECTION_BLOCK,
+    DEFAULT_REPOSITORY_BLOCK,
+    connection_from_env,
+    notification_from_env,
+    repository_from_env,
+    s3_bucket_block,
+)
 from pgkeeper.deployments.blocks import save_block
 from pgkeeper.deployments.server_objects import DEFAULT_WORK_POOL, ensure_variable, ensure_work_pool
 
@@ -28,21 +35,6 @@ SENTRY_BLOCK = "pgkeeper-sentry-dsn"
 Report = Callable[[str, str], None]
 
 
-def s3_bucket_from_env(env: Mapping[str, str]):  # -> S3Bucket, with its credentials saved
-    from prefect_aws import AwsCredentials, S3Bucket
-    from prefect_aws.client_parameters import AwsClientParameters
-
-    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
-    secret = env.get("AWS_SECRET_ACCESS_KEY")
-    creds = AwsCredentials(
-        aws_access_key_id=env.get("AWS_ACCESS_KEY_ID") or None,
-        aws_secret_access_key=SecretStr(secret) if secret else None,
-        region_name=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or None,
-        aws_client_parameters=AwsClientParameters(endpoint_url=endpoint))
-    return creds, lambda saved: S3Bucket(bucket_name=env["S3_BUCKET"].strip(), credentials=saved,
-                                         bucket_folder=env.get("S3_PREFIX", "").strip().strip("/"))
-
-
 def repository_fields(env: Mapping[str, str], offsite: Any | None) -> dict[str, Any]:
     """The repository block's settings that the environment decides (only fields it has)."""
     base = repository_from_env(env)
@@ -52,9 +44,20 @@ def repository_fields(env: Mapping[str, str], offsite: Any | None) -> dict[str, 
         fields["offsite"] = offsite
     if "s3_upload" in known:
         fields["s3_upload"] = offsite is not None
-    if "retention_days" in known and env.get("RETENTION_DAYS", "").strip():
-        fields["retention_days"] = envmod.int_var(env, "RETENTION_DAYS", 30)
     return fields
+
+
+def encryption_key(env: Mapping[str, str]) -> tuple[str, str]:
+    """The backup encryption key: kept if one exists, else made, with the copy the user must keep
+    elsewhere written to PGKEEPER_KEY_COPY_DIR (default: the current directory)."""
+    from pgkeeper import keys, sealing
+
+    current = keys.recipients()
+    if current:
+        return f"encryption key {sealing.fingerprint(current[0])}", "unchanged"
+    fp, _recipient, copy = keys.create_key(Path(env.get("PGKEEPER_KEY_COPY_DIR") or Path.cwd()))
+    return (f"encryption key {fp} (private key copy {copy}: move it OFF this machine; "
+            "without it the backups cannot be restored)", "created")
 
 
 def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = None,
@@ -81,7 +84,7 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
     from pgkeeper.deployments.deploy import WAL_DEPLOYMENTS, apply_deployments, default_prefect_yaml, set_paused
     from pgkeeper.names import check_identifier
 
-    envmod.check_environment(env)
+    settings.check_environment(env)
     check_alert_environment(env)
     check_identifier("database", env["POSTGRES_DB"])
     done: list[tuple[str, str]] = []
@@ -96,17 +99,20 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
     note(f"block {DEFAULT_CONNECTION_BLOCK} ({conn.describe()})", save_block(conn, DEFAULT_CONNECTION_BLOCK)[0])
 
     offsite = None
-    if envmod.enabled(env, "ENABLE_S3_UPLOAD"):
-        creds, make_bucket = s3_bucket_from_env(env)
+    target = settings.s3_from_env(env)
+    if settings.s3_upload_enabled(env) and target is not None:
+        creds, make_bucket = s3_bucket_block(target)
         outcome, saved_creds = save_block(creds, AWS_BLOCK)
         note(f"block {AWS_BLOCK}", outcome)
         outcome, offsite = save_block(make_bucket(saved_creds), S3_BLOCK)
         note(f"block {S3_BLOCK} (s3://{env['S3_BUCKET'].strip()}/{env.get('S3_PREFIX', '').strip('/')})", outcome)
+    if offsite is not None:  # offsite copies are encrypted: a key must exist before the first backup
+        note(*encryption_key(env))
     repo = BackupRepository(**repository_fields(env, offsite))
     note(f"block {DEFAULT_REPOSITORY_BLOCK} ({repo.path})", save_block(repo, DEFAULT_REPOSITORY_BLOCK)[0])
 
     mail_block_id = None
-    mail = envmod.notification_from_env(env)
+    mail = notification_from_env(env)
     if mail is not None:
         outcome, saved_creds = save_block(mail.credentials, SMTP_BLOCK)
         note(f"block {SMTP_BLOCK} ({env['SMTP_HOST'].strip()})", outcome)
@@ -115,7 +121,7 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
         note(f"block {MAIL_BLOCK} (to {', '.join(mail.recipients)})", outcome)
         mail_block_id = saved_mail._block_document_id
 
-    dsn = envmod.sentry_dsn_from_env(env)
+    dsn = settings.sentry_dsn(env)
     if dsn:
         from prefect.blocks.system import Secret
 
@@ -124,15 +130,15 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
     pool = env.get("PGKEEPER_WORK_POOL", DEFAULT_WORK_POOL).strip() or DEFAULT_WORK_POOL
     note(f"work pool {pool} (process)", ensure_work_pool(pool))
     yaml_path = (prefect_yaml or default_prefect_yaml()).resolve()
-    settings: dict[str, Any] = {
+    variables: dict[str, Any] = {
         "pgkeeper_project_dir": str(yaml_path.parent),
         "pgkeeper_timezone": (env.get("PGKEEPER_TIMEZONE") or env.get("TZ") or "UTC").strip(),
     }
-    for name, value in settings.items():
+    for name, value in variables.items():
         note(f"variable {name}={value}", ensure_variable(name, value))
-    note(f"deployments from {yaml_path}", apply_deployments(yaml_path, settings))
+    note(f"deployments from {yaml_path}", apply_deployments(yaml_path, variables))
     # Without WAL archiving, wal-ship and base-backup runs could only fail: keep them paused.
-    wal_on = envmod.enabled(env, "ENABLE_WAL_ARCHIVING")
+    wal_on = settings.enabled(env, "ENABLE_WAL_ARCHIVING")
     for name in WAL_DEPLOYMENTS:
         note(f"deployment {name} {'active' if wal_on else 'paused'}", set_paused(name, not wal_on))
 

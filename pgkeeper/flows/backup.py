@@ -6,12 +6,12 @@ from prefect import flow
 from prefect.states import State
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
-from pgkeeper.deployments.limits import backup_slot
 from pgkeeper.flows.retention import after_backup
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import Manifest
 from pgkeeper.runinfo import KIND_PRE_RESTORE, completed, database_tag, describe_run, name_from_parameters, today
 from pgkeeper.sentry import report_failure
+from pgkeeper.slots import backup_slot
 from pgkeeper.tasks.catalog_artifact import publish_catalog
 from pgkeeper.tasks.dump import dump_database
 from pgkeeper.tasks.notify import mail_backup_success
@@ -49,12 +49,12 @@ def backup(
         backup_id = begin_backup(repo, info.server_time)
         try:
             dumped = dump_database(conn, repo, backup_id, info.table_bytes)
-            check = quick_verify(repo, backup_id, dumped.file, repo.compression, len(dumped.tables))
+            check = quick_verify(repo, backup_id, dumped.file, repo.compression, len(dumped.tables), dumped.toc)
             manifest = write_manifest(repo, backup_id, info, dumped, check, labels or [])
         except BaseException:
             abandon_backup(repo, backup_id)
             raise
-    report_backup(manifest, repo.local().describe(), info.warnings)
+    report_backup(manifest, repo.storage().describe(), info.warnings)
     manifest.outcome = after_backup(repo, backup_id)  # offsite upload → retention → garbage collection
     publish_catalog(repo)  # the UI's keyed catalog artifact
     mail_backup_success(manifest, repo, info.warnings)  # pgkeeper.backup.completed; mails without the automation

@@ -58,5 +58,5 @@ def base_backup(
         from pgkeeper.tasks.offsite import upload_backup
 
         upload_backup(repo, backup_id)
-    report_base_backup(manifest, repo.local().describe())
+    report_base_backup(manifest, repo.storage().describe())
     return manifest

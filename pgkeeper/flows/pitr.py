@@ -18,6 +18,7 @@ from pgkeeper.tasks.recovery import (
     archive_cluster,
     choose_base_backup,
     configure_recovery,
+    forget_recovery_secrets,
     parse_target,
     report_recovery,
     resolve_source,
@@ -64,9 +65,12 @@ def pitr(
     cluster = archive_cluster(walcfg, system_identifier)
     manifest = choose_base_backup(repo, source, target, cluster)
     restore_base_backup(repo, source, manifest, data_dir)
-    configure_recovery(data_dir, walcfg, target, port, keep_archiving)
-    start_recovery(data_dir, port, target, timeout_seconds)
-    result = wait_for_promotion(data_dir, port, manifest.backup_id, target, started, timeout_seconds)
+    try:
+        configure_recovery(data_dir, walcfg, target, port, keep_archiving)
+        start_recovery(data_dir, port, target, timeout_seconds)
+        result = wait_for_promotion(data_dir, port, manifest.backup_id, target, started, timeout_seconds)
+    finally:
+        forget_recovery_secrets(data_dir)
     result.system_identifier = manifest.system_identifier
     report_recovery(result)
     return result

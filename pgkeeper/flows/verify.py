@@ -108,7 +108,7 @@ def verify(
         with work_area(work_dir) as work:
             fetched = check(1, fetch_dump, repo, source, target, str(work))
             if fetched:
-                add(integrity_passed())
+                add(integrity_passed(target))
             fmt = check(2, check_format, target, fetched.path) if fetched else None
             add(fmt)
             drill = check(3, restore_drill, scratch, fetched.path, scratch_database_name(flow_run.id),
@@ -120,10 +120,10 @@ def verify(
     else:
         try:
             fmt = check_stream(repo, source, target)
-            add(integrity_passed())
+            add(integrity_passed(target))
             add(fmt)
         except UnreadableDump as exc:  # the bytes were intact; the archive is not what it should be
-            add(integrity_passed())
+            add(integrity_passed(target))
             add(CheckResult.failed(2, exc))
         except PgkeeperError as exc:
             add(CheckResult.failed(1, exc))

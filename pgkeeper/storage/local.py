@@ -1,7 +1,8 @@
-"""The local (posix) repository driver.
+"""The local (posix) repository driver: the storage interface over a directory.
 
 Layout:  <root>/backups/<backup_id>/<data files>, manifest.json (written last)
          <root>/wal/...                                   (WAL archive, see pgkeeper.wal)
+         <root>/.scratch/<purpose>-...                    (work space of running tasks)
 A backup folder without manifest.json is incomplete: never listed, collected as garbage.
 """
 
@@ -18,19 +19,26 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pgkeeper.errors import NotFound, RepositoryError
+from pgkeeper.liveness import claim_dir, clear_dead_dirs
+from pgkeeper.manifest import StoredFile
 from pgkeeper.names import is_backup_id
 from pgkeeper.storage.atomic import atomic_file, atomic_write_bytes, fsync_dir
+from pgkeeper.storage.interface import MANIFEST, DriverBase, Storage, check_file_name
+from pgkeeper.storage.streams import CHUNK, HashingReader, HashingWriter, check_digest, sha256_of
 
-MANIFEST = "manifest.json"
 IN_PROGRESS = ".in-progress"
+SCRATCH = ".scratch"
 
 
-class LocalStorage:
+class LocalStorage(DriverBase):
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
     def describe(self) -> str:
         return str(self.root)
+
+    def location(self, backup_id: str) -> str:
+        return str(self.backup_dir(backup_id))
 
     @property
     def backups_dir(self) -> Path:
@@ -55,10 +63,16 @@ class LocalStorage:
         except OSError as exc:
             raise RepositoryError(f"repository {self.root} is not writable: {exc.strerror}") from None
 
-    def begin_backup(self, backup_id: str) -> Path:
+    def claimed_ids(self) -> list[str]:
+        if not self.backups_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.backups_dir.iterdir() if is_backup_id(p.name))
+
+    def begin_backup(self, backup_id: str) -> None:
         """Claim a new backup folder (exclusively) and mark it in progress."""
         path = self.backup_dir(backup_id)
         try:
+            self.backups_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             path.mkdir(mode=0o700)
         except FileExistsError:
             raise RepositoryError(f"backup {backup_id} already exists in {self.root}") from None
@@ -67,7 +81,6 @@ class LocalStorage:
         marker = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         atomic_write_bytes(path / IN_PROGRESS, json.dumps(marker).encode())
         fsync_dir(self.backups_dir)
-        return path
 
     def finish_backup(self, backup_id: str, manifest: bytes) -> None:
         """Write the manifest last: from this moment on the backup exists."""
@@ -80,18 +93,53 @@ class LocalStorage:
         shutil.rmtree(self.backup_dir(backup_id), ignore_errors=True)
 
     @contextmanager
-    def write_file(self, backup_id: str, name: str) -> Iterator[BinaryIO]:
-        with atomic_file(self.backup_dir(backup_id) / name) as f:
-            yield f
+    def write_file(self, backup_id: str, name: str) -> Iterator[HashingWriter]:
+        try:
+            with atomic_file(self.file_path(backup_id, name)) as f:
+                yield HashingWriter(f)
+        except OSError as exc:
+            raise RepositoryError(f"writing {backup_id}/{name} in {self.root} failed: "
+                                  f"{exc.strerror or exc}") from None
+
+    def store_file(self, path: Path, backup_id: str, name: str) -> StoredFile:
+        """Move a local file in (a rename on the same filesystem), then hash what is stored."""
+        dest = self.file_path(backup_id, name)
+        try:
+            os.chmod(path, 0o600)
+            os.rename(path, dest)
+        except OSError:  # another filesystem: copy through the write path
+            with open(path, "rb") as src, self.write_file(backup_id, name) as out:
+                shutil.copyfileobj(src, out, CHUNK)
+            os.unlink(path)
+            return StoredFile(name=name, size=out.size, sha256=out.sha256)
+        fsync_dir(dest.parent)
+        with open(dest, "rb") as f:
+            sha, size = sha256_of(f)
+        return StoredFile(name=name, size=size, sha256=sha)
+
+    def copy_from(self, source: Storage, backup_id: str, file: StoredFile) -> str:
+        label = f"{source.location(backup_id)}/{file.name}"
+        with HashingReader(source.open_file(backup_id, file.name)) as reader, \
+                self.write_file(backup_id, file.name) as out:
+            while chunk := reader.read(CHUNK):
+                out.write(chunk)
+            check_digest(reader, file.size, file.sha256, label)
+        return f"{file.name}: sha256 matches the manifest"
 
     def file_path(self, backup_id: str, name: str) -> Path:
-        if "/" in name or name.startswith("."):
-            raise RepositoryError(f"bad file name in manifest: {name!r}")
-        return self.backup_dir(backup_id) / name
+        """The file's place on disk: for this driver's own use and for tools that need a path
+        (pg_verifybackup); callers of the interface do not build paths."""
+        return self.backup_dir(backup_id) / check_file_name(name)
 
     def open_file(self, backup_id: str, name: str) -> BinaryIO:
         try:
             return open(self.file_path(backup_id, name), "rb")
+        except FileNotFoundError:
+            raise NotFound(f"{backup_id}/{name} is missing from {self.root}") from None
+
+    def stat_file(self, backup_id: str, name: str) -> int:
+        try:
+            return self.file_path(backup_id, name).stat().st_size
         except FileNotFoundError:
             raise NotFound(f"{backup_id}/{name} is missing from {self.root}") from None
 
@@ -131,6 +179,27 @@ class LocalStorage:
                 continue
             found.append(p.name)
         return sorted(found)
+
+    def clear_partial_writes(self, stale_after_s: float) -> int:
+        """Scratch directories whose process is gone; how many were removed (temp files of an
+        unfinished write die with the incomplete backup folder that holds them)."""
+        return len(clear_dead_dirs(self.root / SCRATCH, ""))
+
+    @contextmanager
+    def scratch(self, purpose: str) -> Iterator[Path]:
+        """A work directory under <root>/.scratch (same filesystem: store_file is a rename),
+        tagged with its process; the next caller removes those a killed run left."""
+        import tempfile
+
+        base = self.root / SCRATCH
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
+        clear_dead_dirs(base, f"{purpose}-")
+        path = Path(tempfile.mkdtemp(prefix=f"{purpose}-", dir=base))
+        claim_dir(path)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
     def free_space(self) -> tuple[int, int]:
         """(free bytes, total bytes) of the filesystem holding the repository."""

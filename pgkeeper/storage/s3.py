@@ -1,44 +1,43 @@
-"""The S3 repository driver (AWS S3, MinIO, R2, moto: anything with an endpoint_url).
+"""The S3 repository driver: the storage interface over a bucket prefix (AWS S3, MinIO, R2,
+moto: anything with an endpoint_url), on the one S3 core (s3core.py).
 
-Layout under the bucket folder (the block's prefix), mirroring the local driver:
+Layout under the prefix, mirroring the local driver:
     <prefix>/backups/<backup_id>/<data files>, manifest.json (uploaded last)
     <prefix>/wal/...                                   (WAL archive, see pgkeeper.wal)
 A backup prefix without manifest.json is incomplete: never listed, collected as garbage.
 
-Every key is built here from the normalised prefix; keys that come back from a listing are
-turned back into relative names before use, because passing a full key to prefect-aws's
-S3Bucket helpers would prefix the bucket folder a second time.
+An upload is proven before its manifest goes up: S3 checks a checksum per part (CRC32 by
+default, SHA-256 if asked) as the parts arrive, and afterwards the object's own checksum is
+compared with one computed here from the source, in the same pass that re-checks the source
+against the manifest's sha256. CRC32 is the default because it keeps the upload at the speed
+of a bare boto3 upload (see benchmarks/upload.py); the strong link to the manifest is sha256.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import base64
+import hashlib
+import os
+import shutil
+import tempfile
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
-from pgkeeper.errors import NotFound, RepositoryError
+from pgkeeper.errors import IntegrityError, NotFound, RepositoryError
+from pgkeeper.manifest import StoredFile
 from pgkeeper.names import is_backup_id
+from pgkeeper.settings import S3Target
+from pgkeeper.storage.interface import MANIFEST, DriverBase, Storage, check_file_name
+from pgkeeper.storage.s3core import Bucket, MiB, put_args, s3_errors
+from pgkeeper.storage.streams import CHUNK, HashingReader, HashingWriter, check_digest, sha256_of
 
-if TYPE_CHECKING:
-    from prefect_aws import S3Bucket
-
-MANIFEST = "manifest.json"
-MiB = 1024 * 1024
-
-# Retries inside botocore (exponential backoff with jitter) for every request; Prefect's task
-# retries sit on top of these for failures that outlast them. The block's own client config
-# wins over these defaults.
-CLIENT_DEFAULTS: dict[str, Any] = {
-    "retries": {"max_attempts": 10, "mode": "standard"},
-    "connect_timeout": 10,
-    "read_timeout": 120,
-}
-# A streamed download that breaks mid-body is resumed with a Range request this many times.
-MAX_RESUMES = 8
+READ_CHUNK = 8 * MiB
 
 
 @dataclass(frozen=True)
@@ -49,59 +48,71 @@ class StoredObject:
     last_modified: datetime
 
 
-@dataclass(frozen=True)
-class PendingUpload:
-    """A multipart upload that was started and never completed or aborted."""
-    name: str
-    upload_id: str
-    initiated: datetime
+class _Crc32:
+    """zlib's CRC32 behind hashlib's interface (S3 encodes it as 4 big-endian bytes)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: bytes) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
 
 
-def _error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None) or {}
-    return str(response.get("Error", {}).get("Code", "")) or type(exc).__name__
+def _new_checksum(algorithm: str) -> Any:
+    return _Crc32() if algorithm == "CRC32" else hashlib.sha256()
 
 
-def _transient(exc: BaseException) -> bool:
-    response = getattr(exc, "response", None)
-    if not response:
-        return True  # a connection that broke: worth another try
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-    # 403/404-class answers do not get better by waiting; 5xx and throttling might.
-    return status >= 500 or _error_code(exc) in ("SlowDown", "RequestTimeout", "Throttling")
+def s3_checksum(data: bytes, algorithm: str) -> str:
+    c = _new_checksum(algorithm)
+    c.update(data)
+    return base64.b64encode(c.digest()).decode()
 
 
-@contextlib.contextmanager
-def s3_errors(what: str) -> Iterator[None]:
-    """botocore failures as one plain RepositoryError line (no credentials, no traceback)."""
-    from boto3.exceptions import S3UploadFailedError
-    from botocore.exceptions import BotoCoreError, ClientError
+def file_digests(path: Path, part_size: int | None, algorithm: str = "SHA256") -> tuple[str, str]:
+    """(sha256 hex of the file, the checksum S3 should report for it with `algorithm`).
 
-    try:
-        yield
-    except S3UploadFailedError as exc:  # the transfer manager gave up after botocore's retries
-        cause = exc.__context__ or exc.__cause__ or exc
-        raise RepositoryError(f"{what} failed: {_error_code(cause)}", transient=_transient(cause)) from None
-    except ClientError as exc:
-        raise RepositoryError(f"{what} failed: {_error_code(exc)}", transient=_transient(exc)) from None
-    except BotoCoreError as exc:
-        raise RepositoryError(f"{what} failed: {type(exc).__name__}", transient=True) from None
+    S3's checksum of a multipart object is the checksum of the parts' checksums, so the parts
+    are checksummed on the same single read that re-computes the file's sha256.
+    """
+    whole = hashlib.sha256()
+    whole_s3 = _new_checksum(algorithm)
+    parts: list[bytes] = []
+    with open(path, "rb") as f:
+        if part_size is None:
+            while chunk := f.read(READ_CHUNK):
+                whole.update(chunk)
+                whole_s3.update(chunk)
+        while part_size is not None:
+            part = _new_checksum(algorithm)
+            got = 0
+            while got < part_size and (chunk := f.read(min(READ_CHUNK, part_size - got))):
+                whole.update(chunk)
+                part.update(chunk)
+                got += len(chunk)
+            if got:
+                parts.append(part.digest())
+            if got < part_size:
+                break
+    if part_size is None:
+        return whole.hexdigest(), base64.b64encode(whole_s3.digest()).decode()
+    composite = _new_checksum(algorithm)
+    composite.update(b"".join(parts))
+    return whole.hexdigest(), f"{base64.b64encode(composite.digest()).decode()}-{len(parts)}"
 
 
-class S3Storage:
-    def __init__(self, bucket: S3Bucket, *, encryption: str = "AES256", kms_key_id: str | None = None,
-                 storage_class: str | None = None, part_size: int = 64 * MiB, max_concurrency: int = 4,
-                 checksum_algorithm: str = "CRC32") -> None:
-        self.prefix = (bucket.bucket_folder or "").strip("/")
-        creds = bucket.credentials
-        params = creds.aws_client_parameters
-        config = {**CLIENT_DEFAULTS, **(params.config or {})}
-        tuned = creds.model_copy(update={"aws_client_parameters": params.model_copy(update={"config": config})})
-        self.bucket = bucket.model_copy(update={"credentials": tuned, "bucket_folder": self.prefix})
-        self.bucket_name = bucket.bucket_name
-        self.encryption = encryption
-        self.kms_key_id = kms_key_id
-        self.storage_class = storage_class
+def _same_checksum(stored: str, expected: str) -> bool:
+    # Some servers append "-<parts>" to a composite checksum, some do not.
+    return stored.split("-")[0] == expected.split("-")[0]
+
+
+class S3Storage(DriverBase):
+    def __init__(self, target: S3Target, *, part_size: int = 64 * MiB, max_concurrency: int = 4,
+                 checksum_algorithm: str = "CRC32", client: Any = None) -> None:
+        self.target = target
+        self.bucket = Bucket(target, client)
         self.part_size = max(int(part_size), 5 * MiB)  # S3's smallest allowed part
         self.max_concurrency = max(int(max_concurrency), 1)
         self.checksum_algorithm = checksum_algorithm.upper()
@@ -110,92 +121,117 @@ class S3Storage:
 
     @property
     def client(self) -> Any:
-        return self.bucket.credentials.get_s3_client()
+        return self.bucket.client
 
-    def key(self, name: str) -> str:
-        return f"{self.prefix}/{name}" if self.prefix else name
+    @property
+    def bucket_name(self) -> str:
+        return self.target.bucket
 
-    def relative(self, key: str) -> str:
-        return key[len(self.prefix) + 1:] if self.prefix else key
+    @property
+    def prefix(self) -> str:
+        return self.target.prefix
 
     def describe(self) -> str:
-        return f"s3://{self.bucket_name}/{self.prefix}" if self.prefix else f"s3://{self.bucket_name}"
+        return self.target.describe()
+
+    def location(self, backup_id: str) -> str:
+        return self.bucket.url(f"backups/{backup_id}")
 
     def object_name(self, backup_id: str, name: str) -> str:
         if not is_backup_id(backup_id):
             raise RepositoryError(f"not a backup id: {backup_id!r}")
-        if not name or "/" in name or name.startswith("."):
-            raise RepositoryError(f"bad file name in manifest: {name!r}")
-        return f"backups/{backup_id}/{name}"
+        return f"backups/{backup_id}/{check_file_name(name)}"
 
     def url(self, backup_id: str, name: str) -> str:
         """The object's address as a user would type it: s3://bucket/prefix/backups/<id>/<name>."""
-        return f"s3://{self.bucket_name}/{self.key(self.object_name(backup_id, name))}"
+        return self.bucket.url(self.object_name(backup_id, name))
 
-    # -- the reader interface shared with LocalStorage ------------------------------------
+    def ensure_writable(self) -> None:
+        pass  # a bucket has no directory to create; a denied write fails on the first object
+
+    # -- the catalog ----------------------------------------------------------------------
 
     def list_objects(self, under: str = "backups/") -> list[StoredObject]:
-        found = []
-        with s3_errors(f"listing {self.describe()}/{under}"):
-            pages = self.client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket_name, Prefix=self.key(under))
-            for page in pages:
-                for obj in page.get("Contents", []):
-                    found.append(StoredObject(self.relative(obj["Key"]), int(obj["Size"]), obj["LastModified"]))
-        return found
+        return [StoredObject(n, s, m) for n, s, m in self.bucket.list(under)]
 
     def list_backup_ids(self) -> list[str]:
         """Ids of complete backups (those whose manifest is in the bucket), oldest first."""
-        ids = set()
-        for obj in self.list_objects():
-            parts = obj.name.split("/")
-            if len(parts) == 3 and parts[2] == MANIFEST and is_backup_id(parts[1]):
-                ids.add(parts[1])
-        return sorted(ids)
+        return sorted({o.name.split("/")[1] for o in self.list_objects() if _is_manifest(o.name)})
+
+    def claimed_ids(self) -> list[str]:
+        return sorted({o.name.split("/")[1] for o in self.list_objects() if _backup_of(o.name)})
 
     def read_manifest(self, backup_id: str) -> bytes | None:
-        key = self.key(self.object_name(backup_id, MANIFEST))
-        from botocore.exceptions import ClientError
+        return self.bucket.get(self.object_name(backup_id, MANIFEST))
 
-        with s3_errors(f"reading s3://{self.bucket_name}/{key}"):
-            try:
-                return self.client.get_object(Bucket=self.bucket_name, Key=key)["Body"].read()
-            except ClientError as exc:
-                if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
-                    return None
-                raise
+    # -- writing --------------------------------------------------------------------------
 
-    def write_manifest(self, backup_id: str, manifest: bytes) -> None:
-        self.put_bytes(backup_id, MANIFEST, manifest)
+    def begin_backup(self, backup_id: str) -> None:
+        if self.list_objects(f"backups/{backup_id}/"):
+            raise RepositoryError(f"backup {backup_id} already exists in {self.describe()}")
 
-    def open_file(self, backup_id: str, name: str) -> BinaryIO:
-        """A streaming reader of the object; a body cut off mid-way is resumed where it broke."""
-        raw = _ObjectReader(self, self.key(self.object_name(backup_id, name)))
-        return io.BufferedReader(raw, buffer_size=MiB)  # type: ignore[return-value]
+    @contextmanager
+    def write_file(self, backup_id: str, name: str) -> Iterator[HashingWriter]:
+        """Spooled to a local temp file, then uploaded with the transfer manager."""
+        self.object_name(backup_id, name)
+        with tempfile.NamedTemporaryFile(prefix="pgkeeper-s3-") as tmp:
+            writer = HashingWriter(tmp)  # type: ignore[arg-type]
+            yield writer
+            tmp.flush()
+            self._upload(Path(tmp.name), backup_id, name, writer.sha256)
 
-    def delete_backup(self, backup_id: str) -> None:
-        """Remove the manifest first, so a half-deleted backup is never listed."""
-        with s3_errors(f"deleting {self.url(backup_id, MANIFEST)}"):
-            self.client.delete_object(Bucket=self.bucket_name, Key=self.key(self.object_name(backup_id, MANIFEST)))
-        self.delete_objects([o.name for o in self.list_objects(f"backups/{backup_id}/")])
+    def store_file(self, path: Path, backup_id: str, name: str) -> StoredFile:
+        with open(path, "rb") as f:
+            sha, size = sha256_of(f)
+        self._upload(path, backup_id, name, sha)
+        path.unlink()
+        return StoredFile(name=name, size=size, sha256=sha)
 
-    # -- what upload and garbage collection need ------------------------------------------
+    def copy_from(self, source: Storage, backup_id: str, file: StoredFile) -> str:
+        local_path = getattr(source, "file_path", None)
+        if local_path is not None:  # a local file: upload it straight, hashed on a parallel read
+            return self._upload(local_path(backup_id, file.name), backup_id, file.name, file.sha256, file.size)
+        with tempfile.NamedTemporaryFile(prefix="pgkeeper-s3-") as tmp:
+            with HashingReader(source.open_file(backup_id, file.name)) as reader:
+                shutil.copyfileobj(reader, tmp, CHUNK)  # type: ignore[misc]
+                check_digest(reader, file.size, file.sha256, f"{source.location(backup_id)}/{file.name}")
+            tmp.flush()
+            return self._upload(Path(tmp.name), backup_id, file.name, file.sha256, file.size)
 
-    def extra_args(self) -> dict[str, str]:
-        """Server-side encryption and storage class on every object; a checksum per part, so S3
-        refuses a part that arrives damaged and keeps a checksum we can compare afterwards."""
-        args = {"ServerSideEncryption": self.encryption, "ChecksumAlgorithm": self.checksum_algorithm}
-        if self.encryption == "aws:kms" and self.kms_key_id:
-            args["SSEKMSKeyId"] = self.kms_key_id
-        if self.storage_class:
-            args["StorageClass"] = self.storage_class
-        return args
-
-    def transfer_config(self) -> Any:
+    def _upload(self, path: Path, backup_id: str, name: str, sha256: str, size: int | None = None) -> str:
+        """Upload a local file with the transfer manager (multipart, equal parts) and prove the
+        stored object holds exactly `sha256`'s bytes; how it was proven."""
         from boto3.s3.transfer import TransferConfig
 
-        return TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
-                              max_concurrency=self.max_concurrency, use_threads=True)
+        rel = self.object_name(backup_id, name)
+        url = self.url(backup_id, name)
+        try:
+            actual_size = path.stat().st_size
+        except FileNotFoundError:
+            raise RepositoryError(f"{path} is missing: cannot upload {backup_id}") from None
+        config = TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size,
+                                max_concurrency=self.max_concurrency, use_threads=True)
+        # Hash locally while the transfer manager uploads: hashlib releases the GIL.
+        with ThreadPoolExecutor(1, thread_name_prefix="local-digest") as pool:
+            digests = pool.submit(file_digests, path, self.effective_part_size(actual_size), self.checksum_algorithm)
+            with s3_errors(f"uploading {path.name} to {url}"):
+                self.client.upload_file(str(path), self.bucket_name, self.bucket.key(rel),
+                                        ExtraArgs=put_args(self.target, self.checksum_algorithm), Config=config)
+            local_sha, expected = digests.result()
+        if local_sha != sha256:
+            raise IntegrityError(f"{path}: sha256 differs from the manifest; the local backup is damaged, "
+                                 "its manifest was not uploaded")
+        head = self.bucket.head(rel, checksum_mode=True)
+        stored_size, stored_sum = int(head["ContentLength"]), head.get(f"Checksum{self.checksum_algorithm}")
+        if stored_size != (actual_size if size is None else size):
+            raise IntegrityError(f"{url}: {stored_size} bytes stored, the manifest says {size}", transient=True)
+        if stored_sum and _same_checksum(stored_sum, expected):
+            return f"{name}: sha256 matches the manifest, S3 {self.checksum_algorithm} checksum matches"
+        # No checksum from this server (or parts split differently than we assumed): read it back.
+        with self.open_file(backup_id, name) as f:
+            if sha256_of(f)[0] != sha256:
+                raise IntegrityError(f"{url}: sha256 of the stored object differs from the manifest", transient=True)
+        return f"{name}: sha256 read back and matches"
 
     def effective_part_size(self, size: int) -> int | None:
         """The part size the transfer manager will really use for `size` bytes (None: one PUT)."""
@@ -205,48 +241,51 @@ class S3Storage:
 
         return ChunksizeAdjuster().adjust_chunksize(self.part_size, size)
 
-    def put_file(self, path: Path, backup_id: str, name: str) -> str:
-        """Upload a local file with the transfer manager (multipart, equal parts); its URL."""
-        rel = self.object_name(backup_id, name)
-        with s3_errors(f"uploading {path.name} to {self.url(backup_id, name)}"):
-            key = self.bucket.upload_from_path(path, rel, ExtraArgs=self.extra_args(),
-                                               Config=self.transfer_config())
-        if key != self.key(rel):  # prefect-aws joined the folder differently than we list it
-            raise RepositoryError(f"uploaded to unexpected key {key!r}, expected {self.key(rel)!r}")
-        return self.url(backup_id, name)
+    def finish_backup(self, backup_id: str, manifest: bytes) -> None:
+        """The manifest last, with a checksum S3 verifies: from now on the bucket lists this backup."""
+        self.write_manifest(backup_id, manifest)
 
-    def put_bytes(self, backup_id: str, name: str, data: bytes) -> None:
-        key = self.key(self.object_name(backup_id, name))
-        with s3_errors(f"writing s3://{self.bucket_name}/{key}"):
-            self.client.put_object(Bucket=self.bucket_name, Key=key, Body=data, **self.extra_args())
+    def write_manifest(self, backup_id: str, manifest: bytes) -> None:
+        rel = self.object_name(backup_id, MANIFEST)
+        self.bucket.put(rel, manifest)
 
-    def stored_checksum(self, backup_id: str, name: str) -> tuple[int, str | None, str | None]:
-        """(size, S3's checksum of our algorithm or None, server-side encryption) of an object."""
-        key = self.key(self.object_name(backup_id, name))
-        with s3_errors(f"checking s3://{self.bucket_name}/{key}"):
-            head = self.client.head_object(Bucket=self.bucket_name, Key=key, ChecksumMode="ENABLED")
-        return (int(head["ContentLength"]), head.get(f"Checksum{self.checksum_algorithm}"),
-                head.get("ServerSideEncryption"))
+    def abandon_backup(self, backup_id: str) -> None:
+        self.bucket.delete([o.name for o in self.list_objects(f"backups/{backup_id}/")])
 
-    def delete_objects(self, names: list[str]) -> None:
-        for i in range(0, len(names), 1000):  # DeleteObjects takes at most 1000 keys
-            batch = [{"Key": self.key(n)} for n in names[i:i + 1000]]
-            with s3_errors(f"deleting objects under {self.describe()}"):
-                result = self.client.delete_objects(Bucket=self.bucket_name, Delete={"Objects": batch, "Quiet": True})
-            if result.get("Errors"):
-                first = result["Errors"][0]
-                raise RepositoryError(f"could not delete s3://{self.bucket_name}/{first.get('Key')}: "
-                                      f"{first.get('Code')}", transient=True)
+    # -- reading --------------------------------------------------------------------------
+
+    def open_file(self, backup_id: str, name: str) -> BinaryIO:
+        """A streaming reader of the object; a body cut off mid-way is resumed where it broke."""
+        return self.bucket.open(self.object_name(backup_id, name))  # type: ignore[return-value]
+
+    def stat_file(self, backup_id: str, name: str) -> int:
+        from botocore.exceptions import ClientError
+
+        try:
+            return int(self.client.head_object(Bucket=self.bucket_name,
+                                               Key=self.bucket.key(self.object_name(backup_id, name)))["ContentLength"])
+        except ClientError:
+            raise NotFound(f"{self.url(backup_id, name)} is missing from the bucket") from None
+
+    def server_side_encryption(self, backup_id: str, name: str) -> str | None:
+        return self.bucket.head(self.object_name(backup_id, name)).get("ServerSideEncryption")
+
+    # -- removing -------------------------------------------------------------------------
+
+    def delete_backup(self, backup_id: str) -> None:
+        """Remove the manifest first, so a half-deleted backup is never listed."""
+        self.bucket.delete([self.object_name(backup_id, MANIFEST)])
+        self.abandon_backup(backup_id)
 
     def orphan_objects(self) -> dict[str, list[StoredObject]]:
         """Objects of backups that have no manifest, by backup id."""
         objects = self.list_objects()
-        complete = {o.name.split("/")[1] for o in objects if o.name.endswith("/" + MANIFEST)}
+        complete = {o.name.split("/")[1] for o in objects if _is_manifest(o.name)}
         orphans: dict[str, list[StoredObject]] = {}
         for o in objects:
-            parts = o.name.split("/")
-            if len(parts) == 3 and is_backup_id(parts[1]) and parts[1] not in complete:
-                orphans.setdefault(parts[1], []).append(o)
+            backup_id = _backup_of(o.name)
+            if backup_id and backup_id not in complete:
+                orphans.setdefault(backup_id, []).append(o)
         return orphans
 
     def incomplete_backups(self, stale_after_s: float = 2 * 86400) -> list[str]:
@@ -255,94 +294,47 @@ class S3Storage:
         return sorted(i for i, objs in self.orphan_objects().items()
                       if stale_after_s <= 0 or all(o.last_modified < cutoff for o in objs))
 
-    def pending_uploads(self, under: str = "backups/") -> list[PendingUpload]:
-        found = []
-        with s3_errors(f"listing multipart uploads under {self.describe()}/{under}"):
+    def clear_partial_writes(self, stale_after_s: float) -> int:
+        """Abort multipart uploads started more than `stale_after_s` ago; how many."""
+        from botocore.exceptions import ClientError
+
+        cutoff = datetime.now(UTC) - timedelta(seconds=stale_after_s)
+        aborted = 0
+        with s3_errors(f"listing multipart uploads under {self.describe()}/backups/"):
             pages = self.client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket_name, Prefix=self.key(under))
-            for page in pages:
-                for up in page.get("Uploads", []):
-                    found.append(PendingUpload(self.relative(up["Key"]), up["UploadId"], up["Initiated"]))
-        return found
+                Bucket=self.bucket_name, Prefix=self.bucket.key("backups/"))
+            uploads = [u for page in pages for u in page.get("Uploads", [])]
+        for up in uploads:
+            if up["Initiated"] >= cutoff:
+                continue
+            with s3_errors(f"aborting the multipart upload of s3://{self.bucket_name}/{up['Key']}"):
+                try:
+                    self.client.abort_multipart_upload(Bucket=self.bucket_name, Key=up["Key"],
+                                                       UploadId=up["UploadId"])
+                except ClientError as exc:
+                    if "NoSuchUpload" not in str(exc):  # already gone: that is what we wanted
+                        raise
+            aborted += 1
+        return aborted
 
-    def abort_upload(self, upload: PendingUpload) -> None:
-        from botocore.exceptions import ClientError
+    # -- room and scratch -----------------------------------------------------------------
 
-        with s3_errors(f"aborting the multipart upload of {self.describe()}/{upload.name}"):
-            try:
-                self.client.abort_multipart_upload(Bucket=self.bucket_name, Key=self.key(upload.name),
-                                                   UploadId=upload.upload_id)
-            except ClientError as exc:
-                if _error_code(exc) != "NoSuchUpload":  # already gone: that is what we wanted
-                    raise
+    def free_space(self) -> None:
+        return None
+
+    @contextmanager
+    def scratch(self, purpose: str) -> Iterator[Path]:
+        path = Path(tempfile.mkdtemp(prefix=f"pgkeeper-{purpose}-", dir=os.environ.get("PGKEEPER_WORK_DIR")))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
 
 
-class _ObjectReader(io.RawIOBase):
-    """GetObject's body as a file; resumes with `Range` + `If-Match` when the stream breaks."""
+def _backup_of(name: str) -> str | None:
+    parts = name.split("/")
+    return parts[1] if len(parts) == 3 and parts[0] == "backups" and is_backup_id(parts[1]) else None
 
-    def __init__(self, storage: S3Storage, key: str) -> None:
-        super().__init__()
-        self.storage = storage
-        self.key = key
-        self.url = f"s3://{storage.bucket_name}/{key}"
-        self.pos = 0
-        self.resumes = 0
-        self.etag: str | None = None
-        self.length = 0
-        self.body: Any = None
-        self._open()
 
-    def _open(self) -> None:
-        from botocore.exceptions import ClientError
-
-        args: dict[str, Any] = {"Bucket": self.storage.bucket_name, "Key": self.key}
-        if self.etag is not None:
-            # The rest of the same object, never the start of a newer one.
-            args.update(Range=f"bytes={self.pos}-", IfMatch=self.etag)
-        with s3_errors(f"reading {self.url}"):
-            try:
-                resp = self.storage.client.get_object(**args)
-            except ClientError as exc:
-                code = _error_code(exc)
-                if code in ("NoSuchKey", "404", "NotFound"):
-                    raise NotFound(f"{self.url} is missing from the bucket") from None
-                if code in ("PreconditionFailed", "412"):
-                    raise RepositoryError(f"{self.url} changed while it was being read") from None
-                raise
-        if self.etag is None:
-            self.etag = resp["ETag"]
-            self.length = int(resp["ContentLength"])
-        self.body = resp["Body"]
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        import urllib3.exceptions
-        from botocore.exceptions import BotoCoreError
-
-        want = len(b)
-        while self.pos < self.length:
-            try:
-                data = self.body.read(want)
-            except (BotoCoreError, urllib3.exceptions.HTTPError, OSError):
-                data = b""
-            if data:
-                b[:len(data)] = data
-                self.pos += len(data)
-                return len(data)
-            # The body ended or broke before the object's length: ask for the rest.
-            if self.resumes >= MAX_RESUMES:
-                raise RepositoryError(f"reading {self.url} kept failing at byte {self.pos} of {self.length}",
-                                      transient=True)
-            self.resumes += 1
-            with contextlib.suppress(Exception):
-                self.body.close()
-            self._open()
-        return 0
-
-    def close(self) -> None:
-        if self.body is not None:
-            with contextlib.suppress(Exception):
-                self.body.close()
-        super().close()
+def _is_manifest(name: str) -> bool:
+    return _backup_of(name) is not None and name.endswith("/" + MANIFEST)

@@ -9,9 +9,7 @@ pg_verifybackup reads plain directories only, so the tar files are unpacked firs
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import tarfile
 import time
@@ -31,7 +29,7 @@ from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.errors import IntegrityError, PgkeeperError, RepositoryError
 from pgkeeper.fmt import human_bytes
 from pgkeeper.manifest import Manifest, StoredFile, Verification
-from pgkeeper.storage.atomic import fsync_dir
+from pgkeeper.storage.interface import Storage
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal.archive import WalArchive, segments_between
 from pgkeeper.wal.config import WalConfig
@@ -94,22 +92,20 @@ def physical_preflight(conn: PostgresConnection, repo: BackupRepository) -> Clus
             "(SELECT timeline_id FROM pg_control_checkpoint())").fetchone()  # type: ignore[misc]
         server_time = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
     tables = table_estimates(conn)
-    storage = repo.local()
+    storage = repo.storage()
     storage.ensure_writable()
     # The repository belongs to one cluster (wal/identity.py): the first base backup claims it.
-    archive = check_backup(str(storage.wal_dir), sysid, version, int(seg), f"a base backup of {conn.describe()}",
+    archive = check_backup(repo.wal_spool(), sysid, version, int(seg), f"a base backup of {conn.describe()}",
                            claim=True)
-    if repo.offsite is not None and archive is not None:
+    target = repo.s3_target()
+    if target is not None and archive is not None:
         from pgkeeper.wal.s3 import S3WalStore
-        from pgkeeper.wal.setup import config_from_repository
 
-        s3 = config_from_repository(repo).s3
-        if s3 is not None:
-            check_remote(archive, S3WalStore(s3))
-    free, _total = storage.free_space()
-    if size > free:
-        raise RepositoryError(f"not enough space in {storage.root}: the cluster is {human_bytes(size)}, "
-                              f"{human_bytes(free)} free")
+        check_remote(archive, S3WalStore(target))
+    room = storage.free_space()
+    if room is not None and size > room[0]:
+        raise RepositoryError(f"not enough space in {storage.describe()}: the cluster is {human_bytes(size)}, "
+                              f"{human_bytes(room[0])} free")
     get_run_logger().info("server %s, PostgreSQL %s, cluster %s, archive_command %r", conn.describe(), version,
                           human_bytes(size), command)
     return ClusterInfo(server_version=version, system_identifier=sysid, wal_segment_size=int(seg),
@@ -120,14 +116,6 @@ def physical_preflight(conn: PostgresConnection, repo: BackupRepository) -> Clus
 def _compress_option(repo: BackupRepository) -> str:
     # Server-side: the walsender compresses, the network and this host carry a third of the bytes.
     return f"server-{'zstd' if repo.compression == 'zstd' else 'gzip'}:{repo.level()}"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(READ_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def wal_range(pg_manifest: Path) -> tuple[str, str, int]:
@@ -141,26 +129,19 @@ def wal_range(pg_manifest: Path) -> tuple[str, str, int]:
 
 @task(name="pg-basebackup", cache_policy=NO_CACHE, **RETRYABLE)
 def take_base_backup(conn: PostgresConnection, repo: BackupRepository, backup_id: str) -> BaseBackupFiles:
-    """pg_basebackup -Ft -X none --checkpoint=fast, compressed; files moved into the backup folder."""
+    """pg_basebackup -Ft -X none --checkpoint=fast, compressed, into scratch; then stored."""
     logger = get_run_logger()
-    folder = repo.local().backup_dir(backup_id)
-    staging = folder / STAGING
-    shutil.rmtree(staging, ignore_errors=True)  # a retried attempt starts clean
-    argv = [pgtools.tool("pg_basebackup"), "-D", str(staging), "-Ft", "-X", "none", "--checkpoint=fast",
-            f"--compress={_compress_option(repo)}", "--manifest-checksums=SHA256", "-l", f"pgkeeper {backup_id}",
-            "-w"]
-    started = datetime.now(UTC)
-    pgtools.run(argv, env=conn.libpq_env(), timeout=repo.dump_timeout_seconds)
-    finished = datetime.now(UTC)  # the archive holds the WAL up to the stop position from here on
-    start_lsn, stop_lsn, timeline = wal_range(staging / PG_MANIFEST)
-    files = []
-    for path in sorted(staging.iterdir()):
-        os.rename(path, folder / path.name)
-        files.append(StoredFile(name=path.name, size=(folder / path.name).stat().st_size,
-                                sha256=sha256_file(folder / path.name)))
-        (folder / path.name).chmod(0o600)
-    fsync_dir(folder)
-    staging.rmdir()
+    storage = repo.storage()
+    with storage.scratch("basebackup") as scratch:  # a retried attempt starts clean
+        staging = scratch / STAGING
+        argv = [pgtools.tool("pg_basebackup"), "-D", str(staging), "-Ft", "-X", "none", "--checkpoint=fast",
+                f"--compress={_compress_option(repo)}", "--manifest-checksums=SHA256", "-l",
+                f"pgkeeper {backup_id}", "-w"]
+        started = datetime.now(UTC)
+        pgtools.run(argv, env=conn.libpq_env(), timeout=repo.dump_timeout_seconds)
+        finished = datetime.now(UTC)  # the archive holds the WAL up to the stop position from here on
+        start_lsn, stop_lsn, timeline = wal_range(staging / PG_MANIFEST)
+        files = [storage.store_file(path, backup_id, path.name) for path in sorted(staging.iterdir())]
     logger.info("pg_basebackup: %s in %d files, WAL %s..%s on timeline %d", human_bytes(sum(f.size for f in files)),
                 len(files), start_lsn, stop_lsn, timeline)
     return BaseBackupFiles(files=files, start_lsn=start_lsn, stop_lsn=stop_lsn, timeline=timeline,
@@ -188,17 +169,6 @@ def check_wal_archived(walcfg: WalConfig, start_lsn: str, stop_lsn: str, timelin
     return needed
 
 
-class _HashingReader:
-    def __init__(self, f: BinaryIO) -> None:
-        self.f = f
-        self.digest = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.digest.update(data)
-        return data
-
-
 def _member_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
     # Tablespace links point at the source host's directories: tablespaces are unpacked in place
     # (pg_tblspc/<oid>/) instead. Everything else must stay inside `dest`.
@@ -207,7 +177,7 @@ def _member_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None
     return tarfile.tar_filter(member, dest)
 
 
-def unpack_backup(open_file: Callable[[str], BinaryIO], files: list[StoredFile], dest: Path) -> None:
+def unpack_backup(open_plain: Callable[[StoredFile], BinaryIO], files: list[StoredFile], dest: Path) -> None:
     """Unpack base.tar.* (and tablespace tars) into `dest`, each checked against its sha256.
 
     A mismatch raises IntegrityError after the fact: the caller must discard `dest`.
@@ -218,8 +188,7 @@ def unpack_backup(open_file: Callable[[str], BinaryIO], files: list[StoredFile],
     for f in tars:
         target = dest if f.name.startswith("base.") else dest / "pg_tblspc" / f.name.split(".")[0]
         target.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open_file(f.name) as raw:
-            hashed = _HashingReader(raw)
+        with open_plain(f) as hashed:
             if f.name.endswith(".zst"):
                 stream = zstandard.ZstdDecompressor().stream_reader(hashed, read_across_frames=True)
             elif f.name.endswith(".gz"):
@@ -231,12 +200,16 @@ def unpack_backup(open_file: Callable[[str], BinaryIO], files: list[StoredFile],
             try:
                 with tarfile.open(fileobj=stream, mode="r|") as tf:  # type: ignore[call-overload]
                     tf.extractall(target, filter=_member_filter)
-                while hashed.read(READ_CHUNK):
+                while hashed.read(READ_CHUNK):  # to the end, where the stored bytes are checked
                     pass
             except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
                 raise IntegrityError(f"{f.name} cannot be unpacked: {exc}") from None
-            if hashed.digest.hexdigest() != f.sha256:
-                raise IntegrityError(f"{f.name}: sha256 mismatch with the manifest")
+
+
+def copy_checked(storage: Storage, backup_id: str, file: StoredFile, dest: Path) -> None:
+    """One stored file to a local path, proven to be the manifest's bytes."""
+    with storage.open_plain(backup_id, file) as reader, open(dest, "wb") as out:
+        shutil.copyfileobj(reader, out, READ_CHUNK)
 
 
 def fetch_segments(archive: WalArchive, names: list[str], dest: Path) -> None:
@@ -252,18 +225,17 @@ def fetch_segments(archive: WalArchive, names: list[str], dest: Path) -> None:
 def verify_base_backup(repo: BackupRepository, backup_id: str, backup: BaseBackupFiles, walcfg: WalConfig,
                        segments: list[str]) -> dict[str, str]:
     """Unpack a scratch copy and run pg_verifybackup on it with the archived WAL."""
-    storage = repo.local()
-    scratch = storage.backup_dir(backup_id) / ".verify"
-    shutil.rmtree(scratch, ignore_errors=True)
+    storage = repo.storage()
+    [pg_manifest] = [f for f in backup.files if f.name == PG_MANIFEST]
     try:
-        unpack_backup(lambda name: storage.open_file(backup_id, name), backup.files, scratch / "data")
-        fetch_segments(WalArchive(walcfg), segments, scratch / "wal")
-        out = pgtools.run([pgtools.tool("pg_verifybackup"), "-q", "-m", str(storage.file_path(backup_id, PG_MANIFEST)),
-                           "-w", str(scratch / "wal"), str(scratch / "data")], timeout=repo.dump_timeout_seconds)
+        with storage.scratch("verify-base") as scratch:
+            unpack_backup(lambda f: storage.open_plain(backup_id, f), backup.files, scratch / "data")
+            copy_checked(storage, backup_id, pg_manifest, scratch / PG_MANIFEST)
+            fetch_segments(WalArchive(walcfg), segments, scratch / "wal")
+            out = pgtools.run([pgtools.tool("pg_verifybackup"), "-q", "-m", str(scratch / PG_MANIFEST),
+                               "-w", str(scratch / "wal"), str(scratch / "data")], timeout=repo.dump_timeout_seconds)
     except PgkeeperError as exc:
         raise IntegrityError(f"base backup {backup_id} failed verification: {exc}") from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     get_run_logger().info("pg_verifybackup: backup %s and its WAL verified %s", backup_id, out.strip())
     return {"checksums": "PASS: every file matches sha256 in the manifest",
             "pg_verifybackup": f"PASS: files and WAL {segments[0]}..{segments[-1]} verified"}
@@ -279,11 +251,11 @@ def write_physical_manifest(repo: BackupRepository, backup_id: str, database: st
         system_identifier=info.system_identifier, tool_version=f"pgkeeper {__version__}",
         started_at=backup.started_at, finished_at=backup.finished_at, start_lsn=backup.start_lsn,
         stop_lsn=backup.stop_lsn, timeline=backup.timeline, wal_segment_size=info.wal_segment_size,
-        compression=repo.compression, size=size,
+        compression=repo.compression, encryption=backup.files[0].encryption if backup.files else None, size=size,
         database_size=info.cluster_size, files=backup.files, labels=labels, tables=info.tables,
         verifications=[Verification(at=datetime.now(UTC), method="quick", ok=True, checks=checks)] if checks else [],
     )
-    repo.local().finish_backup(backup_id, manifest.to_bytes())
+    repo.storage().finish_backup(backup_id, manifest.to_bytes())
     get_run_logger().info("manifest written: base backup %s is complete", backup_id)
     return manifest
 

@@ -105,9 +105,8 @@ def _roles_for_drill(scratch: PostgresConnection, repo: BackupRepository, source
     if not missing or globals_file is None:
         return []
     data = bytearray()
-    with repo.storage(source).open_file(manifest.backup_id, globals_file.name) as stream:
-        checked_chunks(stream, manifest.compression, globals_file.sha256,
-                       f"{manifest.backup_id}/{globals_file.name}", data.extend)
+    with repo.storage(source).open_plain(manifest.backup_id, globals_file) as stream:
+        checked_chunks(stream, manifest.compression, f"{manifest.backup_id}/{globals_file.name}", data.extend)
     with admin_connection(scratch) as c:
         return roles.create_missing(c, roles.ClusterGlobals.from_bytes(bytes(data)), missing)
 

@@ -6,7 +6,6 @@ the backup folder, renamed only when pg_dump has exited cleanly.
 
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import tempfile
@@ -30,14 +29,19 @@ from pgkeeper.manifest import DatabaseProperties, StoredFile, globals_file_name
 from pgkeeper.roles import read_globals, referenced_roles
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.tasks.snapshot import dump_session_settings, exported_snapshot, object_counts, table_row_counts
+from pgkeeper.tasks.verify import toc_listing
 
 PROGRESS_EVERY_S = 2.0
+# pg_restore --list stops reading after the table of contents (at the archive's start); past
+# this much, a listing that still reads is fed no more and reports what it found.
+TOC_FEED_LIMIT = 256 << 20
 # pg_dump's session writes timestamptz in this zone; verify reads the restored copy the same way.
 DUMP_ENV = {"PGTZ": "UTC"}
 
 
 class DumpResult(BaseModel):
     file: StoredFile
+    toc: dict[str, int] = {}  # pg_restore --list of the archive as it was written, by entry kind
     globals_file: StoredFile
     tables: dict[str, int]
     objects: dict[str, int]
@@ -53,18 +57,18 @@ def dump_file_name(database: str, compression: str) -> str:
 
 
 def stream_dump(conn: PostgresConnection, repo: BackupRepository, backup_id: str, snapshot: str,
-                on_progress: Callable[[int], None] = lambda _n: None) -> StoredFile:
-    """Run pg_dump in `snapshot` and store its output compressed; return what was stored."""
-    storage = repo.local()
+                on_progress: Callable[[int], None] = lambda _n: None) -> tuple[StoredFile, dict[str, int]]:
+    """Run pg_dump in `snapshot` and store its output compressed; (what was stored, its table of
+    contents as pg_restore listed it on the way, for a host that cannot decrypt what it wrote)."""
+    storage = repo.storage()
     name = dump_file_name(conn.database, repo.compression)
     argv = [pgtools.tool("pg_dump"), "-Fc", "-Z0", "-w", f"--snapshot={snapshot}"]
     env = {**conn.libpq_env(), **DUMP_ENV}
     comp = codec.compressor(repo.compression, repo.level())
-    digest = hashlib.sha256()
-    raw = stored = 0
+    raw = 0
     buf = bytearray(codec.CHUNK)
     view = memoryview(buf)
-    with tempfile.TemporaryFile() as err, pgtools.child(
+    with tempfile.TemporaryFile() as err, toc_listing(f"{backup_id}/{name}") as (to_listing, listed), pgtools.child(
         argv, env=env, timeout=repo.dump_timeout_seconds,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
     ) as dump:
@@ -73,36 +77,31 @@ def stream_dump(conn: PostgresConnection, repo: BackupRepository, backup_id: str
                 last_report = time.monotonic()
                 assert dump.proc.stdout is not None
                 while n := dump.proc.stdout.readinto(buf):  # type: ignore[attr-defined]
+                    if raw < TOC_FEED_LIMIT:
+                        to_listing(view[:n])
                     raw += n
                     piece = comp.compress(view[:n])
                     if piece:
-                        digest.update(piece)
                         out.write(piece)
-                        stored += len(piece)
                     if time.monotonic() - last_report > PROGRESS_EVERY_S:
                         on_progress(raw)
                         last_report = time.monotonic()
-                piece = comp.flush()
-                digest.update(piece)
-                out.write(piece)
-                stored += len(piece)
+                out.write(comp.flush())
                 err.seek(0)
                 dump.check(err.read(), repo.dump_timeout_seconds)
         except OSError as exc:
             raise RepositoryError(f"writing {backup_id}/{name} failed: {exc.strerror}") from None
-    return StoredFile(name=name, size=stored, sha256=digest.hexdigest(), raw_size=raw)
+        toc = dict(listed())
+    return storage.stored_file(name, out, raw), toc
 
 
 def store_small_file(repo: BackupRepository, backup_id: str, name: str, data: bytes) -> StoredFile:
     """Write a small file of the backup compressed like the dump, with its sha256."""
     comp = codec.compressor(repo.compression, repo.level())
-    stored = comp.compress(data) + comp.flush()
-    try:
-        with repo.local().write_file(backup_id, name) as out:
-            out.write(stored)
-    except OSError as exc:
-        raise RepositoryError(f"writing {backup_id}/{name} failed: {exc.strerror}") from None
-    return StoredFile(name=name, size=len(stored), sha256=hashlib.sha256(stored).hexdigest(), raw_size=len(data))
+    storage = repo.storage()
+    with storage.write_file(backup_id, name) as out:
+        out.write(comp.compress(data) + comp.flush())
+    return storage.stored_file(name, out, len(data))
 
 
 def _artifact_key(database: str) -> str:
@@ -140,7 +139,7 @@ def dump_database(conn: PostgresConnection, repo: BackupRepository, backup_id: s
         counter = threading.Thread(target=count, name="row-counts", daemon=True)
         counter.start()
         try:
-            stored = stream_dump(conn, repo, backup_id, snapshot, report)
+            stored, toc = stream_dump(conn, repo, backup_id, snapshot, report)
         except BaseException:
             holder.cancel_safe()  # stop the counting early; the dump failed anyway
             raise
@@ -155,7 +154,7 @@ def dump_database(conn: PostgresConnection, repo: BackupRepository, backup_id: s
     update_progress_artifact(progress_id, 100.0)
     logger.info("stored %s as %s (%s, sha256 %s)", conn.database, stored.name,
                 human_bytes(stored.size), stored.sha256[:16])
-    return DumpResult(file=stored, globals_file=roles_file, tables=counts["tables"],  # type: ignore[arg-type]
+    return DumpResult(file=stored, toc=toc, globals_file=roles_file, tables=counts["tables"],  # type: ignore[arg-type]
                       objects=counts["objects"], properties=counts["properties"],  # type: ignore[arg-type]
                       roles=counts["roles"], dump_settings=counts["settings"],  # type: ignore[arg-type]
                       started_at=started, finished_at=datetime.now(UTC))

@@ -23,8 +23,7 @@ PRE_RESTORE_LABEL = "pre-restore"
 
 def load_notification(block_name: str | None = DEFAULT_NOTIFICATION_BLOCK) -> MailNotification | None:
     """The saved mail block, else one built from ENABLE_EMAIL_ALERTS & co., else None."""
-    from pgkeeper.config import load_block
-    from pgkeeper.deployments.env import notification_from_env
+    from pgkeeper.config import load_block, notification_from_env
 
     return load_block(MailNotification, block_name) or notification_from_env()
 
@@ -105,7 +104,7 @@ def mail_backup_success(manifest: Manifest, repo, warnings: list[str]) -> None: 
     never raises: the backup is good either way."""
     from pgkeeper.events import backup_completed
 
-    storage = repo.local()
+    storage = repo.storage()
     drill = last_restore_drill(storage, manifest.database)
     subject, body = success_mail(manifest, storage.describe(), warnings, drill, run_url())
     if backup_completed(manifest, subject, body, drill) and success_automation_exists():

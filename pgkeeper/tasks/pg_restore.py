@@ -26,7 +26,7 @@ def materialize_dump(source: BinaryIO, file: StoredFile, compression: str, dest:
     try:
         with open(dest, "wb") as out:
             dest.chmod(0o600)
-            checked_chunks(source, compression, file.sha256, label, out.write)
+            checked_chunks(source, compression, label, out.write)
     except OSError as exc:
         dest.unlink(missing_ok=True)
         raise RepositoryError(f"cannot write work file {dest}: {exc.strerror}") from None

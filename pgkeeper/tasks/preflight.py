@@ -36,7 +36,7 @@ class ServerInfo(BaseModel):
 
 def size_estimate(repo: BackupRepository, database: str, database_size: int, table_bytes: int) -> int:
     """Expected stored size: the last backup scaled by growth, else a cautious guess."""
-    previous = list_backups(repo.local(), database, kind="logical")
+    previous = list_backups(repo.storage(), database, kind="logical")
     if previous and previous[-1].database_size:
         last = previous[-1]
         growth = database_size / max(last.database_size or 1, 1)
@@ -64,22 +64,22 @@ def preflight(conn: PostgresConnection, repo: BackupRepository) -> ServerInfo:
         except Exception:
             c.rollback()
             sysid = None
-    storage = repo.local()
+    storage = repo.storage()
     storage.ensure_writable()
     # A repository that holds a cluster's WAL archive belongs to that cluster (wal/identity.py).
-    check_backup(str(storage.wal_dir), sysid, version, None, f"a backup of {conn.describe()}", claim=False)
-    free, total = storage.free_space()
+    check_backup(repo.wal_spool(), sysid, version, None, f"a backup of {conn.describe()}", claim=False)
+    free, total = storage.free_space() or (0, 0)
     estimate = size_estimate(repo, conn.database, db_size, int(table_bytes))
     warnings = []
     if estimate > free:
         raise RepositoryError(
-            f"not enough space in {storage.root}: the backup needs about {human_bytes(estimate)}, "
+            f"not enough space in {storage.describe()}: the backup needs about {human_bytes(estimate)}, "
             f"{human_bytes(free)} free")
     if total and (free - estimate) / total < repo.min_free_fraction:
-        warnings.append(f"low disk space: {human_bytes(free)} free of {human_bytes(total)} in {storage.root}")
+        warnings.append(f"low disk space: {human_bytes(free)} free of {human_bytes(total)} in {storage.describe()}")
         warn("low-disk", warnings[-1], database=conn.database, free_bytes=free, total_bytes=total)
     logger.info("server %s, PostgreSQL %s, database %s is %s; repository %s has %s free",
-                conn.describe(), version, conn.database, human_bytes(db_size), storage.root, human_bytes(free))
+                conn.describe(), version, conn.database, human_bytes(db_size), storage.describe(), human_bytes(free))
     return ServerInfo(database=conn.database, server_version=version, system_identifier=sysid, server_time=server_time,
                       database_size=db_size, table_bytes=int(table_bytes), estimated_backup_bytes=estimate,
                       free_bytes=free, total_bytes=total, warnings=warnings)

@@ -28,6 +28,7 @@ from pgkeeper.catalog import list_backups
 from pgkeeper.errors import BadName, NotFound, PgkeeperError
 from pgkeeper.localcluster import make_server_dir
 from pgkeeper.manifest import Manifest
+from pgkeeper.storage.atomic import atomic_write_bytes
 from pgkeeper.tasks.basebackup import unpack_backup
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal import config as walconfig
@@ -123,7 +124,7 @@ def archive_cluster(walcfg: walconfig.WalConfig, system_identifier: str | None =
 
         data = S3WalStore(walcfg.s3).read_identity()
         if data is not None:
-            found = identity.ArchiveIdentity.from_json(data, walcfg.s3.describe())
+            found = identity.ArchiveIdentity.from_json(data, walcfg.s3.describe_wal())
     return found.system_identifier if found else None
 
 
@@ -192,7 +193,7 @@ def restore_base_backup(repo: BackupRepository, source: str, manifest: Manifest,
     make_server_dir(dest)
     storage = repo.storage(source)
     try:
-        unpack_backup(lambda name: storage.open_file(manifest.backup_id, name), manifest.files, dest)
+        unpack_backup(lambda f: storage.open_plain(manifest.backup_id, f), manifest.files, dest)
         for leftover in ("postmaster.pid", "postmaster.opts", "standby.signal"):
             (dest / leftover).unlink(missing_ok=True)
         (dest / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
@@ -213,9 +214,30 @@ def restore_base_backup(repo: BackupRepository, source: str, manifest: Manifest,
 @task(name="configure-recovery", cache_policy=NO_CACHE)
 def configure_recovery(data_dir: str, walcfg: walconfig.WalConfig, target: RecoveryTarget, port: int,
                        keep_archiving: bool = False) -> str:
-    """recovery.signal plus restore_command and the target in postgresql.auto.conf."""
+    """recovery.signal plus restore_command and the target in postgresql.auto.conf.
+
+    restore_command's settings go beside the data directory, never into it (a base backup of the
+    recovered cluster would carry them along): the WAL config, a 0600 credentials file with the
+    restore-side S3 key, and the private key that decrypts WAL; forget_recovery_secrets() removes
+    them once the server is promoted."""
     dest = Path(data_dir)
-    cfg_path = walconfig.write(dest / WAL_CONFIG_NAME, walcfg, server_ids())
+    secrets_dir = recovery_secrets_dir(data_dir)
+    secrets_dir.mkdir(mode=0o700, exist_ok=True)
+    ids = server_ids()
+    if ids is not None:
+        os.chown(secrets_dir, *ids)
+    identities = walcfg.identities() or _repository_identities()
+    identity_file = None
+    if identities:
+        identity_file = secrets_dir / "identities.txt"
+        atomic_write_bytes(identity_file, ("\n".join(identities) + "\n").encode(), mode=0o600)
+        if ids is not None:
+            os.chown(identity_file, *ids)
+    server_cfg = walconfig.WalConfig(spool=walcfg.spool, s3=walcfg.s3.read_only() if walcfg.s3 else None,
+                                     compression_level=walcfg.compression_level,
+                                     identity_file=str(identity_file) if identity_file else None)
+    cfg_path = walconfig.write(secrets_dir / WAL_CONFIG_NAME, server_cfg, ids,
+                               credentials_file=secrets_dir / "s3-credentials.json")
     command = restore_command(cfg_path)
     settings = {"port": str(port), "restore_command": conf_quote(command), **target.settings()}
     if not keep_archiving:
@@ -226,11 +248,27 @@ def configure_recovery(data_dir: str, walcfg: walconfig.WalConfig, target: Recov
             f.write(f"{k} = {v}\n")
     signal = dest / "recovery.signal"
     signal.write_text("")
-    ids = server_ids()
     if ids is not None:
         os.chown(signal, *ids)
     get_run_logger().info("restore_command = %s; target: %s", command, target.describe())
     return command
+
+
+def recovery_secrets_dir(data_dir: str) -> Path:
+    dest = Path(data_dir)
+    return dest.parent / f".{dest.name}.pgkeeper-recovery"
+
+
+def _repository_identities() -> list[str]:
+    from pgkeeper import keys
+
+    return keys.identities()
+
+
+@task(name="forget-recovery-secrets", cache_policy=NO_CACHE)
+def forget_recovery_secrets(data_dir: str) -> None:
+    """Remove restore_command's credentials and keys: the promoted server needs them no more."""
+    shutil.rmtree(recovery_secrets_dir(data_dir), ignore_errors=True)
 
 
 def _as_server() -> list[str]:
@@ -255,7 +293,10 @@ def _explain_failure(data_dir: Path, target: RecoveryTarget) -> str:
     if any("before consistent recovery point" in ln for ln in fatal):
         return f"the target {target.describe()} is before the base backup became consistent"
     detail = fatal[-1].split("FATAL:")[-1].strip() if fatal else (lines[-1] if lines else "no log")
-    return f"recovery failed: {detail} (see {data_dir / LOG_NAME})"
+    # restore_command's own one-line reason, when it gave one, says more than PostgreSQL's summary.
+    fetch_errors = [ln.strip() for ln in lines if "wal-fetch: error:" in ln]
+    why = f"; {fetch_errors[-1]}" if fetch_errors else ""
+    return f"recovery failed: {detail}{why} (see {data_dir / LOG_NAME})"
 
 
 @task(name="start-recovery", cache_policy=NO_CACHE)

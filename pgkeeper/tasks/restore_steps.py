@@ -219,7 +219,7 @@ def resolve_restore(conn: PostgresConnection, repo: BackupRepository, backup: st
 def restore_slot(target: str, wait_seconds: float = 15) -> Iterator[None]:
     """Never two restores into one database at once (a Prefect global concurrency limit, so it
     holds across processes and workers). A second restore fails fast instead of queueing."""
-    from pgkeeper.deployments.limits import limit_name, one_at_a_time
+    from pgkeeper.slots import limit_name, one_at_a_time
 
     name = limit_name("restore", target)
     with ExitStack() as stack:
@@ -251,7 +251,7 @@ def fetch_backup(repo: BackupRepository, plan: RestorePlan) -> Path:
     claim_dir(workdir)
     dest = workdir / f"{plan.backup_id}.dump"
     try:
-        with repo.storage(plan.source).open_file(plan.backup_id, plan.file.name) as stream:
+        with repo.storage(plan.source).open_plain(plan.backup_id, plan.file) as stream:
             materialize_dump(stream, plan.file, plan.compression, dest, f"{plan.backup_id}/{plan.file.name}")
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -285,10 +285,9 @@ def create_roles_task(conn: PostgresConnection, repo: BackupRepository, plan: Re
     """Create the roles the backup needs and this server lacks, from the backup's roles file."""
     if not plan.roles_to_create or plan.globals_file is None:
         return []
-    with repo.storage(plan.source).open_file(plan.backup_id, plan.globals_file.name) as stream:
+    with repo.storage(plan.source).open_plain(plan.backup_id, plan.globals_file) as stream:
         data = bytearray()
-        checked_chunks(stream, plan.compression, plan.globals_file.sha256,
-                       f"{plan.backup_id}/{plan.globals_file.name}", data.extend)
+        checked_chunks(stream, plan.compression, f"{plan.backup_id}/{plan.globals_file.name}", data.extend)
     defs = roles.ClusterGlobals.from_bytes(bytes(data))
     with pgdb.admin_connection(conn) as c:
         created = roles.create_missing(c, defs, plan.roles_to_create)

@@ -23,9 +23,9 @@ def begin_backup(repo: BackupRepository, server_time: datetime | None = None) ->
     """Claim a fresh backup id, newer than every id in the repository and from a clock that
     agrees with the database server's (pgkeeper.clock); two backups started in the same
     second get the next second."""
-    storage = repo.local()
+    storage = repo.storage()
     storage.ensure_writable()
-    existing = [p.name for p in storage.backups_dir.iterdir()]  # incomplete ones count too
+    existing = storage.claimed_ids()  # incomplete ones count too
     now = first_backup_time(existing, datetime.now(UTC), server_time)
     for attempt in range(30):
         backup_id = new_backup_id(now + timedelta(seconds=attempt))
@@ -33,9 +33,9 @@ def begin_backup(repo: BackupRepository, server_time: datetime | None = None) ->
             storage.begin_backup(backup_id)
             return backup_id
         except RepositoryError:
-            if not storage.backup_dir(backup_id).exists():
+            if backup_id not in storage.claimed_ids():
                 raise
-    raise RepositoryError(f"could not claim a new backup id in {storage.root}")
+    raise RepositoryError(f"could not claim a new backup id in {storage.describe()}")
 
 
 @task(name="write-manifest", cache_policy=NO_CACHE)
@@ -46,7 +46,7 @@ def write_manifest(repo: BackupRepository, backup_id: str, info: ServerInfo, dum
         backup_id=backup_id, kind="logical", database=info.database,
         server_version=info.server_version, system_identifier=info.system_identifier,
         tool_version=f"pgkeeper {__version__}", started_at=dumped.started_at,
-        finished_at=datetime.now(UTC), compression=repo.compression,
+        finished_at=datetime.now(UTC), compression=repo.compression, encryption=dumped.file.encryption,
         size=dumped.file.size + dumped.globals_file.size,
         raw_size=(dumped.file.raw_size or 0) + (dumped.globals_file.raw_size or 0),
         database_size=info.database_size, files=[dumped.file, dumped.globals_file],
@@ -54,7 +54,7 @@ def write_manifest(repo: BackupRepository, backup_id: str, info: ServerInfo, dum
         database_properties=dumped.properties, roles=dumped.roles, dump_settings=dumped.dump_settings,
         verifications=[Verification(at=datetime.now(UTC), method="quick", ok=True, checks=check.checks)],
     )
-    repo.local().finish_backup(backup_id, manifest.to_bytes())
+    repo.storage().finish_backup(backup_id, manifest.to_bytes())
     get_run_logger().info("manifest written: backup %s is complete", backup_id)
     return manifest
 
@@ -62,5 +62,5 @@ def write_manifest(repo: BackupRepository, backup_id: str, info: ServerInfo, dum
 @task(name="abandon-backup", cache_policy=NO_CACHE)
 def abandon_backup(repo: BackupRepository, backup_id: str) -> None:
     """Remove a backup that did not complete, so nothing half-made stays behind."""
-    repo.local().abandon_backup(backup_id)
+    repo.storage().abandon_backup(backup_id)
     get_run_logger().warning("backup %s did not complete; its files were removed", backup_id)

@@ -9,10 +9,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pgkeeper.blocks.repository import BackupRepository
-from pgkeeper.deployments.limits import manifest_slot
 from pgkeeper.errors import NotFound, PgkeeperError
 from pgkeeper.fmt import human_bytes, human_seconds
 from pgkeeper.manifest import Manifest, Verification
+from pgkeeper.slots import manifest_slot
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.tasks.report import artifact_key
 from pgkeeper.tasks.verify_checks import VerifyReport

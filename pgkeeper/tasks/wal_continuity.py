@@ -26,7 +26,7 @@ class WalGap(IntegrityError):
 
 def kept_base_backups(repo: BackupRepository, system_identifier: str | None = None) -> list[Manifest]:
     """Physical backups in the repository and its bucket (once each), of the archive's cluster."""
-    found = {m.backup_id: m for m in list_backups(repo.local(), kind="physical")}
+    found = {m.backup_id: m for m in list_backups(repo.storage(), kind="physical")}
     if repo.offsite is not None:
         for m in list_backups(repo.storage("s3"), kind="physical"):
             found.setdefault(m.backup_id, m)
@@ -77,7 +77,7 @@ def check_continuity(repo: BackupRepository, walcfg: WalConfig) -> ContinuityRep
     archive_id = identity.load(walcfg.spool)
     manifests = kept_base_backups(repo, archive_id.system_identifier if archive_id else None)
     report = archive_continuity(walcfg, manifests)
-    where = walcfg.s3.describe() if walcfg.s3 else walcfg.spool
+    where = walcfg.s3.describe_wal() if walcfg.s3 else walcfg.spool
     create_markdown_artifact(continuity_markdown(report, where), key=artifact_key("wal-continuity"),
                              description=f"WAL continuity and recoverability windows of {where}")
     logger = get_run_logger()

@@ -201,7 +201,7 @@ def expire_archived_wal(repo: Any, dry_run: bool = False) -> str:
     from pgkeeper.catalog import list_backups
     from pgkeeper.wal.retention import expire_wal
 
-    kept = [m for m in list_backups(repo.local()) if m.kind == "physical"]
+    kept = [m for m in list_backups(repo.storage()) if m.kind == "physical"]
     if repo.offsite is not None:
         kept += [m for m in list_backups(repo.storage("s3")) if m.kind == "physical"]
     result = expire_wal(repo, kept, dry_run)

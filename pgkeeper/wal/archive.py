@@ -10,7 +10,7 @@ from pgkeeper.wal.spool import LocalWalStore
 class WalArchive:
     def __init__(self, cfg: WalConfig) -> None:
         self.cfg = cfg
-        self.local = LocalWalStore(cfg.spool)
+        self.local = LocalWalStore(cfg.spool, identities=cfg.identities)
         self._s3 = None
 
     @property
@@ -24,7 +24,7 @@ class WalArchive:
     def describe(self) -> str:
         where = [self.local.describe()]
         if self.cfg.s3 is not None:
-            where.append(self.cfg.s3.describe())
+            where.append(self.cfg.s3.describe_wal())
         return " + ".join(where)
 
     def has(self, name: str) -> bool:

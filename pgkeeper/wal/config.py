@@ -11,9 +11,10 @@ and put its path into the command itself (`pgkeeper wal-push --config /etc/pgkee
      "push_ahead": 8}                         # extra ready files one call archives (0: off)
 
 Precedence: command-line flags (--spool, --repo) over the file named by --config, over
-$PGKEEPER_WAL_CONFIG, over /etc/pgkeeper/wal.json. S3 may also come from S3_BUCKET /
-S3_PREFIX / AWS_ENDPOINT_URL. Credentials come from boto3's usual chain unless the file holds
-them (it is then 0600 and owned by the server user).
+$PGKEEPER_WAL_CONFIG, over /etc/pgkeeper/wal.json. S3 may also come from the old scripts'
+variables (S3_BUCKET, S3_PREFIX, AWS_*), read by pgkeeper.settings like everywhere else.
+Credentials come from boto3's usual chain unless the file holds them (it is then 0600 and
+owned by the server user).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ import json
 import os
 
 from pgkeeper.errors import PgkeeperError
+from pgkeeper.settings import S3Target, s3_from_env
+
+__all__ = ["S3Target", "WalConfig", "WalConfigError", "load", "s3_from_env", "write"]
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~4 ms a WAL command)
 if TYPE_CHECKING:
@@ -35,62 +39,50 @@ class WalConfigError(PgkeeperError):
     """The WAL archive settings are missing or unreadable."""
 
 
-class S3Target:
-    """Where shipped WAL lives in S3. A plain class, not a dataclass: importing dataclasses
-    (and inspect) costs wal-push ~5 ms per segment."""
-
-    __slots__ = ("bucket", "prefix", "endpoint_url", "region", "access_key_id", "secret_access_key")
-
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None, region: str | None = None,
-                 access_key_id: str | None = None, secret_access_key: str | None = None) -> None:
-        self.bucket = bucket
-        self.prefix = prefix
-        self.endpoint_url = endpoint_url
-        self.region = region
-        self.access_key_id = access_key_id
-        self.secret_access_key = secret_access_key
-
-    def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self.__slots__}
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, S3Target) and self.as_dict() == other.as_dict()
-
-    def wal_prefix(self) -> str:
-        """Key prefix of the WAL archive: <prefix>/wal/ (the repository's wal/ prefix)."""
-        base = self.prefix.strip("/")
-        return f"{base}/wal/" if base else "wal/"
-
-    def describe(self) -> str:
-        return f"s3://{self.bucket}/{self.wal_prefix()}"
-
-
 DEFAULT_LEVEL = 1
 # Files one wal-push call archives beyond its own when PostgreSQL has a backlog (see wal/ahead.py).
 DEFAULT_PUSH_AHEAD = 8
 
 
 class WalConfig:
-    __slots__ = ("spool", "s3", "compression_level", "keep_local_seconds", "push_ahead")
+    __slots__ = ("spool", "s3", "compression_level", "keep_local_seconds", "push_ahead", "recipients",
+                 "identity_file")
 
     def __init__(self, spool: str, s3: S3Target | None = None, compression_level: int = DEFAULT_LEVEL,
-                 keep_local_seconds: float = 0.0, push_ahead: int = DEFAULT_PUSH_AHEAD) -> None:
+                 keep_local_seconds: float = 0.0, push_ahead: int = DEFAULT_PUSH_AHEAD,
+                 recipients: list[str] | None = None, identity_file: str | None = None) -> None:
         self.spool = spool
         self.s3 = s3
         self.compression_level = compression_level
         self.keep_local_seconds = keep_local_seconds
         self.push_ahead = push_ahead
+        # Public keys wal-push encrypts segments to; the private key is only where WAL is read
+        # back (identity_file, a 0600 file: pitr writes one for its recovery and removes it).
+        self.recipients = list(recipients or [])
+        self.identity_file = identity_file
 
     def as_dict(self) -> dict:
         return {"spool": self.spool, "s3": self.s3.as_dict() if self.s3 else None,
                 "compression_level": self.compression_level, "keep_local_seconds": self.keep_local_seconds,
-                "push_ahead": self.push_ahead}
+                "push_ahead": self.push_ahead, "recipients": self.recipients, "identity_file": self.identity_file}
+
+    def identities(self) -> list[str]:
+        """The private keys that read encrypted WAL back ($PGKEEPER_AGE_IDENTITY_FILE, then the
+        config's identity_file), read only when an encrypted object is met."""
+        from pgkeeper.sealing import parse_identities
+
+        found: list[str] = []
+        for path in (os.environ.get("PGKEEPER_AGE_IDENTITY_FILE"), self.identity_file):
+            if path:
+                try:
+                    with open(path) as f:
+                        found += parse_identities(f.read())
+                except FileNotFoundError:
+                    continue
+        return found
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, WalConfig) and self.as_dict() == other.as_dict()
-
-    def to_json(self) -> bytes:
-        return json.dumps(self.as_dict(), indent=2).encode() + b"\n"
 
     @classmethod
     def from_dict(cls, data: dict) -> WalConfig:
@@ -99,21 +91,15 @@ class WalConfig:
             return cls(spool=str(data["spool"]), s3=S3Target(**s3) if s3 else None,
                        compression_level=int(data.get("compression_level", DEFAULT_LEVEL)),
                        keep_local_seconds=float(data.get("keep_local_seconds", 0.0)),
-                       push_ahead=int(data.get("push_ahead", DEFAULT_PUSH_AHEAD)))
+                       push_ahead=int(data.get("push_ahead", DEFAULT_PUSH_AHEAD)),
+                       recipients=[str(r) for r in data.get("recipients") or []],
+                       identity_file=data.get("identity_file"))
         except (KeyError, TypeError, ValueError) as exc:
             raise WalConfigError(f"WAL config is incomplete or malformed: {exc}") from None
 
 
 def config_path(explicit: str | None = None) -> str:
     return explicit or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG
-
-
-def s3_from_env(env: dict[str, str] | os._Environ = os.environ) -> S3Target | None:
-    if not env.get("S3_BUCKET"):
-        return None
-    return S3Target(bucket=env["S3_BUCKET"], prefix=env.get("S3_PREFIX", ""),
-                    endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
-                    region=env.get("AWS_DEFAULT_REGION") or None)
 
 
 def load(config: str | None = None, spool: str | None = None, repo: str | None = None) -> WalConfig:
@@ -145,15 +131,29 @@ def load(config: str | None = None, spool: str | None = None, repo: str | None =
     return cfg
 
 
-def write(path: os.PathLike[str] | str, cfg: WalConfig, owner: tuple[int, int] | None = None) -> Path:
-    """Write the config atomically, 0600, owned by the server's OS user if given."""
+def write(path: os.PathLike[str] | str, cfg: WalConfig, owner: tuple[int, int] | None = None,
+          credentials_file: os.PathLike[str] | str | None = None) -> Path:
+    """Write the config atomically, 0600, owned by the server's OS user if given.
+
+    The file never holds a secret: the server's OS user (so any database superuser, through
+    pg_read_file) can read it, and wal-push needs no cloud credential at all. The bucket's keys,
+    when the caller wants the server to read WAL from S3 (pitr), go to `credentials_file`."""
     from pathlib import Path  # here: the WAL commands only read the file, and pathlib costs them ~3 ms
 
     from pgkeeper.storage.atomic import atomic_write_bytes
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, cfg.to_json(), mode=0o600)
+    data = cfg.as_dict()
+    if cfg.s3 is not None:
+        data["s3"] = cfg.s3.public_dict()
+        if credentials_file is not None and cfg.s3.access_key_id:
+            creds = Path(credentials_file)
+            atomic_write_bytes(creds, json.dumps(cfg.s3.credentials()).encode(), mode=0o600)
+            if owner is not None and os.geteuid() == 0:
+                os.chown(creds, *owner)
+            data["s3"]["credentials_file"] = str(creds)
+    atomic_write_bytes(path, json.dumps(data, indent=2).encode() + b"\n", mode=0o600)
     if owner is not None and os.geteuid() == 0:
         os.chown(path, *owner)
     return path

@@ -37,7 +37,7 @@ def _say(message: str) -> None:
 
 def fetch(cfg: config.WalConfig, name: str) -> bytes | None:
     """The raw WAL file `name`, checksum-checked, or None if it is in no place it could be."""
-    local = LocalWalStore(cfg.spool)
+    local = LocalWalStore(cfg.spool, identities=cfg.identities)
     copies = local.find(name)
     if len(copies) > 1:
         raise IntegrityError(f"{name} is archived twice with different content in {local.describe()}")
@@ -51,7 +51,7 @@ def fetch(cfg: config.WalConfig, name: str) -> bytes | None:
                 f"cannot read {copies[0].path}: {exc.strerror or exc}"
             if cfg.s3 is None:
                 raise IntegrityError(spool_problem) from None
-            _say(f"warning: {spool_problem}; trying {cfg.s3.describe()}")
+            _say(f"warning: {spool_problem}; trying {cfg.s3.describe_wal()}")
     if cfg.s3 is None:
         return None
     from pgkeeper.wal.s3 import S3WalStore
@@ -65,7 +65,7 @@ def fetch(cfg: config.WalConfig, name: str) -> bytes | None:
             raise IntegrityError(f"{spool_problem}, and {remote.describe()} has no copy")
         return None
     sha, rel = found[0]
-    return decompress_checked(remote.get(rel), name, sha)
+    return decompress_checked(remote.get(rel), name, sha, cfg.identities)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -88,7 +88,7 @@ def archive_with_backlog(cfg: config.WalConfig, name: str, wal_path: str) -> Non
     from pgkeeper.wal.identity import SegmentChecker
     from pgkeeper.wal.spool import LocalWalStore  # zstandard and hashlib: only when there is work
 
-    store = LocalWalStore(cfg.spool)
+    store = LocalWalStore(cfg.spool, cfg.recipients)
     same_cluster = SegmentChecker(cfg.spool)  # 40 bytes of the first page, before anything is stored
 
     def push_one(n: str, p: str) -> object:

@@ -22,8 +22,10 @@ from pathlib import Path
 import pgkeeper
 
 DEFAULT_ROOT = "/usr/local/lib/pgkeeper"
-# What the WAL commands import: zstandard for the spool, boto3 and its dependencies for S3.
-PACKAGES = ("pgkeeper", "zstandard", "boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
+# What the WAL commands import: zstandard for the spool, pyrage for encrypted WAL, boto3 and its
+# dependencies for S3.
+PACKAGES = ("pgkeeper", "zstandard", "pyrage", "boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3",
+            "six")
 COMPLETE = ".complete"
 
 

@@ -58,20 +58,10 @@ def archive_settings(config_path: Path | str, archive_timeout: str = "60s",
 
 
 def config_from_repository(repo: Any, previous: walconfig.WalConfig | None = None) -> walconfig.WalConfig:
-    """The WAL settings a BackupRepository block implies: spool <path>/wal, its offsite bucket."""
-    s3 = None
-    bucket = getattr(repo, "offsite", None)
-    if bucket is not None:
-        creds = bucket.credentials
-        params = creds.aws_client_parameters
-        secret = getattr(creds, "aws_secret_access_key", None)
-        s3 = walconfig.S3Target(
-            bucket=bucket.bucket_name, prefix=(bucket.bucket_folder or "").strip("/"),
-            endpoint_url=params.endpoint_url, region=getattr(creds, "region_name", None),
-            access_key_id=getattr(creds, "aws_access_key_id", None),
-            secret_access_key=secret.get_secret_value() if secret else None)
+    """The WAL settings a BackupRepository block implies: its spool (<path>/wal), its offsite
+    bucket with the same encryption and storage class as the backups."""
     return walconfig.WalConfig(
-        spool=str(Path(repo.path) / "wal"), s3=s3,
+        spool=repo.wal_spool(), s3=repo.s3_target(), recipients=repo.recipients(),
         compression_level=previous.compression_level if previous else walconfig.DEFAULT_LEVEL,
         keep_local_seconds=previous.keep_local_seconds if previous else 0.0,
         push_ahead=previous.push_ahead if previous else walconfig.DEFAULT_PUSH_AHEAD)

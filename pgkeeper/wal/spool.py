@@ -11,15 +11,16 @@ import hashlib
 import mmap
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import zstandard
 
 from pgkeeper.errors import IntegrityError, PgkeeperError
+from pgkeeper.sealing import AGE_MAGIC
 from pgkeeper.storage.atomic import atomic_file, fsync_dir
-from pgkeeper.wal.naming import check_wal_name, object_name, parse_object_name, wal_dir
+from pgkeeper.wal.naming import check_wal_name, is_history, object_name, parse_object_name, wal_dir
 
 CHUNK = 1 << 20
 # The ledger of shipped WAL: one empty file <spool>/.shipped/<dir>/<walfile>-<sha256> per object
@@ -53,8 +54,13 @@ def compress(raw: bytes | mmap.mmap, level: int) -> bytes:
     return cctx.compress(raw)
 
 
-def decompress_checked(data: bytes, name: str, sha256: str) -> bytes:
-    """The raw WAL file, or IntegrityError if the object is corrupt or not what its name says."""
+def decompress_checked(data: bytes, name: str, sha256: str, identities: Callable[[], list[str]] | None = None) -> bytes:
+    """The raw WAL file (decrypted first if it is encrypted), or IntegrityError if the object is
+    corrupt or not what its name says."""
+    if data.startswith(AGE_MAGIC):
+        from pgkeeper.sealing import decrypt_bytes
+
+        data = decrypt_bytes(data, identities() if identities else [], f"archived {name}")
     try:
         raw = zstandard.ZstdDecompressor().decompress(data, max_output_size=1 << 31)
     except zstandard.ZstdError as exc:
@@ -67,8 +73,11 @@ def decompress_checked(data: bytes, name: str, sha256: str) -> bytes:
 
 
 class LocalWalStore:
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, recipients: list[str] | None = None,
+                 identities: Callable[[], list[str]] | None = None) -> None:
         self.root = Path(root)
+        self.recipients = recipients or []  # encrypt new objects to these (history files stay plain)
+        self.identities = identities
 
     def describe(self) -> str:
         return str(self.root)
@@ -118,6 +127,10 @@ class LocalWalStore:
         finally:
             hasher.join()
         sha = digest[0]
+        if self.recipients and not is_history(name):
+            from pgkeeper.sealing import encrypt_bytes
+
+            packed = encrypt_bytes(packed, self.recipients)
         for existing in self.find(name):
             if existing.sha256 == sha:
                 return "duplicate", existing
@@ -144,7 +157,7 @@ class LocalWalStore:
 
     def read(self, obj: StoredWal) -> bytes:
         """The raw WAL file, checksum-checked."""
-        return decompress_checked(obj.path.read_bytes(), obj.name, obj.sha256)
+        return decompress_checked(obj.path.read_bytes(), obj.name, obj.sha256, self.identities)
 
     def objects(self) -> Iterator[StoredWal]:
         """Every stored WAL object (temp files and strangers are skipped)."""

@@ -28,8 +28,6 @@ def one_at_a_time(name: str, timeout_seconds: float | None = None) -> Iterator[N
     after timeout_seconds)."""
     from prefect.concurrency.sync import concurrency
 
-    from pgkeeper.deployments.server_objects import ensure_limit
-
     ensure_limit(name, 1)
     # A short lease: a holder whose process is killed frees its slot in a minute (the API minimum), not five.
     with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True, lease_duration=60):
@@ -48,3 +46,24 @@ def manifest_slot(database: str) -> Iterator[None]:
     """Hold the slot for rewriting this database's manifests (a read-modify-write of a second)."""
     with one_at_a_time(limit_name("manifest", database), timeout_seconds=300):
         yield
+
+
+def ensure_limit(name: str, limit: int) -> str:
+    """A global concurrency limit `name` with `limit` slots."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+            except ObjectAlreadyExists:
+                return "unchanged"  # another run created it just now
+            return "created"
+        if existing.limit == limit and existing.active:
+            return "unchanged"
+        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
+    return "updated"
