@@ -357,3 +357,28 @@ def test_recoverability_window_and_gap_metrics(tmp_path) -> None:
     assert whole["pgkeeper_backup_count"] == 2
     del archive[segment_name(1, 12)]  # a segment the newer base backup needs
     assert scrape(archive)["pgkeeper_wal_archive_gap"] == 1
+
+
+def test_channels_and_windows_from_the_environment() -> None:
+    """What `pgkeeper setup` builds before saving anything: Prefect's own blocks for Slack and Teams
+    (delivery needs their real hosts; the webhook channel above is delivered for real), and one
+    clear line for a bad URL or window."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock, MicrosoftTeamsWebhook, SlackWebhook
+
+    from pgkeeper.deployments.alerting import check_alert_environment, window
+    from pgkeeper.deployments.channels import channel_blocks
+    from pgkeeper.errors import PgkeeperError
+
+    env = {"SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/secret",
+           "TEAMS_WEBHOOK_URL": "https://prod-00.westus.logic.azure.com:443/workflows/w1/triggers/manual/paths/invoke"
+                                "?api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=s1",
+           "ALERT_WEBHOOK_URL": "https://hc-ping.example/uuid"}
+    built = {name: type(block) for _var, name, block in channel_blocks(env)}
+    assert built == {"pgkeeper-slack": SlackWebhook, "pgkeeper-teams": MicrosoftTeamsWebhook,
+                     "pgkeeper-webhook": CustomWebhookNotificationBlock}
+    assert window({}, "BACKUP_ALERT_HOURS").total_seconds() == 26 * 3600
+    for bad, line in [({"SLACK_WEBHOOK_URL": "hooks.slack.com/x"}, "SLACK_WEBHOOK_URL must be an http(s):// URL"),
+                      ({"VERIFY_ALERT_DAYS": "soon"}, "VERIFY_ALERT_DAYS must be a number, got 'soon'")]:
+        with pytest.raises(PgkeeperError) as err:
+            check_alert_environment(bad)
+        assert str(err.value) == line
