@@ -20,6 +20,22 @@ KIND_PRE_RESTORE = "pre-restore"
 RUN_ID_LINE = "Flow run id: "
 # Task run states a failed flow run can have stopped at.
 STOPPED_AT_STATES = frozenset({"FAILED", "CRASHED", "RUNNING"})
+# What the failure automation matches (pgkeeper.deployments.automations.TAG).
+RUN_TAG = "pgkeeper"
+
+
+def tag_every_run() -> None:
+    """Give every flow run this process creates the `pgkeeper` tag.
+
+    Deployments tag their runs, but a run started from the command line, cron, the demo or
+    as a subflow of a deployment run (the fleet's backups) takes its tags from Prefect's
+    tags context only, so without this its failure would match no automation and mail no one.
+    """
+    from prefect.context import TagsContext
+
+    current = TagsContext.get().current_tags
+    if RUN_TAG not in current:
+        TagsContext.__var__.set(TagsContext(current_tags={*current, RUN_TAG}))
 
 
 def today() -> str:

@@ -16,19 +16,24 @@ SENTRY_DSN = "http://publickey" + uuid.uuid4().hex[:6] + "@127.0.0.1:9/1"
 
 @pytest.fixture(autouse=True)
 def forget_default_blocks():
-    """`pgkeeper setup` saves the default blocks (pgkeeper-db, ...) in the session's API; other
-    tests rely on their absence to fall back to the environment, so remove them afterwards."""
+    """`pgkeeper setup` saves the default blocks (pgkeeper-db, ...) and automations in the session's
+    API; other tests rely on their absence to fall back to the environment, so remove them afterwards."""
     yield
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
         for doc in client.read_block_documents():
-            if doc.name in ("pgkeeper-db", "pgkeeper-repo", "pgkeeper-mail"):
+            if doc.name in ("pgkeeper-db", "pgkeeper-repo", "pgkeeper-mail", "pgkeeper-sentry-dsn"):
                 try:
                     client.delete_block_document(doc.id)
                 except ObjectNotFound:
                     pass
+        # Its automations too: a success automation left behind would take the success mail over
+        # from later tests' backups (and fail, its mail block gone).
+        for automation in client.read_automations():
+            if automation.name.startswith("pgkeeper:"):
+                client.delete_automation(automation.id)
 
 
 @pytest.fixture

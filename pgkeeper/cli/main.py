@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "pgkeeper.cli.catalog_cmd",
     "pgkeeper.cli.demo_cmd",
     "pgkeeper.cli.key_cmd",
+    "pgkeeper.cli.metrics_cmd",
     "pgkeeper.cli.restore_cmd",
     "pgkeeper.cli.retention_cmd",
     "pgkeeper.cli.server_cmd",

@@ -13,6 +13,10 @@ credentials, AWS_ENDPOINT_URL for S3-compatible stores); ENABLE_EMAIL_ALERTS, AL
 overrides the port's default); RETENTION_DAYS; SENTRY_DSN. pgkeeper's own: PGKEEPER_TIMEZONE
 (schedules, default TZ or UTC), PGKEEPER_WORK_POOL (default pgkeeper), ENABLE_WAL_ARCHIVING
 (true: WAL shipping and base backup schedules run; otherwise they are created paused).
+More notification channels: SLACK_WEBHOOK_URL, TEAMS_WEBHOOK_URL, ALERT_WEBHOOK_URL (JSON POST),
+PGKEEPER_NOTIFICATION_BLOCKS (existing blocks, slug/name, comma-separated). Alerts on absence:
+PGKEEPER_DATABASES (default POSTGRES_DB), BACKUP_ALERT_HOURS (26), VERIFY_ALERT_DAYS (8),
+WAL_ALERT_MINUTES (60), WORKER_ALERT_MINUTES (10).
 Running it again applies changes and leaves everything else as it is."""
 
 

@@ -9,6 +9,7 @@ flow of ours sends failure mail, so a failing notifier can never trigger itself.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -16,11 +17,11 @@ from prefect.automations import Automation, EventTrigger, SendNotification
 from prefect.events.schemas.automations import AutomationCore, Posture
 
 from pgkeeper.alerts import WARNING_EVENT
-from pgkeeper.runinfo import RUN_ID_LINE  # notify() reads this line to look up which step failed
+from pgkeeper.runinfo import RUN_ID_LINE, RUN_TAG  # notify() reads RUN_ID_LINE to find the failed step
 
 FAILURE_AUTOMATION = "pgkeeper: mail on failed run"
 WARNING_AUTOMATION = "pgkeeper: mail on warning"
-TAG = "pgkeeper"
+TAG = RUN_TAG  # every pgkeeper run carries it, however started (runinfo.tag_every_run)
 FAILURE_EVENTS = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
 
 # pgkeeper's own runs are named "backup crm 2026-11-30" (the database in every subject); others
@@ -46,7 +47,13 @@ Database: {{ event.payload.database }}
 {% endif %}"""
 
 
-def failure_automation(block_document_id: UUID) -> Automation:
+def notify_actions(block_document_ids: UUID | Sequence[UUID], subject: str, body: str) -> list[SendNotification]:
+    """One action per channel (mail, Slack, webhook...): one failing channel does not silence the rest."""
+    ids = [block_document_ids] if isinstance(block_document_ids, UUID) else list(block_document_ids)
+    return [SendNotification(block_document_id=i, subject=subject, body=body) for i in ids]
+
+
+def failure_automation(block_document_id: UUID | Sequence[UUID]) -> Automation:
     return Automation(
         name=FAILURE_AUTOMATION,
         description="Mail when a pgkeeper run fails, crashes or times out.",
@@ -56,12 +63,11 @@ def failure_automation(block_document_id: UUID) -> Automation:
             match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{TAG}"},
             posture=Posture.Reactive, threshold=1, within=0,
         ),
-        actions=[SendNotification(block_document_id=block_document_id, subject=FAILURE_SUBJECT,
-                                  body=FAILURE_BODY)],
+        actions=notify_actions(block_document_id, FAILURE_SUBJECT, FAILURE_BODY),
     )
 
 
-def warning_automation(block_document_id: UUID) -> Automation:
+def warning_automation(block_document_id: UUID | Sequence[UUID]) -> Automation:
     return Automation(
         name=WARNING_AUTOMATION,
         description="Mail the warnings pgkeeper runs emit (low disk, anomaly, archive lag).",
@@ -69,8 +75,7 @@ def warning_automation(block_document_id: UUID) -> Automation:
             expect={WARNING_EVENT}, match={"prefect.resource.id": "pgkeeper.database.*"},
             posture=Posture.Reactive, threshold=1, within=0,
         ),
-        actions=[SendNotification(block_document_id=block_document_id, subject=WARNING_SUBJECT,
-                                  body=WARNING_BODY)],
+        actions=notify_actions(block_document_id, WARNING_SUBJECT, WARNING_BODY),
     )
 
 

@@ -64,6 +64,14 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
               report: Report = lambda item, outcome: None) -> list[tuple[str, str]]:
     """Apply the environment; returns (item, 'created'|'updated'|'unchanged'|'removed'|'off')."""
     from pgkeeper.blocks.repository import BackupRepository
+    from pgkeeper.deployments.alerting import (
+        SUCCESS_AUTOMATION,
+        absence_automations,
+        check_alert_environment,
+        stale_absence_automations,
+        success_automation,
+        watched_databases,
+    )
     from pgkeeper.deployments.automations import (
         FAILURE_AUTOMATION,
         WARNING_AUTOMATION,
@@ -72,10 +80,12 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
         remove_automation,
         warning_automation,
     )
+    from pgkeeper.deployments.channels import ensure_channels
     from pgkeeper.deployments.deploy import WAL_DEPLOYMENTS, apply_deployments, default_prefect_yaml, set_paused
     from pgkeeper.names import check_identifier
 
     settings.check_environment(env)
+    check_alert_environment(env)
     check_identifier("database", env["POSTGRES_DB"])
     done: list[tuple[str, str]] = []
 
@@ -132,10 +142,18 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
     for name in WAL_DEPLOYMENTS:
         note(f"deployment {name} {'active' if wal_on else 'paused'}", set_paused(name, not wal_on))
 
-    if mail_block_id is not None:
-        note(f"automation {FAILURE_AUTOMATION!r}", apply_automation(failure_automation(mail_block_id)))
-        note(f"automation {WARNING_AUTOMATION!r}", apply_automation(warning_automation(mail_block_id)))
+    # Every channel (mail, Slack, Teams, webhook, any NotificationBlock) gets every notification.
+    channels = ([mail_block_id] if mail_block_id is not None else []) + ensure_channels(env, note)
+    wanted = absence_automations(env, watched_databases(env), pool, wal_on, channels) if channels else []
+    if channels:
+        note(f"automation {FAILURE_AUTOMATION!r}", apply_automation(failure_automation(channels)))
+        note(f"automation {WARNING_AUTOMATION!r}", apply_automation(warning_automation(channels)))
+        note(f"automation {SUCCESS_AUTOMATION!r}", apply_automation(success_automation(channels)))
+        for automation in wanted:
+            note(f"automation {automation.name!r}", apply_automation(automation))
     else:
-        for name in (FAILURE_AUTOMATION, WARNING_AUTOMATION):
+        for name in (FAILURE_AUTOMATION, WARNING_AUTOMATION, SUCCESS_AUTOMATION):
             note(f"automation {name!r}", "removed" if remove_automation(name) else "off (ENABLE_EMAIL_ALERTS)")
+    for stale in stale_absence_automations(wanted):
+        note(f"automation {stale!r}", "removed" if remove_automation(stale) else "unchanged")
     return done

@@ -1,6 +1,7 @@
 """One module per user-facing flow. Orchestration only: which tasks, in what order."""
 
-from pgkeeper import runlog
+from pgkeeper import runinfo, runlog
 
 # Every process that runs a flow (the CLI, a worker's run process) imports this package first.
 runlog.install()
+runinfo.tag_every_run()

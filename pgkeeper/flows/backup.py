@@ -12,6 +12,7 @@ from pgkeeper.manifest import Manifest
 from pgkeeper.runinfo import KIND_PRE_RESTORE, completed, database_tag, describe_run, name_from_parameters, today
 from pgkeeper.sentry import report_failure
 from pgkeeper.slots import backup_slot
+from pgkeeper.tasks.catalog_artifact import publish_catalog
 from pgkeeper.tasks.dump import dump_database
 from pgkeeper.tasks.notify import mail_backup_success
 from pgkeeper.tasks.preflight import preflight
@@ -20,7 +21,7 @@ from pgkeeper.tasks.store import abandon_backup, begin_backup, write_manifest
 from pgkeeper.tasks.verify import quick_verify
 
 
-@flow(name="backup", log_prints=True, on_failure=[report_failure],  # Sentry, when configured
+@flow(name="backup", log_prints=True, on_failure=[report_failure], on_crashed=[report_failure],  # Sentry
       flow_run_name=name_from_parameters("backup", "database", "connection_block"))
 def backup(
     database: str | None = None,
@@ -55,7 +56,8 @@ def backup(
             raise
     report_backup(manifest, repo.storage().describe(), info.warnings)
     after = after_backup(repo, backup_id)  # offsite upload → retention → garbage collection
-    mail_backup_success(manifest, repo, info.warnings)  # only when mail is configured
+    publish_catalog(repo)  # the UI's keyed catalog artifact
+    mail_backup_success(manifest, repo, info.warnings)  # pgkeeper.backup.completed; mails without the automation
     # The result: the manifest as written, and the run's final line, which also says what the
     # steps after it did (they change the repository, not the manifest).
     return completed(manifest, result_line(manifest) + "".join(f"; {line}" for line in after))

@@ -8,6 +8,7 @@ from prefect import flow
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.manifest import Manifest
 from pgkeeper.runinfo import name_from_parameters
+from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.basebackup import (
     check_wal_archived,
     physical_preflight,
@@ -20,7 +21,7 @@ from pgkeeper.tasks.basebackup import (
 from pgkeeper.tasks.store import abandon_backup, begin_backup
 
 
-@flow(name="base-backup", log_prints=True,
+@flow(name="base-backup", log_prints=True, on_failure=[report_failure], on_crashed=[report_failure],  # Sentry
       flow_run_name=name_from_parameters("base-backup", "database", "connection_block"))
 def base_backup(
     database: str | None = None,

@@ -57,7 +57,8 @@ def report_fleet(results: list[FleetResult]) -> None:
                           description=f"{len(results) - failed} of {len(results)} databases backed up")
 
 
-@flow(name="fleet", log_prints=True, on_failure=[report_failure], flow_run_name=name_from_parameters("fleet"))
+@flow(name="fleet", log_prints=True, on_failure=[report_failure], on_crashed=[report_failure],
+      flow_run_name=name_from_parameters("fleet"))
 def fleet(
     connection_blocks: list[str] | None = None,
     repository_block: str = DEFAULT_REPOSITORY_BLOCK,

@@ -12,6 +12,7 @@ from prefect import flow
 
 from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
 from pgkeeper.runinfo import name_from_parameters
+from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.recovery import (
     RecoveryResult,
     archive_cluster,
@@ -29,7 +30,7 @@ from pgkeeper.wal.config import load as load_wal_config
 from pgkeeper.wal.setup import config_from_repository
 
 
-@flow(name="pitr", log_prints=True,
+@flow(name="pitr", log_prints=True, on_failure=[report_failure], on_crashed=[report_failure],  # Sentry
       flow_run_name=name_from_parameters("pitr", "target_time", "target_lsn", "target_name"))
 def pitr(
     data_dir: str,

@@ -19,6 +19,7 @@ from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, 
 from pgkeeper.localcluster import free_port, scratch_dir
 from pgkeeper.manifest import Manifest
 from pgkeeper.runinfo import name_from_parameters
+from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.pitr_drill import (
     DrillReport,
     drill_checks,
@@ -43,7 +44,8 @@ from pgkeeper.wal.config import load as load_wal_config
 from pgkeeper.wal.setup import config_from_repository
 
 
-@flow(name="pitr-drill", log_prints=True, flow_run_name=name_from_parameters("pitr-drill", "connection_block"))
+@flow(name="pitr-drill", log_prints=True, on_failure=[report_failure], on_crashed=[report_failure],
+      flow_run_name=name_from_parameters("pitr-drill", "connection_block"))
 def pitr_drill(
     connection_block: str = DEFAULT_CONNECTION_BLOCK,
     repository_block: str = DEFAULT_REPOSITORY_BLOCK,

@@ -17,6 +17,7 @@ from prefect.states import Cancelled, State
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.flows.backup import backup as backup_flow
 from pgkeeper.runinfo import completed, database_tag, describe_run, name_from_parameters
+from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.confirm import leave_expired_pause
 from pgkeeper.tasks.notify import mail_restore_done, mail_restore_not_confirmed
 from pgkeeper.tasks.restore_confirmation import (
@@ -49,7 +50,7 @@ from pgkeeper.tasks.swap import check_swapped, drop_database_task, expire_old_co
 CONFIRM_POLL_SECONDS = 2
 
 
-@flow(name="restore", log_prints=True,
+@flow(name="restore", log_prints=True, on_failure=[report_failure], on_crashed=[report_failure],  # Sentry
       flow_run_name=name_from_parameters("restore", "target", "database", "backup"))
 def restore(
     backup: str = "latest",

@@ -13,6 +13,8 @@ from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.runinfo import name_from_parameters
+from pgkeeper.sentry import report_failure
+from pgkeeper.tasks.catalog_artifact import publish_catalog
 from pgkeeper.tasks.offsite import backups_missing_offsite, collect_garbage, upload_backup
 from pgkeeper.tasks.retention import RetentionReport, apply_retention
 from pgkeeper.tasks.wal_ship import expire_archived_wal
@@ -57,7 +59,7 @@ def upload_missing(repo: BackupRepository) -> list[str]:
     return done
 
 
-@flow(name="retention", log_prints=True,
+@flow(name="retention", log_prints=True, on_failure=[report_failure], on_crashed=[report_failure],  # Sentry
       flow_run_name=name_from_parameters("retention", "backup_dir", "repository_block"))
 def retention(
     repository_block: str = DEFAULT_REPOSITORY_BLOCK,
@@ -78,4 +80,5 @@ def retention(
         if not dry_run:
             collect_garbage(repo, source, gc_safety_hours)
     wal = expire_archived_wal(repo, dry_run)  # WAL no remaining base backup needs (pgkeeper.wal.retention)
+    publish_catalog(repo)  # the UI's keyed catalog artifact
     return [r.model_copy(update={"wal": wal}) for r in reports]

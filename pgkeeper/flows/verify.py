@@ -16,8 +16,11 @@ from prefect.states import State
 from pgkeeper.anomaly import DEFAULT_THRESHOLD
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.errors import PgkeeperError
+from pgkeeper.events import backup_verified
 from pgkeeper.names import LATEST, parse_backup_ref
 from pgkeeper.runinfo import completed, database_tag, describe_run, name_from_parameters
+from pgkeeper.sentry import report_failure
+from pgkeeper.tasks.catalog_artifact import publish_catalog
 from pgkeeper.tasks.drill import (
     drop_scratch_after_run,
     restore_drill,
@@ -45,7 +48,8 @@ from pgkeeper.tasks.verify_record import record_verification, report_verificatio
 T = TypeVar("T")
 
 
-@flow(name="verify", log_prints=True, on_crashed=[drop_scratch_after_run],
+@flow(name="verify", log_prints=True, on_crashed=[drop_scratch_after_run, report_failure],
+      on_failure=[report_failure],
       on_cancellation=[drop_scratch_after_run],
       flow_run_name=name_from_parameters("verify", "database", "backup"))
 def verify(
@@ -141,10 +145,12 @@ def verify(
         updated = record_verification(repo, source, report)
     recent = [updated if m.backup_id == updated.backup_id else m for m in catalog.backups][-history:]
     report_verification(report, recent)
+    publish_catalog(repo, source)  # the UI's keyed catalog artifact
     if not report.ok:
         log.error(report.lines()[-1])
         failed = [c.title for c in report.checks if c.status == "FAIL"]
         verdict = "could not be verified" if report.inconclusive else "failed verification"
         raise VerificationFailed(f"backup {report.backup_id} {verdict}: " + "; ".join(failed),
                                  report=report)
+    backup_verified(report, updated)  # pgkeeper.backup.verified: what the absence alert waits for
     return completed(report, f"{report.backup_id} of {report.database}: {report.lines()[-1]}")

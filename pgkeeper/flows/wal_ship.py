@@ -5,13 +5,17 @@ from __future__ import annotations
 from prefect import flow
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
+from pgkeeper.events import wal_shipped
 from pgkeeper.runinfo import name_from_parameters
+from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.basebackup import wal_settings
+from pgkeeper.tasks.catalog_artifact import publish_catalog
 from pgkeeper.tasks.wal_continuity import check_continuity
 from pgkeeper.tasks.wal_ship import ArchiverStatus, check_archiver, read_archiver, report_archive, ship_spool
 
 
-@flow(name="wal-ship", log_prints=True, flow_run_name=name_from_parameters("wal-ship", "database", "connection_block"))
+@flow(name="wal-ship", log_prints=True, on_failure=[report_failure], on_crashed=[report_failure],
+      flow_run_name=name_from_parameters("wal-ship", "database", "connection_block"))
 def wal_ship(
     connection_block: str = DEFAULT_CONNECTION_BLOCK,
     repository_block: str = DEFAULT_REPOSITORY_BLOCK,
@@ -34,6 +38,9 @@ def wal_ship(
     shipped = ship_spool(walcfg, keep_local_seconds)
     status = read_archiver(conn)
     report_archive(status, shipped)
+    if shipped.uploaded:  # the absence alert waits for this event; an idle server ships nothing
+        wal_shipped(conn.database, status, shipped)
     check_archiver(status, max_lag_seconds, conn.database)
+    publish_catalog(repo)  # the UI's keyed catalog artifact, before a failed check ends the run
     check_continuity(repo, walcfg)  # a gap after a kept base backup fails the run (and mails)
     return status

@@ -85,14 +85,33 @@ def send_mail(notification: MailNotification, subject: str, body: str) -> None:
     notification.send(subject, body)
 
 
+def success_automation_exists() -> bool:
+    """Whether `pgkeeper setup` put the success automation on the server (it then notifies)."""
+    from prefect.automations import Automation
+
+    from pgkeeper.events import SUCCESS_AUTOMATION
+
+    try:
+        return Automation.read(name=SUCCESS_AUTOMATION).enabled
+    except Exception:  # not there (ValueError), or the API cannot say: the flow mails itself
+        return False
+
+
 def mail_backup_success(manifest: Manifest, repo, warnings: list[str]) -> None:  # noqa: ANN001
-    """Send the success mail when notifications are configured; log, never raise, if it fails."""
+    """Emit pgkeeper.backup.completed with the backup's figures and its success message. The
+    server's success automation sends that message to every channel; without it (mail set up
+    from the environment only, no `pgkeeper setup`), the flow sends the mail itself. Logs,
+    never raises: the backup is good either way."""
+    from pgkeeper.events import backup_completed
+
+    storage = repo.storage()
+    drill = last_restore_drill(storage, manifest.database)
+    subject, body = success_mail(manifest, storage.describe(), warnings, drill, run_url())
+    if backup_completed(manifest, subject, body, drill) and success_automation_exists():
+        return
     notification = load_notification()
     if notification is None:
         return
-    storage = repo.storage()
-    subject, body = success_mail(manifest, storage.describe(), warnings,
-                                 last_restore_drill(storage, manifest.database), run_url())
     try:
         send_mail(notification, subject, body)
     except Exception as exc:
