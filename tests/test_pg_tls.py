@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pgkeeper.localcluster import LocalCluster, _give_to_server_user, scratch_dir
+from pgkeeper.localcluster import LocalCluster, scratch_dir
+from pgkeeper.pgtools import give_to_server_user
 from tests.helpers import create_database, drop_database, run_cli
 from tests.tls_certs import make_certs
 
@@ -40,7 +41,7 @@ def tls_cluster() -> Iterator[tuple[LocalCluster, str, Path, Path]]:
     base = scratch_dir("pgkeeper-tls-")
     certs = make_certs(base / "certs", [address, "127.0.0.1"], "pg")
     for f in (certs.cert, certs.key):
-        _give_to_server_user(f)
+        give_to_server_user(f)
     (base / "certs").chmod(0o755)
     cluster = LocalCluster(base / "data", password=PASSWORD, settings={
         "listen_addresses": f"'127.0.0.1,{address}'", "ssl": "on", "ssl_cert_file": f"'{certs.cert}'",

@@ -91,7 +91,7 @@ def test_the_drill_recovers_checks_and_records_rto_and_rpo(arch: ArchivingCluste
     foreign_dir = arch.repo_path / "backups" / new_backup_id(backup.finished_at + timedelta(minutes=1))
     foreign = backup.model_copy(update={"backup_id": foreign_dir.name, "system_identifier": "7000000000000000042"})
     foreign_dir.mkdir()
-    (foreign_dir / "manifest.json").write_bytes(foreign.to_bytes())
+    BackupRepository(path=str(arch.repo_path)).storage().write_manifest(foreign_dir.name, foreign.to_bytes())
 
     wal_ship(connection_block=db, repository_block=repo_block, wal_config=str(arch.config_path))
     before = drill_dirs()
@@ -192,6 +192,6 @@ def test_restore_latest_takes_only_backups_of_the_configured_server(pg: LocalClu
                      compression="zstd", size=1, files=[StoredFile(name="postgres.dump.zst", size=1, sha256="0" * 64)])
         folder = repo.local().backups_dir / m.backup_id
         folder.mkdir(parents=True)
-        (folder / "manifest.json").write_bytes(m.to_bytes())
+        repo.storage().write_manifest(m.backup_id, m.to_bytes())
     plan = plan_restore(conn, repo, "latest", "local", "new", "copy_of_postgres")
     assert plan.backup_id == new_backup_id(now - timedelta(minutes=10)) and plan.system_identifier == mine

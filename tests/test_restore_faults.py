@@ -61,7 +61,7 @@ def test_counts_that_do_not_match_the_manifest_stop_before_the_swap(pg, crm_db, 
     path = Path(repo.path) / "backups" / m.backup_id / "manifest.json"
     manifest = json.loads(path.read_text())
     manifest["tables"]["public.company"] += 1
-    path.write_text(json.dumps(manifest))
+    repo.storage().write_manifest(m.backup_id, json.dumps(manifest).encode())  # an insider: signed again
     message = failed_restore(safety_backup=False)
     assert "does not match backup" in message and "public.company" in message
     assert f"database {crm_db} is unchanged" in message
@@ -232,7 +232,7 @@ def test_properties_this_server_cannot_reproduce_are_refused_before_anything_cha
                               "ICU locale 'xx-NOWHERE' is not known to this server")):
         manifest = json.loads(json.dumps(original))
         manifest["database_properties"].update(change)
-        path.write_text(json.dumps(manifest))
+        repo.storage().write_manifest(m.backup_id, json.dumps(manifest).encode())
         message = failed_restore(safety_backup=False)
         assert f"{m.backup_id} cannot be restored as it was on {pg.host}:{pg.port}: {expected}" in message
         assert "\n" not in message

@@ -61,8 +61,10 @@ def world(pg, s3_endpoint) -> Iterator[dict]:
     # The server's credential, planted before its first start (pgkeeper keeps an existing one).
     (home / "pgkeeper" / "server-auth").write_text(SECRETS["auth"] + "\n")
     (home / "pgkeeper" / "server-auth").chmod(0o600)
+    from pgkeeper import keys
+
     env = {**os.environ, "PGKEEPER_HOME": str(home / "pgkeeper"), "PREFECT_HOME": str(home / "prefect"),
-           "PGKEEPER_SERVER_PORT": str(port)}
+           "PGKEEPER_SERVER_PORT": str(port), "PGKEEPER_KEYS_DIR": str(keys.keys_dir())}  # the session's key
     for name in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
         env.pop(name, None)
 

@@ -193,8 +193,9 @@ def test_manifests_written_before_signing_are_refused_until_checked_and_signed(t
     bad = make_backup(raw, "backup_20261102_020000", payload=b"will be damaged")
     (raw.backup_dir(bad.backup_id) / bad.files[0].name).write_bytes(b"damaged!")
     storage = BackupRepository(path=str(tmp_path / "old")).storage()
+    assert list_backups(storage) == []  # unsigned: not backups until checked and signed
     with pytest.raises(IntegrityError, match="is not signed"):
-        list_backups(storage)
+        resolve_backup(storage, "latest")
     args = argparse.Namespace(s3=False, backup_dir=str(tmp_path / "old"), repository_block=None)
     assert sign_existing(args) == 1
     assert "signed 1 manifest(s)" in capsys.readouterr().out
