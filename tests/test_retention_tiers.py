@@ -150,3 +150,24 @@ def test_tier_variables_default_to_the_old_scripts_policy() -> None:
     assert tier_settings({"RETENTION_DAYS": "14", "RETENTION_TIERS": "1"})["daily_s3_days"] == 14
     with pytest.raises(SetupError, match="TIER_MONTHLY_CLASS"):
         tier_settings({"TIER_MONTHLY_CLASS": "COLD"})
+
+
+def test_an_archived_backup_is_requested_then_waited_for_or_refused_in_one_line() -> None:
+    from pgkeeper.errors import NotReadableYet
+    from pgkeeper.tasks.archive import make_readable
+
+    s3 = MemoryStorage("s3")
+    m = manifest(START, 0)
+    add(s3, m)
+    s3.set_storage_class(m.backup_id, "DEEP_ARCHIVE")
+    s3.restore_delay_s = 0.5
+    with pytest.raises(NotReadableYet) as refused:
+        make_readable(s3, m.backup_id, "Bulk")
+    line = str(refused.value)
+    assert "\n" not in line and "DEEP_ARCHIVE" in line and "come back after" in line
+    assert s3.archive_state(m.backup_id).restoring  # the request stands
+    # A later run finds the request under way and waits on it (short polls), without asking again.
+    asked_at = s3.restore_ready_at[m.backup_id]
+    state = make_readable(s3, m.backup_id, "Bulk", wait=True, poll_seconds=0.1, wait_timeout_seconds=5)
+    assert state.readable and s3.restore_ready_at[m.backup_id] == asked_at
+    assert s3.open_file(m.backup_id, "base.tar.zst").read() == b"x"

@@ -8,10 +8,9 @@ request under way and just waits on) or stops with one line saying when to come 
 
 from __future__ import annotations
 
+import logging
 import time
 from datetime import UTC, datetime, timedelta
-
-from prefect import get_run_logger
 
 from pgkeeper.errors import NotReadableYet
 from pgkeeper.storage.interface import ArchiveState
@@ -32,7 +31,7 @@ def eta(storage_class: str, retrieval_tier: str) -> timedelta:
 def make_readable(storage, backup_id: str, retrieval_tier: str = "Standard", wait: bool = False,  # noqa: ANN001
                   poll_seconds: float = 60.0, wait_timeout_seconds: float | None = None) -> ArchiveState:
     """The backup's data files readable now, or NotReadableYet in one line (a restore requested)."""
-    log = get_run_logger()
+    log = _logger()
     state = storage.archive_state(backup_id)
     if state.readable:
         return state
@@ -69,6 +68,16 @@ def make_readable(storage, backup_id: str, retrieval_tier: str = "Standard", wai
     log.info("%s is readable (restored copy%s)", backup_id,
              f" until {state.ready_until:%Y-%m-%d %H:%M} UTC" if state.ready_until else "")
     return state
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:  # called outside a run (a test, a script): plain logging
+        return logging.getLogger("pgkeeper.archive")
 
 
 def _human(d: timedelta) -> str:

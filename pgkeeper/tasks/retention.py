@@ -85,7 +85,7 @@ def retain(repo: BackupRepository, storage, source: str, dry_run: bool, protect:
         policy = repo.tier_policy()
         decisions = plan_tiers(records, policy, source, now=now, protect=protect, offsite=repo.has_offsite())
         if source == "local" and repo.has_offsite():
-            decisions = _keep_until_offsite(repo, decisions)
+            decisions = _keep_until_offsite(repo, records, decisions, now)
     else:
         policy = repo.retention_policy()
         decisions = plan(records, policy, now=now, protect=protect)
@@ -108,12 +108,14 @@ def retain(repo: BackupRepository, storage, source: str, dry_run: bool, protect:
     return report, decisions, manifests
 
 
-def _keep_until_offsite(repo: BackupRepository, decisions: list[Decision]) -> list[Decision]:
-    """A local backup the tiers would expire locally but that has no offsite copy yet stays: the
-    bucket's longer windows are what the local expiry counts on."""
-    offsite = set(repo.storage("s3").list_backup_ids())
+def _keep_until_offsite(repo: BackupRepository, records: list[BackupRecord], decisions: list[Decision],
+                        now: datetime) -> list[Decision]:
+    """A local backup the bucket's tiers want but that is not offsite yet stays local: the local
+    expiry counts on the bucket's longer windows. (One the bucket has expired may go.)"""
+    wanted = {d.backup_id for d in plan_tiers(records, repo.tier_policy(), "s3", now=now) if d.keep}
+    waiting = wanted - set(repo.storage("s3").list_backup_ids())
     return [Decision(d.backup_id, d.group, True, "not offsite yet: kept until it is uploaded", d.tier)
-            if not d.keep and d.backup_id not in offsite else d for d in decisions]
+            if not d.keep and d.backup_id in waiting else d for d in decisions]
 
 
 def move_to_tier_classes(repo: BackupRepository, storage, decisions: list[Decision],  # noqa: ANN001
