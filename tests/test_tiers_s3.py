@@ -16,7 +16,8 @@ from pgkeeper.names import new_backup_id
 from pgkeeper.tasks.archive import make_readable
 from pgkeeper.tasks.offsite import copy_backup
 from pgkeeper.tasks.retention import retain
-from tests.test_retention_flow import make_backup
+from tests.helpers import run_cli
+from tests.test_retention_flow import make_backup, s3_env
 from tests.test_s3_offsite import s3_repo
 
 START = datetime(2025, 3, 1, 2, 0, tzinfo=UTC)  # a Saturday
@@ -64,6 +65,15 @@ def test_tiers_move_objects_to_their_classes_and_expire_dailies(tmp_path: Path, 
     assert "StorageClass" not in head(monthly, "manifest.json")
     assert (kept[monthly].tier, kept[monthly].storage_class) == ("monthly", "GLACIER")
     assert head(monthly, "crm.dump")["ServerSideEncryption"] == "AES256"  # the copy kept SSE
+
+    # `pgkeeper list --s3` says tier, class and readability from the manifests (and one HEAD).
+    env = {**s3_env(s3_endpoint, s3_bucket, "tiers"), "BACKUP_DIR": str(tmp_path / "lister"),
+           "RETENTION_TIERS": "on"}
+    listed = run_cli("list", "--s3", env=env)
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(monthly))
+    assert "monthly" in row and "GLACIER" in row and "no: needs a restore request" in row
+    assert "STANDARD_IA" in next(line for line in listed.stdout.splitlines() if line.startswith(weekly))
 
     # Reading the archived monthly: refused until S3 restores it, then the restore request path.
     file = kept[monthly].files[0]
