@@ -308,10 +308,14 @@ class S3Storage(DriverBase):
                             ready_until=until if readable else None)
 
     def set_storage_class(self, backup_id: str, storage_class: str) -> int:
-        names = self._data_objects(backup_id)
-        for rel in names:
-            self.bucket.copy_to_class(rel, storage_class)
-        return len(names)
+        moved = 0
+        for rel in self._data_objects(backup_id):
+            # An object already there (a move interrupted half-way, run again) is left alone: an
+            # archived one could not even be copied.
+            if (self.bucket.head(rel).get("StorageClass") or "STANDARD") != storage_class:
+                self.bucket.copy_to_class(rel, storage_class)
+                moved += 1
+        return moved
 
     def request_restore(self, backup_id: str, days: int, retrieval_tier: str) -> ArchiveState:
         from pgkeeper.retention import ARCHIVE_CLASSES
