@@ -87,7 +87,10 @@ def _human(d: timedelta) -> str:
 
 def _progress_artifact(backup_id: str):  # noqa: ANN202 - the artifact's id, or None outside a run
     from prefect.artifacts import create_progress_artifact
+    from prefect.context import FlowRunContext, TaskRunContext
 
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:  # no run to show it in
+        return None
     try:
         return create_progress_artifact(progress=0.0, description=f"S3 restore of archived backup {backup_id}")
     except Exception:  # the progress bar is a courtesy; the log says the same
