@@ -80,6 +80,7 @@ def offsite_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     try:
         if env.get("RETENTION_DAYS", "").strip():
             fields["retention_days"] = settings.int_var(env, "RETENTION_DAYS", 30)
+        fields.update(settings.tier_settings(env))
     except settings.SetupError as exc:
         raise BadName(str(exc)) from None
     target = settings.s3_from_env(env)

@@ -17,6 +17,7 @@ is not). Anything else is a bug: exit 70, and retried by tasks as if transient.
 | IntegrityError     | 5    | no        | stored data does not match its checksum or contents      |
 | ToolFailed         | 1    | yes       | pg_dump, pg_restore, ... failed or were killed           |
 | NotConfirmed       | 6    | no        | a restore was not confirmed: nothing was changed         |
+| NotReadableYet     | 7    | no        | an archived backup is being restored by S3: come back    |
 | (KeyboardInterrupt)| 130  |           | Ctrl-C                                                   |
 | (anything else)    | 70   | yes       | a bug; `--debug` shows the traceback                     |
 
@@ -45,6 +46,7 @@ class ExitCode:
     CONNECTION = 4  # the database server is unreachable or refused the login
     INTEGRITY = 5  # stored data does not match its checksum, or a verification failed
     NOT_CONFIRMED = 6  # a restore was not confirmed: nothing was changed
+    NOT_READABLE_YET = 7  # a backup in an S3 archive class awaits its restore request
     UNEXPECTED = 70  # a bug or an unforeseen error (EX_SOFTWARE); --debug shows the traceback
     INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 
@@ -172,6 +174,14 @@ class FleetIncomplete(PgkeeperError):
 
 class DeployFailed(PgkeeperError):
     """`prefect deploy` did not succeed."""
+
+
+class NotReadableYet(PgkeeperError):
+    """A backup in an S3 archive class (GLACIER, DEEP_ARCHIVE) is not readable until S3 finishes
+    the restore request pgkeeper made; the line says when to come back. Not transient: task
+    retries wait seconds, S3 takes minutes to hours."""
+
+    exit_code = ExitCode.NOT_READABLE_YET
 
 
 class SetupError(BadName):

@@ -96,6 +96,10 @@ class Manifest(BaseModel):
     dump_settings: dict[str, str] = Field(default_factory=dict,
                                           description="output settings of pg_dump's session (TimeZone, ...)")
     verifications: list[Verification] = Field(default_factory=list)
+    # Set by tiered retention in the copy it manages (the bucket's manifest stays in a standard
+    # class, so listing reads these without a restore request).
+    tier: str | None = Field(default=None, description="daily, weekly or monthly")
+    storage_class: str | None = Field(default=None, description="S3 class of the data files; None: the default")
 
     @property
     def dump_file(self) -> StoredFile:

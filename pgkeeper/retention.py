@@ -65,6 +65,7 @@ class Decision:
     group: str
     keep: bool
     reason: str
+    tier: str = ""  # tiered policies: the tier whose window holds the backup now (its storage class's)
 
 
 @dataclass
@@ -161,7 +162,8 @@ def plan(records: Iterable[BackupRecord], policy: RetentionPolicy, now: datetime
             for d in decisions]
 
 
-def _plan(records: list[BackupRecord], policy: RetentionPolicy, now: datetime | None) -> list[Decision]:
+def _plan(records: list[BackupRecord], policy: RetentionPolicy, now: datetime | None,
+          plan_group: Callable[[str, list[BackupRecord]], list[Decision]] | None = None) -> list[Decision]:
     complete = [r for r in records if r.complete]
     if not complete:
         return []
@@ -178,9 +180,137 @@ def _plan(records: list[BackupRecord], policy: RetentionPolicy, now: datetime | 
         groups.setdefault(r.group, []).append(r)
     decisions = []
     for group in sorted(groups):
-        decisions += _plan_group(group, groups[group], policy)
+        decisions += (plan_group or (lambda g, items: _plan_group(g, items, policy)))(group, groups[group])
     return decisions
 
 
 def to_remove(decisions: Iterable[Decision]) -> list[str]:
     return sorted(d.backup_id for d in decisions if not d.keep)
+
+
+# -- tiers: where each kind of backup is kept, for how long, in which S3 storage class ---------
+
+TIERS = ("daily", "weekly", "monthly")
+# S3 storage classes from cheapest-to-read to cheapest-to-keep. A backup only moves up this list:
+# reading an archived object back needs a restore request, so it never moves down.
+CLASS_ORDER = ("STANDARD", "INTELLIGENT_TIERING", "STANDARD_IA", "ONEZONE_IA", "GLACIER_IR", "GLACIER",
+               "DEEP_ARCHIVE")
+# Classes whose objects cannot be read without a restore request (GLACIER_IR can).
+ARCHIVE_CLASSES = ("GLACIER", "DEEP_ARCHIVE")
+
+
+def class_rank(storage_class: str | None) -> int:
+    c = (storage_class or "STANDARD").upper()
+    return CLASS_ORDER.index(c) if c in CLASS_ORDER else 0
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str  # daily, weekly or monthly
+    local_days: int  # 0: not kept on local disk by this tier
+    s3_days: int  # 0: not kept in the bucket by this tier
+    s3_class: str = "STANDARD"
+
+
+@dataclass(frozen=True)
+class TierPolicy:
+    """Per tier, where a backup is kept and how long. Every backup is a daily; the newest good
+    backup of a finished ISO week is also a weekly, of a finished calendar month also a monthly.
+    A backup is kept in a place while any tier it belongs to holds it there; in the bucket it sits
+    in the class of the shortest window that still holds it (a monthly is STANDARD while it is a
+    recent daily, then the weekly class, then the monthly archive class), so a recent backup
+    never needs a restore request. Defaults: the old scripts' policy (daily 30 days local,
+    weekly 90 days in S3, monthly one year in S3 Glacier)."""
+
+    daily: Tier = Tier("daily", 30, 30, "STANDARD")
+    weekly: Tier = Tier("weekly", 0, 90, "STANDARD_IA")
+    monthly: Tier = Tier("monthly", 0, 365, "GLACIER")
+    min_count: int = 3
+
+    def tiers(self) -> tuple[Tier, Tier, Tier]:
+        return (self.daily, self.weekly, self.monthly)
+
+    def window(self, tier: Tier, source: str, offsite: bool = True) -> int:
+        """Days `tier` keeps a backup in `source`. Without a bucket, the local disk is the only
+        place: it keeps what the bucket would have kept too."""
+        if source == "s3":
+            return tier.s3_days
+        return tier.local_days if offsite else max(tier.local_days, tier.s3_days)
+
+    def describe(self) -> str:
+        return ", ".join(f"{t.name} local {t.local_days}d / S3 {t.s3_days}d {t.s3_class}" for t in self.tiers()) + \
+            f", at least {self.min_count}"
+
+
+def tier_membership(items: list[BackupRecord]) -> dict[str, set[str]]:
+    """backup id -> the tiers it belongs to, for one group (newest first). Only a finished week or
+    month has its weekly or monthly: the newest of the current one is still changing."""
+    if not items:
+        return {}
+    anchor = items[0].taken_at.date()
+    out = {r.backup_id: {"daily"} for r in items}
+    good = [r for r in items if r.good]
+    weeks = _newest_per_period(good, lambda r: _week_start(r.taken_at.date()),
+                               lambda r: 0 if _week_start(r.taken_at.date()) < _week_start(anchor) else -1, 1)
+    months = _newest_per_period(good, lambda r: (r.taken_at.year, r.taken_at.month),
+                                lambda r: 0 if (r.taken_at.year, r.taken_at.month) < (anchor.year, anchor.month)
+                                else -1, 1)
+    for backup_id in weeks:
+        out[backup_id].add("weekly")
+    for backup_id in months:
+        out[backup_id].add("monthly")
+    return out
+
+
+def _plan_group_tiers(group: str, items: list[BackupRecord], policy: TierPolicy, source: str,
+                      offsite: bool) -> list[Decision]:
+    newest = items[0]
+    if newest.status == "failed":
+        why = f"the newest backup of {group} ({newest.backup_id}) failed its last verification: removing nothing"
+        return [Decision(r.backup_id, group, True, why, "daily") for r in items]
+    anchor = newest.taken_at.date()
+    members = tier_membership(items)
+    keep = _Keep()
+    keep.add(newest.backup_id, "newest backup")
+    verified = next((r for r in items if r.status == "verified"), None)
+    if verified is not None:
+        keep.add(verified.backup_id, "newest verified backup")
+    good = [r for r in items if r.good]
+    failed = [r for r in items if not r.good]
+    for r in (good + failed)[:max(policy.min_count, 0)]:
+        keep.add(r.backup_id, f"one of the newest {policy.min_count}")
+    tier_now: dict[str, str] = {}
+    for r in items:
+        age = (anchor - r.taken_at.date()).days
+        holding = [t for t in policy.tiers()
+                   if t.name in members[r.backup_id] and age < policy.window(t, source, offsite)]
+        if holding:
+            shortest = min(holding, key=lambda t: policy.window(t, source, offsite))
+            tier_now[r.backup_id] = shortest.name
+            keep.add(r.backup_id, f"{shortest.name}: {age} of {policy.window(shortest, source, offsite)} days")
+        else:
+            # Kept by a safety rule only: it stays in the class of its highest tier.
+            tier_now[r.backup_id] = max(members[r.backup_id], key=TIERS.index)
+    decisions = []
+    for r in items:
+        reasons = keep.reasons.get(r.backup_id)
+        tier = tier_now[r.backup_id]
+        if reasons:
+            decisions.append(Decision(r.backup_id, group, True, "; ".join(reasons), tier))
+        else:
+            tiers = "/".join(t for t in TIERS if t in members[r.backup_id])
+            decisions.append(Decision(r.backup_id, group, False, f"{tiers}: past its window in {source}", tier))
+    return decisions
+
+
+def plan_tiers(records: Iterable[BackupRecord], policy: TierPolicy, source: str, now: datetime | None = None,
+               protect: Iterable[str] = (), offsite: bool = True) -> list[Decision]:
+    """`plan` for a tiered policy in one place ('local' or 's3'): the same safety rules (the
+    newest, the newest verified, the minimum, nothing while the newest failed or is dated in the
+    future), and each decision names the tier whose window holds the backup now."""
+    floor = RetentionPolicy(min_count=policy.min_count)
+    decisions = _plan(list(records), floor, now,
+                      lambda g, items: _plan_group_tiers(g, items, policy, source, offsite))
+    keep = set(protect)
+    return [Decision(d.backup_id, d.group, True, "made by this run", d.tier or "daily")
+            if d.backup_id in keep and not d.keep else d for d in decisions]

@@ -14,6 +14,8 @@ Prefect, pydantic, boto3 or dataclasses here.
     S3_SSE (AES256 | aws:kms), S3_KMS_KEY_ID, S3_STORAGE_CLASS
     ENABLE_EMAIL_ALERTS, ALERT_EMAIL, SMTP_HOST/PORT/USER/PASS, SMTP_TYPE, ALERT_FROM
     SENTRY_DSN
+    RETENTION_TIERS=on, TIER_{DAILY,WEEKLY,MONTHLY}_{LOCAL,S3}_DAYS, TIER_{WEEKLY,MONTHLY}_CLASS,
+    S3_RETRIEVAL_TIER, S3_PRICES                 retention tiers and their cost (see tier_settings)
 """
 
 from __future__ import annotations
@@ -187,3 +189,58 @@ def ui_url(env: Mapping[str, str] = os.environ) -> str | None:
 
 def sentry_dsn(env: Mapping[str, str] = os.environ) -> str | None:
     return env.get("SENTRY_DSN", "").strip() or None
+
+
+# The old scripts' retention, as documented ("Retention Policy"): daily backups 30 days (local),
+# weekly 90 days (S3), monthly one year (S3 Glacier). RETENTION_DAYS, their one variable, is the
+# daily window in both places when it is set.
+TIER_DEFAULTS = {"TIER_DAILY_LOCAL_DAYS": 30, "TIER_DAILY_S3_DAYS": 30, "TIER_WEEKLY_LOCAL_DAYS": 0,
+                 "TIER_WEEKLY_S3_DAYS": 90, "TIER_MONTHLY_LOCAL_DAYS": 0, "TIER_MONTHLY_S3_DAYS": 365}
+STORAGE_CLASSES = ("STANDARD", "INTELLIGENT_TIERING", "STANDARD_IA", "ONEZONE_IA", "GLACIER_IR", "GLACIER",
+                   "DEEP_ARCHIVE")
+RETRIEVAL_TIERS = ("Expedited", "Standard", "Bulk")
+# USD per GB-month, S3 us-east-1 list prices (2026); local disk is not priced unless S3_PRICES says so.
+DEFAULT_PRICES = {"STANDARD": 0.023, "INTELLIGENT_TIERING": 0.023, "STANDARD_IA": 0.0125, "ONEZONE_IA": 0.01,
+                  "GLACIER_IR": 0.004, "GLACIER": 0.0036, "DEEP_ARCHIVE": 0.00099, "LOCAL": 0.0}
+
+
+def _storage_class(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip().upper() or default
+    if value not in STORAGE_CLASSES:
+        raise SetupError(f"{name}={value!r}: use one of {', '.join(STORAGE_CLASSES)}")
+    return value
+
+
+def prices(env: Mapping[str, str] = os.environ) -> dict[str, float]:
+    """S3_PRICES="STANDARD=0.023,GLACIER=0.0036,LOCAL=0.05": USD per GB-month by class."""
+    out = dict(DEFAULT_PRICES)
+    for item in env.get("S3_PRICES", "").split(","):
+        if not item.strip():
+            continue
+        cls, _, price = item.partition("=")
+        try:
+            out[cls.strip().upper()] = float(price)
+        except ValueError:
+            raise SetupError(f"S3_PRICES: {item.strip()!r} is not CLASS=price") from None
+    return out
+
+
+def tier_settings(env: Mapping[str, str] = os.environ) -> dict[str, object]:
+    """The retention tiers as repository fields: {} unless RETENTION_TIERS is on or a TIER_*
+    variable is set (then the old scripts' tiers are the defaults of those not set)."""
+    if not (enabled(env, "RETENTION_TIERS") or any(k.startswith("TIER_") and v.strip() for k, v in env.items())):
+        return {}
+    daily = int_var(env, "RETENTION_DAYS", 30)
+    fields: dict[str, object] = {"retention_tiers": True}
+    for name, default in TIER_DEFAULTS.items():
+        if name.startswith("TIER_DAILY_"):
+            default = daily
+        fields[name.lower().removeprefix("tier_")] = int_var(env, name, default)
+    fields["weekly_class"] = _storage_class(env, "TIER_WEEKLY_CLASS", "STANDARD_IA")
+    fields["monthly_class"] = _storage_class(env, "TIER_MONTHLY_CLASS", "GLACIER")
+    retrieval = env.get("S3_RETRIEVAL_TIER", "").strip().capitalize() or "Standard"
+    if retrieval not in RETRIEVAL_TIERS:
+        raise SetupError(f"S3_RETRIEVAL_TIER={retrieval!r}: use Expedited, Standard or Bulk")
+    fields["retrieval_tier"] = retrieval
+    fields["prices"] = prices(env)
+    return fields

@@ -202,3 +202,19 @@ def test_manifests_written_before_signing_are_refused_until_checked_and_signed(t
     assert storage.read_manifest(good.backup_id) is not None
     with pytest.raises(IntegrityError, match="is not signed"):
         storage.read_manifest(bad.backup_id)
+
+
+def test_every_driver_answers_the_storage_class_verbs(storage: Storage) -> None:
+    m = make_backup(storage, "backup_20261101_020000")
+    assert storage.archive_state(m.backup_id).readable
+    moved = storage.set_storage_class(m.backup_id, "GLACIER")
+    if isinstance(storage, LocalStorage):  # a disk has no classes: nothing moves, all stays readable
+        assert moved == 0 and storage.archive_state(m.backup_id).storage_class == "LOCAL"
+        return
+    assert moved == 1 and not storage.archive_state(m.backup_id).readable
+    assert storage.read_manifest(m.backup_id) is not None  # the manifest never moves: listing works
+    with pytest.raises(RepositoryError, match="restore request"):
+        storage.open_file(m.backup_id, m.files[0].name)
+    assert storage.request_restore(m.backup_id, 1, "Bulk").readable
+    with storage.open_file(m.backup_id, m.files[0].name) as f:
+        assert f.read() == b"dump bytes"

@@ -59,6 +59,34 @@ class BackupRepository(Block):
     retention_months: int = Field(default=12, description="Keep the newest backup of each of the last N months.")
     retention_min_count: int = Field(default=3, description="Always keep at least this many complete backups.")
 
+    # Retention tiers (pgkeeper.retention.TierPolicy): when on, they replace the windows above;
+    # the minimum still applies. Defaults: the old scripts' daily 30 d local, weekly 90 d S3,
+    # monthly 1 year S3 Glacier.
+    retention_tiers: bool = Field(default=False, description="Apply the per-tier places, windows and classes.")
+    daily_local_days: int = Field(default=30, description="Days a daily backup stays on local disk.")
+    daily_s3_days: int = Field(default=30, description="Days a daily backup stays in the bucket.")
+    weekly_local_days: int = Field(default=0, description="Days a weekly backup stays on local disk.")
+    weekly_s3_days: int = Field(default=90, description="Days a weekly backup stays in the bucket.")
+    weekly_class: str = Field(default="STANDARD_IA", description="S3 storage class of weekly backups.")
+    monthly_local_days: int = Field(default=0, description="Days a monthly backup stays on local disk.")
+    monthly_s3_days: int = Field(default=365, description="Days a monthly backup stays in the bucket.")
+    monthly_class: str = Field(default="GLACIER", description="S3 class of monthly backups (GLACIER_IR, "
+                                                               "GLACIER, DEEP_ARCHIVE).")
+    retrieval_tier: Literal["Expedited", "Standard", "Bulk"] = Field(
+        default="Standard", description="S3 restore-request tier for backups in an archive class.")
+    prices: dict[str, float] = Field(default_factory=dict, description="USD per GB-month by storage class "
+                                                                      "(weekly report); empty: list prices.")
+
+    def tier_policy(self):  # -> pgkeeper.retention.TierPolicy
+        from pgkeeper.retention import Tier, TierPolicy
+
+        daily_class = (self.s3_storage_class or "STANDARD").upper()
+        return TierPolicy(daily=Tier("daily", self.daily_local_days, self.daily_s3_days, daily_class),
+                          weekly=Tier("weekly", self.weekly_local_days, self.weekly_s3_days, self.weekly_class),
+                          monthly=Tier("monthly", self.monthly_local_days, self.monthly_s3_days,
+                                       self.monthly_class),
+                          min_count=self.retention_min_count)
+
     def local(self) -> LocalStorage:
         return LocalStorage(Path(self.path))
 

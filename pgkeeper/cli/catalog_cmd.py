@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"no backups in {storage.describe()}")
         return 0
     windows = recoverability(repo, backups, getattr(args, "s3", False))
+    tiers = tier_columns(repo, storage, backups, "s3" if getattr(args, "s3", False) else "local")
     rows = []
     for m in backups:
         drill = m.last_drill
@@ -51,12 +52,34 @@ def run(args: argparse.Namespace) -> int:
             human_bytes(m.size), f"{m.ratio:.1f}x" if m.ratio else "-", str(len(m.tables)),
             m.status, human_seconds(m.last_restore_seconds) if m.last_restore_seconds else "-",
             human_seconds(drill.rpo_seconds) if drill and drill.rpo_seconds is not None else "-",
-            windows.get(m.backup_id, "-"), ",".join(m.labels) or "-",
+            windows.get(m.backup_id, "-"), *tiers[m.backup_id], ",".join(m.labels) or "-",
         ])
     print_table(["ID", "FINISHED", "DATABASE", "KIND", "SIZE", "RATIO", "TABLES", "STATUS", "RTO", "RPO",
-                 "RECOVERABLE TO", "LABELS"], rows)
+                 "RECOVERABLE TO", "TIER", "CLASS", "READABLE", "LABELS"], rows)
     print(f"{len(backups)} backup(s) in {storage.describe()}")
     return 0
+
+
+def tier_columns(repo, storage, backups: list, source: str) -> dict[str, tuple[str, str, str]]:  # noqa: ANN001
+    """backup id -> (tier, storage class, readable now). The tier and class come from the manifest
+    (retention records them; manifests stay in a standard class), else from the tier policy; only
+    a backup in an archive class costs a HEAD per file to learn whether a restore made it readable."""
+    from pgkeeper.names import backup_id_time
+    from pgkeeper.retention import ARCHIVE_CLASSES, BackupRecord, plan_tiers
+
+    planned: dict[str, str] = {}
+    if repo.retention_tiers:
+        records = [BackupRecord(m.backup_id, backup_id_time(m.backup_id), True, m.status, f"{m.kind}/{m.database}")
+                   for m in backups]
+        planned = {d.backup_id: d.tier for d in plan_tiers(records, repo.tier_policy(), source,
+                                                           offsite=repo.has_offsite())}
+    default = "LOCAL" if source == "local" else (repo.s3_storage_class or "STANDARD").upper()
+    out = {}
+    for m in backups:
+        cls = (m.storage_class or default) if source == "s3" else "LOCAL"
+        readable = storage.archive_state(m.backup_id).describe() if cls in ARCHIVE_CLASSES else "yes"
+        out[m.backup_id] = (m.tier or planned.get(m.backup_id) or "-", cls, readable)
+    return out
 
 
 def recoverability(repo, backups: list, with_s3: bool) -> dict[str, str]:  # noqa: ANN001

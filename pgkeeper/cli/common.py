@@ -24,6 +24,19 @@ def add_repository_args(p: argparse.ArgumentParser) -> None:
                    help="name of a saved pgkeeper-backup-repository block (default pgkeeper-repo)")
 
 
+def add_archive_args(p: argparse.ArgumentParser) -> None:
+    """Reading a backup that retention tiers moved to an S3 archive class (GLACIER, DEEP_ARCHIVE)."""
+    g = p.add_argument_group("archived backups (S3 GLACIER / DEEP_ARCHIVE)")
+    g.add_argument("--wait-for-archive", action="store_true",
+                   help="wait for S3's restore request (with progress) instead of stopping with when to come back")
+    g.add_argument("--retrieval-tier", choices=["Expedited", "Standard", "Bulk"], default=None,
+                   help="restore request tier (default: the repository's, S3_RETRIEVAL_TIER)")
+
+
+def archive_params(args: argparse.Namespace) -> dict[str, Any]:
+    return {"wait_for_archive": args.wait_for_archive, "retrieval_tier": args.retrieval_tier}
+
+
 def connection_params(args: argparse.Namespace) -> dict[str, Any]:
     from pgkeeper.config import DEFAULT_CONNECTION_BLOCK
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pgkeeper.cli.common import add_repository_args, repository_params
+from pgkeeper.cli.common import add_archive_args, add_repository_args, archive_params, repository_params
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep-archiving", action="store_true",
                    help="leave archive_mode as in the backup (default: off, so the copy does not write into "
                         "the original's archive)")
+    add_archive_args(p)
     p.add_argument("--timeout", type=int, default=3600, help="seconds to wait for recovery")
     p.add_argument("--system-identifier", help="the cluster to recover (default: the one the WAL archive belongs to)")
     add_repository_args(p)
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     r = pitr(data_dir=args.data_dir, port=args.port, target_time=args.target_time, target_lsn=args.target_lsn,
              target_name=args.target_name, latest=args.latest, source=args.source, wal_config=args.wal_config,
              keep_archiving=args.keep_archiving, timeout_seconds=args.timeout,
-             system_identifier=args.system_identifier, **repository_params(args))
+             system_identifier=args.system_identifier, **repository_params(args), **archive_params(args))
     print(f"recovered cluster {r.system_identifier} into {r.data_dir} from {r.backup_id} to {r.target}: "
           f"PostgreSQL is running on port {r.port}, "
           f"promoted (timeline {r.timeline}); {r.reached}")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pgkeeper.cli.common import add_connection_args, add_repository_args, connection_params, repository_params
+from pgkeeper.cli.common import (
+    add_archive_args,
+    add_connection_args,
+    add_repository_args,
+    archive_params,
+    connection_params,
+    repository_params,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="leave out owners and GRANTs: everything is owned by the database's owner role, and "
                         "what the backup revoked from PUBLIC stays revoked (default: owners and GRANTs as they were)")
     p.add_argument("--keep-ownership", action="store_true", help=argparse.SUPPRESS)  # the default now
+    add_archive_args(p)
     p.add_argument("--create-roles", action="store_true",
                    help="create the roles the backup needs that this server lacks, from the backup "
                         "(existing roles are never changed)")
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                          safety_backup=not args.no_safety_backup, keep_old=not args.drop_old,
                          keep_old_hours=args.keep_old_hours, keep_ownership=args.keep_ownership,
                          create_roles=args.create_roles, jobs=args.jobs, plan=plan,
-                         **conn_params, **repo_params)
+                         **conn_params, **repo_params, **archive_params(args))
     print(f"restored {report.backup_id} into {report.target}: "
           f"{contents(len(report.tables), report.objects.get('indexes', 0), sum(report.tables.values()))}, "
           f"content proven against the backup; RTO {human_seconds(report.rto_seconds)}")

@@ -6,7 +6,14 @@ import argparse
 import os
 import sys
 
-from pgkeeper.cli.common import add_connection_args, add_repository_args, connection_params, repository_params
+from pgkeeper.cli.common import (
+    add_archive_args,
+    add_connection_args,
+    add_repository_args,
+    archive_params,
+    connection_params,
+    repository_params,
+)
 
 
 def _env_flag(name: str, default: bool) -> bool:
@@ -28,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="verify the copy in S3 instead of the local one")
     p.add_argument("--scratch-connection-block", default=None,
                    help="restore into this server (a connection block) instead of the source server")
+    add_archive_args(p)
     p.add_argument("--jobs", "-j", type=int, default=2, help="pg_restore parallel jobs (default 2)")
     p.add_argument("--max-age-hours", type=float, default=float(os.environ.get("MAX_BACKUP_AGE_HOURS", 26)),
                    help="the newest backup must be younger than this (default 26, MAX_BACKUP_AGE_HOURS)")
@@ -48,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         report = verify(backup=args.backup, restore=args.restore, source=args.source,
                         scratch_connection_block=args.scratch_connection_block, jobs=args.jobs,
                         max_age_hours=args.max_age_hours, anomaly_threshold=args.anomaly_threshold,
-                        **params)
+                        **params, **archive_params(args))
     except VerificationFailed as exc:
         if exc.report is None:
             raise

@@ -7,12 +7,14 @@ promotion → report. The original cluster is never touched.
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 from prefect import flow
 
 from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
 from pgkeeper.runinfo import name_from_parameters
 from pgkeeper.sentry import report_failure
+from pgkeeper.tasks.archive import make_readable
 from pgkeeper.tasks.recovery import (
     RecoveryResult,
     archive_cluster,
@@ -46,6 +48,9 @@ def pitr(
     keep_archiving: bool = False,
     timeout_seconds: int = 3600,
     system_identifier: str | None = None,
+    wait_for_archive: bool = False,
+    retrieval_tier: Literal["Expedited", "Standard", "Bulk"] | None = None,
+    archive_poll_seconds: float = 60.0,
 ) -> RecoveryResult:
     """Recover to `target_time` (or an LSN, a restore point, or the latest archived WAL) into
     `data_dir`, start PostgreSQL there on `port`, and leave it running and promoted.
@@ -64,6 +69,9 @@ def pitr(
 
     cluster = archive_cluster(walcfg, system_identifier)
     manifest = choose_base_backup(repo, source, target, cluster)
+    if source == "s3":  # an archived base backup (a monthly) needs a restore request first
+        make_readable(repo.storage("s3"), manifest.backup_id, retrieval_tier or repo.retrieval_tier,
+                      wait_for_archive, archive_poll_seconds)
     restore_base_backup(repo, source, manifest, data_dir)
     try:
         configure_recovery(data_dir, walcfg, target, port, keep_archiving)

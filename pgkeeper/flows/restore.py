@@ -18,6 +18,7 @@ from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, 
 from pgkeeper.flows.backup import backup as backup_flow
 from pgkeeper.runinfo import completed, database_tag, describe_run, name_from_parameters
 from pgkeeper.sentry import report_failure
+from pgkeeper.tasks.archive import make_readable
 from pgkeeper.tasks.confirm import leave_expired_pause
 from pgkeeper.tasks.notify import mail_restore_done, mail_restore_not_confirmed
 from pgkeeper.tasks.restore_confirmation import (
@@ -73,6 +74,9 @@ def restore(
     port: int | None = None,
     user: str | None = None,
     backup_dir: str | None = None,
+    wait_for_archive: bool = False,
+    retrieval_tier: Literal["Expedited", "Standard", "Bulk"] | None = None,
+    archive_poll_seconds: float = 60.0,
 ) -> RestoreReport | State:
     """Restore a backup into a database without risking the one that is there.
 
@@ -113,6 +117,10 @@ def restore(
         port: override the connection's port.
         user: override the connection's role.
         backup_dir: override the repository's local directory.
+        wait_for_archive: a backup in an S3 archive class (GLACIER, DEEP_ARCHIVE) gets a restore
+            request; True waits for it with progress (polling every `archive_poll_seconds`), False
+            stops with one line saying when to come back (a later run finds the request under way).
+        retrieval_tier: the restore request's tier (default: the repository's retrieval_tier).
     """
     logger = get_run_logger()
     started = time.monotonic()
@@ -122,6 +130,9 @@ def restore(
     expire_old_copies(conn)
     plan = resolve_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles, plan)
     describe_run(f"restore {plan.target} ← {plan.backup_id}", [database_tag(plan.target), "restore"])
+    if plan.source == "s3":  # before anything is touched: an archived backup may take hours
+        make_readable(repo.storage("s3"), plan.backup_id, retrieval_tier or repo.retrieval_tier, wait_for_archive,
+                      archive_poll_seconds)
     # From here on every failure ends with one line saying what state the target is in.
     work_file = None
     shadow_started = False

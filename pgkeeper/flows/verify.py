@@ -7,7 +7,7 @@ resolve → fetch (test 1) → format (test 2) → restore drill (test 3) → da
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -20,6 +20,7 @@ from pgkeeper.events import backup_verified
 from pgkeeper.names import LATEST, parse_backup_ref
 from pgkeeper.runinfo import completed, database_tag, describe_run, name_from_parameters
 from pgkeeper.sentry import report_failure
+from pgkeeper.tasks.archive import make_readable
 from pgkeeper.tasks.catalog_artifact import publish_catalog
 from pgkeeper.tasks.drill import (
     drop_scratch_after_run,
@@ -70,6 +71,9 @@ def verify(
     history: int = 10,
     work_dir: str | None = None,
     restore_timeout_seconds: float = 6 * 3600,
+    wait_for_archive: bool = False,
+    retrieval_tier: Literal["Expedited", "Standard", "Bulk"] | None = None,
+    archive_poll_seconds: float = 60.0,
 ) -> VerifyReport | State:
     """Prove a backup ('latest', an id, or an old file name) by restoring it into a scratch database.
 
@@ -86,6 +90,9 @@ def verify(
     target = catalog.target
     describe_run(f"verify {target.database} {target.backup_id}", [database_tag(target.database), "verify"])
     log.info("verifying %s of %s from %s", target.backup_id, target.database, source)
+    if source == "s3":  # an archived backup (GLACIER, DEEP_ARCHIVE) needs a restore request first
+        make_readable(repo.storage("s3"), target.backup_id, retrieval_tier or repo.retrieval_tier, wait_for_archive,
+                      archive_poll_seconds)
     checks: list[CheckResult] = []
 
     def check(number: int, step: Callable[..., T], *args: Any) -> T | None:

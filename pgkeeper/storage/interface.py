@@ -14,6 +14,7 @@ removes it once its writer is gone.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from datetime import datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
 
@@ -29,6 +30,27 @@ def check_file_name(name: str) -> str:
     if not name or "/" in name or name.startswith("."):
         raise RepositoryError(f"bad file name in manifest: {name!r}")
     return name
+
+
+class ArchiveState:
+    """Where a backup's data objects sit and whether they can be read now (S3 archive classes
+    need a restore request first; a disk is always readable)."""
+
+    def __init__(self, storage_class: str, readable: bool = True, restoring: bool = False,
+                 ready_until: datetime | None = None) -> None:
+        self.storage_class = storage_class
+        self.readable = readable
+        self.restoring = restoring  # a restore request is under way
+        self.ready_until = ready_until  # a restored copy is readable until then
+
+    def describe(self) -> str:
+        if self.restoring:
+            return "no: restore under way"
+        if not self.readable:
+            return "no: needs a restore request"
+        if self.ready_until is not None:
+            return f"yes, until {self.ready_until:%Y-%m-%d %H:%M} UTC"
+        return "yes"
 
 
 class StoreWriter(Protocol):
@@ -113,6 +135,18 @@ class Storage(Protocol):
     def clear_partial_writes(self, stale_after_s: float) -> int:
         """Remove what interrupted writes left outside backups (unfinished multipart uploads,
         scratch directories of dead processes) older than the limit; how many."""
+
+    # -- storage classes (retention tiers) -------------------------------------------------
+
+    def archive_state(self, backup_id: str) -> ArchiveState:
+        """The storage class of the backup's data files and whether they can be read now."""
+
+    def set_storage_class(self, backup_id: str, storage_class: str) -> int:
+        """Move the backup's data files (never its manifest, which listing reads) to a storage
+        class; how many objects moved. A disk has no classes: 0."""
+
+    def request_restore(self, backup_id: str, days: int, retrieval_tier: str) -> ArchiveState:
+        """Ask for a readable copy of archived data files for `days` (no-op when readable)."""
 
     # -- records beside the backups (the restore log) -----------------------------------------
 

@@ -23,7 +23,7 @@ from pgkeeper.liveness import claim_dir, clear_dead_dirs
 from pgkeeper.manifest import StoredFile
 from pgkeeper.names import is_backup_id
 from pgkeeper.storage.atomic import atomic_file, atomic_write_bytes, fsync_dir
-from pgkeeper.storage.interface import MANIFEST, DriverBase, Storage, check_file_name, check_record_name
+from pgkeeper.storage.interface import MANIFEST, ArchiveState, DriverBase, Storage, check_file_name, check_record_name
 from pgkeeper.storage.streams import CHUNK, HashingReader, HashingWriter, check_digest, sha256_of
 
 IN_PROGRESS = ".in-progress"
@@ -179,6 +179,16 @@ class LocalStorage(DriverBase):
                 continue
             found.append(p.name)
         return sorted(found)
+
+    # A disk has no storage classes: every backup is readable now and nothing moves.
+    def archive_state(self, backup_id: str) -> ArchiveState:
+        return ArchiveState("LOCAL")
+
+    def set_storage_class(self, backup_id: str, storage_class: str) -> int:
+        return 0
+
+    def request_restore(self, backup_id: str, days: int, retrieval_tier: str) -> ArchiveState:
+        return ArchiveState("LOCAL")
 
     def write_record(self, folder: str, name: str, data: bytes) -> str:
         path = self.root / check_record_name(folder, name)

@@ -15,7 +15,7 @@ from typing import BinaryIO
 from pgkeeper.errors import NotFound, RepositoryError
 from pgkeeper.manifest import StoredFile
 from pgkeeper.names import is_backup_id
-from pgkeeper.storage.interface import MANIFEST, DriverBase, Storage, check_file_name, check_record_name
+from pgkeeper.storage.interface import MANIFEST, ArchiveState, DriverBase, Storage, check_file_name, check_record_name
 from pgkeeper.storage.streams import CHUNK, HashingReader, HashingWriter, check_digest
 
 
@@ -26,6 +26,11 @@ class MemoryStorage(DriverBase):
         self.backups: dict[str, dict[str, bytes]] = {}
         self.claimed_at: dict[str, float] = {}
         self.records: dict[str, bytes] = {}
+        # Storage classes as a bucket would have them, to test tiers without one: backup id ->
+        # class; a restore request becomes readable `restore_delay_s` after it is made.
+        self.classes: dict[str, str] = {}
+        self.restore_ready_at: dict[str, float] = {}
+        self.restore_delay_s = 0.0
 
     def describe(self) -> str:
         return f"memory://{self.name}"
@@ -93,6 +98,7 @@ class MemoryStorage(DriverBase):
         self.backups.pop(backup_id, None)
 
     def open_file(self, backup_id: str, name: str) -> BinaryIO:
+        self.open_file_checked(backup_id, name)
         try:
             return io.BytesIO(self._files(backup_id)[check_file_name(name)])
         except KeyError:
@@ -104,11 +110,42 @@ class MemoryStorage(DriverBase):
 
     def delete_backup(self, backup_id: str) -> None:
         self.backups.pop(backup_id, None)
+        self.classes.pop(backup_id, None)
 
     def incomplete_backups(self, stale_after_s: float = 2 * 86400) -> list[str]:
         cutoff = time.time() - stale_after_s
         return sorted(i for i, files in self.backups.items()
                       if MANIFEST not in files and (stale_after_s <= 0 or self.claimed_at.get(i, 0) < cutoff))
+
+    def archive_state(self, backup_id: str) -> ArchiveState:
+        from pgkeeper.retention import ARCHIVE_CLASSES
+
+        self._files(backup_id)
+        cls = self.classes.get(backup_id, "STANDARD")
+        if cls not in ARCHIVE_CLASSES:
+            return ArchiveState(cls)
+        ready = self.restore_ready_at.get(backup_id)
+        if ready is None:
+            return ArchiveState(cls, readable=False)
+        if ready > time.time():
+            return ArchiveState(cls, readable=False, restoring=True)
+        return ArchiveState(cls, readable=True)
+
+    def set_storage_class(self, backup_id: str, storage_class: str) -> int:
+        files = self._files(backup_id)
+        self.classes[backup_id] = storage_class
+        return len([n for n in files if n != MANIFEST])
+
+    def request_restore(self, backup_id: str, days: int, retrieval_tier: str) -> ArchiveState:
+        state = self.archive_state(backup_id)
+        if not state.readable and not state.restoring:
+            self.restore_ready_at[backup_id] = time.time() + self.restore_delay_s
+        return self.archive_state(backup_id)
+
+    def open_file_checked(self, backup_id: str, name: str) -> None:
+        if name != MANIFEST and not self.archive_state(backup_id).readable:
+            raise RepositoryError(f"{backup_id}/{name} is archived ({self.classes[backup_id]}): "
+                                  "it needs a restore request first")
 
     def write_record(self, folder: str, name: str, data: bytes) -> str:
         rel = check_record_name(folder, name)

@@ -16,6 +16,7 @@ of a bare boto3 upload (see benchmarks/upload.py); the strong link to the manife
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -33,7 +34,7 @@ from pgkeeper.errors import IntegrityError, NotFound, RepositoryError
 from pgkeeper.manifest import StoredFile
 from pgkeeper.names import is_backup_id
 from pgkeeper.settings import S3Target
-from pgkeeper.storage.interface import MANIFEST, DriverBase, Storage, check_file_name, check_record_name
+from pgkeeper.storage.interface import MANIFEST, ArchiveState, DriverBase, Storage, check_file_name, check_record_name
 from pgkeeper.storage.s3core import Bucket, MiB, put_args, s3_errors
 from pgkeeper.storage.streams import CHUNK, HashingReader, HashingWriter, check_digest, sha256_of
 
@@ -269,6 +270,61 @@ class S3Storage(DriverBase):
 
     def server_side_encryption(self, backup_id: str, name: str) -> str | None:
         return self.bucket.head(self.object_name(backup_id, name)).get("ServerSideEncryption")
+
+    # -- storage classes (retention tiers) -------------------------------------------------
+
+    def _data_objects(self, backup_id: str) -> list[str]:
+        return [o.name for o in self.list_objects(f"backups/{backup_id}/")
+                if _backup_of(o.name) and not o.name.endswith("/" + MANIFEST)]
+
+    def archive_state(self, backup_id: str) -> ArchiveState:
+        """From each data object's HEAD: its class and its `Restore` header
+        (ongoing-request="true" | "false", expiry-date="...")."""
+        from email.utils import parsedate_to_datetime
+
+        from pgkeeper.retention import ARCHIVE_CLASSES
+
+        classes, readable, restoring, until = set(), True, False, None
+        for rel in self._data_objects(backup_id):
+            head = self.bucket.head(rel)
+            cls = head.get("StorageClass") or "STANDARD"
+            classes.add(cls)
+            if cls not in ARCHIVE_CLASSES:
+                continue
+            restore = head.get("Restore") or ""
+            if 'ongoing-request="false"' in restore:
+                expiry = restore.partition('expiry-date="')[2].rstrip('"')
+                with contextlib.suppress(TypeError, ValueError):  # unparsable: expiry unknown
+                    at = parsedate_to_datetime(expiry)
+                    until = at if until is None or at < until else until
+                continue
+            readable = False
+            restoring = restoring or 'ongoing-request="true"' in restore
+        # Several classes (a move interrupted half-way): the most archived one decides.
+        from pgkeeper.retention import class_rank
+
+        cls = max(classes, key=class_rank) if classes else "STANDARD"
+        return ArchiveState(cls, readable=readable, restoring=restoring and not readable,
+                            ready_until=until if readable else None)
+
+    def set_storage_class(self, backup_id: str, storage_class: str) -> int:
+        moved = 0
+        for rel in self._data_objects(backup_id):
+            # An object already there (a move interrupted half-way, run again) is left alone: an
+            # archived one could not even be copied.
+            if (self.bucket.head(rel).get("StorageClass") or "STANDARD") != storage_class:
+                self.bucket.copy_to_class(rel, storage_class)
+                moved += 1
+        return moved
+
+    def request_restore(self, backup_id: str, days: int, retrieval_tier: str) -> ArchiveState:
+        from pgkeeper.retention import ARCHIVE_CLASSES
+
+        for rel in self._data_objects(backup_id):
+            head = self.bucket.head(rel)
+            if (head.get("StorageClass") or "STANDARD") in ARCHIVE_CLASSES and not head.get("Restore"):
+                self.bucket.restore(rel, days, retrieval_tier)
+        return self.archive_state(backup_id)
 
     # -- removing -------------------------------------------------------------------------
 

@@ -170,6 +170,27 @@ class Bucket:
                 return self.client.head_object(Bucket=self.name, Key=self.key(rel), ChecksumMode="ENABLED")
             return self.client.head_object(Bucket=self.name, Key=self.key(rel))
 
+    def copy_to_class(self, rel: str, storage_class: str) -> None:
+        """Rewrite an object onto itself in another storage class, server-side (no bytes pass
+        through here); the transfer manager copies objects over 5 GB in parts."""
+        args: dict[str, Any] = {k: v for k, v in put_args(self.target).items() if k != "StorageClass"}
+        args.update(StorageClass=storage_class, MetadataDirective="COPY")
+        key = self.key(rel)
+        with s3_errors(f"moving {self.url(rel)} to {storage_class}"):
+            self.client.copy({"Bucket": self.name, "Key": key}, self.name, key, ExtraArgs=args)
+
+    def restore(self, rel: str, days: int, retrieval_tier: str) -> None:
+        """Ask S3 for a readable copy of an archived object; one already under way is not an error."""
+        from botocore.exceptions import ClientError
+
+        with s3_errors(f"requesting a restore of {self.url(rel)}"):
+            try:
+                self.client.restore_object(Bucket=self.name, Key=self.key(rel), RestoreRequest={
+                    "Days": days, "GlacierJobParameters": {"Tier": retrieval_tier}})
+            except ClientError as exc:
+                if error_code(exc) != "RestoreAlreadyInProgress":
+                    raise
+
     def delete(self, rels: list[str]) -> None:
         for i in range(0, len(rels), 1000):  # DeleteObjects takes at most 1000 keys
             batch = [{"Key": self.key(n)} for n in rels[i:i + 1000]]

@@ -91,7 +91,16 @@ def backups_missing_offsite(repo: BackupRepository) -> list[tuple[str, str]]:
     from pgkeeper.catalog import list_backups
 
     offsite = set(repo.storage("s3").list_backup_ids())  # one listing: ids whose manifest is in the bucket
-    return [(m.backup_id, m.database) for m in list_backups(repo.storage("local")) if m.backup_id not in offsite]
+    missing = [(m.backup_id, m.database) for m in list_backups(repo.storage("local")) if m.backup_id not in offsite]
+    if repo.retention_tiers and missing:
+        # One the bucket's tiers have expired (a longer local window) is not uploaded again.
+        from pgkeeper.retention import plan_tiers
+        from pgkeeper.tasks.retention import backup_records
+
+        wanted = {d.backup_id for d in plan_tiers(backup_records(repo.storage("local"))[0], repo.tier_policy(), "s3")
+                  if d.keep}
+        missing = [x for x in missing if x[0] in wanted]
+    return missing
 
 
 @task(name="fetch-offsite", cache_policy=NO_CACHE, **RETRYABLE)

@@ -200,6 +200,13 @@ def expire_archived_wal(repo: Any, dry_run: bool = False) -> str:
     kept = [m for m in list_backups(repo.storage()) if m.kind == "physical"]
     if repo.offsite is not None:
         kept += [m for m in list_backups(repo.storage("s3")) if m.kind == "physical"]
-    result = expire_wal(repo, kept, dry_run)
+    pitr_from = None
+    if repo.retention_tiers and kept:
+        from datetime import timedelta
+
+        # Point-in-time recovery over the daily window; older kept tiers keep their own WAL.
+        window = max(repo.daily_local_days, repo.daily_s3_days if repo.offsite is not None else 0)
+        pitr_from = max(m.finished_at for m in kept) - timedelta(days=window)
+    result = expire_wal(repo, kept, dry_run, pitr_from)
     get_run_logger().info("WAL retention: %s", result.summary())
     return result.summary()

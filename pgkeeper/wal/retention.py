@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pgkeeper.wal.naming import DEFAULT_SEGMENT_SIZE, lsn_segment, segment_name, segment_position
@@ -50,18 +51,46 @@ def cutoff_segment(kept_physical: Iterable[Any]) -> tuple[int, str] | None:
     return best
 
 
-def expendable(name: str, cutoff: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> bool:
+def expendable(name: str, cutoff: int, segment_size: int = DEFAULT_SEGMENT_SIZE,
+               ranges: Iterable[tuple[int, int]] = ()) -> bool:
+    """Below the cutoff and inside no kept range (a base backup's own start..stop segments)."""
     pos = segment_position(name, segment_size)
-    return pos is not None and pos[1] < cutoff  # history files have no position: never expendable
+    if pos is None:  # history files have no position: never expendable
+        return False
+    return pos[1] < cutoff and not any(lo <= pos[1] <= hi for lo, hi in ranges)
 
 
-def expire_wal(repo: Any, kept_physical_manifests: list[Any], dry_run: bool = False) -> WalExpiry:
-    """Remove WAL older than the oldest kept base backup's start from the spool and the bucket.
+def tiered_needs(kept_physical: Iterable[Any], pitr_from: datetime) -> tuple[tuple[int, str] | None,
+                                                                              list[tuple[int, int]]]:
+    """With retention tiers, WAL follows them: every segment from the oldest base backup finished
+    since `pitr_from` (point-in-time recovery over that window), and for each older kept base
+    backup (a weekly, a monthly) only the segments from its start to its stop, which make it
+    consistent. One without a stop position keeps everything from its start (the safe side)."""
+    recent, ranges = [], []
+    for m in kept_physical:
+        if getattr(m, "kind", None) != "physical" or not m.start_lsn:
+            continue
+        size = m.wal_segment_size or DEFAULT_SEGMENT_SIZE
+        if m.finished_at >= pitr_from or not m.stop_lsn:
+            recent.append(m)
+        else:
+            ranges.append((lsn_segment(m.start_lsn, size), lsn_segment(m.stop_lsn, size)))
+    return cutoff_segment(recent), ranges
+
+
+def expire_wal(repo: Any, kept_physical_manifests: list[Any], dry_run: bool = False,
+               pitr_from: datetime | None = None) -> WalExpiry:
+    """Remove WAL older than the oldest kept base backup's start from the spool and the bucket;
+    with `pitr_from` (retention tiers), older kept base backups keep only their own segments.
 
     `repo` is a BackupRepository (its path's wal/ spool and its offsite bucket)."""
     from pgkeeper.wal.setup import config_from_repository
 
-    found = cutoff_segment(kept_physical_manifests)
+    ranges: list[tuple[int, int]] = []
+    if pitr_from is None:
+        found = cutoff_segment(kept_physical_manifests)
+    else:
+        found, ranges = tiered_needs(kept_physical_manifests, pitr_from)
     if found is None:
         return WalExpiry(keep_from=None, dry_run=dry_run)
     cutoff, keep_from = found
@@ -71,19 +100,19 @@ def expire_wal(repo: Any, kept_physical_manifests: list[Any], dry_run: bool = Fa
     cfg = config_from_repository(repo)
     local = LocalWalStore(cfg.spool)
     for obj in list(local.objects()):
-        if expendable(obj.name, cutoff, size):
+        if expendable(obj.name, cutoff, size, ranges):
             result.removed_local.append(obj.name)
             if not dry_run:
                 local.remove(obj)
     if not dry_run:
         for name, _sha, entry in list(local.ledger()):  # shipped-WAL ledger entries go with their WAL
-            if expendable(name, cutoff, size):
+            if expendable(name, cutoff, size, ranges):
                 entry.unlink(missing_ok=True)
     if cfg.s3 is not None:
         from pgkeeper.wal.s3 import S3WalStore
 
         remote = S3WalStore(cfg.s3)
-        doomed = [(name, rel) for name, _sha, rel in remote.objects() if expendable(name, cutoff, size)]
+        doomed = [(name, rel) for name, _sha, rel in remote.objects() if expendable(name, cutoff, size, ranges)]
         result.removed_s3 = [name for name, _ in doomed]
         if doomed and not dry_run:
             remote.delete([rel for _, rel in doomed])
