@@ -144,11 +144,12 @@ def api_call(api: str, method: str, path: str, body: dict | None = None):  # noq
 
     import httpx
 
-    token = base64.b64encode(CREDENTIALS[api].encode()).decode()
+    # pgkeeper's own (locked) server wants its credential; a plain `prefect server start` none.
+    headers = {"Authorization": "Basic " + base64.b64encode(CREDENTIALS[api].encode()).decode()} \
+        if api in CREDENTIALS else {}
     # The server answers 503 while its SQLite database is busy; Prefect's own client retries those.
     for attempt in range(6):
-        response = httpx.request(method, f"{api}{path}", json=body, timeout=30,
-                                 headers={"Authorization": f"Basic {token}"})
+        response = httpx.request(method, f"{api}{path}", json=body, timeout=30, headers=headers)
         if response.status_code not in (429, 503):
             break
         time.sleep(0.5 * 2**attempt)
