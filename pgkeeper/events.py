@@ -23,6 +23,10 @@ WAL_SHIPPED = "pgkeeper.wal.shipped"
 RESOURCE_PREFIX = "pgkeeper.database."
 # The automation `pgkeeper setup` creates on BACKUP_COMPLETED; while it exists, it notifies.
 SUCCESS_AUTOMATION = "pgkeeper: notify on completed backup"
+WEEKLY_REPORT = "pgkeeper.report.weekly"
+REPORT_RESOURCE = "pgkeeper.report.weekly"
+# The automation `pgkeeper setup` creates on WEEKLY_REPORT: the report on every channel.
+REPORT_AUTOMATION = "pgkeeper: send the weekly report"
 
 
 def database_resource(database: str, **labels: str) -> dict[str, str]:
@@ -40,6 +44,19 @@ def emit(event: str, database: str, payload: dict[str, Any], **labels: str) -> b
                           payload={k: v for k, v in payload.items() if v is not None}) is not None
     except Exception as exc:  # an API hiccup must not turn a good backup into a failed run
         get_logger("pgkeeper").warning("could not emit %s: %s", event, type(exc).__name__)
+        return False
+
+
+def weekly_report(subject: str, body: str, figures: dict[str, Any] | None = None) -> bool:
+    """The weekly report as an event; the report automation sends subject and body as they are."""
+    from prefect.events import emit_event
+    from prefect.logging import get_logger
+
+    try:
+        return emit_event(event=WEEKLY_REPORT, resource={"prefect.resource.id": REPORT_RESOURCE},
+                          payload={"subject": subject, "message": body, **(figures or {})}) is not None
+    except Exception as exc:
+        get_logger("pgkeeper").warning("could not emit %s: %s", WEEKLY_REPORT, type(exc).__name__)
         return False
 
 

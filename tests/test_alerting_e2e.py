@@ -198,6 +198,20 @@ def test_completed_backup_starts_verify_with_its_id_and_notifies_every_channel(o
     ops.worker_stopped = time.monotonic()
 
 
+def test_weekly_report_goes_to_every_channel(ops: Ops) -> None:
+    """The report flow emits its event; setup's report automation sends it to mail and webhook."""
+    script = "from pgkeeper.flows.weekly_report import weekly_report; print('SUBJECT', weekly_report())"
+    result = subprocess.run([sys.executable, "-c", script], env=ops.env, cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    subject = [ln for ln in result.stdout.splitlines() if ln.startswith("SUBJECT ")][-1].removeprefix("SUBJECT ")
+    assert subject.startswith("weekly report ")
+    mail = wait_for(lambda: [x for x in ops.mails if x["Subject"] == subject], 60, "the weekly report mail")
+    assert len(mail) == 1 and ops.db in mail[0].get_content()
+    post = wait_for(lambda: posts_about(ops.posts, subject), 30, "the weekly report webhook")
+    assert ops.db in post[0]["json"]["body"]
+
+
 def test_failed_command_line_backup_is_mailed_and_posted(ops: Ops) -> None:
     result = run_cli("backup", "--port", str(free_port()), env=ops.env)
     assert result.returncode == 4, result.stdout + result.stderr  # the server is unreachable

@@ -26,7 +26,16 @@ from prefect.events.schemas.automations import Posture
 
 from pgkeeper.deployments.automations import notify_actions
 from pgkeeper.errors import ExitCode, PgkeeperError
-from pgkeeper.events import BACKUP_COMPLETED, BACKUP_VERIFIED, RESOURCE_PREFIX, SUCCESS_AUTOMATION, WAL_SHIPPED
+from pgkeeper.events import (
+    BACKUP_COMPLETED,
+    BACKUP_VERIFIED,
+    REPORT_AUTOMATION,
+    REPORT_RESOURCE,
+    RESOURCE_PREFIX,
+    SUCCESS_AUTOMATION,
+    WAL_SHIPPED,
+    WEEKLY_REPORT,
+)
 from pgkeeper.fmt import human_seconds
 
 
@@ -64,6 +73,17 @@ def success_automation(block_ids: Sequence[UUID]) -> Automation:
         name=SUCCESS_AUTOMATION,
         description="Send the figures of every completed pgkeeper backup (the old scripts' success mail).",
         trigger=EventTrigger(expect={BACKUP_COMPLETED}, match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
+                             posture=Posture.Reactive, threshold=1, within=0),
+        actions=notify_actions(block_ids, "{{ event.payload.subject }}", "{{ event.payload.message }}"),
+    )
+
+
+def report_automation(block_ids: Sequence[UUID]) -> Automation:
+    """The weekly report on every channel, as the report flow wrote it into its event."""
+    return Automation(
+        name=REPORT_AUTOMATION,
+        description="Send pgkeeper's weekly backup report (the week at a glance) to every channel.",
+        trigger=EventTrigger(expect={WEEKLY_REPORT}, match={"prefect.resource.id": REPORT_RESOURCE},
                              posture=Posture.Reactive, threshold=1, within=0),
         actions=notify_actions(block_ids, "{{ event.payload.subject }}", "{{ event.payload.message }}"),
     )

@@ -65,9 +65,11 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
     """Apply the environment; returns (item, 'created'|'updated'|'unchanged'|'removed'|'off')."""
     from pgkeeper.blocks.repository import BackupRepository
     from pgkeeper.deployments.alerting import (
+        REPORT_AUTOMATION,
         SUCCESS_AUTOMATION,
         absence_automations,
         check_alert_environment,
+        report_automation,
         stale_absence_automations,
         success_automation,
         watched_databases,
@@ -149,10 +151,11 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
         note(f"automation {FAILURE_AUTOMATION!r}", apply_automation(failure_automation(channels)))
         note(f"automation {WARNING_AUTOMATION!r}", apply_automation(warning_automation(channels)))
         note(f"automation {SUCCESS_AUTOMATION!r}", apply_automation(success_automation(channels)))
+        note(f"automation {REPORT_AUTOMATION!r}", apply_automation(report_automation(channels)))
         for automation in wanted:
             note(f"automation {automation.name!r}", apply_automation(automation))
     else:
-        for name in (FAILURE_AUTOMATION, WARNING_AUTOMATION, SUCCESS_AUTOMATION):
+        for name in (FAILURE_AUTOMATION, WARNING_AUTOMATION, SUCCESS_AUTOMATION, REPORT_AUTOMATION):
             note(f"automation {name!r}", "removed" if remove_automation(name) else "off (ENABLE_EMAIL_ALERTS)")
     for stale in stale_absence_automations(wanted):
         note(f"automation {stale!r}", "removed" if remove_automation(stale) else "unchanged")

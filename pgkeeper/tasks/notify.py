@@ -85,14 +85,15 @@ def send_mail(notification: MailNotification, subject: str, body: str) -> None:
     notification.send(subject, body)
 
 
-def success_automation_exists() -> bool:
-    """Whether `pgkeeper setup` put the success automation on the server (it then notifies)."""
+def success_automation_exists(name: str | None = None) -> bool:
+    """Whether `pgkeeper setup` put this automation (default: the success one) on the server,
+    enabled: it then notifies every channel, and the flow does not mail itself."""
     from prefect.automations import Automation
 
     from pgkeeper.events import SUCCESS_AUTOMATION
 
     try:
-        return Automation.read(name=SUCCESS_AUTOMATION).enabled
+        return Automation.read(name=name or SUCCESS_AUTOMATION).enabled
     except Exception:  # not there (ValueError), or the API cannot say: the flow mails itself
         return False
 

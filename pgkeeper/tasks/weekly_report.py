@@ -92,10 +92,15 @@ def failed_runs(since: datetime, until: datetime) -> list[str]:
 
 
 def send_report(subject: str, body: str) -> bool:
-    """The one place the weekly report leaves by: the configured mail (pgkeeper-mail block or the
-    old scripts' variables). Whether it was sent; never raises (the artifact has the report)."""
-    from pgkeeper.tasks.notify import load_notification, send_mail
+    """The one place the weekly report leaves by: as an event that `pgkeeper setup`'s report
+    automation sends to every channel (mail, Slack, Teams, webhooks), or, without that
+    automation, straight to the configured mail. Whether it went; never raises (the artifact
+    has the report)."""
+    from pgkeeper.events import REPORT_AUTOMATION, weekly_report
+    from pgkeeper.tasks.notify import load_notification, send_mail, success_automation_exists
 
+    if success_automation_exists(REPORT_AUTOMATION):
+        return weekly_report(subject, body)
     notification = load_notification()
     if notification is None:
         get_run_logger().info("no mail configured: the report is the run's artifact only")
