@@ -7,7 +7,6 @@ promotion → report. The original cluster is never touched.
 from __future__ import annotations
 
 import time
-from typing import Literal
 
 from prefect import flow
 
@@ -49,7 +48,7 @@ def pitr(
     timeout_seconds: int = 3600,
     system_identifier: str | None = None,
     wait_for_archive: bool = False,
-    retrieval_tier: Literal["Expedited", "Standard", "Bulk"] | None = None,
+    retrieval_tier: str | None = None,  # Expedited, Standard or Bulk (checked by make_readable)
     archive_poll_seconds: float = 60.0,
 ) -> RecoveryResult:
     """Recover to `target_time` (or an LSN, a restore point, or the latest archived WAL) into

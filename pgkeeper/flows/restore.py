@@ -75,7 +75,7 @@ def restore(
     user: str | None = None,
     backup_dir: str | None = None,
     wait_for_archive: bool = False,
-    retrieval_tier: Literal["Expedited", "Standard", "Bulk"] | None = None,
+    retrieval_tier: str | None = None,  # Expedited, Standard or Bulk (checked by make_readable)
     archive_poll_seconds: float = 60.0,
 ) -> RestoreReport | State:
     """Restore a backup into a database without risking the one that is there.

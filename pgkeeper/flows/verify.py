@@ -7,7 +7,7 @@ resolve → fetch (test 1) → format (test 2) → restore drill (test 3) → da
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -72,7 +72,7 @@ def verify(
     work_dir: str | None = None,
     restore_timeout_seconds: float = 6 * 3600,
     wait_for_archive: bool = False,
-    retrieval_tier: Literal["Expedited", "Standard", "Bulk"] | None = None,
+    retrieval_tier: str | None = None,  # Expedited, Standard or Bulk (checked by make_readable)
     archive_poll_seconds: float = 60.0,
 ) -> VerifyReport | State:
     """Prove a backup ('latest', an id, or an old file name) by restoring it into a scratch database.

@@ -12,7 +12,7 @@ import logging
 import time
 from datetime import UTC, datetime, timedelta
 
-from pgkeeper.errors import NotReadableYet
+from pgkeeper.errors import BadName, NotReadableYet
 from pgkeeper.storage.interface import ArchiveState
 
 # How long AWS says a restore takes (upper ends), per class and retrieval tier.
@@ -23,6 +23,9 @@ ETA = {("GLACIER", "Expedited"): timedelta(minutes=5), ("GLACIER", "Standard"): 
 RESTORED_DAYS = 3
 
 
+RETRIEVAL_TIERS = ("Expedited", "Standard", "Bulk")
+
+
 def eta(storage_class: str, retrieval_tier: str) -> timedelta:
     # DEEP_ARCHIVE has no Expedited tier: S3 refuses it, Standard is the nearest.
     return ETA.get((storage_class, retrieval_tier)) or ETA.get((storage_class, "Standard")) or timedelta(hours=12)
@@ -31,6 +34,8 @@ def eta(storage_class: str, retrieval_tier: str) -> timedelta:
 def make_readable(storage, backup_id: str, retrieval_tier: str = "Standard", wait: bool = False,  # noqa: ANN001
                   poll_seconds: float = 60.0, wait_timeout_seconds: float | None = None) -> ArchiveState:
     """The backup's data files readable now, or NotReadableYet in one line (a restore requested)."""
+    if retrieval_tier not in RETRIEVAL_TIERS:
+        raise BadName(f"retrieval tier {retrieval_tier!r}: use {', '.join(RETRIEVAL_TIERS)}")
     log = _logger()
     state = storage.archive_state(backup_id)
     if state.readable:
