@@ -123,6 +123,10 @@ def service(service_env, module_smtp) -> Iterator[tuple[str, dict[str, str], lis
                                   stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   start_new_session=True)
         yield api, env, messages
+        # Runs the tests set off (verify/daily follows every completed backup) finish first:
+        # a worker stopped mid-run waits for it.
+        wait_for(lambda: not api_call(api, "POST", "/flow_runs/filter", {"flow_runs": {"state": {"type": {
+            "any_": ["RUNNING", "PENDING"]}}}}), 240, "the runs in flight")
         # Ctrl-C stops serve cleanly, and its worker with it.
         os.killpg(worker.pid, signal.SIGINT)
         assert worker.wait(60) == 0, (home / "worker.log").read_text()[-3000:]
