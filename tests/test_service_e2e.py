@@ -249,7 +249,7 @@ def test_service_end_to_end(service, service_env) -> None:
     #    mail, and a run log without tracebacks (the engine's CancelledRun is one line too).
     db = service_env["POSTGRES_DB"]
     unanswered = final_run(api, start_run(api, "restore/on-demand", {"confirm_timeout_seconds": 3})["id"])
-    assert unanswered["state"]["type"] == "CANCELLED", unanswered["state"]
+    assert unanswered["state"]["type"] == "CANCELLED", unanswered["state"]["message"]
     assert f"database {db} is unchanged" in unanswered["state"]["message"]
     assert unanswered["name"].startswith(f"restore {db} ← backup_")
     wait_for(lambda: [m for m in messages if f"restore of {db} not confirmed" in m["Subject"]], 30, "the notice")
