@@ -55,7 +55,7 @@ def record_verification(repo: BackupRepository, source: str, report: VerifyRepor
             manifest = Manifest.from_bytes(data)
             manifest.verifications.append(verification)
             storage.write_manifest(report.backup_id, manifest.to_bytes())
-            get_run_logger().info("verification recorded in %s/%s", storage.describe(), report.backup_id)
+            get_run_logger().info("verification recorded in %s", storage.location(report.backup_id))
             updated = updated or manifest
     assert updated is not None
     return updated
