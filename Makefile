@@ -29,7 +29,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check pgkeeper tests benchmarks
-	# Two workers, whole files each (a file's tests share clusters and servers): 13 min instead of 23.
+	# Two workers, whole files each (a file's tests share clusters and servers): ~23 min on 2 cores (2026-11-30).
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # Stops the demo's PostgreSQL and Prefect server, then asks whether to remove the demo directory
