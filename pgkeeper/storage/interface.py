@@ -187,9 +187,9 @@ class DriverBase:
 
     def open_plain(self, backup_id: str, file: StoredFile) -> BinaryIO:
         from pgkeeper.errors import RepositoryError
-        from pgkeeper.storage.streams import CheckedReader, HashingReader
+        from pgkeeper.storage.streams import CheckedReader
 
         label = f"{self.location(backup_id)}/{file.name}"
         if file.encryption:
             raise RepositoryError(f"{label} is encrypted: read it through the repository's storage()")
-        return CheckedReader(HashingReader(self.open_file(backup_id, file.name)), file, label)  # type: ignore[return-value]
+        return CheckedReader(self.open_file(backup_id, file.name), file, label)  # type: ignore[return-value]

@@ -19,7 +19,7 @@ from pgkeeper import sealing
 from pgkeeper.errors import IntegrityError
 from pgkeeper.manifest import StoredFile
 from pgkeeper.storage.interface import MANIFEST, Storage
-from pgkeeper.storage.streams import CHUNK, CheckedReader, HashingReader
+from pgkeeper.storage.streams import CHUNK, CheckedReader
 
 
 class KeySet:
@@ -113,7 +113,7 @@ class SealedStorage:
         """The file's plaintext (still compressed); the stored bytes are checked against the
         manifest's sha256 and size when the end is read (IntegrityError naming the file)."""
         label = f"{self.inner.location(backup_id)}/{file.name}"
-        checked = CheckedReader(HashingReader(self.inner.open_file(backup_id, file.name)), file, label)
+        checked = CheckedReader(self.inner.open_file(backup_id, file.name), file, label)
         if not file.encryption:
             return checked  # type: ignore[return-value]
         if file.encryption != sealing.AGE:

@@ -89,39 +89,18 @@ def sha256_of(stream: BinaryIO) -> tuple[str, int]:
     return reader.sha256, reader.size
 
 
-class CheckedReader:
-    """Reads through a HashingReader and, at the end, insists on the manifest's sha256 and size."""
+class CheckedReader(HashingReader):
+    """A HashingReader that, when the end is read, insists on the manifest's sha256 and size."""
 
-    def __init__(self, reader: HashingReader, file: Any, label: str) -> None:
-        self.reader = reader
+    def __init__(self, f: BinaryIO, file: Any, label: str) -> None:
+        super().__init__(f)
         self.file = file
         self.label = label
         self.checked = False
 
     def read(self, n: int = -1) -> bytes:
-        data = self.reader.read(n)
-        if not data or n < 0:
-            self._check()
-        return data
-
-    def readinto(self, b: Any) -> int:
-        data = self.read(len(b))
-        b[:len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def _check(self) -> None:
-        if not self.checked:
+        data = super().read(n)
+        if (not data or n < 0) and not self.checked:
             self.checked = True
-            check_digest(self.reader, self.file.size, self.file.sha256, self.label)
-
-    def close(self) -> None:
-        self.reader.close()
-
-    def __enter__(self) -> CheckedReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+            check_digest(self, self.file.size, self.file.sha256, self.label)
+        return data
