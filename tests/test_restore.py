@@ -214,6 +214,8 @@ def test_restore_from_s3_when_the_local_copy_is_gone(pg, crm_db, env, repo, s3_e
         monkeypatch.setenv(k, v)
     at_backup = table_fingerprints(pg.conninfo(crm_db))
     manifest = backup()
+    assert manifest.encryption == "age"  # offsite on: encrypted by default
+    original = plain_dump(pg, crm_db)
     shutil.rmtree(repo.path)  # the local disk is lost: only the bucket has it
     change_data(pg, crm_db)
     copy = crm_db + "_from_s3"
@@ -221,8 +223,20 @@ def test_restore_from_s3_when_the_local_copy_is_gone(pg, crm_db, env, repo, s3_e
         report = restore(manifest.backup_id, mode="new", target=copy, source="s3")
         assert report.source == "s3" and report.tables == manifest.tables
         assert table_fingerprints(pg.conninfo(copy)) == at_backup
+        assert plain_dump(pg, copy) == original  # PostgreSQL's own word: owners, grants, data
     finally:
         drop_database(pg, copy)
+
+
+def plain_dump(pg, db: str) -> str:
+    """pg_dump's SQL of `db`, without the per-run \\restrict key lines newer pg_dumps write."""
+    import subprocess
+
+    from pgkeeper import pgtools
+
+    out = subprocess.run([pgtools.tool("pg_dump"), "-w", db], env={**pg.libpq_env(db)}, check=True,
+                         capture_output=True, text=True).stdout
+    return "\n".join(ln for ln in out.splitlines() if not ln.startswith(("\\restrict", "\\unrestrict")))
 
 
 def database_grants(pg, name: str) -> set[tuple[str, str]]:
