@@ -77,6 +77,7 @@ def restore(
     wait_for_archive: bool = False,
     retrieval_tier: str | None = None,  # Expedited, Standard or Bulk (checked by make_readable)
     archive_poll_seconds: float = 60.0,
+    server: str | None = None,
 ) -> RestoreReport | State:
     """Restore a backup into a database without risking the one that is there.
 
@@ -121,6 +122,8 @@ def restore(
             request; True waits for it with progress (polling every `archive_poll_seconds`), False
             stops with one line saying when to come back (a later run finds the request under way).
         retrieval_tier: the restore request's tier (default: the repository's retrieval_tier).
+        server: whose backups `latest` means when several servers' backups share the database's
+            name (host:port, system identifier or server key). Default: the connection's server.
     """
     logger = get_run_logger()
     started = time.monotonic()
@@ -128,7 +131,7 @@ def restore(
     repo = load_repository(repository_block, path=backup_dir)
 
     expire_old_copies(conn)
-    plan = resolve_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles, plan)
+    plan = resolve_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles, plan, server)
     describe_run(f"restore {plan.target} ← {plan.backup_id}", [database_tag(plan.target), "restore"])
     if plan.source == "s3":  # before anything is touched: an archived backup may take hours
         make_readable(repo.storage("s3"), plan.backup_id, retrieval_tier or repo.retrieval_tier, wait_for_archive,
