@@ -85,7 +85,11 @@ def expire_unanswered(flow_run_id: str, message: str) -> bool:
     """End the suspended run `flow_run_id` Cancelled with `message` if nobody answered it; False
     when it was answered (or ended) in the meantime. Forced: the API would turn any way out of an
     expired pause into Failed, which mails a failure for a restore that changed nothing."""
+    import logging
+    from datetime import UTC, datetime
+
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import LogCreate
     from prefect.states import Cancelled
 
     with get_client(sync_client=True) as client:
@@ -93,4 +97,7 @@ def expire_unanswered(flow_run_id: str, message: str) -> bool:
         if run.state is None or not run.state.is_paused():
             return False
         client.set_flow_run_state(flow_run_id, Cancelled(message=message), force=True)  # type: ignore[arg-type]
+        # The line goes into the waiting run's own log too: that is where its reader looks.
+        client.create_logs([LogCreate(name="pgkeeper.restore", level=logging.WARNING, message=message,
+                                      timestamp=datetime.now(UTC), flow_run_id=run.id)])
     return True
