@@ -19,7 +19,7 @@ _ID = re.compile(r"^backup_(\d{8})_(\d{6})(?:_([a-z0-9][a-z0-9-]{0,120}))?$")
 _HOST_MAX = 63
 # The old shell scripts named files backup_YYYYMMDD_HHMMSS.sql.gz; pgkeeper's own data files
 # carry other suffixes. Any of them resolves to its backup.
-_FILE = re.compile(r"^(backup_\d{8}_\d{6})(\.[A-Za-z0-9]+){1,3}$")
+_FILE = re.compile(r"^(backup_\d{8}_\d{6}(?:_[a-z0-9][a-z0-9-]{0,120})?)(\.[A-Za-z0-9]+){1,3}$")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
 
 

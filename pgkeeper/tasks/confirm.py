@@ -44,11 +44,13 @@ PLAN_KEY = "pgkeeper-restore-plan"
 
 
 def can_suspend() -> bool:
-    """Whether this run may wait suspended: only a deployment's run can be started again."""
+    """Whether this run may wait suspended: only a deployment's run can be started again, and not
+    one started from inside another flow (Prefect refuses to suspend those: they pause as before)."""
     from prefect.context import FlowRunContext
 
     ctx = FlowRunContext.get()
-    return ctx is not None and ctx.flow_run is not None and ctx.flow_run.deployment_id is not None
+    run = ctx.flow_run if ctx is not None else None
+    return run is not None and run.deployment_id is not None and run.parent_task_run_id is None
 
 
 def approved_plan() -> dict | None:
