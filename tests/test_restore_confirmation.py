@@ -177,7 +177,7 @@ def test_the_wait_for_approval_holds_no_worker_and_restores_the_approved_plan(pg
         flow_id = client.create_flow_from_name("restore")
         deployment_id = client.create_deployment(flow_id=flow_id, name=f"suspend-{uuid.uuid4().hex[:6]}",
                                                  entrypoint="pgkeeper/flows/restore.py:restore", path=str(ROOT),
-                                                 work_pool_name=pool)
+                                                 work_pool_name=pool, job_variables={"working_dir": str(ROOT)})
     log = tmp_path / "worker.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type",
