@@ -8,9 +8,14 @@ with PREFECT__FLOW_RUN_ID, in a child process) against this session's API.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import uuid
 from pathlib import Path
+
+import pytest
 
 from tests.helpers import ROOT, run_cli, table_fingerprints
 from tests.test_restore import change_data, cleanup_copies, old_copies  # noqa: F401 (fixture)
@@ -149,81 +154,106 @@ def worker_children(pid: int) -> list[str]:
     return [c for c in found if c]
 
 
-def test_the_wait_for_approval_holds_no_worker_and_restores_the_approved_plan(pg, crm_db, pg_env, prefect_api,
-                                                                             cleanup_copies, tmp_path):  # noqa: F811
-    """A process worker runs a replace restore: while the form waits, no process exists for the
-    run (suspended, not paused); a newer backup made meanwhile is not what gets restored; the
-    answer posted to the API resumes it on the worker. A wait nobody answers ends Cancelled with
-    the target untouched."""
-    import uuid
-
-    import httpx
+@pytest.fixture(scope="module")
+def restore_worker(pg):  # noqa: ANN001, ANN201
+    """A process worker for a restore deployment of its own pool, on this session's API: the
+    connection comes from its environment, the database and repository from each run's parameters.
+    Yields (deployment id, worker process)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
+    from tests.conftest import PASSWORD
+    from tests.test_service_e2e import stop
+
+    pool = f"restore-pool-{uuid.uuid4().hex[:6]}"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        flow_id = client.create_flow_from_name("restore")
+        # The checkout as working directory: the worker runs the flow in place, no copy per run.
+        deployment_id = client.create_deployment(flow_id=flow_id, name=f"suspend-{uuid.uuid4().hex[:6]}",
+                                                 entrypoint="pgkeeper/flows/restore.py:restore", path=str(ROOT),
+                                                 work_pool_name=pool, job_variables={"working_dir": str(ROOT)})
+    log = Path(tempfile.mkdtemp(prefix="pgkeeper-restore-worker-")) / "worker.log"
+    env = {**os.environ, "POSTGRES_HOST": pg.host, "POSTGRES_PORT": str(pg.port), "POSTGRES_USER": "postgres",
+           "POSTGRES_PASSWORD": PASSWORD, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
+    with open(log, "wb") as out:
+        worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type",
+                                   "process"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env=env)
+    try:
+        yield deployment_id, worker, log
+    finally:
+        stop(worker)
+        with get_client(sync_client=True) as client:
+            client.delete_work_pool(pool)
+        shutil.rmtree(log.parent, ignore_errors=True)
+
+
+def start_restore(deployment_id, parameters: dict) -> str:  # noqa: ANN001
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.create_flow_run_from_deployment(deployment_id, parameters=parameters).id)
+
+
+@pytest.mark.timeout(900)
+def test_the_wait_for_approval_holds_no_worker_and_restores_the_approved_plan(pg, crm_db, pg_env, prefect_api,
+                                                                             restore_worker,
+                                                                             cleanup_copies):  # noqa: F811
+    """A process worker runs a replace restore: while the form waits, no process exists for the
+    run (suspended, not paused); a newer backup made meanwhile is not what gets restored; the
+    answer posted to the API resumes it on the worker."""
+    import httpx
+
     from pgkeeper.catalog import list_backups
     from pgkeeper.storage.local import LocalStorage
-    from tests.test_service_e2e import stop, wait_for
+    from tests.test_service_e2e import wait_for
 
+    deployment_id, worker, log = restore_worker
     assert run_cli("backup", env=pg_env).returncode == 0
     approved_id = list_backups(LocalStorage(Path(pg_env["BACKUP_DIR"])))[-1].backup_id
     backed_up = table_fingerprints(pg.conninfo(crm_db))
     change_data(pg, crm_db)
     changed = table_fingerprints(pg.conninfo(crm_db))
 
-    pool = f"restore-pool-{uuid.uuid4().hex[:6]}"
-    with get_client(sync_client=True) as client:
-        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
-        flow_id = client.create_flow_from_name("restore")
-        deployment_id = client.create_deployment(flow_id=flow_id, name=f"suspend-{uuid.uuid4().hex[:6]}",
-                                                 entrypoint="pgkeeper/flows/restore.py:restore", path=str(ROOT),
-                                                 work_pool_name=pool, job_variables={"working_dir": str(ROOT)})
-    log = tmp_path / "worker.log"
-    with open(log, "wb") as out:
-        worker = subprocess.Popen([sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type",
-                                   "process"], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                  env={**os.environ, **pg_env, "PREFECT_WORKER_QUERY_SECONDS": "1",
-                                       "PREFECT_WORKER_PREFETCH_SECONDS": "2"})
+    run_id = start_restore(deployment_id, {"backup": "latest", "safety_backup": False, "database": crm_db,
+                                           "backup_dir": pg_env["BACKUP_DIR"], "confirm_timeout_seconds": 900})
+    assert suspended_run(run_id, timeout=240) is not None, log.read_text()[-3000:]
+    assert read_run(run_id).state.name == "Suspended"
+    # The run's process is gone: the worker holds no child for it while the form waits.
+    wait_for(lambda: not worker_children(worker.pid), 60, "the run's process to exit")
+    assert table_fingerprints(pg.conninfo(crm_db)) == changed
 
-    def start(parameters: dict) -> str:
-        with get_client(sync_client=True) as client:
-            return str(client.create_flow_run_from_deployment(deployment_id, parameters=parameters).id)
+    # A newer backup lands while the form waits: the approval is for the plan it showed.
+    assert run_cli("backup", env=pg_env).returncode == 0
+    newer = list_backups(LocalStorage(Path(pg_env["BACKUP_DIR"])))[-1].backup_id
+    assert newer != approved_id
 
-    def state(run_id: str):  # noqa: ANN202
-        return read_run(run_id).state
+    response = httpx.post(f"{prefect_api}/flow_runs/{run_id}/resume",
+                          json={"run_input": {"confirm": True, "database_name": crm_db}}, timeout=30)
+    assert response.status_code in (200, 201) and response.json()["status"] == "ACCEPT", response.text
+    final = wait_for(lambda: (s := read_run(run_id).state).is_final() and s, 400, "the resumed restore")
+    assert final.is_completed(), (final.message, log.read_text()[-3000:])
+    assert approved_id in final.message and newer not in final.message
+    assert table_fingerprints(pg.conninfo(crm_db)) == backed_up != changed
+    record = next(r for r in restore_log(pg_env["BACKUP_DIR"]) if r["flow_run_id"] == run_id)
+    assert record["backup_id"] == approved_id and record["how"] == "form"
 
-    try:
-        run_id = start({"backup": "latest", "safety_backup": False, "confirm_timeout_seconds": 900})
-        assert suspended_run(run_id, timeout=240) is not None, log.read_text()[-3000:]
-        assert state(run_id).name == "Suspended"
-        # The run's process is gone: the worker holds no child for it while the form waits.
-        wait_for(lambda: not worker_children(worker.pid), 60, "the run's process to exit")
-        assert table_fingerprints(pg.conninfo(crm_db)) == changed
 
-        # A newer backup lands while the form waits: the approval was for the plan shown.
-        assert run_cli("backup", env=pg_env).returncode == 0
-        newer = list_backups(LocalStorage(Path(pg_env["BACKUP_DIR"])))[-1].backup_id
-        assert newer != approved_id
+@pytest.mark.timeout(900)
+def test_an_unanswered_suspended_restore_ends_cancelled_and_touches_nothing(pg, crm_db, pg_env, restore_worker,
+                                                                           cleanup_copies):  # noqa: F811
+    """Nobody answers: the run the restore scheduled at its deadline ends the wait Cancelled."""
+    from tests.test_service_e2e import wait_for
 
-        response = httpx.post(f"{prefect_api}/flow_runs/{run_id}/resume",
-                              json={"run_input": {"confirm": True, "database_name": crm_db}}, timeout=30)
-        assert response.status_code in (200, 201) and response.json()["status"] == "ACCEPT", response.text
-        final = wait_for(lambda: (s := state(run_id)).is_final() and s, 300, "the resumed restore")
-        assert final.is_completed(), (final.message, log.read_text()[-3000:])
-        assert approved_id in final.message and newer not in final.message
-        assert table_fingerprints(pg.conninfo(crm_db)) == backed_up != changed
-        record = next(r for r in restore_log(pg_env["BACKUP_DIR"]) if r["flow_run_id"] == run_id)
-        assert record["backup_id"] == approved_id and record["how"] == "form"
-
-        # Nobody answers: the run scheduled at the deadline ends the wait; nothing is touched.
-        change_data(pg, crm_db)
-        before = table_fingerprints(pg.conninfo(crm_db))
-        unanswered = start({"backup": "latest", "safety_backup": False, "confirm_timeout_seconds": 3})
-        final = wait_for(lambda: (s := state(unanswered)).is_final() and s, 300, "the unanswered restore to end")
-        assert final.is_cancelled(), (final.message, log.read_text()[-3000:])
-        assert f"database {crm_db} is unchanged" in final.message
-        assert table_fingerprints(pg.conninfo(crm_db)) == before
-    finally:
-        stop(worker)
-        with get_client(sync_client=True) as client:
-            client.delete_work_pool(pool)
+    deployment_id, _worker, log = restore_worker
+    assert run_cli("backup", env=pg_env).returncode == 0
+    change_data(pg, crm_db)
+    before = table_fingerprints(pg.conninfo(crm_db))
+    run_id = start_restore(deployment_id, {"backup": "latest", "safety_backup": False, "database": crm_db,
+                                           "backup_dir": pg_env["BACKUP_DIR"], "confirm_timeout_seconds": 3})
+    final = wait_for(lambda: (s := read_run(run_id).state).is_final() and s, 400, "the unanswered restore to end")
+    assert final.is_cancelled(), (final.message, log.read_text()[-3000:])
+    assert f"no confirmation within 3 s: restore cancelled, database {crm_db} is unchanged" in final.message
+    assert table_fingerprints(pg.conninfo(crm_db)) == before and old_copies(pg, crm_db) == []
+    assert wait_for_log(run_id, f"database {crm_db} is unchanged")  # in the waiting run's own log too
