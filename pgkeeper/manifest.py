@@ -72,6 +72,11 @@ class Manifest(BaseModel):
     database: str
     server_version: str
     system_identifier: str | None = None
+    # The server it came from (names.server_key, also in the backup id), and its host and port as
+    # the connection gave them. None in backups made before: they group as server "unknown".
+    server: str | None = None
+    host: str | None = None
+    port: int | None = None
     tool_version: str
     started_at: datetime
     finished_at: datetime
@@ -114,6 +119,27 @@ class Manifest(BaseModel):
     @property
     def globals_file(self) -> StoredFile | None:
         return next((f for f in self.files if f.name == globals_file_name(self.compression)), None)
+
+    @property
+    def server_group(self) -> str:
+        """The server this backup counts under for `latest`, retention and `list`."""
+        from pgkeeper.names import UNKNOWN_SERVER
+
+        return self.server or UNKNOWN_SERVER
+
+    @property
+    def retention_group(self) -> str:
+        """What retention keeps N of: kind and database, per server (`logical/crm@<server>`); backups
+        that name no server keep the group they always had (`logical/crm`)."""
+        return f"{self.kind}/{self.database}" + (f"@{self.server}" if self.server else "")
+
+    @property
+    def server_label(self) -> str:
+        """host:port (system identifier) for people; 'unknown' for backups that did not record it."""
+        if not self.server:
+            return self.server_group
+        where = f"{self.host}:{self.port}" if self.host else self.server
+        return f"{where} ({self.system_identifier})" if self.system_identifier else where
 
     @property
     def duration_seconds(self) -> float:

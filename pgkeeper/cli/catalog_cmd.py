@@ -11,6 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="list the backups in the repository")
     add_repository_args(p)
     p.add_argument("--database", "-d", help="only backups of this database")
+    p.add_argument("--server", help="only backups of this server: host:port, system identifier, server key, "
+                                    "or 'unknown' (backups made before ids named their server)")
     p.add_argument("--s3", action="store_true", help="the catalog in the offsite bucket, read from the bucket alone")
     p.set_defaults(func=run)
 
@@ -38,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     repo = open_repository(args)
     storage = repo.storage("s3" if getattr(args, "s3", False) else "local")
-    backups = list_backups(storage, args.database)
+    backups = list_backups(storage, args.database, server=getattr(args, "server", None))
     if not backups:
         print(f"no backups in {storage.describe()}")
         return 0
@@ -48,13 +50,13 @@ def run(args: argparse.Namespace) -> int:
     for m in backups:
         drill = m.last_drill
         rows.append([
-            m.backup_id, m.finished_at.strftime("%Y-%m-%d %H:%M:%S UTC"), m.database, m.kind,
+            m.backup_id, m.finished_at.strftime("%Y-%m-%d %H:%M:%S UTC"), m.server_label, m.database, m.kind,
             human_bytes(m.size), f"{m.ratio:.1f}x" if m.ratio else "-", str(len(m.tables)),
             m.status, human_seconds(m.last_restore_seconds) if m.last_restore_seconds else "-",
             human_seconds(drill.rpo_seconds) if drill and drill.rpo_seconds is not None else "-",
             windows.get(m.backup_id, "-"), *tiers[m.backup_id], ",".join(m.labels) or "-",
         ])
-    print_table(["ID", "FINISHED", "DATABASE", "KIND", "SIZE", "RATIO", "TABLES", "STATUS", "RTO", "RPO",
+    print_table(["ID", "FINISHED", "SERVER", "DATABASE", "KIND", "SIZE", "RATIO", "TABLES", "STATUS", "RTO", "RPO",
                  "RECOVERABLE TO", "TIER", "CLASS", "READABLE", "LABELS"], rows)
     print(f"{len(backups)} backup(s) in {storage.describe()}")
     return 0
@@ -69,7 +71,7 @@ def tier_columns(repo, storage, backups: list, source: str) -> dict[str, tuple[s
 
     planned: dict[str, str] = {}
     if repo.retention_tiers:
-        records = [BackupRecord(m.backup_id, backup_id_time(m.backup_id), True, m.status, f"{m.kind}/{m.database}")
+        records = [BackupRecord(m.backup_id, backup_id_time(m.backup_id), True, m.status, m.retention_group)
                    for m in backups]
         planned = {d.backup_id: d.tier for d in plan_tiers(records, repo.tier_policy(), source,
                                                            offsite=repo.has_offsite())}

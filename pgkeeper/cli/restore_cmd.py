@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-s3", action="store_true", help="read the backup from S3 instead of the local repository")
     p.add_argument("--into", metavar="NAME", help="restore into a new database NAME; nothing else is touched")
     p.add_argument("--target", metavar="NAME", help="replace database NAME (default: the backup's own database)")
+    p.add_argument("--server", help="the server whose backups 'latest' means, when several servers' backups share "
+                                    "the database's name (host:port, system identifier or server key)")
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.add_argument("--jobs", "-j", type=int, default=2, help="parallel pg_restore jobs (default 2)")
     p.add_argument("--no-safety-backup", action="store_true",
@@ -100,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
                            port=args.port, user=args.user)
     repo = load_repository(repo_params["repository_block"], path=args.backup_dir)
     # Resolved here so that what was confirmed is what runs, even if a new backup lands meanwhile.
-    plan = plan_restore(conn, repo, args.backup, source, mode, target, args.keep_ownership, args.create_roles)
+    plan = plan_restore(conn, repo, args.backup, source, mode, target, args.keep_ownership, args.create_roles,
+                        args.server)
     typed = None
     if mode == "replace" and not args.yes:
         typed = ask(plan)

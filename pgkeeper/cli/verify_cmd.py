@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scratch-connection-block", default=None,
                    help="restore into this server (a connection block) instead of the source server")
     add_archive_args(p)
+    p.add_argument("--server", help="the server whose backups 'latest' means, when several servers' backups share "
+                                    "the database's name (host:port, system identifier or server key)")
     p.add_argument("--jobs", "-j", type=int, default=2, help="pg_restore parallel jobs (default 2)")
     p.add_argument("--max-age-hours", type=float, default=float(os.environ.get("MAX_BACKUP_AGE_HOURS", 26)),
                    help="the newest backup must be younger than this (default 26, MAX_BACKUP_AGE_HOURS)")
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         report = verify(backup=args.backup, restore=args.restore, source=args.source,
                         scratch_connection_block=args.scratch_connection_block, jobs=args.jobs,
                         max_age_hours=args.max_age_hours, anomaly_threshold=args.anomaly_threshold,
+                        server=args.server,
                         **params, **archive_params(args))
     except VerificationFailed as exc:
         if exc.report is None:

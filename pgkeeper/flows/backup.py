@@ -46,7 +46,7 @@ def backup(
 
     with backup_slot(conn.database):  # never two backups of one database at once
         info = preflight(conn, repo)
-        backup_id = begin_backup(repo, info.server_time)
+        backup_id = begin_backup(repo, info.server_time, info.server)
         try:
             dumped = dump_database(conn, repo, backup_id, info.table_bytes)
             check = quick_verify(repo, backup_id, dumped.file, repo.compression, len(dumped.tables), dumped.toc)

@@ -7,6 +7,7 @@ from prefect import flow
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.manifest import Manifest
+from pgkeeper.names import server_key
 from pgkeeper.runinfo import name_from_parameters
 from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.basebackup import (
@@ -45,12 +46,13 @@ def base_backup(
 
     walcfg = wal_settings(repo, wal_config)
     info = physical_preflight(conn, repo)
-    backup_id = begin_backup(repo, info.server_time)
+    backup_id = begin_backup(repo, info.server_time, server_key(conn.host, conn.port, info.system_identifier))
     try:
         files = take_base_backup(conn, repo, backup_id)
         segments = check_wal_archived(walcfg, files.start_lsn, files.stop_lsn, files.timeline, info.wal_segment_size)
         checks = verify_base_backup(repo, backup_id, files, walcfg, segments) if verify else {}
-        manifest = write_physical_manifest(repo, backup_id, conn.database, info, files, checks, labels or [])
+        manifest = write_physical_manifest(repo, backup_id, conn.database, info, files, checks, labels or [],
+                                           (conn.host, conn.port))
     except BaseException:
         abandon_backup(repo, backup_id)
         raise

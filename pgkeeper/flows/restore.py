@@ -11,15 +11,22 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
-from prefect.states import Cancelled, State
+from prefect.flow_runs import pause_flow_run, suspend_flow_run
+from prefect.states import Cancelled, Completed, State
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.flows.backup import backup as backup_flow
 from pgkeeper.runinfo import completed, database_tag, describe_run, name_from_parameters
 from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.archive import make_readable
-from pgkeeper.tasks.confirm import leave_expired_pause
+from pgkeeper.tasks.confirm import (
+    approved_plan,
+    can_suspend,
+    expire_unanswered,
+    keep_plan,
+    leave_expired_pause,
+    schedule_expiry,
+)
 from pgkeeper.tasks.notify import mail_restore_done, mail_restore_not_confirmed
 from pgkeeper.tasks.restore_confirmation import (
     confirmation_line,
@@ -77,6 +84,8 @@ def restore(
     wait_for_archive: bool = False,
     retrieval_tier: str | None = None,  # Expedited, Standard or Bulk (checked by make_readable)
     archive_poll_seconds: float = 60.0,
+    server: str | None = None,
+    expire_run: str | None = None,
 ) -> RestoreReport | State:
     """Restore a backup into a database without risking the one that is there.
 
@@ -121,14 +130,26 @@ def restore(
             request; True waits for it with progress (polling every `archive_poll_seconds`), False
             stops with one line saying when to come back (a later run finds the request under way).
         retrieval_tier: the restore request's tier (default: the repository's retrieval_tier).
+        expire_run: set by a suspended restore on the run it schedules at its deadline: that run
+            only ends the suspended one Cancelled if nobody answered (see below).
+        server: whose backups `latest` means when several servers' backups share the database's
+            name (host:port, system identifier or server key). Default: the connection's server.
     """
     logger = get_run_logger()
     started = time.monotonic()
+    if expire_run:
+        return _expire(expire_run, target, confirm_timeout_seconds)
     conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
     repo = load_repository(repository_block, path=backup_dir)
 
     expire_old_copies(conn)
-    plan = resolve_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles, plan)
+    # A deployment run waits for its form suspended, holding no worker; resumed, it runs again from
+    # the top and restores the plan that was approved, not a newly planned one (tasks/confirm.py).
+    suspend = mode == "replace" and can_suspend()
+    kept = approved_plan() if suspend else None
+    if kept is not None:
+        plan, backup = RestorePlan.model_validate(kept["plan"]), kept["plan"]["backup_id"]
+    plan = resolve_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles, plan, server)
     describe_run(f"restore {plan.target} ← {plan.backup_id}", [database_tag(plan.target), "restore"])
     if plan.source == "s3":  # before anything is touched: an archived backup may take hours
         make_readable(repo.storage("s3"), plan.backup_id, retrieval_tier or repo.retrieval_tier, wait_for_archive,
@@ -148,8 +169,14 @@ def restore(
             asked = time.monotonic()
             form = confirmation_form(plan, toc, safety_backup)
             try:
-                answer = pause_flow_run(wait_for_input=form, timeout=confirm_timeout_seconds,
-                                        poll_interval=CONFIRM_POLL_SECONDS)
+                if suspend:
+                    answer = _suspended_answer(form, plan, kept, confirm_timeout_seconds)
+                    waited = (datetime.now(UTC) - datetime.fromisoformat(kept["asked_at"])).total_seconds() \
+                        if kept else 0.0
+                    asked = time.monotonic()  # the RTO counts this execution only
+                else:
+                    answer = pause_flow_run(wait_for_input=form, timeout=confirm_timeout_seconds,
+                                            poll_interval=CONFIRM_POLL_SECONDS)
             except FlowPauseTimeout:
                 message = (f"no confirmation within {confirm_timeout_seconds} s: restore cancelled, "
                            f"{unchanged_line(plan)}")
@@ -157,7 +184,7 @@ def restore(
                 logger.warning(message)
                 mail_restore_not_confirmed(plan.target, message)
                 return Cancelled(message=message)
-            waited = time.monotonic() - asked
+            waited += time.monotonic() - asked
             reason = refusal(plan, answer.confirm, answer.database_name)
             if reason:
                 logger.warning(reason)
@@ -207,7 +234,7 @@ def restore(
     report = RestoreReport(
         backup_id=plan.backup_id, source=plan.source, target=plan.target, mode=plan.mode, tables=tables,
         objects=plan.objects, restore_seconds=restore_seconds,
-        rto_seconds=time.monotonic() - started - waited, waited_seconds=waited,
+        rto_seconds=time.monotonic() - started - (0.0 if kept else waited), waited_seconds=waited,
         terminated_sessions=swap.terminated, old_copy=swap.retired_as if keep_old else None,
         old_copy_keep_until=keep_until, safety_backup_id=safety_id,
         confirmation=confirmation_line(confirmation) if confirmation else None,
@@ -215,6 +242,36 @@ def restore(
     report_restore(report)
     mail_restore_done(report)  # only when mail is configured
     return completed(report, restored_line(report))
+
+
+def _suspended_answer(form: type, plan: RestorePlan, kept: dict | None, timeout: int):  # -> RestoreConfirmation
+    """The form's answer, waiting suspended: the first execution keeps the plan, schedules the run
+    that ends an unanswered wait, and exits here (Prefect's Pause); the execution after the answer
+    gets it back from the same call. An answer after the deadline changes nothing."""
+    if kept is None:
+        keep_plan({"plan": plan.model_dump(mode="json"), "asked_at": datetime.now(UTC).isoformat(),
+                   "deadline": (datetime.now(UTC) + timedelta(seconds=timeout)).isoformat()})
+        schedule_expiry(timeout, plan.target)
+    answer = suspend_flow_run(wait_for_input=form, timeout=timeout)
+    if kept is not None and datetime.now(UTC) > datetime.fromisoformat(kept["deadline"]) + timedelta(seconds=5):
+        raise FlowPauseTimeout("answered after the deadline")
+    return answer
+
+
+def _expire(flow_run_id: str, target: str | None, timeout: int) -> State:
+    """The run a suspended restore scheduled at its deadline: end it Cancelled if still unanswered."""
+    from prefect.input.actions import read_flow_run_input
+
+    from pgkeeper.tasks.confirm import PLAN_KEY
+
+    kept = read_flow_run_input(PLAN_KEY, flow_run_id=flow_run_id)
+    unchanged = unchanged_line(RestorePlan.model_validate(kept["plan"])) if kept else f"database {target} is unchanged"
+    message = f"no confirmation within {timeout} s: restore cancelled, {unchanged}"
+    if not expire_unanswered(flow_run_id, message):
+        return Completed(message=f"restore run {flow_run_id} was answered or ended before its deadline")
+    get_run_logger().warning("restore run %s: %s", flow_run_id, message)
+    mail_restore_not_confirmed(target or "?", message)
+    return Completed(message=f"closed the unanswered restore run {flow_run_id}: {message}")
 
 
 def restored_line(r: RestoreReport) -> str:

@@ -74,6 +74,7 @@ def verify(
     wait_for_archive: bool = False,
     retrieval_tier: str | None = None,  # Expedited, Standard or Bulk (checked by make_readable)
     archive_poll_seconds: float = 60.0,
+    server: str | None = None,
 ) -> VerifyReport | State:
     """Prove a backup ('latest', an id, or an old file name) by restoring it into a scratch database.
 
@@ -81,12 +82,16 @@ def verify(
     `scratch_connection_block` names another, and is dropped whatever happens. With
     restore=False only integrity and format are checked. Fails the run if any check fails;
     warns (pgkeeper.warning event) when the backup shrank by more than `anomaly_threshold`.
+    `server` picks among servers whose backups share the database's name (host:port, system
+    identifier or server key); by default the connection's host:port breaks such a tie.
     """
     log = get_run_logger()
     repo = load_repository(repository_block, path=backup_dir)
-    if database is None and parse_backup_ref(backup) == LATEST:  # the configured database's, never another's
-        database = load_connection(connection_block, host=host, port=port, user=user).database
-    catalog = resolve_for_verify(repo, source, backup, database)
+    prefer: tuple[str, ...] = ()
+    if parse_backup_ref(backup) == LATEST:  # the configured database's, never another's
+        conn = load_connection(connection_block, host=host, port=port, user=user)
+        database, prefer = database or conn.database, (f"{conn.host}:{conn.port}",)
+    catalog = resolve_for_verify(repo, source, backup, database, server, prefer)
     target = catalog.target
     describe_run(f"verify {target.database} {target.backup_id}", [database_tag(target.database), "verify"])
     log.info("verifying %s of %s from %s", target.backup_id, target.database, source)

@@ -29,6 +29,7 @@ from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.errors import ArchivingOff, IntegrityError, PgkeeperError, RepositoryError
 from pgkeeper.fmt import human_bytes
 from pgkeeper.manifest import Manifest, StoredFile, Verification
+from pgkeeper.names import backup_id_server
 from pgkeeper.storage.interface import Storage
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.tls import plaintext_warning
@@ -245,12 +246,14 @@ def verify_base_backup(repo: BackupRepository, backup_id: str, backup: BaseBacku
 
 @task(name="write-physical-manifest", cache_policy=NO_CACHE)
 def write_physical_manifest(repo: BackupRepository, backup_id: str, database: str, info: ClusterInfo,
-                            backup: BaseBackupFiles, checks: dict[str, str], labels: list[str]) -> Manifest:
+                            backup: BaseBackupFiles, checks: dict[str, str], labels: list[str],
+                            host_port: tuple[str | None, int | None] = (None, None)) -> Manifest:
     """Write manifest.json last: from this moment the base backup exists and pitr may use it."""
     size = sum(f.size for f in backup.files)
     manifest = Manifest(
         backup_id=backup_id, kind="physical", database=database, server_version=info.server_version,
         system_identifier=info.system_identifier, tool_version=f"pgkeeper {__version__}",
+        server=backup_id_server(backup_id), host=host_port[0], port=host_port[1],
         started_at=backup.started_at, finished_at=backup.finished_at, start_lsn=backup.start_lsn,
         stop_lsn=backup.stop_lsn, timeline=backup.timeline, wal_segment_size=info.wal_segment_size,
         compression=repo.compression, encryption=backup.files[0].encryption if backup.files else None, size=size,

@@ -14,6 +14,7 @@ from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups
 from pgkeeper.errors import RepositoryError
 from pgkeeper.fmt import human_bytes
+from pgkeeper.names import server_key
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.tls import plaintext_warning
 from pgkeeper.wal.identity import check_backup
@@ -26,6 +27,10 @@ class ServerInfo(BaseModel):
     database: str
     server_version: str
     system_identifier: str | None
+    # Which server the backup is of (names.server_key): named in the backup's id and manifest.
+    server: str | None = None
+    host: str | None = None
+    port: int | None = None
     server_time: datetime | None = None  # the server's clock, to check ours against (pgkeeper.clock)
     database_size: int
     table_bytes: int
@@ -86,6 +91,7 @@ def preflight(conn: PostgresConnection, repo: BackupRepository) -> ServerInfo:
     logger.info("server %s, PostgreSQL %s, database %s is %s; repository %s has %s free",
                 conn.describe(), version, conn.database, human_bytes(db_size), storage.describe(), human_bytes(free))
     return ServerInfo(database=conn.database, server_version=version, system_identifier=sysid, server_time=server_time,
+                      server=server_key(conn.host, conn.port, sysid), host=conn.host, port=conn.port,
                       database_size=db_size, table_bytes=int(table_bytes), estimated_backup_bytes=estimate,
                       free_bytes=free, total_bytes=total, warnings=warnings)
 

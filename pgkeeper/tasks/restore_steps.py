@@ -23,13 +23,13 @@ from pydantic import BaseModel, Field
 from pgkeeper import dbprops, pgdb, pgtools, roles
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
-from pgkeeper.catalog import list_backups, resolve_backup
+from pgkeeper.catalog import list_backups, of_one_server, resolve_backup
 from pgkeeper.content_check import prove_content
 from pgkeeper.errors import BadName, IntegrityError, NotFound, PgkeeperError, RepositoryError, RestoreFailed
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.liveness import claim_dir, clear_dead_dirs
 from pgkeeper.manifest import DatabaseProperties, Manifest, StoredFile
-from pgkeeper.names import LATEST, check_identifier, parse_backup_ref
+from pgkeeper.names import LATEST, check_identifier, parse_backup_ref, server_key
 from pgkeeper.tasks.checksum import checked_chunks
 from pgkeeper.tasks.pg_restore import materialize_dump, pg_restore_into, public_revokes
 from pgkeeper.tasks.policy import RETRYABLE
@@ -105,9 +105,11 @@ def server_cluster(conn: PostgresConnection) -> str | None:
 
 
 def newest_regular_backup(storage, database: str,  # storage: LocalStorage | S3Storage
-                          system_identifier: str | None = None) -> Manifest:
-    """What `latest` means for a restore: the newest backup of the database, from the configured
-    server's cluster, that is not a pre-restore safety copy.
+                          system_identifier: str | None = None, server: str | None = None,
+                          prefer: tuple[str, ...] = ()) -> Manifest:
+    """What `latest` means for a restore: the newest backup of the database, from one server
+    (`server`, else the one server that has any, else the configured one: catalog.of_one_server),
+    that is not a pre-restore safety copy.
 
     A safety backup holds the data a restore replaced; picking it for the next `latest` would
     quietly undo the restore. It stays restorable by its id. Backups of the same database name
@@ -115,6 +117,10 @@ def newest_regular_backup(storage, database: str,  # storage: LocalStorage | S3S
     none of this cluster at all (the server was rebuilt), those of a single other cluster are.
     """
     candidates = [m for m in list_backups(storage, database, kind="logical") if PRE_RESTORE_LABEL not in m.labels]
+    if candidates and (server or any(m.server for m in candidates)):
+        mine = of_one_server(candidates, server, prefer, f" of database {database!r} in {storage.describe()}")
+        if mine:
+            return mine[-1]
     if system_identifier and candidates:
         mine = [m for m in candidates if m.system_identifier in (None, system_identifier)]
         others = sorted({m.system_identifier for m in candidates if m not in mine}, key=str)
@@ -130,7 +136,7 @@ def newest_regular_backup(storage, database: str,  # storage: LocalStorage | S3S
 
 def plan_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, source: str,
                  mode: str, target: str | None, keep_ownership: bool = True,
-                 create_roles: bool = False) -> RestorePlan:
+                 create_roles: bool = False, server: str | None = None) -> RestorePlan:
     """Resolve the backup and the target; refuse bad names, missing roles and properties this
     server cannot reproduce before anything is read or touched."""
     ref = parse_backup_ref(backup)
@@ -140,8 +146,13 @@ def plan_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, 
         raise BadName(f"mode {mode!r} is not known: use 'replace' or 'new'")
     storage = repo.storage(source)
     # An explicit id may name a base backup: resolve it anyway, to say to use pitr instead.
-    manifest = newest_regular_backup(storage, conn.database, server_cluster(conn)) if ref == LATEST \
-        else resolve_backup(storage, ref)
+    if ref == LATEST:
+        sysid = server_cluster(conn)
+        # Without --server, the connection's own server breaks a tie between servers.
+        own = (server_key(conn.host, conn.port, sysid) if sysid else "", f"{conn.host}:{conn.port}")
+        manifest = newest_regular_backup(storage, conn.database, sysid, server, own)
+    else:
+        manifest = resolve_backup(storage, ref, server=server)
     if manifest.kind != "logical":
         raise BadName(f"{manifest.backup_id} is a physical base backup: restore it with `pgkeeper pitr`")
     dump_file = manifest.dump_file
@@ -244,11 +255,11 @@ def _names_made_for_target(plan: RestorePlan) -> bool:
 @task(name="resolve-restore", cache_policy=NO_CACHE, **RETRYABLE)
 def resolve_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, source: str, mode: str,
                     target: str | None, keep_ownership: bool = True, create_roles: bool = False,
-                    planned: RestorePlan | None = None) -> RestorePlan:
+                    planned: RestorePlan | None = None, server: str | None = None) -> RestorePlan:
     """Which backup, into which database, and what is there now: `planned` when the caller
     already planned the restore (checked), else planned here."""
     plan = check_plan(conn, planned, backup, source, mode, target, keep_ownership, create_roles) if planned \
-        else plan_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles)
+        else plan_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles, server)
     get_run_logger().info("restore %s (%s, %s; cluster %s) from %s into %s (%s)", plan.backup_id,
                           human_bytes(plan.size), plan.status, plan.system_identifier or "?", plan.location,
                           plan.target,

@@ -40,7 +40,7 @@ def backup_records(storage) -> tuple[list[BackupRecord], dict[str, Manifest]]:  
     """What the policy needs to know of each backup, complete or not, from the storage alone."""
     manifests = {m.backup_id: m for m in list_backups(storage)}
     records = [BackupRecord(backup_id=m.backup_id, taken_at=backup_id_time(m.backup_id), complete=True,
-                            status=m.status, group=f"{m.kind}/{m.database}", labels=tuple(m.labels))
+                            status=m.status, group=m.retention_group, labels=tuple(m.labels))
                for m in manifests.values()]
     # Backups without a readable manifest: crashed, interrupted, or still being written.
     incomplete = set(storage.list_backup_ids()) - set(manifests)

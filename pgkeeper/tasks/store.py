@@ -12,23 +12,23 @@ from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.clock import first_backup_time
 from pgkeeper.errors import RepositoryError
 from pgkeeper.manifest import Manifest, Verification
-from pgkeeper.names import new_backup_id
+from pgkeeper.names import backup_id_server, new_backup_id
 from pgkeeper.tasks.dump import DumpResult
 from pgkeeper.tasks.preflight import ServerInfo
 from pgkeeper.tasks.verify import QuickCheck
 
 
 @task(name="begin-backup", cache_policy=NO_CACHE)
-def begin_backup(repo: BackupRepository, server_time: datetime | None = None) -> str:
-    """Claim a fresh backup id, newer than every id in the repository and from a clock that
-    agrees with the database server's (pgkeeper.clock); two backups started in the same
-    second get the next second."""
+def begin_backup(repo: BackupRepository, server_time: datetime | None = None, server: str | None = None) -> str:
+    """Claim a fresh backup id naming `server` (names.server_key), newer than every id in the
+    repository and from a clock that agrees with the database server's (pgkeeper.clock); two
+    backups started in the same second get the next second."""
     storage = repo.storage()
     storage.ensure_writable()
     existing = storage.claimed_ids()  # incomplete ones count too
     now = first_backup_time(existing, datetime.now(UTC), server_time)
     for attempt in range(30):
-        backup_id = new_backup_id(now + timedelta(seconds=attempt))
+        backup_id = new_backup_id(now + timedelta(seconds=attempt), server)
         try:
             storage.begin_backup(backup_id)
             return backup_id
@@ -45,6 +45,7 @@ def write_manifest(repo: BackupRepository, backup_id: str, info: ServerInfo, dum
     manifest = Manifest(
         backup_id=backup_id, kind="logical", database=info.database,
         server_version=info.server_version, system_identifier=info.system_identifier,
+        server=backup_id_server(backup_id), host=info.host, port=info.port,
         tool_version=f"pgkeeper {__version__}", started_at=dumped.started_at,
         finished_at=datetime.now(UTC), compression=repo.compression, encryption=dumped.file.encryption,
         size=dumped.file.size + dumped.globals_file.size,

@@ -127,14 +127,17 @@ class Catalog(BaseModel):
 
 
 @task(name="resolve-backup", cache_policy=NO_CACHE, **RETRYABLE)
-def resolve_for_verify(repo: BackupRepository, source: str, ref: str, database: str | None) -> Catalog:
-    """The backup the user means, and the other backups of its database (freshness, anomalies)."""
+def resolve_for_verify(repo: BackupRepository, source: str, ref: str, database: str | None,
+                       server: str | None = None, prefer: tuple[str, ...] = ()) -> Catalog:
+    """The backup the user means, and the other backups of its database and server (freshness,
+    anomalies)."""
     storage = repo.storage(source)
-    target = resolve_backup(storage, ref, database, kind="logical")
+    target = resolve_backup(storage, ref, database, kind="logical", server=server, prefer=prefer)
     if target.kind != "logical":
         raise PgkeeperError(f"backup {target.backup_id} is a {target.kind} backup: verify restores "
                             "logical dumps only")
-    return Catalog(target=target, backups=list_backups(storage, target.database, kind="logical"))
+    return Catalog(target=target, backups=list_backups(storage, target.database, kind="logical",
+                                                       server=target.server_group))
 
 
 @task(name="fetch-dump", cache_policy=NO_CACHE, **RETRYABLE)
