@@ -150,7 +150,8 @@ def moto_bucket() -> Iterator[dict[str, str]]:
     server.start()
     env = {"S3_BUCKET": "bench-list", "S3_PREFIX": "nightly", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1").create_bucket(Bucket="bench-list")
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="bench-list")
     try:
         yield env
     finally:
@@ -208,6 +209,7 @@ def fixed_costs(cluster, work: Path, rounds: int, cli_env: dict[str, str], pg_en
         print(f"tiny round {i + 1}: pg_dump -Fc {bare[-1]:.2f} s, pgkeeper backup {wall:.2f} s ({peak:.0f} MB)",
               flush=True)
     rows = [row("10-row database, whole process", ours, "pg_dump -Fc", bare, "goal <= 3 s wall", ours_cpu, bare_cpu)]
+    print(rows[-1], flush=True)
 
     list_env = {"BACKUP_DIR": str(repo)}
     lists, lss, lists_cpu, lss_cpu = [], [], [], []
@@ -215,6 +217,7 @@ def fixed_costs(cluster, work: Path, rounds: int, cli_env: dict[str, str], pg_en
         lss.append(process(["ls", "-l", str(repo / "backups")], {}, cpu=lss_cpu)[0])
         lists.append(process([*PGKEEPER, "list"], list_env, cpu=lists_cpu)[0])
     rows.append(row("pgkeeper list (BACKUP_DIR)", lists, "ls -l", lss, "goal <= 0.5 s", lists_cpu, lss_cpu))
+    print(rows[-1], flush=True)
     with moto_bucket() as s3_env:
         copied = copy_to_bucket(repo, s3_env)
         s3_list_env = {**s3_env, "BACKUP_DIR": str(work / "empty")}
