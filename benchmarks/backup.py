@@ -117,8 +117,11 @@ def row(what: str, ours: list[float], peer_name: str, peer: list[float], goal: s
 def prefect_api(given: str | None, work: Path) -> Iterator[str]:
     """A running Prefect API: `given`, or a real `prefect server start` of our own (stopped after),
     which is how pgkeeper runs (never the ephemeral mode)."""
+    from pgkeeper.server_auth import use_credential
+
     if given:
         os.environ["PREFECT_API_URL"] = given
+        use_credential(given, int(os.environ.get("PGKEEPER_SERVER_PORT", 4200)))  # pgkeeper's own server: locked
         yield given
         return
     from pgkeeper.localcluster import free_port
@@ -126,7 +129,6 @@ def prefect_api(given: str | None, work: Path) -> Iterator[str]:
     os.environ["PGKEEPER_HOME"] = str(work / "home")  # the server's data and credential, the keys
     os.environ["PGKEEPER_SERVER_PORT"] = str(free_port())
     from pgkeeper.local_server import start_local_server, stop_local_server
-    from pgkeeper.server_auth import use_credential
 
     url = start_local_server(timeout=600)
     os.environ["PREFECT_API_URL"] = url
