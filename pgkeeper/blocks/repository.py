@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from prefect.blocks.core import Block
 from prefect_aws import S3Bucket
 from pydantic import Field
 
+from pgkeeper.repository import IDENTITIES_BLOCK, MANIFEST_KEY_BLOCK, RepositoryVerbs  # noqa: F401 (key_cmd)
 from pgkeeper.settings import S3Target
-from pgkeeper.storage.interface import Storage
-from pgkeeper.storage.local import LocalStorage
 
 
-class BackupRepository(Block):
+class BackupRepository(RepositoryVerbs, Block):
     """A local directory of backups (the catalog is the storage itself: a backup is a folder
     whose manifest.json was written last)."""
 
@@ -77,64 +75,6 @@ class BackupRepository(Block):
     prices: dict[str, float] = Field(default_factory=dict, description="USD per GB-month by storage class "
                                                                       "(weekly report); empty: list prices.")
 
-    def tier_policy(self):  # -> pgkeeper.retention.TierPolicy
-        from pgkeeper.retention import Tier, TierPolicy
-
-        daily_class = (self.s3_storage_class or "STANDARD").upper()
-        return TierPolicy(daily=Tier("daily", self.daily_local_days, self.daily_s3_days, daily_class),
-                          weekly=Tier("weekly", self.weekly_local_days, self.weekly_s3_days, self.weekly_class),
-                          monthly=Tier("monthly", self.monthly_local_days, self.monthly_s3_days,
-                                       self.monthly_class),
-                          min_count=self.retention_min_count)
-
-    def local(self) -> LocalStorage:
-        return LocalStorage(Path(self.path))
-
-    def storage(self, source: str = "local") -> Storage:
-        """The driver for `source` ('local' or 's3') behind encryption and signed manifests:
-        the one door every byte goes through."""
-        from pgkeeper.storage.sealed import SealedStorage
-
-        if source == "local":
-            return SealedStorage(self.local(), self.keyset())
-        if source == "s3":
-            return SealedStorage(self.s3(), self.keyset())
-        raise ValueError(f"unknown repository source {source!r}: use 'local' or 's3'")
-
-    def encrypts(self) -> bool:
-        return self.encryption == "age" or (self.encryption == "auto" and self.has_offsite())
-
-    def recipients(self) -> list[str]:
-        """The public keys new files are encrypted to ([] when this repository does not encrypt)."""
-        from pgkeeper import keys
-        from pgkeeper.sealing import KeyMissing
-
-        if not self.encrypts():
-            return []
-        found = list(self.encryption_recipients) or keys.recipients()
-        if not found:
-            raise KeyMissing("backups that go offsite are encrypted, and no key exists yet: run `pgkeeper key "
-                             "create` (or set the repository's encryption to 'off')")
-        return found
-
-    def keyset(self):  # -> pgkeeper.storage.sealed.KeySet
-        from pgkeeper import keys
-        from pgkeeper.storage.sealed import KeySet
-
-        mac = keys.mac_keys() or [bytes.fromhex(k) for k in _secret_lines(MANIFEST_KEY_BLOCK)]
-        if not mac:
-            mac = keys.mac_keys(create=True)
-        return KeySet(self.recipients, mac,
-                      identities=lambda: keys.identities() or _secret_lines(IDENTITIES_BLOCK))
-
-    def wal_spool(self) -> str:
-        """The local WAL archive (the spool wal-push writes): the repository's wal/."""
-        return str(Path(self.path) / "wal")
-
-    def has_offsite(self) -> bool:
-        """Whether new backups are to be copied to the offsite bucket."""
-        return self.offsite is not None and self.s3_upload
-
     def s3_target(self) -> S3Target | None:
         """The offsite bucket as plain settings (no prefect-aws needed to use them)."""
         if self.offsite is None:
@@ -142,35 +82,12 @@ class BackupRepository(Block):
         return s3_target_of(self.offsite, sse=self.s3_encryption, kms_key_id=self.s3_kms_key_id,
                             storage_class=self.s3_storage_class)
 
-    def s3(self):  # -> S3Storage
-        from pgkeeper.errors import RepositoryError
-        from pgkeeper.storage.s3 import S3Storage
-        from pgkeeper.storage.s3core import MiB
-
-        target = self.s3_target()
-        if target is None:
-            raise RepositoryError("no offsite bucket is configured (set S3_BUCKET or the repository block's offsite)")
-        return S3Storage(target, part_size=self.s3_part_size_mb * MiB, max_concurrency=self.s3_max_concurrency,
-                         checksum_algorithm=self.s3_checksum)
-
-    def retention_policy(self):  # -> pgkeeper.retention.RetentionPolicy
-        from pgkeeper.retention import RetentionPolicy
-
-        return RetentionPolicy(daily_days=self.retention_days, weekly_weeks=self.retention_weeks,
-                               monthly_months=self.retention_months, min_count=self.retention_min_count)
-
-    def level(self) -> int:
-        if self.compression_level is not None:
-            return self.compression_level
-        return 1 if self.compression == "zstd" else 6
+    def secret_lines(self, name: str) -> list[str]:
+        return secret_block_lines(name)
 
 
-# Secret blocks that carry the keys to workers on other machines (`pgkeeper key create --blocks`).
-IDENTITIES_BLOCK = "pgkeeper-age-identities"
-MANIFEST_KEY_BLOCK = "pgkeeper-manifest-key"
-
-
-def _secret_lines(name: str) -> list[str]:
+def secret_block_lines(name: str) -> list[str]:
+    """The key lines of the Secret block `name` ([] when there is none)."""
     from prefect.blocks.system import Secret
 
     try:

@@ -17,21 +17,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def open_repository(args: argparse.Namespace):  # -> BackupRepository
+def open_repository(args: argparse.Namespace):  # -> BackupRepository | PlainRepository
     """The repository from flags/env without Prefect when possible, else from its block."""
     import os
 
     # The bucket named by S3_BUCKET needs no block (a new machine may have nothing else).
     use_blocks = needs_blocks(args) and not (
         getattr(args, "s3", False) and os.environ.get("S3_BUCKET") and not args.repository_block)
-    if use_blocks:
-        from pgkeeper.local_server import ensure_api
+    if not use_blocks:
+        # Flags and the old scripts' variables only: a plain repository, no Prefect, no prefect-aws.
+        from pgkeeper.repository import repository_from_env
 
-        ensure_api(announce=False)
+        return repository_from_env(path=args.backup_dir)
+    from pgkeeper.local_server import ensure_api
+
+    ensure_api(announce=False)
     from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
 
-    block = (args.repository_block or DEFAULT_REPOSITORY_BLOCK) if use_blocks else None
-    return load_repository(block, path=args.backup_dir)
+    return load_repository(args.repository_block or DEFAULT_REPOSITORY_BLOCK, path=args.backup_dir)
 
 
 def run(args: argparse.Namespace) -> int:
