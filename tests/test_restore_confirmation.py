@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -229,8 +230,12 @@ def test_the_wait_for_approval_holds_no_worker_and_restores_the_approved_plan(pg
     newer = list_backups(LocalStorage(Path(pg_env["BACKUP_DIR"])))[-1].backup_id
     assert newer != approved_id
 
-    response = httpx.post(f"{prefect_api}/flow_runs/{run_id}/resume",
-                          json={"run_input": {"confirm": True, "database_name": crm_db}}, timeout=30)
+    for attempt in range(6):  # a busy SQLite API answers 503; Prefect's own client retries those too
+        response = httpx.post(f"{prefect_api}/flow_runs/{run_id}/resume",
+                              json={"run_input": {"confirm": True, "database_name": crm_db}}, timeout=30)
+        if response.status_code not in (429, 503):
+            break
+        time.sleep(0.5 * 2**attempt)
     assert response.status_code in (200, 201) and response.json()["status"] == "ACCEPT", response.text
     final = wait_for(lambda: (s := read_run(run_id).state).is_final() and s, 400, "the resumed restore")
     assert final.is_completed(), (final.message, log.read_text()[-3000:])
