@@ -142,11 +142,14 @@ def prefect_api(given: str | None, work: Path) -> Iterator[str]:
 @contextmanager
 def moto_bucket() -> Iterator[dict[str, str]]:
     """A moto S3 server on loopback with one bucket; the old scripts' variables that name it."""
+    import logging
+
     import boto3
     from moto.server import ThreadedMotoServer
 
     from pgkeeper.localcluster import free_port
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
