@@ -165,7 +165,8 @@ def cluster_on(net: Network, host: Host, base: Path) -> LocalCluster:
 
 
 @contextmanager
-def fleet_world(workers: tuple[str, ...] = ("w1", "w2"), scale: float = 0.05) -> Iterator[World]:
+def fleet_world(workers: tuple[str, ...] = ("w1", "w2"), scale: float = 0.05, start_workers: bool = True,
+                ) -> Iterator[World]:
     """The whole world, built once; torn down in reverse whatever happens."""
     from pgkeeper.sample_crm import create_crm
     from tests.helpers import create_database, run_cli
@@ -226,6 +227,6 @@ def fleet_world(workers: tuple[str, ...] = ("w1", "w2"), scale: float = 0.05) ->
                 world.fleet_blocks[block] = (db, f"{c.host}:{c.port}")
 
         stack.callback(lambda: [world.stop_worker(name) for name in list(world.workers)])
-        for i, name in enumerate(workers):
+        for i, name in enumerate(workers if start_workers else ()):
             world.start_worker(name, plain_prefect=i % 2 == 1)
         yield world

@@ -23,7 +23,8 @@ from tests.fleet_world import PASSWORD, World, fleet_world, wait_for
 from tests.netns import unavailable_reason
 
 REASON = unavailable_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=f"cannot make network namespaces here: {REASON}")
+pytestmark = [pytest.mark.skipif(REASON is not None, reason=f"cannot make network namespaces here: {REASON}"),
+              pytest.mark.timeout(1800)]  # building the world alone takes minutes on a loaded 2-core box
 
 HELD: dict[str, list[int]] = {}  # restore run id -> pids of the worker-side processes holding it while it waited
 
