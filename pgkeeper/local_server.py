@@ -128,7 +128,7 @@ def server_env(url: str) -> dict[str, str]:
     return env
 
 
-def start_local_server(port: int | None = None, timeout: float = 120, announce: bool = False) -> str:
+def start_local_server(port: int | None = None, timeout: float | None = None, announce: bool = False) -> str:
     """Start (or find running) the local Prefect server; return its API URL.
 
     With `announce`, a progress line with the elapsed time while it starts (30-70 s on a
@@ -137,6 +137,8 @@ def start_local_server(port: int | None = None, timeout: float = 120, announce: 
     url = local_api_url(port)
     if is_healthy(url):
         return url
+    # A first start on PostgreSQL runs every migration: minutes on a busy small machine.
+    timeout = timeout or float(os.environ.get("PGKEEPER_SERVER_START_TIMEOUT", "120"))
     sdir = server_dir()
     with open(sdir / "server.log", "ab") as log:
         proc = subprocess.Popen(

@@ -194,7 +194,7 @@ def fleet_world(workers: tuple[str, ...] = ("w1", "w2"), scale: float = 0.05, st
         port = free_port()
         server_env = {**os.environ, **QUIET, "PGKEEPER_HOME": str(base / "server-home"),
                       "PREFECT_HOME": str(base / "server-prefect"), "PGKEEPER_SERVER_PORT": str(port),
-                      "PREFECT_SERVER_DATABASE_PASSWORD": PASSWORD}
+                      "PREFECT_SERVER_DATABASE_PASSWORD": PASSWORD, "PGKEEPER_SERVER_START_TIMEOUT": "600"}
         server_env.pop("PREFECT_API_URL", None)
         stack.callback(subprocess.run, [sys.executable, "-m", "pgkeeper.cli.main", "server", "stop"],
                        env=server_env, cwd=ROOT, capture_output=True, timeout=120)
@@ -202,7 +202,7 @@ def fleet_world(workers: tuple[str, ...] = ("w1", "w2"), scale: float = 0.05, st
         started = subprocess.run(
             [*server.wrap(), sys.executable, "-m", "pgkeeper.cli.main", "server", "start", "--host", server.address,
              "--database-url", f"postgresql://postgres@{meta.host}:{meta.port}/prefect"],
-            env=server_env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+            env=server_env, cwd=ROOT, capture_output=True, text=True, timeout=700)
         assert started.returncode == 0, started.stdout + started.stderr
         world.api = f"http://{server.address}:{port}/api"
         world.credential = (base / "server-home" / "server-auth").read_text().strip()

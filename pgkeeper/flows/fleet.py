@@ -55,9 +55,14 @@ def cap_parallel(deployment: str, max_parallel: int) -> None:
     once in the whole pool; the others wait on the server (not in a worker) for a slot."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import DeploymentUpdate
+    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:
-        found = client.read_deployment_by_name(deployment)
+        try:
+            found = client.read_deployment_by_name(deployment)
+        except ObjectNotFound:
+            raise PgkeeperError(f"deployment {deployment} does not exist: run `pgkeeper setup` "
+                                "(or `prefect deploy --all`)") from None
         if found.concurrency_limit != max(max_parallel, 1):
             client.update_deployment(found.id, DeploymentUpdate(concurrency_limit=max(max_parallel, 1)))
 
@@ -77,9 +82,12 @@ def where(connection_block: str) -> tuple[str | None, str | None, str | None]:
 @task(name="start-member", retries=2, retry_delay_seconds=2)
 def start_member(deployment: str, parameters: dict[str, Any]) -> str:
     """Start one member run (returns at once) and give its id."""
+    from prefect.context import get_run_context
     from prefect.deployments import run_deployment
 
-    run = run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=True)
+    # A retry after a lost answer must not start the database's backup twice.
+    key = f"{get_run_context().task_run.flow_run_id}:{parameters['connection_block']}"
+    run = run_deployment(deployment, parameters=parameters, timeout=0, as_subflow=True, idempotency_key=key)
     return str(run.id)
 
 
