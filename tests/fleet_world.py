@@ -108,7 +108,9 @@ class World:
 
     def start_worker(self, name: str, plain_prefect: bool = False, limit: int = 3) -> subprocess.Popen:
         host = self.hosts[name]
-        env = {**self.env, "PGKEEPER_WORKER_NAME": name, "PGKEEPER_HOME": str(self.base / f"{name}-home"),
+        # One pgkeeper home for all workers, as a user copies ~/.pgkeeper to each machine: a backup
+        # signed on one worker must verify on another (the repository's manifest key lives there).
+        env = {**self.env, "PGKEEPER_WORKER_NAME": name, "PGKEEPER_HOME": str(self.base / "worker-home"),
                "PREFECT_HOME": str(self.base / f"{name}-prefect"), "PREFECT_WORKER_QUERY_SECONDS": "1",
                "PREFECT_WORKER_PREFETCH_SECONDS": "5", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
         if plain_prefect:  # the ordinary Prefect way, as on a machine without pgkeeper's CLI habits

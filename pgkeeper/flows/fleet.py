@@ -63,7 +63,8 @@ def cap_parallel(deployment: str, max_parallel: int) -> None:
         except ObjectNotFound:
             raise PgkeeperError(f"deployment {deployment} does not exist: run `pgkeeper setup` "
                                 "(or `prefect deploy --all`)") from None
-        if found.concurrency_limit != max(max_parallel, 1):
+        current = found.global_concurrency_limit.limit if found.global_concurrency_limit else None
+        if current != max(max_parallel, 1):
             client.update_deployment(found.id, DeploymentUpdate(concurrency_limit=max(max_parallel, 1)))
 
 
