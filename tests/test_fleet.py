@@ -176,3 +176,19 @@ def test_a_fleet_defined_as_data(pool_worker, conn, tmp_path) -> None:
         parse_fleet_file("a h 5432 u s3cr3t!\n")
     with pytest.raises(SetupError, match="listed twice"):
         parse_fleet_file("a h 5432 u PW\na h 5432 u PW2\n")
+
+
+def test_server_database_url_keeps_the_password_off_the_command_line() -> None:
+    """`pgkeeper serve/server start --database-url`: Prefect's async URL, the password from
+    Prefect's own setting (a placeholder Prefect fills), never from argv."""
+    from pgkeeper.errors import BadName
+    from pgkeeper.local_server import prefect_database_url
+
+    env = {"PREFECT_SERVER_DATABASE_PASSWORD": "pw"}
+    assert prefect_database_url("postgresql://prefect@db:5432/prefect", env) == \
+        "postgresql+asyncpg://prefect:${PREFECT_SERVER_DATABASE_PASSWORD}@db:5432/prefect"
+    assert prefect_database_url("postgres://prefect@db/prefect", {}) == "postgresql+asyncpg://prefect@db/prefect"
+    with pytest.raises(BadName, match="holds a password"):
+        prefect_database_url("postgresql://prefect:secret@db/prefect", env)
+    with pytest.raises(BadName, match="not PostgreSQL"):
+        prefect_database_url("mysql://prefect@db/prefect", env)
