@@ -16,9 +16,10 @@ import time
 import tomllib
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
-from pgkeeper.errors import PgkeeperError
+from pgkeeper.errors import BadName, PgkeeperError
 from pgkeeper.home import pgkeeper_home
 from pgkeeper.server_auth import (
     CLIENT_SETTING,
@@ -30,6 +31,9 @@ from pgkeeper.server_auth import (
 )
 
 DEFAULT_PORT = 4200
+DEFAULT_HOST = "127.0.0.1"
+DATABASE_URL_SETTING = "PGKEEPER_SERVER_DATABASE_URL"  # what `--database-url` sets
+PASSWORD_SETTINGS = ("PREFECT_SERVER_DATABASE_PASSWORD", "PREFECT_API_DATABASE_PASSWORD")
 QUIET_PREFECT = {
     # Without internet, telemetry logs an ERROR on every run.
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -43,9 +47,41 @@ def server_dir() -> Path:
     return path
 
 
+def server_host() -> str:
+    """The address the local server listens on: loopback unless PGKEEPER_SERVER_HOST names
+    one that workers on other machines reach (then lock it: it is no longer private)."""
+    return os.environ.get("PGKEEPER_SERVER_HOST", "").strip() or DEFAULT_HOST
+
+
 def local_api_url(port: int | None = None) -> str:
     port = port or int(os.environ.get("PGKEEPER_SERVER_PORT", DEFAULT_PORT))
-    return f"http://127.0.0.1:{port}/api"
+    return f"http://{server_host()}:{port}/api"
+
+
+def prefect_database_url(url: str, env: Mapping[str, str] = os.environ) -> str:
+    """Prefect's connection URL for the server's own database from a user's URL.
+
+    `postgresql://user@host:port/db` becomes the async driver's URL. A password never comes on
+    the command line (every user reads argv in /proc): it comes from Prefect's own setting
+    PREFECT_SERVER_DATABASE_PASSWORD, which Prefect substitutes for the placeholder.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url.strip())
+    if parts.scheme.startswith("sqlite"):
+        return url.strip()
+    if parts.scheme not in {"postgres", "postgresql", "postgresql+asyncpg"}:
+        raise BadName(f"database URL scheme {parts.scheme!r} is not PostgreSQL (postgresql://user@host:port/db)")
+    if parts.password is not None:
+        raise BadName("the database URL holds a password: put it in PREFECT_SERVER_DATABASE_PASSWORD "
+                      "instead (command lines are readable by every user)")
+    if not parts.hostname or not parts.path.strip("/"):
+        raise BadName("the database URL needs a host and a database name (postgresql://user@host:port/db)")
+    netloc = parts.netloc
+    if parts.username and any(env.get(k) for k in PASSWORD_SETTINGS):
+        setting = next(k for k in PASSWORD_SETTINGS if env.get(k))
+        netloc = netloc.replace(f"{parts.username}@", f"{parts.username}:${{{setting}}}@", 1)
+    return urlunsplit(("postgresql+asyncpg", netloc, parts.path, parts.query, ""))
 
 
 def configured_api_url() -> str | None:
@@ -86,10 +122,13 @@ def server_env(url: str) -> dict[str, str]:
            "PREFECT_UI_API_URL": url, "PREFECT_UI_URL": url.removesuffix("/api"),
            SERVER_SETTING: credential, CLIENT_SETTING: credential}  # type: ignore[dict-item]
     env.pop("PREFECT_API_URL", None)
+    database_url = os.environ.get(DATABASE_URL_SETTING, "").strip()
+    if database_url:  # e.g. PostgreSQL, for a server that several machines' workers share
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = prefect_database_url(database_url, env)
     return env
 
 
-def start_local_server(port: int | None = None, timeout: float = 120, announce: bool = False) -> str:
+def start_local_server(port: int | None = None, timeout: float | None = None, announce: bool = False) -> str:
     """Start (or find running) the local Prefect server; return its API URL.
 
     With `announce`, a progress line with the elapsed time while it starts (30-70 s on a
@@ -98,10 +137,12 @@ def start_local_server(port: int | None = None, timeout: float = 120, announce: 
     url = local_api_url(port)
     if is_healthy(url):
         return url
+    # A first start on PostgreSQL runs every migration: minutes on a busy small machine.
+    timeout = timeout or float(os.environ.get("PGKEEPER_SERVER_START_TIMEOUT", "120"))
     sdir = server_dir()
     with open(sdir / "server.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+            [sys.executable, "-m", "prefect", "server", "start", "--host", server_host(),
              "--port", url.split(":")[-1].split("/")[0]],
             env=server_env(url), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)

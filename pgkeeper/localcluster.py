@@ -51,10 +51,15 @@ class LocalCluster:
     password: str = "pgkeeper-demo-pw"
     user: str = "postgres"
     settings: dict[str, str] = field(default_factory=dict)
+    # For a cluster on a private network (a test's network namespace): the address it listens
+    # on, the network its clients come from, and a command to start it under (`ip netns exec NS`).
+    listen: str = "127.0.0.1"
+    client_network: str | None = None
+    wrapper: list[str] = field(default_factory=list)
 
     @property
     def host(self) -> str:
-        return "127.0.0.1"
+        return self.listen
 
     def conninfo(self, dbname: str = "postgres") -> str:
         return f"host={self.host} port={self.port} user={self.user} dbname={dbname} password={self.password}"
@@ -81,10 +86,14 @@ class LocalCluster:
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         finally:
             pwfile.unlink(missing_ok=True)
-        conf = {**_DEFAULT_SETTINGS, "port": str(self.port), **self.settings, **(extra or {})}
+        conf = {**_DEFAULT_SETTINGS, "listen_addresses": f"'{self.listen}'", "port": str(self.port),
+                **self.settings, **(extra or {})}
         self.write_conf(conf)
         with open(self.datadir / "pg_hba.conf", "a") as f:
             f.write("host replication all 127.0.0.1/32 scram-sha-256\n")
+            if self.client_network:
+                f.write(f"host all all {self.client_network} scram-sha-256\n"
+                        f"host replication all {self.client_network} scram-sha-256\n")
         return self
 
     def write_conf(self, settings: dict[str, str]) -> None:
@@ -97,7 +106,7 @@ class LocalCluster:
         log.touch()
         pgtools.give_to_server_user(log)
         subprocess.run(
-            [*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "-l", str(log),
+            [*self.wrapper, *pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(self.datadir), "-l", str(log),
              "-o", f"-p {self.port}", "-w", "-t", str(timeout), "start"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         return self

@@ -66,7 +66,9 @@ def is_local_server(url: str, port: int) -> bool:
     server ever gets the credential, never an API configured elsewhere."""
     netloc = url.split("//", 1)[-1].split("/", 1)[0]
     host, _, port_text = netloc.rpartition(":")
-    return host in LOOPBACK and port_text == str(port)
+    # A server started with PGKEEPER_SERVER_HOST (for workers on other machines) is ours too.
+    ours = LOOPBACK | {os.environ.get("PGKEEPER_SERVER_HOST", "").strip() or "127.0.0.1"}
+    return host in ours and port_text == str(port)
 
 
 def use_credential(url: str, port: int) -> bool:

@@ -12,7 +12,9 @@ credentials, AWS_ENDPOINT_URL for S3-compatible stores); ENABLE_EMAIL_ALERTS, AL
 (comma-separated), SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASS (SMTP_TYPE=SSL|STARTTLS|INSECURE
 overrides the port's default); RETENTION_DAYS; SENTRY_DSN. pgkeeper's own: PGKEEPER_TIMEZONE
 (schedules, default TZ or UTC), PGKEEPER_WORK_POOL (default pgkeeper), ENABLE_WAL_ARCHIVING
-(true: WAL shipping and base backup schedules run; otherwise they are created paused).
+(true: WAL shipping and base backup schedules run; otherwise they are created paused),
+PGKEEPER_FLEET_FILE (or --fleet-file: one line per database, `database host port user PASSWORD_VARIABLE`;
+a connection block each, the fleet's list, and the fleet's schedules resumed).
 More notification channels: SLACK_WEBHOOK_URL, TEAMS_WEBHOOK_URL, ALERT_WEBHOOK_URL (JSON POST),
 PGKEEPER_NOTIFICATION_BLOCKS (existing blocks, slug/name, comma-separated). Alerts on absence:
 PGKEEPER_DATABASES (default POSTGRES_DB), BACKUP_ALERT_HOURS (26), VERIFY_ALERT_DAYS (8),
@@ -25,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog=HELP_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prefect-yaml", type=Path, default=None,
                    help="the prefect.yaml to deploy (default ./prefect.yaml, else pgkeeper's own)")
+    p.add_argument("--fleet-file", type=Path, default=None,
+                   help="the databases of a fleet, one per line: database host port user PASSWORD_VARIABLE")
     p.set_defaults(func=run)
 
 
@@ -33,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     from pgkeeper.settings import check_environment
 
+    if args.fleet_file is not None:
+        os.environ["PGKEEPER_FLEET_FILE"] = str(args.fleet_file)
     # A missing variable is reported before anything starts or connects.
     check_environment(os.environ)
     from pgkeeper.local_server import ensure_api

@@ -13,13 +13,24 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
-from prefect.automations import Automation, EventTrigger, SendNotification
+from prefect.automations import Automation, ChangeFlowRunState, EventTrigger, SendNotification
 from prefect.events.schemas.automations import AutomationCore, Posture
 
 from pgkeeper.alerts import WARNING_EVENT
 from pgkeeper.runinfo import RUN_ID_LINE, RUN_TAG  # notify() reads RUN_ID_LINE to find the failed step
 
 FAILURE_AUTOMATION = "pgkeeper: mail on failed run"
+CRASH_AUTOMATION = "pgkeeper: crash runs whose heartbeat stopped"
+HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
+# Runs beat every 30 s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set in prefect.yaml and by `pgkeeper
+# serve`): three missed beats and the machine is taken for dead.
+HEARTBEAT_GRACE_SECONDS = 90
+# Any of these after a beat means the run ended or stopped beating on purpose (a paused or
+# suspended run waiting for input), not that its machine died.
+STILL_ACCOUNTED_FOR = {HEARTBEAT_EVENT, "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                       "prefect.flow-run.Crashed", "prefect.flow-run.Cancelled", "prefect.flow-run.Cancelling",
+                       "prefect.flow-run.TimedOut", "prefect.flow-run.Paused", "prefect.flow-run.Suspended",
+                       "prefect.flow-run.AwaitingRetry", "prefect.flow-run.Scheduled"}
 WARNING_AUTOMATION = "pgkeeper: mail on warning"
 TAG = RUN_TAG  # every pgkeeper run carries it, however started (runinfo.tag_every_run)
 FAILURE_EVENTS = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
@@ -64,6 +75,27 @@ def failure_automation(block_document_id: UUID | Sequence[UUID]) -> Automation:
             posture=Posture.Reactive, threshold=1, within=0,
         ),
         actions=notify_actions(block_document_id, FAILURE_SUBJECT, FAILURE_BODY),
+    )
+
+
+def crash_automation() -> Automation:
+    """A run whose worker's machine died (or whose process was killed with its worker) never
+    reports an end: nobody is left to. Its heartbeats stop, and this marks it Crashed, which the
+    failure mail and the fleet report, and which frees its deployment concurrency slot."""
+    return Automation(
+        name=CRASH_AUTOMATION,
+        description=f"Mark a pgkeeper run Crashed when its heartbeat stops for {HEARTBEAT_GRACE_SECONDS} s "
+                    "(its machine or worker died).",
+        trigger=EventTrigger(
+            after={HEARTBEAT_EVENT}, expect=STILL_ACCOUNTED_FOR,
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{TAG}"},
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive, threshold=1, within=HEARTBEAT_GRACE_SECONDS,
+        ),
+        actions=[ChangeFlowRunState(state="CRASHED", name="Crashed",
+                                    message=f"no heartbeat for {HEARTBEAT_GRACE_SECONDS} s: "
+                                            "its worker or machine died")],
     )
 
 

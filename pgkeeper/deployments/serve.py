@@ -53,12 +53,14 @@ def serve(api_url: str, pool: str, limit: int | None, run_setup_first: bool, sto
         if not pool_exists(pool):
             raise PgkeeperError(f"work pool {pool!r} does not exist: run `pgkeeper setup` first")
         cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process",
-               "--name", f"pgkeeper-{os.uname().nodename}"]
+               "--name", os.environ.get("PGKEEPER_WORKER_NAME") or f"pgkeeper-{os.uname().nodename}"]
         if limit:
             cmd += ["--limit", str(limit)]
         print(f"pgkeeper serving: worker for pool {pool!r} against {api_url} (UI at {api_url.removesuffix('/api')}); "
               "Ctrl-C stops it", flush=True)
-        worker = subprocess.Popen(cmd, env={**os.environ, "PREFECT_API_URL": api_url})
+        # Runs beat every 30 s, so a run whose machine dies is marked Crashed (automations.crash_automation).
+        env = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30", **os.environ, "PREFECT_API_URL": api_url}
+        worker = subprocess.Popen(cmd, env=env)
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             return worker.wait()

@@ -75,15 +75,18 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
         watched_databases,
     )
     from pgkeeper.deployments.automations import (
+        CRASH_AUTOMATION,
         FAILURE_AUTOMATION,
         WARNING_AUTOMATION,
         apply_automation,
+        crash_automation,
         failure_automation,
         remove_automation,
         warning_automation,
     )
     from pgkeeper.deployments.channels import ensure_channels
     from pgkeeper.deployments.deploy import WAL_DEPLOYMENTS, apply_deployments, default_prefect_yaml, set_paused
+    from pgkeeper.deployments.fleet_setup import FLEET_DEPLOYMENTS, apply_fleet_file, fleet_file
     from pgkeeper.names import check_identifier
 
     settings.check_environment(env)
@@ -129,6 +132,10 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
 
         note(f"block {SENTRY_BLOCK}", save_block(Secret(value=SecretStr(dsn)), SENTRY_BLOCK)[0])
 
+    fleet_path = fleet_file(env)
+    if fleet_path is not None:
+        apply_fleet_file(fleet_path, env, note)
+
     pool = env.get("PGKEEPER_WORK_POOL", DEFAULT_WORK_POOL).strip() or DEFAULT_WORK_POOL
     note(f"work pool {pool} (process)", ensure_work_pool(pool))
     yaml_path = (prefect_yaml or default_prefect_yaml()).resolve()
@@ -143,6 +150,11 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
     wal_on = settings.enabled(env, "ENABLE_WAL_ARCHIVING")
     for name in WAL_DEPLOYMENTS:
         note(f"deployment {name} {'active' if wal_on else 'paused'}", set_paused(name, not wal_on))
+    # The fleet's schedules run once a fleet is defined; before that they would back up the default block twice.
+    for name in FLEET_DEPLOYMENTS:
+        note(f"deployment {name} {'active' if fleet_path else 'paused'}", set_paused(name, fleet_path is None))
+    # Runs of a machine that died never report an end; their heartbeats stop and this crashes them.
+    note(f"automation {CRASH_AUTOMATION!r}", apply_automation(crash_automation()))
 
     # Every channel (mail, Slack, Teams, webhook, any NotificationBlock) gets every notification.
     channels = ([mail_block_id] if mail_block_id is not None else []) + ensure_channels(env, note)

@@ -1,0 +1,234 @@
+"""A small multi-machine pgkeeper, on one box, for the fleet test and benchmark.
+
+Hosts are network namespaces (tests/netns.py) on one private /24:
+  server  the Prefect server (`pgkeeper server start --database-url postgresql://...`) and the
+          PostgreSQL cluster that holds its state;
+  db1,db2 two PostgreSQL servers with three databases each, one name ("shared") on both;
+  w1,w2   the workers: w1 is `pgkeeper serve`, w2 a plain `prefect worker start`.
+Each listens on its own address only; the test process has an address too (the admin's
+machine) and sets everything up the ordinary way: `pgkeeper setup` with a fleet file.
+The repository is a directory every host sees (as an NFS mount would be).
+Everything started is stopped, and every namespace and veth removed, also on failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgkeeper.localcluster import LocalCluster, free_port, scratch_dir
+from tests.netns import Host, Network
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "fleet-Pw-" + uuid.uuid4().hex[:8]
+DATABASES = {"db1": ["alpha", "beta", "shared"], "db2": ["gamma", "delta", "shared"]}
+QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclass
+class World:
+    net: Network
+    base: Path
+    server: Host
+    hosts: dict[str, Host]
+    clusters: dict[str, LocalCluster]
+    api: str = ""
+    credential: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    workers: dict[str, subprocess.Popen] = field(default_factory=dict)
+    fleet_blocks: dict[str, tuple[str, str]] = field(default_factory=dict)  # block -> (database, server)
+
+    @property
+    def repo_dir(self) -> Path:
+        return self.base / "repo"
+
+    def call(self, method: str, path: str, body: dict | None = None) -> Any:
+        """The API over plain HTTP, with the server's credential (no Prefect client in this process:
+        it would stay pointed at this server after it is gone)."""
+        import httpx
+
+        headers = {"Authorization": "Basic " + base64.b64encode(self.credential.encode()).decode()}
+        for attempt in range(6):
+            response = httpx.request(method, f"{self.api}{path}", json=body, timeout=30, headers=headers)
+            if response.status_code not in (429, 503):
+                break
+            time.sleep(0.5 * 2**attempt)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def start_run(self, deployment: str, parameters: dict | None = None) -> dict:
+        dep = self.call("GET", f"/deployments/name/{deployment}")
+        return self.call("POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": parameters or {}})
+
+    def run(self, run_id: str) -> dict:
+        return self.call("GET", f"/flow_runs/{run_id}")
+
+    def final(self, run_id: str, timeout: float = 300) -> dict:
+        done = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+        return wait_for(lambda: (r := self.run(run_id))["state"]["type"] in done and r, timeout,
+                        f"run {run_id} to finish", interval=1)
+
+    def runs(self, deployment: str) -> list[dict]:
+        dep = self.call("GET", f"/deployments/name/{deployment}")
+        return self.call("POST", "/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [dep["id"]]}},
+                                                       "limit": 200})
+
+    def latest_artifact(self, key: str) -> list[dict]:
+        import json
+
+        found = self.call("POST", "/artifacts/latest/filter", {"artifacts": {"key": {"any_": [key]}}})
+        data = found[0]["data"]
+        return json.loads(data) if isinstance(data, str) else data
+
+    def python(self, code: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run Python against the world's API from the test's own (admin) host."""
+        return subprocess.run([sys.executable, "-c", code], env=self.env, cwd=ROOT, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def start_worker(self, name: str, plain_prefect: bool = False, limit: int = 3) -> subprocess.Popen:
+        host = self.hosts[name]
+        # One pgkeeper home for all workers, as a user copies ~/.pgkeeper to each machine: a backup
+        # signed on one worker must verify on another (the repository's manifest key lives there).
+        env = {**self.env, "PGKEEPER_WORKER_NAME": name, "PGKEEPER_HOME": str(self.base / "worker-home"),
+               "PREFECT_HOME": str(self.base / f"{name}-prefect"), "PREFECT_WORKER_QUERY_SECONDS": "1",
+               "PREFECT_WORKER_PREFETCH_SECONDS": "5", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+        if plain_prefect:  # the ordinary Prefect way, as on a machine without pgkeeper's CLI habits
+            cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "pgkeeper", "--type", "process",
+                   "--name", name, "--limit", str(limit)]
+        else:
+            cmd = [sys.executable, "-m", "pgkeeper.cli.main", "serve", "--limit", str(limit)]
+        log = open(self.base / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps it)
+        proc = subprocess.Popen([*host.wrap(), *cmd], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        self.workers[name] = proc
+        wait_for(lambda: any(w["name"] == name and w["status"] == "ONLINE" for w in self.call(
+            "POST", "/work_pools/pgkeeper/workers/filter", {})), 120, f"worker {name} online", interval=1)
+        return proc
+
+    def stop_worker(self, name: str) -> None:
+        proc = self.workers.pop(name, None)
+        if proc is not None:
+            stop(proc)
+
+    def worker_log(self, name: str) -> str:
+        path = self.base / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def stop(proc: subprocess.Popen, grace: float = 20) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def fleet_file_text(world: World) -> str:
+    lines = ["# database host port user password-variable"]
+    for host_name, databases in DATABASES.items():
+        cluster = world.clusters[host_name]
+        lines += [f"{db} {cluster.host} {cluster.port} postgres {host_name.upper()}_PGPASSWORD" for db in databases]
+    return "\n".join(lines) + "\n"
+
+
+def cluster_on(net: Network, host: Host, base: Path) -> LocalCluster:
+    cluster = LocalCluster(base / host.name / "data", password=PASSWORD, listen=host.address,
+                           client_network=net.cidr, wrapper=host.wrap(), port=free_port())
+    (base / host.name).mkdir(mode=0o755)
+    cluster.init().start()
+    return cluster
+
+
+@contextmanager
+def fleet_world(workers: tuple[str, ...] = ("w1", "w2"), scale: float = 0.05, start_workers: bool = True,
+                ) -> Iterator[World]:
+    """The whole world, built once; torn down in reverse whatever happens."""
+    from pgkeeper.sample_crm import create_crm
+    from tests.helpers import create_database, run_cli
+
+    with ExitStack() as stack:
+        base = scratch_dir("pgkeeper-fleet-world-")
+        stack.callback(shutil.rmtree, base, True)
+        net = Network()
+        stack.callback(net.close)
+        server = net.hub_host()
+        hosts = {name: net.add_host(name) for name in ("db1", "db2", *workers)}
+        net.join_root()
+        clusters: dict[str, LocalCluster] = {}
+        for name, host in [("server", server), ("db1", hosts["db1"]), ("db2", hosts["db2"])]:
+            clusters[name] = cluster_on(net, host, base)
+            stack.callback(clusters[name].destroy)
+        world = World(net, base, server, hosts, clusters)
+        for host_name, databases in DATABASES.items():
+            for db in databases:
+                create_database(clusters[host_name], db)
+                create_crm(clusters[host_name].conninfo(db), scale=scale)
+        create_database(clusters["server"], "prefect")
+
+        # The Prefect server, on the server host, keeping its state in PostgreSQL.
+        port = free_port()
+        server_env = {**os.environ, **QUIET, "PGKEEPER_HOME": str(base / "server-home"),
+                      "PREFECT_HOME": str(base / "server-prefect"), "PGKEEPER_SERVER_PORT": str(port),
+                      "PREFECT_SERVER_DATABASE_PASSWORD": PASSWORD, "PGKEEPER_SERVER_START_TIMEOUT": "600"}
+        server_env.pop("PREFECT_API_URL", None)
+        stack.callback(subprocess.run, [sys.executable, "-m", "pgkeeper.cli.main", "server", "stop"],
+                       env=server_env, cwd=ROOT, capture_output=True, timeout=120)
+        meta = clusters["server"]
+        started = subprocess.run(
+            [*server.wrap(), sys.executable, "-m", "pgkeeper.cli.main", "server", "start", "--host", server.address,
+             "--database-url", f"postgresql://postgres@{meta.host}:{meta.port}/prefect"],
+            env=server_env, cwd=ROOT, capture_output=True, text=True, timeout=700)
+        assert started.returncode == 0, started.stdout + started.stderr
+        world.api = f"http://{server.address}:{port}/api"
+        world.credential = (base / "server-home" / "server-auth").read_text().strip()
+
+        # Set up from the admin's machine, the ordinary way: `pgkeeper setup` with a fleet file.
+        (base / "fleet.txt").write_text(fleet_file_text(world))
+        db1 = clusters["db1"]
+        world.env = {**os.environ, **QUIET, "PREFECT_API_URL": world.api, "PREFECT_API_AUTH_STRING": world.credential,
+                     "PGKEEPER_HOME": str(base / "admin-home"), "PREFECT_HOME": str(base / "admin-prefect"),
+                     "POSTGRES_HOST": db1.host, "POSTGRES_PORT": str(db1.port), "POSTGRES_USER": "postgres",
+                     "POSTGRES_PASSWORD": PASSWORD, "POSTGRES_DB": "alpha", "BACKUP_DIR": str(world.repo_dir),
+                     "PGKEEPER_FLEET_FILE": str(base / "fleet.txt"), "DB1_PGPASSWORD": PASSWORD,
+                     "DB2_PGPASSWORD": PASSWORD, "PREFECT_LOGGING_LEVEL": "WARNING"}
+        world.env.pop("PGKEEPER_WAL_RUNTIME_ROOT", None)
+        result = run_cli("setup", env=world.env, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert PASSWORD not in result.stdout + result.stderr
+        for host_name, databases in DATABASES.items():
+            c = clusters[host_name]
+            for db in databases:
+                block = f"pgkeeper-fleet-{db}-{c.host.replace('.', '-')}-{c.port}"
+                world.fleet_blocks[block] = (db, f"{c.host}:{c.port}")
+
+        stack.callback(lambda: [world.stop_worker(name) for name in list(world.workers)])
+        for i, name in enumerate(workers if start_workers else ()):
+            world.start_worker(name, plain_prefect=i % 2 == 1)
+        yield world
