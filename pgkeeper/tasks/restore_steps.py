@@ -427,10 +427,10 @@ def confirmation_description(plan: RestorePlan, toc: dict[str, int], safety_back
         "What happens when you confirm:",
         "",
     ]
-    steps = []
+    steps = [f"the backup is restored into a new database `{plan.shadow}` and its row counts checked"]
     if plan.target_exists and safety_backup:
-        steps.append(f"a safety backup of the current `{plan.target}` (label `pre-restore`)")
-    steps.append(f"the backup is restored into a new database `{plan.shadow}` and its row counts checked")
+        steps[0] = (f"a safety backup of the current `{plan.target}` (label `pre-restore`) is taken while "
+                    f"{steps[0]}; nothing is swapped unless the safety backup completes")
     if plan.target_exists:
         steps.append(f"connections to `{plan.target}` are refused and ended, then `{plan.target}` is renamed "
                      f"to `{plan.retire_as}` and the restored copy takes its name (one transaction)")
