@@ -44,6 +44,7 @@ from pgkeeper.tasks.restore_steps import (
     resolve_restore,
     restore_shadow,
     restore_slot,
+    start_archive_reading,
     unchanged_line,
 )
 from pgkeeper.tasks.safety import safety_result, start_safety_backup, wait_quietly
@@ -178,9 +179,10 @@ def restore(
                                              host=host, port=port, user=user, repository_block=repository_block,
                                              backup_dir=backup_dir)
 
+            reading = start_archive_reading(plan, work_file)  # the content proof's archive side, meanwhile
             restore_seconds = restore_shadow(conn, plan, work_file, jobs, repo.dump_timeout_seconds)
             tables = check_counts(conn, plan.shadow, plan)
-            check_content(conn, plan.shadow, plan, work_file)
+            check_content(conn, plan.shadow, plan, work_file, reading)
             safety_id = safety_result(safety)  # the swap waits for it; a failed one stops the restore here
             swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id,
                                    keep_old_hours, plan.properties.comment if plan.properties else None)
