@@ -132,7 +132,7 @@ def main() -> int:
             admin(cluster, f"DROP DATABASE IF EXISTS {name}")
         admin(cluster, f"DROP DATABASE IF EXISTS {TARGET_DB}")
         admin(cluster, f"CREATE DATABASE {TARGET_DB} TEMPLATE {SOURCE_DB}")  # replace mode's live database
-        with prefect_test_harness(server_startup_timeout=120):
+        with prefect_test_harness(server_startup_timeout=300):
             env = {**os.environ, "POSTGRES_HOST": cluster.host, "POSTGRES_PORT": str(cluster.port),
                    "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": PASSWORD, "POSTGRES_DB": SOURCE_DB,
                    "BACKUP_DIR": str(repo_dir), "PREFECT_API_URL": PREFECT_API_URL.value(),
