@@ -1,19 +1,25 @@
-"""Restore: the restore flow's work against a bare `pg_restore -j2`, same dump, same run.
+"""Restore: whole `pgkeeper restore` processes against a bare `pg_restore -j2`, same dump, alternating.
 
     .venv/bin/python benchmarks/restore.py [--scale 50] [--rounds 3] [--jobs 2] [--reuse DIR]
 
 A throwaway PostgreSQL 15 cluster gets a database of about 1 GB at the default scale
-(pgbench -i -s 50, plus a table of text and jsonb), which the backup flow backs up once. The
-stored backup is decompressed (checksum-checked) to one work file, and then, alternating:
-  1. bare: CREATE DATABASE + `pg_restore -j2 --no-owner --no-privileges --exit-on-error`;
-  2. flow: what the restore flow does after its fetch, as Prefect tasks in a flow: shadow
-     database shaped as the backup's, pg_restore -j2 into it (owners and grants), its settings,
-     row counts against the manifest, its content proven against the archive (pg_dump of the
-     shadow equal to the archive, entry by entry), the one-transaction swap, the swap checked.
-Medians of each are compared. Target: flow <= 1.15x bare. One full `restore` flow run (fetch,
-readable check and all) is timed at the end for reference.
+(pgbench -i -s 50, plus a table of text and jsonb, see bench_db.py), which the backup flow backs
+up once. The peer's input is that backup's dump, decompressed to a file (what a user of bare
+tools would have). Then each round times, one after the other:
+  1. bare:    CREATE DATABASE + `pg_restore -j2 --exit-on-error` of the dump file
+              (the peer a user would pick);
+  2. into:    the whole `pgkeeper restore ID --into NEW -j 2` process, against a running Prefect
+              API: fetch (checksum, decompress), readable check, shadow, pg_restore -j2, settings,
+              row counts, content proof (pg_dump of the shadow equal to the archive), rename;
+  3. replace: the whole `pgkeeper restore ID --target bench_target --yes -j 2` process: the same,
+              plus the pre-restore safety backup of bench_target (1 GB, the same data) and the
+              one-transaction swap; the previous database is kept, as by default (it is dropped
+              afterwards, untimed, as the bare run's database is).
+It prints each contest's median, min and max, and the ratios of the medians to bare.
+Targets (issue 18, target 4): into <= 1.1x, replace <= 1.3x.
 
---reuse DIR keeps the cluster (and its database) in DIR between runs, so the build is paid once.
+--reuse DIR keeps the cluster (with its database) and the repository (with the backup) in DIR
+between runs, so the build and the backup are paid once.
 """
 
 from __future__ import annotations
@@ -35,27 +41,71 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_db import PASSWORD, SOURCE_DB, bench_cluster, build  # noqa: E402
 
-TARGET_DB = "bench_target"
+TARGET_DB = "bench_target"  # what replace mode replaces (a copy of the source at first)
+INTO_DB = "bench_into"  # what --into creates
+BARE_DB = "bench_bare"
+
+
+def admin(cluster, statement: str) -> None:
+    import psycopg
+
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
+        c.execute(statement)
 
 
 def bare_restore(cluster, dump: Path, jobs: int) -> float:
-    import psycopg
-
     from pgkeeper import pgtools
 
-    name = "bench_bare"
-    with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE IF EXISTS {name}")
+    admin(cluster, f"DROP DATABASE IF EXISTS {BARE_DB}")
     started = time.monotonic()
-    with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
-        c.execute(f"CREATE DATABASE {name} TEMPLATE template0")
-    subprocess.run([pgtools.tool("pg_restore"), "-w", "--exit-on-error", f"--jobs={jobs}", f"--dbname={name}",
-                    "--no-owner", "--no-privileges", str(dump)],
-                   env={**os.environ, **cluster.libpq_env(name)}, check=True, stdout=subprocess.DEVNULL)
+    admin(cluster, f"CREATE DATABASE {BARE_DB}")
+    subprocess.run([pgtools.tool("pg_restore"), "-w", "--exit-on-error", f"--jobs={jobs}", f"--dbname={BARE_DB}",
+                    str(dump)], env={**os.environ, **cluster.libpq_env(BARE_DB)}, check=True,
+                   stdout=subprocess.DEVNULL)
     seconds = time.monotonic() - started
-    with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
-        c.execute(f"DROP DATABASE {name}")
+    admin(cluster, f"DROP DATABASE {BARE_DB}")
     return seconds
+
+
+def pgkeeper_restore(env: dict[str, str], args: list[str]) -> float:
+    """One whole `pgkeeper restore` process, as a user runs it; its wall-clock seconds."""
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "pgkeeper.cli.main", "restore", *args], env=env, cwd=ROOT,
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    if out.returncode != 0:
+        raise SystemExit(f"pgkeeper restore {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return seconds
+
+
+def old_copies(cluster, target: str) -> list[str]:
+    import psycopg
+
+    with psycopg.connect(cluster.conninfo()) as c:
+        return [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                        (target + "_pre_restore_%",)).fetchall()]
+
+
+def steps_of_last_run() -> str:
+    """Where the last restore run's time went: its tasks' durations (overlapping ones included)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        [run] = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["restore"])),
+                                      sort=FlowRunSort.START_TIME_DESC, limit=1)
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    parts = []
+    for t in sorted(tasks, key=lambda t: t.start_time or run.start_time):
+        if t.start_time and t.end_time and run.start_time:
+            parts.append(f"{t.name.rsplit('-', 1)[0]} +{(t.start_time - run.start_time).total_seconds():.1f} "
+                         f"{(t.end_time - t.start_time).total_seconds():.1f}s")
+    return f"    run {run.total_run_time.total_seconds():.1f} s: " + ", ".join(parts)
+
+
+def stats(xs: list[float]) -> str:
+    return f"median {statistics.median(xs):7.2f} s   min {min(xs):7.2f} s   max {max(xs):7.2f} s"
 
 
 def main() -> int:
@@ -63,84 +113,77 @@ def main() -> int:
     ap.add_argument("--scale", type=float, default=50, help="pgbench scale (50: about 1 GB in all)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--reuse", metavar="DIR", help="keep the cluster in DIR and reuse it on the next run")
+    ap.add_argument("--reuse", metavar="DIR", help="keep the cluster and the repository in DIR for the next run")
+    ap.add_argument("--steps", action="store_true", help="print each restore run's task durations (profiling)")
     args = ap.parse_args()
 
-    from prefect import flow
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
-    from pydantic import SecretStr
 
-    from pgkeeper.blocks.postgres import PostgresConnection
     from pgkeeper.blocks.repository import BackupRepository
+    from pgkeeper.catalog import list_backups
     from pgkeeper.tasks.pg_restore import materialize_dump
-    from pgkeeper.tasks.restore_steps import (
-        RestorePlan,
-        check_content,
-        check_counts,
-        plan_restore,
-        prepare_shadow,
-        restore_shadow,
-    )
-    from pgkeeper.tasks.swap import check_swapped, drop_if_exists, swap_into_place
-
-    @flow(name="restore-bench-work", validate_parameters=False)  # local types: nothing to validate
-    def flow_work(conn: PostgresConnection, plan: RestorePlan, work_file: Path, jobs: int) -> str | None:
-        # The restore flow's steps after its fetch, in its order (the old copy is kept by default).
-        prepare_shadow(conn, plan)
-        restore_shadow(conn, plan, work_file, jobs, 6 * 3600)
-        check_counts(conn, plan.shadow, plan)
-        check_content(conn, plan.shadow, plan, work_file)
-        swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id, 0)
-        check_swapped(conn, swap, len(plan.tables))
-        return swap.retired_as
 
     with bench_cluster(args.reuse, "pgkeeper-bench-restore-") as (cluster, work):
         build(cluster, args.scale)
-        conn = PostgresConnection(host=cluster.host, port=cluster.port, user="postgres",
-                                  password=SecretStr(PASSWORD), database=SOURCE_DB)
-        repo = BackupRepository(path=str(work / "repo"))
-        with prefect_test_harness(server_startup_timeout=120):
-            from pgkeeper.flows.backup import backup
-            from pgkeeper.flows.restore import restore
+        repo_dir = Path(args.reuse, "repo") if args.reuse else work / "repo"
+        repo_dir.mkdir(parents=True, exist_ok=True)
+        for name in [INTO_DB, BARE_DB, *old_copies(cluster, TARGET_DB)]:  # left by an interrupted run
+            admin(cluster, f"DROP DATABASE IF EXISTS {name}")
+        admin(cluster, f"DROP DATABASE IF EXISTS {TARGET_DB}")
+        admin(cluster, f"CREATE DATABASE {TARGET_DB} TEMPLATE {SOURCE_DB}")  # replace mode's live database
+        with prefect_test_harness(server_startup_timeout=300):
+            env = {**os.environ, "POSTGRES_HOST": cluster.host, "POSTGRES_PORT": str(cluster.port),
+                   "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": PASSWORD, "POSTGRES_DB": SOURCE_DB,
+                   "BACKUP_DIR": str(repo_dir), "PREFECT_API_URL": PREFECT_API_URL.value(),
+                   "PGKEEPER_WORK_DIR": str(work)}
+            os.environ.update({k: env[k] for k in ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER",
+                                                   "POSTGRES_PASSWORD", "POSTGRES_DB", "BACKUP_DIR")})
+            storage = BackupRepository(path=str(repo_dir)).storage()
+            kept = [m for m in list_backups(storage, SOURCE_DB, kind="logical") if "pre-restore" not in m.labels]
+            if kept:
+                manifest = kept[-1]
+                print(f"reusing backup {manifest.backup_id}: {manifest.size / 2**20:.0f} MB stored")
+            else:
+                from pgkeeper.flows.backup import backup
 
-            os.environ.update({"POSTGRES_HOST": cluster.host, "POSTGRES_PORT": str(cluster.port),
-                               "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": PASSWORD,
-                               "POSTGRES_DB": SOURCE_DB, "BACKUP_DIR": repo.path})
-            t0 = time.monotonic()
-            manifest = backup(connection_block="none", repository_block="none")
-            print(f"backup {manifest.backup_id}: {manifest.size / 2**20:.0f} MB stored, "
-                  f"{sum(manifest.tables.values())} rows, {time.monotonic() - t0:.1f} s")
+                t0 = time.monotonic()
+                manifest = backup(connection_block="none", repository_block="none")
+                print(f"backup {manifest.backup_id}: {manifest.size / 2**20:.0f} MB stored, "
+                      f"{sum(manifest.tables.values())} rows, {time.monotonic() - t0:.1f} s")
             dump = work / "dump.fc"
-            with repo.storage().open_plain(manifest.backup_id, manifest.dump_file) as stream:
+            with storage.open_plain(manifest.backup_id, manifest.dump_file) as stream:
                 materialize_dump(stream, manifest.dump_file, manifest.compression, dump, "bench")
-            print(f"work file: {dump.stat().st_size / 2**20:.0f} MB")
-            # The target exists, as in a real replace; the first flow round also warms the cache.
-            drop_if_exists(conn, TARGET_DB)  # left by an earlier --reuse run
-            plan = plan_restore(conn, repo, manifest.backup_id, "local", "new", TARGET_DB)
-            flow_work(conn, plan, dump, args.jobs)
+            print(f"dump file for the peer: {dump.stat().st_size / 2**20:.0f} MB", flush=True)
 
-            bare_s, flow_s = [], []
+            bare_s: list[float] = []
+            into_s: list[float] = []
+            replace_s: list[float] = []
+            jobs = str(args.jobs)
             for i in range(args.rounds):
                 bare_s.append(bare_restore(cluster, dump, args.jobs))
-                plan = plan_restore(conn, repo, manifest.backup_id, "local", "replace", TARGET_DB)
-                t = time.monotonic()
-                old = flow_work(conn, plan, dump, args.jobs)
-                flow_s.append(time.monotonic() - t)
-                if old:
-                    drop_if_exists(conn, old)  # not timed, as the bare database's drop is not
-                print(f"round {i + 1}: bare pg_restore -j{args.jobs} {bare_s[-1]:.2f} s, "
-                      f"restore flow work {flow_s[-1]:.2f} s")
+                into_s.append(pgkeeper_restore(env, [manifest.backup_id, "--into", INTO_DB, "-j", jobs]))
+                if args.steps:
+                    print(steps_of_last_run(), flush=True)
+                admin(cluster, f"DROP DATABASE {INTO_DB}")  # untimed, as the bare database's drop
+                replace_s.append(pgkeeper_restore(env, [manifest.backup_id, "--target", TARGET_DB, "--yes",
+                                                        "-j", jobs]))
+                if args.steps:
+                    print(steps_of_last_run(), flush=True)
+                for name in old_copies(cluster, TARGET_DB):
+                    admin(cluster, f"DROP DATABASE {name}")
+                print(f"round {i + 1}: bare pg_restore -j{jobs} {bare_s[-1]:.2f} s, --into {into_s[-1]:.2f} s, "
+                      f"replace {replace_s[-1]:.2f} s", flush=True)
+            admin(cluster, f"DROP DATABASE {TARGET_DB}")
 
-            t = time.monotonic()
-            report = restore(manifest.backup_id, target=TARGET_DB, confirmed=True, safety_backup=False,
-                             keep_old=False, jobs=args.jobs, connection_block="none", repository_block="none")
-            full = time.monotonic() - t
-        bare_m, flow_m = statistics.median(bare_s), statistics.median(flow_s)
-        print(f"median bare pg_restore -j{args.jobs}: {bare_m:.2f} s")
-        print(f"median restore flow work (shadow, checks, swap): {flow_m:.2f} s")
-        print(f"ratio flow/bare: {flow_m / bare_m:.3f}x (target <= 1.15x)")
-        print(f"full restore flow (fetch + checksum + readable check + the above): {full:.2f} s, "
-              f"RTO reported {report.rto_seconds:.2f} s ({full / bare_m:.2f}x bare)")
+        bare_m = statistics.median(bare_s)
+        print()
+        print(f"{args.rounds} rounds, pgbench scale {args.scale:g}, dump {dump.stat().st_size / 2**20:.0f} MB")
+        print(f"  bare CREATE DATABASE + pg_restore -j{jobs}:  {stats(bare_s)}")
+        print(f"  pgkeeper restore --into NEW:               {stats(into_s)}")
+        print(f"  pgkeeper restore (replace, safety backup): {stats(replace_s)}")
+        print(f"  ratio --into / bare:  {statistics.median(into_s) / bare_m:.2f}x (target <= 1.1x)")
+        print(f"  ratio replace / bare: {statistics.median(replace_s) / bare_m:.2f}x (target <= 1.3x)")
     return 0
 
 

@@ -237,3 +237,21 @@ def test_properties_this_server_cannot_reproduce_are_refused_before_anything_cha
         assert f"{m.backup_id} cannot be restored as it was on {pg.host}:{pg.port}: {expected}" in message
         assert "\n" not in message
         assert_untouched(pg, crm_db, before)
+
+
+def test_a_failed_safety_backup_stops_the_restore_before_the_swap(pg, crm_db, env, repo):  # noqa: F811
+    """The safety backup runs beside the shadow restore; the swap waits for it, so when it fails
+    (here: the target refuses new connections, so its pg_dump cannot connect) nothing is swapped."""
+    from pgkeeper.catalog import list_backups
+
+    m, before = backup_then_change(pg, crm_db)
+    with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+        c.execute(f"ALTER DATABASE {crm_db} ALLOW_CONNECTIONS false")
+    try:
+        message = failed_restore()
+    finally:
+        with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+            c.execute(f"ALTER DATABASE {crm_db} ALLOW_CONNECTIONS true")
+    assert f"database {crm_db} is unchanged" in message
+    assert not [b for b in list_backups(repo.local(), crm_db) if "pre-restore" in b.labels]
+    assert_untouched(pg, crm_db, before)

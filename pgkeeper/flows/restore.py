@@ -51,8 +51,10 @@ from pgkeeper.tasks.restore_steps import (
     resolve_restore,
     restore_shadow,
     restore_slot,
+    start_archive_reading,
     unchanged_line,
 )
+from pgkeeper.tasks.safety import safety_result, start_safety_backup, wait_quietly
 from pgkeeper.tasks.swap import check_swapped, drop_database_task, expire_old_copies, swap_back, swap_into_place
 
 CONFIRM_POLL_SECONDS = 2
@@ -159,6 +161,7 @@ def restore(
     shadow_started = False
     waited = 0.0
     safety_id = None
+    safety = None
     try:
         work_file = fetch_backup(repo, plan)
         toc = check_readable(plan, work_file)
@@ -198,17 +201,21 @@ def restore(
             create_roles_task(conn, repo, plan)
             shadow_started = True
             prepare_shadow(conn, plan)  # first: a locale this server lacks stops the run here
-            if mode == "replace" and plan.target_exists and safety_backup:
-                safety_id = backup_flow(database=plan.target, connection_block=connection_block, host=host,
-                                        port=port, user=user, repository_block=repository_block,
-                                        backup_dir=backup_dir, labels=["pre-restore"]).backup_id
+            if mode == "replace" and plan.target_exists and safety_backup:  # runs beside the shadow restore
+                safety = start_safety_backup(backup_flow, database=plan.target, connection_block=connection_block,
+                                             host=host, port=port, user=user, repository_block=repository_block,
+                                             backup_dir=backup_dir)
 
+            reading = start_archive_reading(plan, work_file)  # the content proof's archive side, meanwhile
             restore_seconds = restore_shadow(conn, plan, work_file, jobs, repo.dump_timeout_seconds)
             tables = check_counts(conn, plan.shadow, plan)
-            check_content(conn, plan.shadow, plan, work_file)
+            check_content(conn, plan.shadow, plan, work_file, reading)
+            safety_id = safety_result(safety)  # the swap waits for it; a failed one stops the restore here
             swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id,
                                    keep_old_hours, plan.properties.comment if plan.properties else None)
     except BaseException as exc:
+        if isinstance(exc, Exception):
+            wait_quietly(safety)
         dropped = _drop_quietly(conn, plan.shadow) if shadow_started else True
         if not isinstance(exc, Exception):
             raise

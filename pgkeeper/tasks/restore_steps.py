@@ -24,7 +24,7 @@ from pgkeeper import dbprops, pgdb, pgtools, roles
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups, of_one_server, resolve_backup
-from pgkeeper.content_check import prove_content
+from pgkeeper.content_check import ArchiveReading, prove_content
 from pgkeeper.errors import BadName, IntegrityError, NotFound, PgkeeperError, RepositoryError, RestoreFailed
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.liveness import claim_dir, clear_dead_dirs
@@ -395,12 +395,20 @@ def check_counts(conn: PostgresConnection, database: str, plan: RestorePlan) -> 
     return rows
 
 
+def start_archive_reading(plan: RestorePlan, work_file: Path) -> ArchiveReading:
+    """Start reading the archive's side of the content proof (pg_restore's SQL of it, hashed entry
+    by entry) in the background, so it runs during the shadow restore instead of after it."""
+    return ArchiveReading(work_file, owners=plan.keep_ownership)
+
+
 @task(name="check-content", cache_policy=NO_CACHE)
-def check_content(conn: PostgresConnection, database: str, plan: RestorePlan, work_file: Path) -> list[str]:
+def check_content(conn: PostgresConnection, database: str, plan: RestorePlan, work_file: Path,
+                  reading: ArchiveReading | None = None) -> list[str]:
     """The shadow holds the backup's schema, grants and data (pg_dump of it equals the archive,
-    entry by entry) and the database's properties; a difference fails naming what differs."""
+    entry by entry) and the database's properties; a difference fails naming what differs.
+    `reading`: the archive's side, started earlier by start_archive_reading (else read here)."""
     diffs = prove_content(conn, database, work_file, plan.properties, plan.dump_settings,
-                          owners=plan.keep_ownership)
+                          owners=plan.keep_ownership, reading=reading)
     if diffs:
         more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
         raise IntegrityError(f"{database} does not match backup {plan.backup_id}: {'; '.join(diffs[:3])}{more}")
@@ -438,10 +446,10 @@ def confirmation_description(plan: RestorePlan, toc: dict[str, int], safety_back
         "What happens when you confirm:",
         "",
     ]
-    steps = []
+    steps = [f"the backup is restored into a new database `{plan.shadow}` and its row counts checked"]
     if plan.target_exists and safety_backup:
-        steps.append(f"a safety backup of the current `{plan.target}` (label `pre-restore`)")
-    steps.append(f"the backup is restored into a new database `{plan.shadow}` and its row counts checked")
+        steps[0] = (f"a safety backup of the current `{plan.target}` (label `pre-restore`) is taken while "
+                    f"{steps[0]}; nothing is swapped unless the safety backup completes")
     if plan.target_exists:
         steps.append(f"connections to `{plan.target}` are refused and ended, then `{plan.target}` is renamed "
                      f"to `{plan.retire_as}` and the restored copy takes its name (one transaction)")

@@ -1,0 +1,42 @@
+"""The pre-restore safety backup, taken while the shadow is being restored.
+
+Both only read the target (the backup) or write a database of their own (the shadow), so they
+can run side by side; the swap waits for the backup (flows/restore.py calls `safety_result`
+before it) and a failed safety backup stops the restore before anything is swapped. The backup
+flow is handed in by the caller: tasks never import flows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture
+
+PRE_RESTORE_LABELS = ["pre-restore"]
+
+
+@task(name="safety-backup", cache_policy=NO_CACHE)
+def safety_backup(backup_flow: Callable[..., Any], params: dict[str, Any]) -> str:
+    """Run the backup flow (a subflow of this task) on the target; its backup id. The backup flow
+    verifies its file reads back before it writes the manifest, so an id means a proven backup."""
+    return backup_flow(**params, labels=PRE_RESTORE_LABELS).backup_id
+
+
+def start_safety_backup(backup_flow: Callable[..., Any], **params: Any) -> PrefectFuture[str]:
+    """Start the safety backup in the flow's task runner (a thread) and return at once."""
+    return safety_backup.submit(backup_flow, params)
+
+
+def safety_result(future: PrefectFuture[str] | None) -> str | None:
+    """The safety backup's id once it has finished; raises its error if it failed."""
+    return future.result() if future is not None else None
+
+
+def wait_quietly(future: PrefectFuture[str] | None) -> None:
+    """After a failure elsewhere: let a running safety backup finish (it is a valid backup of the
+    untouched target), so the run ends with nothing of its own still running."""
+    if future is not None:
+        future.wait()
