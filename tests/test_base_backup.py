@@ -53,6 +53,8 @@ def test_base_backup_is_stored_verified_and_its_wal_archived(arch: ArchivingClus
     assert pg_manifest["WAL-Ranges"][0]["Start-LSN"] == m.start_lsn
     assert m.status == "checked"
     assert all(v.startswith("PASS") for v in m.verifications[0].checks.values())
+    # Streamed: every file was checked against backup_manifest on the way, the WAL parsed after.
+    assert {"backup_manifest", "wal"} <= set(m.verifications[0].checks)
     # The WAL the backup needs to become consistent is in the archive now.
     archived = {o.name for o in LocalWalStore(arch.repo_path / "wal").objects()}
     assert set(segments_between(m.start_lsn, m.stop_lsn, 1)) <= archived
