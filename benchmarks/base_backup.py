@@ -60,6 +60,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reuse", metavar="DIR", help="keep the cluster in DIR and reuse it on the next run")
     ap.add_argument("--show-log", action="store_true", help="print pgkeeper's log (INFO, with times) each round")
+    ap.add_argument("--profile", metavar="FILE", help="record the first pgkeeper round with py-spy (flame graph "
+                    "SVG; py-spy from PyPI) instead of timing it alone")
     args = ap.parse_args()
     ensure_installed()
 
@@ -99,6 +101,10 @@ def main() -> int:
                 env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
                 for i in range(args.rounds):
                     before = {p.name for p in (repo / "backups").glob("*")}
+                    if args.profile and i == 0:
+                        spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-s", "-r", "50", "-o",
+                               args.profile, "--"]
+                        subprocess.run(spy + pgkeeper, env=env, check=True, capture_output=True)
                     started = time.monotonic()
                     out = subprocess.run(pgkeeper, env=env, check=True, capture_output=True, text=True)
                     ours.append(time.monotonic() - started)
