@@ -13,12 +13,15 @@ Each round times, as a user runs them:
   a. `pgkeeper base-backup` (the whole process: start-up, Prefect flow against a running API,
      pg_basebackup, WAL check, verification, manifest, exit);
   b. `pgbackrest backup --type=full`.
-It prints medians, min and max of each, the ratio a/b (target <= 1.1) and the stored sizes.
+It prints medians, min and max of each, the ratio a/b (target <= 1.1) and the stored sizes, and
+how much of a. is pg_basebackup's stream into the repository (the manifest's start to finish);
+the rest is the command's fixed cost (start-up, Prefect, the steps after the stream).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -48,6 +51,14 @@ def new_entry(folder: Path, before: set[str]) -> Path:
     if not added:
         raise SystemExit(f"no new backup in {folder}")
     return folder / added[-1]
+
+
+def stream_seconds(folder: Path) -> float:
+    """pg_basebackup's start to its end, from the backup's manifest."""
+    from datetime import datetime
+
+    m = json.loads((folder / "manifest.json").read_text())
+    return (datetime.fromisoformat(m["finished_at"]) - datetime.fromisoformat(m["started_at"])).total_seconds()
 
 
 def stats(xs: list[float]) -> str:
@@ -96,7 +107,7 @@ def main() -> int:
             if args.show_log:
                 env["PREFECT_LOGGING_LEVEL"] = "INFO"
             pgkeeper = [str(Path(sys.executable).parent / "pgkeeper"), "base-backup", "--wal-config", str(wal_cfg)]
-            ours, theirs, our_sizes, their_sizes = [], [], [], []
+            ours, theirs, our_sizes, their_sizes, streams = [], [], [], [], []
             with prefect_test_harness(server_startup_timeout=600):
                 env["PREFECT_API_URL"] = str(PREFECT_API_URL.value())
                 for i in range(args.rounds):
@@ -110,7 +121,9 @@ def main() -> int:
                     ours.append(time.monotonic() - started)
                     if args.show_log:
                         print(out.stderr, flush=True)
-                    our_sizes.append(tree_size(new_entry(repo / "backups", before)))
+                    folder = new_entry(repo / "backups", before)
+                    our_sizes.append(tree_size(folder))
+                    streams.append(stream_seconds(folder))
                     backups = peer.repo / "backup" / peer.stanza
                     before = {p.name for p in backups.iterdir()} if backups.exists() else set()
                     started = time.monotonic()
@@ -128,6 +141,7 @@ def main() -> int:
     print()
     print(f"database: {SOURCE_DB} at pgbench scale {args.scale:g}, {args.rounds} rounds (median, min, max)")
     print(f"  a. pgkeeper base-backup           {stats(ours)}   {our_sizes[-1] / 2**20:7.1f} MB")
+    print(f"     of which the stream          {stats(streams)}")
     print(f"  b. pgbackrest backup --type=full  {stats(theirs)}   {their_sizes[-1] / 2**20:7.1f} MB")
     print(f"  a/b = {a / b:.2f}  (target <= 1.10; per round: "
           f"{', '.join(f'{x / y:.2f}' for x, y in zip(ours, theirs, strict=True))})")
