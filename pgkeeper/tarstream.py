@@ -158,7 +158,10 @@ def manifest_checksum_ok(data: bytes) -> bool:
     cut = body.rfind(b"\n")
     if cut < 0:
         return False
-    last = json.loads(b"{" + body[cut + 1:].rstrip(b"}") + b"}")
+    try:
+        last = json.loads(b"{" + body[cut + 1:].rstrip(b"}") + b"}")
+    except ValueError:
+        return False
     return hashlib.sha256(data[:cut + 1]).hexdigest() == last.get("Manifest-Checksum")
 
 
