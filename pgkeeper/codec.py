@@ -17,9 +17,10 @@ class Compressor(Protocol):
     def flush(self) -> bytes: ...
 
 
-def compressor(kind: str, level: int) -> Compressor:
+def compressor(kind: str, level: int, threads: int = 0) -> Compressor:
+    """`threads` > 0: zstd compresses on that many threads of its own (gzip has no threads)."""
     if kind == "zstd":
-        return zstandard.ZstdCompressor(level=level).compressobj(size=-1)
+        return zstandard.ZstdCompressor(level=level, threads=threads).compressobj(size=-1)
     if kind == "gzip":
         return zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: a real .gz stream
     raise ValueError(f"unknown compression {kind!r}")

@@ -53,6 +53,8 @@ def test_base_backup_is_stored_verified_and_its_wal_archived(arch: ArchivingClus
     assert pg_manifest["WAL-Ranges"][0]["Start-LSN"] == m.start_lsn
     assert m.status == "checked"
     assert all(v.startswith("PASS") for v in m.verifications[0].checks.values())
+    # Streamed: every file was checked against backup_manifest on the way, the WAL parsed after.
+    assert {"backup_manifest", "wal"} <= set(m.verifications[0].checks)
     # The WAL the backup needs to become consistent is in the archive now.
     archived = {o.name for o in LocalWalStore(arch.repo_path / "wal").objects()}
     assert set(segments_between(m.start_lsn, m.stop_lsn, 1)) <= archived
@@ -70,3 +72,24 @@ def test_base_backup_refuses_a_server_that_does_not_archive(pg, tmp_path: Path) 
     with pytest.raises(Exception, match="archiving is off"):
         state.result()
     assert not list((tmp_path / "repo" / "backups").glob("backup_*"))
+
+
+def test_a_cluster_with_a_tablespace_is_staged_and_checked_by_pg_verifybackup(arch: ArchivingCluster) -> None:
+    """pg_basebackup cannot stream tablespaces to stdout: such a cluster takes the staged path."""
+    from pgkeeper.flows.base_backup import base_backup
+    from pgkeeper.pgtools import make_server_dir
+
+    location = make_server_dir(arch.base / "tablespace")
+    with psycopg.connect(arch.cluster.conninfo(), autocommit=True) as c:
+        c.execute(f"CREATE TABLESPACE bb_space LOCATION '{location}'")
+        c.execute("CREATE TABLE in_space TABLESPACE bb_space AS SELECT g AS id FROM generate_series(1, 1000) g")
+    try:
+        db, repo_block = blocks(arch.cluster, arch.repo_path)
+        m = base_backup(connection_block=db, repository_block=repo_block, wal_config=str(arch.config_path))
+        assert m.status == "checked"
+        assert m.verifications[0].checks["pg_verifybackup"].startswith("PASS")
+        assert len([f for f in m.files if ".tar" in f.name]) == 2  # base.tar.zst and <oid>.tar.zst
+    finally:
+        with psycopg.connect(arch.cluster.conninfo(), autocommit=True) as c:
+            c.execute("DROP TABLE IF EXISTS in_space")
+            c.execute("DROP TABLESPACE IF EXISTS bb_space")

@@ -102,6 +102,7 @@ def test_the_drill_recovers_checks_and_records_rto_and_rpo(arch: ArchivingCluste
     assert drill.restore_seconds and 0 < drill.restore_seconds < 120
     assert drill.recovered_to is not None and drill.rpo_seconds is not None and drill.rpo_seconds < 120
     assert drill.checks["pg_amcheck"].startswith("PASS") and drill.checks["row counts"].startswith("PASS")
+    assert drill.checks["pg_verifybackup"].startswith("PASS")  # the full check of the unpacked copy
     assert drill_dirs() == before  # the scratch copy is gone
     stored = Manifest.from_bytes((arch.repo_path / "backups" / m.backup_id / "manifest.json").read_bytes())
     assert stored.last_drill is not None and stored.last_drill.rpo_seconds == drill.rpo_seconds

@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_connection_args(p)
     add_repository_args(p)
     _add_wal_config_arg(p)
-    p.add_argument("--no-verify", action="store_true", help="skip pg_verifybackup on an unpacked copy")
+    p.add_argument("--no-verify", action="store_true", help="skip the verification (stored files read back, "
+                   "WAL parsed; pg_verifybackup when staged)")
     p.add_argument("--label", action="append", default=[], help="label to record in the manifest")
     p.set_defaults(func=run_base_backup)
 

@@ -1,5 +1,8 @@
-"""The base-backup flow: preflight → pg_basebackup → WAL archived → pg_verifybackup → manifest →
-offsite copy → report. The physical half of point-in-time recovery (the other half is WAL)."""
+"""The base-backup flow: preflight → pg_basebackup (streamed into the repository, every file
+checked against backup_manifest on the way) → WAL archived → verification (stored bytes read
+back, WAL parsed) → manifest → offsite copy → report. The physical half of point-in-time
+recovery (the other half is WAL). A cluster with tablespaces is staged and checked by
+pg_verifybackup on an unpacked copy instead (tasks/basebackup.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from pgkeeper.tasks.basebackup import (
     check_wal_archived,
     physical_preflight,
     report_base_backup,
+    stream_base_backup,
     take_base_backup,
     verify_base_backup,
     wal_settings,
@@ -48,7 +52,8 @@ def base_backup(
     info = physical_preflight(conn, repo)
     backup_id = begin_backup(repo, info.server_time, server_key(conn.host, conn.port, info.system_identifier))
     try:
-        files = take_base_backup(conn, repo, backup_id)
+        take = take_base_backup if info.tablespaces else stream_base_backup  # -D - takes no tablespaces
+        files = take(conn, repo, backup_id)
         segments = check_wal_archived(walcfg, files.start_lsn, files.stop_lsn, files.timeline, info.wal_segment_size)
         checks = verify_base_backup(repo, backup_id, files, walcfg, segments) if verify else {}
         manifest = write_physical_manifest(repo, backup_id, conn.database, info, files, checks, labels or [],

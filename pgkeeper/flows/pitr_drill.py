@@ -2,10 +2,10 @@
 WAL recover, before anyone needs them to.
 
 source's clock → archive continuous? → unpack the newest base backup into a scratch directory →
-recover to the end of the archive on a free port → queryable (RTO) → pg_amcheck, row counts →
-RPO (the source's clock at the start minus the last replayed transaction) → record RTO and RPO
-in the base backup's manifest → artifact → remove the scratch. Any failure fails the run,
-which sends the failure mail.
+pg_verifybackup of the unpacked copy and its WAL → recover to the end of the archive on a free
+port → queryable (RTO) → pg_amcheck, row counts → RPO (the source's clock at the start minus
+the last replayed transaction) → record RTO and RPO in the base backup's manifest → artifact →
+remove the scratch. Any failure fails the run, which sends the failure mail.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pgkeeper.localcluster import free_port, scratch_dir
 from pgkeeper.manifest import Manifest
 from pgkeeper.runinfo import name_from_parameters
 from pgkeeper.sentry import report_failure
+from pgkeeper.tasks.basebackup import verify_unpacked_backup
 from pgkeeper.tasks.pitr_drill import (
     DrillReport,
     drill_checks,
@@ -74,6 +75,9 @@ def pitr_drill(
     started = time.monotonic()
     try:
         restore_base_backup(repo, source, manifest, str(data_dir))
+        checking = time.monotonic()
+        report.checks["pg_verifybackup"] = verify_unpacked_backup(repo, source, manifest, str(data_dir), walcfg)
+        started += time.monotonic() - checking  # a check, not part of the time to recover (RTO)
         configure_recovery(str(data_dir), walcfg, target, report.port)
         start_recovery(str(data_dir), report.port, target, timeout_seconds)
         recovered = wait_for_promotion(str(data_dir), report.port, manifest.backup_id, target, started,

@@ -2,16 +2,26 @@
 
 WAL is not inside the backup (-X none): pg_basebackup then waits until the server has
 archived the WAL up to the backup's stop position, so once it returns the archive holds
-everything needed to make the backup consistent. check_wal_archived() proves it, and
-verify_base_backup() runs pg_verifybackup on an unpacked copy with that WAL (PG 15's
-pg_verifybackup reads plain directories only, so the tar files are unpacked first).
+everything needed to make the backup consistent. check_wal_archived() proves it.
+
+A cluster without tablespaces of its own (the usual case) is streamed: `pg_basebackup -D -`
+writes one tar to stdout, which goes through the compressor (zstd on threads) into the
+repository, and on the way every file is hashed and checked against PostgreSQL's
+backup_manifest (pgkeeper.tarstream: pg_verifybackup's file checks, on the stream). The
+verification then reads the stored files back against their sha256 and parses the backup's WAL
+with pg_waldump (pg_verifybackup's WAL check). A full pg_verifybackup of an unpacked copy is
+part of the PITR drill. A cluster with tablespaces is staged as before: pg_basebackup into
+scratch, stored, then unpacked and checked by pg_verifybackup (PG 15's pg_verifybackup reads
+plain directories only).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -23,7 +33,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from pgkeeper import __version__, pgtools
+from pgkeeper import __version__, codec, pgtools
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.errors import ArchivingOff, IntegrityError, PgkeeperError, RepositoryError
@@ -31,6 +41,7 @@ from pgkeeper.fmt import human_bytes
 from pgkeeper.manifest import Manifest, StoredFile, Verification
 from pgkeeper.names import backup_id_server
 from pgkeeper.storage.interface import Storage
+from pgkeeper.tarstream import TarChecker, check_against_manifest
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.tls import plaintext_warning
 from pgkeeper.wal.archive import WalArchive, segments_between
@@ -40,6 +51,7 @@ from pgkeeper.wal.identity import check_backup, check_remote
 STAGING = ".pg_basebackup"
 PG_MANIFEST = "backup_manifest"
 READ_CHUNK = 1 << 20
+COMPRESS_THREADS = 2  # zstd's own threads: compression keeps pace with the walsender on 2 cores
 
 
 class ClusterInfo(BaseModel):
@@ -50,6 +62,7 @@ class ClusterInfo(BaseModel):
     timeline: int
     server_time: datetime | None = None  # the server's clock, to check ours against (pgkeeper.clock)
     tables: dict[str, int] = {}  # the connected database's tables -> reltuples, for the PITR drill's row check
+    tablespaces: int = 0  # besides pg_default and pg_global: pg_basebackup cannot stream those to stdout
 
 
 class BaseBackupFiles(BaseModel):
@@ -59,6 +72,7 @@ class BaseBackupFiles(BaseModel):
     timeline: int
     started_at: datetime
     finished_at: datetime
+    streamed_check: int = 0  # files checked against backup_manifest while streaming (0: staged)
 
 
 def table_estimates(conn: PostgresConnection) -> dict[str, int]:
@@ -89,6 +103,8 @@ def physical_preflight(conn: PostgresConnection, repo: BackupRepository) -> Clus
             "(SELECT sum(pg_database_size(oid)) FROM pg_database)::bigint, "
             "(SELECT timeline_id FROM pg_control_checkpoint())").fetchone()  # type: ignore[misc]
         server_time = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
+        tablespaces = c.execute("SELECT count(*) FROM pg_tablespace "
+                                "WHERE spcname NOT IN ('pg_default', 'pg_global')").fetchone()[0]  # type: ignore[index]
         plaintext = plaintext_warning(conn.host, conn.port, conn.sslmode, c)
     if plaintext:  # another machine, no TLS: the whole cluster is about to cross the network in clear
         from pgkeeper.alerts import warn
@@ -113,7 +129,7 @@ def physical_preflight(conn: PostgresConnection, repo: BackupRepository) -> Clus
                           human_bytes(size), command)
     return ClusterInfo(server_version=version, system_identifier=sysid, wal_segment_size=int(seg),
                        cluster_size=int(size), timeline=int(tli), server_time=server_time,
-                       tables=tables)
+                       tables=tables, tablespaces=int(tablespaces))
 
 
 def _compress_option(repo: BackupRepository) -> str:
@@ -123,10 +139,13 @@ def _compress_option(repo: BackupRepository) -> str:
 
 def wal_range(pg_manifest: Path) -> tuple[str, str, int]:
     """(start LSN, stop LSN, timeline) from PostgreSQL's backup_manifest."""
-    data = json.loads(pg_manifest.read_text())
+    return wal_range_of(json.loads(pg_manifest.read_text()), str(pg_manifest))
+
+
+def wal_range_of(data: dict, label: str) -> tuple[str, str, int]:
     ranges = data.get("WAL-Ranges") or []
     if not ranges:
-        raise IntegrityError(f"{pg_manifest} has no WAL-Ranges")
+        raise IntegrityError(f"{label} has no WAL-Ranges")
     return ranges[0]["Start-LSN"], ranges[-1]["End-LSN"], int(ranges[-1]["Timeline"])
 
 
@@ -149,6 +168,51 @@ def take_base_backup(conn: PostgresConnection, repo: BackupRepository, backup_id
                 len(files), start_lsn, stop_lsn, timeline)
     return BaseBackupFiles(files=files, start_lsn=start_lsn, stop_lsn=stop_lsn, timeline=timeline,
                            started_at=started, finished_at=finished)
+
+
+@task(name="pg-basebackup", cache_policy=NO_CACHE, **RETRYABLE)
+def stream_base_backup(conn: PostgresConnection, repo: BackupRepository, backup_id: str) -> BaseBackupFiles:
+    """pg_basebackup -Ft -D - -X none --checkpoint=fast straight into the repository: compressed
+    here on threads, every file checked against backup_manifest on the way (no staging copy)."""
+    storage = repo.storage()
+    name = f"base.tar{codec.SUFFIX[repo.compression]}"
+    argv = [pgtools.tool("pg_basebackup"), "-D", "-", "-Ft", "-X", "none", "--checkpoint=fast",
+            "--manifest-checksums=SHA256", "-l", f"pgkeeper {backup_id}", "-w"]
+    comp = codec.compressor(repo.compression, repo.level(), threads=COMPRESS_THREADS)
+    checker = TarChecker()
+    buf = bytearray(READ_CHUNK)
+    view = memoryview(buf)
+    started = datetime.now(UTC)
+    with tempfile.TemporaryFile() as err, pgtools.child(
+        argv, env=conn.libpq_env(), timeout=repo.dump_timeout_seconds,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+    ) as pb:
+        try:
+            with storage.write_file(backup_id, name) as out:
+                assert pb.proc.stdout is not None
+                while n := pb.proc.stdout.readinto(buf):  # type: ignore[attr-defined]
+                    for part in checker.feed(view[:n]):
+                        piece = comp.compress(part)  # type: ignore[arg-type]
+                        if piece:
+                            out.write(piece)
+                out.write(comp.flush())
+                err.seek(0)
+                pb.check(err.read(), repo.dump_timeout_seconds)
+                # Inside the write: a stream that does not match its manifest is never stored.
+                checked = check_against_manifest(checker)
+        except OSError as exc:
+            raise RepositoryError(f"writing {backup_id}/{name} failed: {exc.strerror or exc}") from None
+    finished = datetime.now(UTC)  # the archive holds the WAL up to the stop position from here on
+    tar = storage.stored_file(name, out, checker.raw_size)
+    with storage.write_file(backup_id, PG_MANIFEST) as mout:
+        mout.write(bytes(checker.manifest))
+    files = [storage.stored_file(PG_MANIFEST, mout), tar]
+    start_lsn, stop_lsn, timeline = wal_range_of(json.loads(bytes(checker.manifest)), PG_MANIFEST)
+    get_run_logger().info("pg_basebackup: %s stored (%s of files), %d files match backup_manifest, "
+                          "WAL %s..%s on timeline %d", human_bytes(tar.size), human_bytes(checker.raw_size),
+                          checked, start_lsn, stop_lsn, timeline)
+    return BaseBackupFiles(files=files, start_lsn=start_lsn, stop_lsn=stop_lsn, timeline=timeline,
+                           started_at=started, finished_at=finished, streamed_check=checked)
 
 
 @task(name="check-wal-archived", cache_policy=NO_CACHE, **RETRYABLE)
@@ -227,7 +291,11 @@ def fetch_segments(archive: WalArchive, names: list[str], dest: Path) -> None:
 @task(name="verify-base-backup", cache_policy=NO_CACHE)
 def verify_base_backup(repo: BackupRepository, backup_id: str, backup: BaseBackupFiles, walcfg: WalConfig,
                        segments: list[str]) -> dict[str, str]:
-    """Unpack a scratch copy and run pg_verifybackup on it with the archived WAL."""
+    """A streamed backup: its stored files read back against their sha256, its WAL parsed by
+    pg_waldump (its files were checked against backup_manifest as they streamed). A staged one:
+    unpack a scratch copy and run pg_verifybackup on it with the archived WAL."""
+    if backup.streamed_check:
+        return _verify_streamed(repo, backup_id, backup, walcfg, segments)
     storage = repo.storage()
     [pg_manifest] = [f for f in backup.files if f.name == PG_MANIFEST]
     try:
@@ -242,6 +310,55 @@ def verify_base_backup(repo: BackupRepository, backup_id: str, backup: BaseBacku
     get_run_logger().info("pg_verifybackup: backup %s and its WAL verified %s", backup_id, out.strip())
     return {"checksums": "PASS: every file matches sha256 in the manifest",
             "pg_verifybackup": f"PASS: files and WAL {segments[0]}..{segments[-1]} verified"}
+
+
+def _verify_streamed(repo: BackupRepository, backup_id: str, backup: BaseBackupFiles, walcfg: WalConfig,
+                     segments: list[str]) -> dict[str, str]:
+    storage = repo.storage()
+    try:
+        for f in backup.files:  # what is on disk (or in the bucket) is what was hashed on the way in
+            with storage.open_plain(backup_id, f) as reader:
+                while reader.read(READ_CHUNK):
+                    pass
+        with storage.scratch("verify-base") as scratch:
+            fetch_segments(WalArchive(walcfg), segments, scratch / "wal")
+            # pg_verifybackup's WAL check, as it runs it: every record from start to stop parses.
+            pgtools.run([pgtools.tool("pg_waldump"), "--quiet", f"--path={scratch / 'wal'}",
+                         f"--timeline={backup.timeline}", f"--start={backup.start_lsn}", f"--end={backup.stop_lsn}"],
+                        timeout=repo.dump_timeout_seconds)
+    except PgkeeperError as exc:
+        raise IntegrityError(f"base backup {backup_id} failed verification: {exc}") from None
+    get_run_logger().info("base backup %s: stored files read back, WAL %s..%s parsed", backup_id, segments[0],
+                          segments[-1])
+    return {"checksums": "PASS: every stored file read back matches its sha256 in the manifest",
+            "backup_manifest": f"PASS: {backup.streamed_check} files match backup_manifest's sizes and SHA256 "
+                               "checksums (checked as pg_basebackup streamed them)",
+            "wal": f"PASS: WAL {segments[0]}..{segments[-1]} parsed by pg_waldump from {backup.start_lsn} "
+                   f"to {backup.stop_lsn}"}
+
+
+@task(name="pg-verifybackup", cache_policy=NO_CACHE)
+def verify_unpacked_backup(repo: BackupRepository, source: str, manifest: Manifest, data_dir: str,
+                           walcfg: WalConfig) -> str:
+    """pg_verifybackup on a freshly unpacked base backup with its WAL from the archive: the full
+    check (every file, then the WAL) that the base-backup flow makes on the stream."""
+    storage = repo.storage(source)
+    pg_manifest = next((f for f in manifest.files if f.name == PG_MANIFEST), None)
+    if pg_manifest is None or not (manifest.start_lsn and manifest.stop_lsn):
+        return "SKIP the backup has no backup_manifest"
+    segments = segments_between(manifest.start_lsn, manifest.stop_lsn, manifest.timeline or 1,
+                                manifest.wal_segment_size or 16 * 1024 * 1024)
+    try:
+        with storage.scratch("verify-base") as scratch:
+            copy_checked(storage, manifest.backup_id, pg_manifest, scratch / PG_MANIFEST)
+            fetch_segments(WalArchive(walcfg), segments, scratch / "wal")
+            pgtools.run([pgtools.tool("pg_verifybackup"), "-q", "-m", str(scratch / PG_MANIFEST),
+                         "-w", str(scratch / "wal"), data_dir], timeout=repo.dump_timeout_seconds)
+    except PgkeeperError as exc:
+        raise IntegrityError(f"base backup {manifest.backup_id} failed pg_verifybackup: {exc}") from None
+    get_run_logger().info("pg_verifybackup: base backup %s unpacked in %s and its WAL verified", manifest.backup_id,
+                          data_dir)
+    return f"PASS files and WAL {segments[0]}..{segments[-1]} verified on the unpacked copy"
 
 
 @task(name="write-physical-manifest", cache_policy=NO_CACHE)
