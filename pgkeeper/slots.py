@@ -13,13 +13,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 
-def limit_name(kind: str, database: str) -> str:
-    return f"pgkeeper-{kind}-" + re.sub(r"[^a-z0-9_-]+", "-", database.lower())
+def limit_name(kind: str, database: str, server: str | None = None) -> str:
+    # The same database name on two servers is two databases (issue 16): the server, when known, is in the name.
+    where = f"{server}-{database}" if server else database
+    return f"pgkeeper-{kind}-" + re.sub(r"[^a-z0-9_-]+", "-", where.lower())
 
 
-def database_limit_name(database: str) -> str:
-    """The backup slot's limit."""
-    return limit_name("backup", database)
+def database_limit_name(database: str, server: str | None = None) -> str:
+    """The backup slot's limit; `server` is host:port as the connection gives it."""
+    return limit_name("backup", database, server)
 
 
 @contextmanager
@@ -35,9 +37,9 @@ def one_at_a_time(name: str, timeout_seconds: float | None = None) -> Iterator[N
 
 
 @contextmanager
-def backup_slot(database: str, timeout_seconds: float | None = None) -> Iterator[None]:
+def backup_slot(database: str, server: str | None = None, timeout_seconds: float | None = None) -> Iterator[None]:
     """Hold the database's backup slot; waits while another backup of it runs."""
-    with one_at_a_time(database_limit_name(database), timeout_seconds):
+    with one_at_a_time(database_limit_name(database, server), timeout_seconds):
         yield
 
 

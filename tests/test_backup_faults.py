@@ -83,7 +83,7 @@ def test_killed_pg_dump_leaves_nothing_listed_and_next_backup_succeeds(pg, crm_d
     assert [m.backup_id for m in list_backups(repo.local())] == [manifest.backup_id]
 
 
-def free_leaked_backup_slot(database: str) -> None:
+def free_leaked_backup_slot(database: str, server: str) -> None:
     """Do what a real server's repossessor does within ~75 s: free the slot of a killed run.
 
     The test harness's server runs no background services, so a SIGKILLed backup's lease on
@@ -95,7 +95,7 @@ def free_leaked_backup_slot(database: str) -> None:
     from pgkeeper.slots import database_limit_name
 
     with get_client(sync_client=True) as client:
-        client.update_global_concurrency_limit(database_limit_name(database),
+        client.update_global_concurrency_limit(database_limit_name(database, server),
                                                GlobalConcurrencyLimitUpdate(active_slots=0))
 
 
@@ -117,7 +117,7 @@ def test_backup_process_killed_midway_is_never_listed(pg, pg_env, crm_db):
 
     listing = run_cli("list", env=pg_env)
     assert "no backups" in listing.stdout
-    free_leaked_backup_slot(crm_db)
+    free_leaked_backup_slot(crm_db, f"{pg.host}:{pg.port}")
     done = run_cli("backup", env=pg_env)
     assert done.returncode == 0, done.stderr
     listing = run_cli("list", env=pg_env)

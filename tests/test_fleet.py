@@ -124,7 +124,7 @@ def test_backup_waits_while_the_database_slot_is_held(conn, repo) -> None:
     from pgkeeper.slots import database_limit_name, ensure_limit
 
     db_block, repo_block = save(conn, "held"), save(repo, "held-repo")
-    name = database_limit_name(conn.database)
+    name = database_limit_name(conn.database, f"{conn.host}:{conn.port}")
     ensure_limit(name, 1)
     started = threading.Event()
     runner = threading.Thread(target=lambda: (started.set(), backup(connection_block=db_block,

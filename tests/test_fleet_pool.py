@@ -166,7 +166,7 @@ def test_a_worker_host_dying_mid_backup(world: World) -> None:
     from tests.helpers import user_tables
 
     beta = block_of(world, "beta", "db1")
-    slot = database_limit_name("beta")
+    slot = database_limit_name("beta", f"{world.clusters['db1'].host}:{world.clusters['db1'].port}")
     db1 = world.clusters["db1"]
     schema, table = user_tables(db1.conninfo("beta"))[0]
     before = {r["id"] for r in world.runs("backup/fleet-member")}

@@ -44,7 +44,7 @@ def backup(
     describe_run(f"backup {conn.database} {today()}" + (f" ({kind})" if kind != "backup" else ""),
                  [database_tag(conn.database), kind])
 
-    with backup_slot(conn.database):  # never two backups of one database at once
+    with backup_slot(conn.database, f"{conn.host}:{conn.port}"):  # never two backups of one database at once
         info = preflight(conn, repo)
         backup_id = begin_backup(repo, info.server_time, info.server)
         try:
