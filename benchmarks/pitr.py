@@ -93,6 +93,26 @@ def wait_promoted(port: int, timeout: float = 1800) -> None:
     raise SystemExit(f"the server on port {port} did not promote in {timeout} s")
 
 
+def server_seconds(log: Path) -> float | None:
+    """From the recovered server's first log line to its 'ready to accept connections' after
+    promotion: start-up plus replay, the part restore_command is in."""
+    from datetime import datetime
+
+    stamps = []
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        try:
+            at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        except ValueError:
+            continue
+        stamps.append((at, line))
+    ready = [at for at, line in stamps if "ready to accept connections" in line]
+    return ready[-1] - stamps[0][0] if ready and stamps else None
+
+
 def stop_and_remove(datadir: Path) -> None:
     if (datadir / "postmaster.pid").exists():
         subprocess.run([*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(datadir), "-m", "immediate",
@@ -107,6 +127,7 @@ def run_pgkeeper(base: Path, repo: Path, env: dict[str, str], n: int) -> float:
                  env=env)
     wait_promoted(port)
     took = time.perf_counter() - started
+    print(f"    (server start-up + replay: {server_seconds(into / 'log' / 'pgkeeper-pitr.log') or 0:.1f} s)")
     leftovers = [p.name for p in base.iterdir() if "pgkeeper-recovery" in p.name]
     if leftovers:
         raise SystemExit(f"pgkeeper pitr left {leftovers} behind")
@@ -116,6 +137,7 @@ def run_pgkeeper(base: Path, repo: Path, env: dict[str, str], n: int) -> float:
 
 def run_pgbackrest(peer: PgBackRest, base: Path, n: int) -> float:
     into, port = base / f"pb-{n}", free_port()
+    pgtools.make_server_dir(into)
     started = time.perf_counter()
     peer.run("restore", f"--pg1-path={into}")
     with open(into / "postgresql.auto.conf", "a") as f:
@@ -124,6 +146,7 @@ def run_pgbackrest(peer: PgBackRest, base: Path, n: int) -> float:
                     "-o", f"-p {port}", "start"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_promoted(port)
     took = time.perf_counter() - started
+    print(f"    (server start-up + replay: {server_seconds(base / f'pb-{n}.log') or 0:.1f} s)")
     stop_and_remove(into)
     return took
 
