@@ -93,24 +93,17 @@ def wait_promoted(port: int, timeout: float = 1800) -> None:
     raise SystemExit(f"the server on port {port} did not promote in {timeout} s")
 
 
-def server_seconds(log: Path) -> float | None:
-    """From the recovered server's first log line to its 'ready to accept connections' after
-    promotion: start-up plus replay, the part restore_command is in."""
-    from datetime import datetime
-
-    stamps = []
+def replay_seconds(log: Path) -> float | None:
+    """The redo's elapsed time as the recovered server logs it ('redo done ... elapsed: N s'): the
+    part of the run that restore_command is in."""
     try:
         lines = log.read_text(errors="replace").splitlines()
     except OSError:
         return None
-    for line in lines:
-        try:
-            at = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f").timestamp()
-        except ValueError:
-            continue
-        stamps.append((at, line))
-    ready = [at for at, line in stamps if "ready to accept connections" in line]
-    return ready[-1] - stamps[0][0] if ready and stamps else None
+    done = [ln for ln in lines if "redo done at" in ln and "elapsed:" in ln]
+    if not done:
+        return None
+    return float(done[-1].rsplit("elapsed:", 1)[1].strip().split()[0])
 
 
 def stop_and_remove(datadir: Path) -> None:
@@ -120,35 +113,43 @@ def stop_and_remove(datadir: Path) -> None:
     shutil.rmtree(datadir, ignore_errors=True)
 
 
-def run_pgkeeper(base: Path, repo: Path, env: dict[str, str], n: int) -> float:
+def run_pgkeeper(base: Path, repo: Path, env: dict[str, str], n: int) -> tuple[float, float | None]:
     into, port = base / f"pk-{n}", free_port()
     started = time.perf_counter()
     pgkeeper_cli("pitr", "--latest", "--data-dir", str(into), "--port", str(port), "--backup-dir", str(repo),
                  env=env)
     wait_promoted(port)
     took = time.perf_counter() - started
-    print(f"    (server start-up + replay: {server_seconds(into / 'log' / 'pgkeeper-pitr.log') or 0:.1f} s)")
+    log = into / "log" / "pgkeeper-pitr.log"
+    redo = replay_seconds(log)
+    if os.environ.get("PITR_BENCH_KEEP_LOGS"):
+        shutil.copy(log, Path(os.environ["PITR_BENCH_KEEP_LOGS"]) / f"pk-{n}.log")
     leftovers = [p.name for p in base.iterdir() if "pgkeeper-recovery" in p.name]
     if leftovers:
         raise SystemExit(f"pgkeeper pitr left {leftovers} behind")
     stop_and_remove(into)
-    return took
+    return took, redo
 
 
-def run_pgbackrest(peer: PgBackRest, base: Path, n: int) -> float:
+def run_pgbackrest(peer: PgBackRest, base: Path, n: int) -> tuple[float, float | None]:
     into, port = base / f"pb-{n}", free_port()
     pgtools.make_server_dir(into)
     started = time.perf_counter()
     peer.run("restore", f"--pg1-path={into}")
     with open(into / "postgresql.auto.conf", "a") as f:
         f.write(f"port = {port}\narchive_mode = 'off'\n")
-    subprocess.run([*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(into), "-l", str(base / f"pb-{n}.log"),
+    log = base / f"pb-{n}.log"
+    log.touch()
+    pgtools.give_to_server_user(log)
+    subprocess.run([*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(into), "-l", str(log),
                     "-o", f"-p {port}", "start"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_promoted(port)
     took = time.perf_counter() - started
-    print(f"    (server start-up + replay: {server_seconds(base / f'pb-{n}.log') or 0:.1f} s)")
+    redo = replay_seconds(log)
+    if os.environ.get("PITR_BENCH_KEEP_LOGS"):
+        shutil.copy(log, Path(os.environ["PITR_BENCH_KEEP_LOGS"]) / f"pb-{n}.log")
     stop_and_remove(into)
-    return took
+    return took, redo
 
 
 def stop_prefect_server(home: Path) -> None:
@@ -206,17 +207,24 @@ def main() -> None:
         cluster.stop()  # the recoveries alone on the machine (and nothing more archived)
 
         times: dict[str, list[float]] = {"pgkeeper pitr --latest": [], "pgbackrest restore + replay": []}
+        redos: dict[str, list[float]] = {label: [] for label in times}
         for n in range(args.rounds):
             order = list(times) if n % 2 == 0 else list(reversed(times))
             for label in order:
-                took = run_pgkeeper(base, repo, env, n) if label.startswith("pgkeeper") else \
+                took, redo = run_pgkeeper(base, repo, env, n) if label.startswith("pgkeeper") else \
                     run_pgbackrest(peer, base, n)
                 times[label].append(took)
-                print(f"  round {n + 1}: {label}: {took:.1f} s", flush=True)
+                if redo is not None:
+                    redos[label].append(redo)
+                print(f"  round {n + 1}: {label}: {took:.1f} s (redo, from the server's log: {redo} s)", flush=True)
         print(f"\nPITR to the end of {args.wal_mb} MB of WAL (scale {args.scale}), {args.rounds} rounds, alternating:")
         print(f"{'':32}{'median':>9}{'min':>9}{'max':>9}")
         for label, xs in times.items():
             print(f"{label:32}{statistics.median(xs):>8.1f}s{min(xs):>8.1f}s{max(xs):>8.1f}s")
+        for label, xs in redos.items():
+            if xs:
+                print(f"{'  of which redo (' + label.split()[0] + ')':32}{statistics.median(xs):>8.1f}s{min(xs):>8.1f}s"
+                      f"{max(xs):>8.1f}s")
         pk, pb = (statistics.median(xs) for xs in times.values())
         ratio = pk / pb
         verdict = "PASS" if ratio <= 1.1 else "FAIL"
