@@ -13,6 +13,14 @@ millisecond; segments/min is files archived over the time from first call to las
 Targets: median <= 80 ms a segment, >= 600 segments/min.
 Then, with archive_timeout, single-row commits are timed until pg_stat_archiver reports
 their segment archived by wal-push: the RPO.
+
+    .venv/bin/python benchmarks/wal.py --peer [--segments 101] [--rounds 3]
+
+Against the peer instead: wal-push (push-ahead, the default) and pgBackRest 2.45 archive-push
+with archive-async=y, process-max 2 (zst, its defaults otherwise; Debian's package, installed
+when missing) drain the same kind of backlog alternately, --rounds times each; prints the
+medians, min and max of segments/min and the ratio (target: pgkeeper >= 1.5x pgBackRest).
+Both fsync what they archive before PostgreSQL is told.
 """
 
 from __future__ import annotations
@@ -136,13 +144,60 @@ def rpo_probe(c: psycopg.Connection, command: str, archive_timeout: int, probes:
     return lags
 
 
+def against_peer(segments: int, rounds: int, push_ahead: int) -> None:
+    """wal-push and pgbackrest archive-async drain the same backlog size, alternately."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from pgbackrest_peer import PgBackRest, ensure_installed
+
+    ensure_installed()
+    base = scratch_dir("pgkeeper-walpeer-")
+    spool = prepare_spool(base / "spool")
+    config = write_config(base / "wal.json", WalConfig(spool=str(spool), push_ahead=push_ahead))
+    cluster = LocalCluster(base / "data", settings={
+        "archive_mode": "on", "archive_command": "''", "max_wal_size": "8GB", "wal_compression": "off",
+        "log_line_prefix": "'%m [%p] '"})
+    peer = PgBackRest(cluster, base / "pgbackrest", archive_async=True)
+    labels = {f"pgkeeper wal-push (push-ahead {push_ahead})": archive_command(config),
+              "pgbackrest archive-async, process-max 2": peer.archive_command()[1:-1]}
+    rates: dict[str, list[float]] = {label: [] for label in labels}
+    try:
+        cluster.init().start()
+        peer.prepare_cluster()
+        peer.run("stanza-create")
+        with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
+            c.execute("CREATE TABLE load (id bigserial PRIMARY KEY, at timestamptz DEFAULT now(), body text, n int)")
+            for n in range(rounds):
+                order = list(labels) if n % 2 == 0 else list(reversed(labels))
+                for label in order:
+                    _lat, rate = drain(cluster, c, labels[label], segments)
+                    rates[label].append(rate)
+                    print(f"  round {n + 1}: {label}: {rate:.0f} segments/min", flush=True)
+                    c.execute("TRUNCATE load")
+                    c.execute("CHECKPOINT")
+        print(f"\nPostgreSQL's archiver draining {segments} ready 16 MB segments, {rounds} rounds, alternating "
+              "(segments/min, higher is better):")
+        print(f"{'':44}{'median':>9}{'min':>9}{'max':>9}")
+        for label, xs in rates.items():
+            print(f"{label:44}{statistics.median(xs):>9.0f}{min(xs):>9.0f}{max(xs):>9.0f}")
+        pk, pb = (statistics.median(xs) for xs in rates.values())
+        print(f"ratio pgkeeper / pgBackRest (medians): {pk / pb:.2f}x; target >= 1.5x: "
+              f"{'PASS' if pk / pb >= 1.5 else 'FAIL'}")
+    finally:
+        cluster.destroy()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--peer", action="store_true", help="only wal-push against pgbackrest archive-async")
+    ap.add_argument("--rounds", type=int, default=3, help="with --peer: rounds of each")
     ap.add_argument("--segments", type=int, default=100)
     ap.add_argument("--archive-timeout", type=int, default=2)
     ap.add_argument("--probes", type=int, default=10)
     ap.add_argument("--push-ahead", type=int, default=DEFAULT_PUSH_AHEAD)
     args = ap.parse_args()
+    if args.peer:
+        return against_peer(args.segments, args.rounds, args.push_ahead)
 
     base = scratch_dir("pgkeeper-walbench-")
     cp_dest, dd_dest = make_server_dir(base / "cp"), make_server_dir(base / "dd")

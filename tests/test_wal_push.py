@@ -237,3 +237,27 @@ def test_a_queued_file_that_cannot_be_read_does_not_fail_the_call(tmp_path: Path
     # The unreadable file's own call reports it, in one line, naming it.
     r = archive_like_postgres(spool, pg_wal, names[1])
     assert r.returncode == 1 and names[1] in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_child_keeps_pushing_ahead_while_the_archiver_confirms(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    pg_wal, names = fake_pg_wal(tmp_path, DEFAULT_PUSH_AHEAD + 4)
+    assert archive_like_postgres(spool, pg_wal, names[0]).returncode == 0
+    assert markers(spool) == names[1:DEFAULT_PUSH_AHEAD + 1]  # the batch; the child waits for room
+    assert archive_like_postgres(spool, pg_wal, names[1]).returncode == 0  # a claim makes room
+    deadline = time.monotonic() + 60
+    while names[DEFAULT_PUSH_AHEAD + 1] not in markers(spool):  # pushed without a call of its own
+        assert time.monotonic() < deadline, "the child did not push ahead"
+        time.sleep(0.02)
+    for name in names[2:]:
+        r = archive_like_postgres(spool, pg_wal, name)
+        assert r.returncode == 0, r.stderr
+    assert markers(spool) == []
+    deadline = time.monotonic() + 60
+    while list((spool / ".pushed-ahead").glob(".pusher-*")):  # the child stopped and took its lock along
+        assert time.monotonic() < deadline, "the child did not stop"
+        time.sleep(0.05)
+    for name in names:
+        out = tmp_path / f"out-{name}"
+        assert run_cli("wal-fetch", "--spool", str(spool), name, str(out)).returncode == 0
+        assert out.read_bytes() == (pg_wal / name).read_bytes()

@@ -37,6 +37,7 @@ from pgkeeper.wal.naming import parse_lsn
 from pgkeeper.wal.setup import server_ids
 
 WAL_CONFIG_NAME = "pgkeeper-wal.json"
+FETCH_QUEUE_NAME = "wal-queue"
 LOG_NAME = "log/pgkeeper-pitr.log"
 
 
@@ -228,9 +229,13 @@ def configure_recovery(data_dir: str, walcfg: walconfig.WalConfig, target: Recov
         atomic_write_bytes(identity_file, ("\n".join(identities) + "\n").encode(), mode=0o600)
         if ids is not None:
             os.chown(identity_file, *ids)
+    # wal-fetch's prefetch queue (wal/prefetch.py) lives here too: beside the data directory, never
+    # taken for WAL, bounded to fetch_ahead segments, and removed with the rest after promotion.
     server_cfg = walconfig.WalConfig(spool=walcfg.spool, s3=walcfg.s3.read_only() if walcfg.s3 else None,
                                      compression_level=walcfg.compression_level,
-                                     identity_file=str(identity_file) if identity_file else None)
+                                     identity_file=str(identity_file) if identity_file else None,
+                                     fetch_ahead=walcfg.fetch_ahead or walconfig.DEFAULT_FETCH_AHEAD,
+                                     fetch_queue=str(secrets_dir / FETCH_QUEUE_NAME))
     cfg_path = walconfig.write(secrets_dir / WAL_CONFIG_NAME, server_cfg, ids,
                                credentials_file=secrets_dir / "s3-credentials.json")
     command = restore_command(cfg_path)
@@ -262,8 +267,26 @@ def _repository_identities() -> list[str]:
 
 @task(name="forget-recovery-secrets", cache_policy=NO_CACHE)
 def forget_recovery_secrets(data_dir: str) -> None:
-    """Remove restore_command's credentials and keys: the promoted server needs them no more."""
-    shutil.rmtree(recovery_secrets_dir(data_dir), ignore_errors=True)
+    """Remove restore_command's credentials and keys, and wal-fetch's prefetch queue: the
+    promoted server needs them no more."""
+    remove_recovery_dir(recovery_secrets_dir(data_dir))
+
+
+def remove_recovery_dir(path: Path) -> None:
+    """Renamed first, then removed: a prefetcher still at work writes by the old path, so it
+    can neither recreate the queue nor leave a file behind in the directory being removed."""
+    if not path.exists():
+        return
+    gone = path.with_name(f"{path.name}.removing-{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        path.rename(gone)
+    except OSError:
+        gone = path
+    for _ in range(5):
+        shutil.rmtree(gone, ignore_errors=True)
+        if not gone.exists():
+            return
+        time.sleep(0.2)
 
 
 def _log_lines(data_dir: Path) -> list[str]:

@@ -8,6 +8,15 @@ and leaves a marker for each. The archiver's own call for such a file then only 
 marker and returns. This is pgBackRest's archive-async idea without a background process:
 nothing is confirmed to PostgreSQL before it is durable in the spool.
 
+Then the call forks a child that goes on with the files that become ready, keeping at most
+`push_ahead` pushed and unclaimed, and exits when none are left: compression goes on while the
+archiver runs its next calls (as pgBackRest's async archive-push does with its own process),
+instead of every ninth call doing nine files while the eight calls between leave a core idle.
+The child never takes the file the archiver is on (the oldest ready one, when not pushed ahead).
+A call for a file in flight waits for its marker while the child lives (`.<walfile>.inflight`
+names the child's lock file, which it holds with flock; the kernel drops it if it dies), and
+pushes the file itself otherwise.
+
 A marker (`<spool>/.pushed-ahead/<walfile>`) holds the identity of the file that was read
 (device, inode, size, mtime in ns) and is written only after the object is fsynced. A marker
 that does not match the file PostgreSQL hands over (a replaced file, another cluster sharing
@@ -37,9 +46,44 @@ def _marker(spool: str, name: str) -> str:
     return os.path.join(spool, MARKER_DIR, name)
 
 
+INFLIGHT = ".inflight"
+WAIT_SECONDS = 120.0
+ROOM_WAIT_SECONDS = 10.0  # a child waits this long for the archiver to claim before it stops
+
+
+def _inflight(spool: str, name: str) -> str:
+    return os.path.join(spool, MARKER_DIR, f".{name}{INFLIGHT}")
+
+
+def _pusher_alive(spool: str, name: str) -> bool:
+    """True while a child pushing `name` ahead is alive (it holds the lock its marker names)."""
+    import fcntl
+
+    try:
+        with open(_inflight(spool, name)) as f:
+            lock = f.read()
+        fd = os.open(os.path.join(spool, MARKER_DIR, lock), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def claim(spool: str, name: str, wal_path: str) -> bool:
-    """True if `name` was pushed ahead from exactly this file (the marker is then consumed)."""
+    """True if `name` was pushed ahead from exactly this file (the marker is then consumed);
+    a file a live child is pushing ahead is waited for."""
     marker = _marker(spool, name)
+    deadline = None
+    while not os.path.exists(marker) and _pusher_alive(spool, name):
+        deadline = deadline or time.monotonic() + WAIT_SECONDS
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.002)
     try:
         with open(marker) as f:
             recorded = f.read()
@@ -67,9 +111,12 @@ def _archiver_order(name: str) -> tuple[bool, str]:
     return (not name.endswith(".history"), name)
 
 
-def ready_files(wal_path: str, spool: str, limit: int, valid: Callable[[str], bool]) -> list[tuple[str, str]]:
+def ready_files(wal_path: str, spool: str, limit: int, valid: Callable[[str], bool],
+                skip_current: bool = False) -> list[tuple[str, str]]:
     """(name, path) of up to `limit` other files queued for archiving next to `wal_path`, in the
-    order the archiver will ask for them, skipping those already pushed ahead."""
+    order the archiver will ask for them, skipping those already pushed ahead or in flight.
+    With `skip_current`, also the first one in that order when it is not pushed ahead: the
+    archiver is pushing it itself (a child working beside the archiver must not race it)."""
     if limit <= 0:
         return []
     wal_dir = os.path.dirname(wal_path)
@@ -79,11 +126,14 @@ def ready_files(wal_path: str, spool: str, limit: int, valid: Callable[[str], bo
         return []  # not a pg_wal directory (a manual push): nothing to look ahead at
     own = os.path.basename(wal_path)
     names = sorted((e[:-len(READY)] for e in entries if e.endswith(READY)), key=_archiver_order)
+    if skip_current and names and not os.path.exists(_marker(spool, names[0])):
+        names = names[1:]
     chosen: list[tuple[str, str]] = []
     for name in names:
         if len(chosen) == limit:
             break
-        if name == own or not valid(name) or os.path.exists(_marker(spool, name)):
+        if name == own or not valid(name) or os.path.exists(_marker(spool, name)) \
+                or os.path.exists(_inflight(spool, name)):
             continue
         chosen.append((name, os.path.join(wal_dir, name)))
     return chosen
@@ -124,6 +174,101 @@ def push_all(push_one: Callable[[str, str], object], own: tuple[str, str], extra
         t.join()
     if own[0] in errors:
         raise errors[own[0]]
+
+
+def _unclaimed(spool: str) -> int:
+    try:
+        return sum(1 for e in os.listdir(os.path.join(spool, MARKER_DIR)) if not e.startswith("."))
+    except OSError:
+        return 0
+
+
+def continue_in_background(push_one: Callable[[str, str], object], wal_path: str, spool: str, limit: int,
+                           valid: Callable[[str], bool], workers: int) -> None:
+    """Fork a child that keeps pushing the files that become ready, at most `limit` pushed and
+    unclaimed at a time, each marked in flight first; return at once in the parent. The child
+    stops when no file is left to push ahead, or when the archiver claims nothing for a while."""
+    import fcntl
+
+    d = os.path.join(spool, MARKER_DIR)
+    lock_name = f".pusher-{os.getpid()}-{os.urandom(4).hex()}.lock"
+    lock_path = os.path.join(d, lock_name)
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        pid = os.fork()
+    except OSError:
+        return  # an optimisation only: the archiver's own calls push the files
+    if pid != 0:
+        os.close(fd)
+        return
+    try:  # the child: detached, silent, holding only its lock
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for std in (0, 1, 2):
+            os.dup2(null, std)
+        os.closerange(3, fd)
+        os.closerange(fd + 1, 1 << 16)
+        waited = time.monotonic()
+        while time.monotonic() - waited < ROOM_WAIT_SECONDS:
+            room = limit - _unclaimed(spool)
+            if room <= 0:
+                time.sleep(0.01)  # the archiver is claiming: wait for room
+                continue
+            batch = ready_files(wal_path, spool, room, valid, skip_current=True)
+            if not batch:
+                break
+            for name, _path in batch:
+                with open(_inflight(spool, name), "w") as f:
+                    f.write(lock_name)
+            _push_batch(push_one, batch, spool, workers, os.path.dirname(wal_path))
+            waited = time.monotonic()
+    finally:
+        try:
+            os.unlink(lock_path)
+        finally:
+            os._exit(0)
+
+
+def _unmark(spool: str, batch: list[tuple[str, str]]) -> None:
+    for name, _path in batch:
+        try:
+            os.unlink(_inflight(spool, name))
+        except FileNotFoundError:
+            pass
+
+
+def _push_batch(push_one: Callable[[str, str], object], batch: list[tuple[str, str]], spool: str,
+                workers: int, wal_dir: str) -> None:
+    """Push each file of `batch` on `workers` threads; mark each that landed and is still waiting
+    for the archiver (a marker for a file it archived meanwhile would never be claimed)."""
+    queue = list(batch)
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                name, path = queue.pop(0)
+            try:
+                before = file_identity(path)
+                push_one(name, path)
+                if file_identity(path) == before and \
+                        os.path.exists(os.path.join(wal_dir, "archive_status", name + READY)):
+                    record(spool, name, before)
+            except BaseException:  # noqa: BLE001, S110 - the archiver's own call pushes it and reports
+                pass
+            finally:
+                _unmark(spool, [(name, path)])
+
+    threads = [threading.Thread(target=work) for _ in range(max(1, min(workers, len(queue))) - 1)]
+    for t in threads:
+        t.start()
+    work()
+    for t in threads:
+        t.join()
 
 
 def stale_markers(spool: str, older_than_s: float) -> list[str]:

@@ -8,7 +8,8 @@ and put its path into the command itself (`pgkeeper wal-push --config /etc/pgkee
     {"spool": "/backups/wal",                 # the local archive (the repository's wal/)
      "s3": {"bucket": "b", "prefix": "pgkeeper", "endpoint_url": null, "region": null},
      "compression_level": 1,
-     "push_ahead": 8}                         # extra ready files one call archives (0: off)
+     "push_ahead": 8,                         # extra ready files one call archives (0: off)
+     "fetch_ahead": 0, "fetch_queue": null}   # wal-fetch prefetch (wal/prefetch.py; pitr sets both)
 
 Precedence: command-line flags (--spool, --repo) over the file named by --config, over
 $PGKEEPER_WAL_CONFIG, over /etc/pgkeeper/wal.json. S3 may also come from the old scripts'
@@ -38,15 +39,20 @@ ENV_CONFIG = "PGKEEPER_WAL_CONFIG"
 DEFAULT_LEVEL = 1
 # Files one wal-push call archives beyond its own when PostgreSQL has a backlog (see wal/ahead.py).
 DEFAULT_PUSH_AHEAD = 8
+# Segments a recovery's wal-fetch keeps fetched ahead in its queue (wal/prefetch.py), when the
+# config names a queue directory (pitr does, beside the data directory). Bounds the queue's disk
+# use: at most this many segments, complete or being written.
+DEFAULT_FETCH_AHEAD = 16
 
 
 class WalConfig:
     __slots__ = ("spool", "s3", "compression_level", "keep_local_seconds", "push_ahead", "recipients",
-                 "identity_file")
+                 "identity_file", "fetch_ahead", "fetch_queue")
 
     def __init__(self, spool: str, s3: S3Target | None = None, compression_level: int = DEFAULT_LEVEL,
                  keep_local_seconds: float = 0.0, push_ahead: int = DEFAULT_PUSH_AHEAD,
-                 recipients: list[str] | None = None, identity_file: str | None = None) -> None:
+                 recipients: list[str] | None = None, identity_file: str | None = None,
+                 fetch_ahead: int = 0, fetch_queue: str | None = None) -> None:
         self.spool = spool
         self.s3 = s3
         self.compression_level = compression_level
@@ -56,11 +62,14 @@ class WalConfig:
         # back (identity_file, a 0600 file: pitr writes one for its recovery and removes it).
         self.recipients = list(recipients or [])
         self.identity_file = identity_file
+        self.fetch_ahead = fetch_ahead
+        self.fetch_queue = fetch_queue
 
     def as_dict(self) -> dict:
         return {"spool": self.spool, "s3": self.s3.as_dict() if self.s3 else None,
                 "compression_level": self.compression_level, "keep_local_seconds": self.keep_local_seconds,
-                "push_ahead": self.push_ahead, "recipients": self.recipients, "identity_file": self.identity_file}
+                "push_ahead": self.push_ahead, "recipients": self.recipients, "identity_file": self.identity_file,
+                "fetch_ahead": self.fetch_ahead, "fetch_queue": self.fetch_queue}
 
     def identities(self) -> list[str]:
         """The private keys that read encrypted WAL back ($PGKEEPER_AGE_IDENTITY_FILE, then the
@@ -89,7 +98,8 @@ class WalConfig:
                        keep_local_seconds=float(data.get("keep_local_seconds", 0.0)),
                        push_ahead=int(data.get("push_ahead", DEFAULT_PUSH_AHEAD)),
                        recipients=[str(r) for r in data.get("recipients") or []],
-                       identity_file=data.get("identity_file"))
+                       identity_file=data.get("identity_file"),
+                       fetch_ahead=int(data.get("fetch_ahead") or 0), fetch_queue=data.get("fetch_queue"))
         except (KeyError, TypeError, ValueError) as exc:
             raise WalConfigError(f"WAL config is incomplete or malformed: {exc}") from None
 

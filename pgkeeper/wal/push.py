@@ -7,8 +7,9 @@ Exit 0 means "safely archived" (also for an identical duplicate); anything else 
 PostgreSQL keep the segment and try again, so a differing duplicate (in the spool, or already
 shipped: see the ledger in wal/spool.py) and a segment of another cluster (its page header's
 system identifier, see wal/identity.py) exit 1 loudly.
-With a backlog, one call also archives the next ready files (wal/ahead.py), whose own calls
-then return after a marker check, before compression code is even imported.
+With a backlog, one call also archives the next ready files and leaves a child archiving the
+ones after them (wal/ahead.py); their own calls then return after a marker check, before
+compression code is even imported.
 """
 
 from __future__ import annotations
@@ -96,7 +97,11 @@ def archive_with_backlog(cfg: config.WalConfig, name: str, wal_path: str) -> Non
         return store.put_file(n, p, cfg.compression_level)
 
     extras = ahead.ready_files(wal_path, cfg.spool, cfg.push_ahead, is_wal_name)
-    ahead.push_all(push_one, (name, wal_path), extras, cfg.spool, workers=min(4, os.cpu_count() or 1))
+    workers = min(4, os.cpu_count() or 1)
+    ahead.push_all(push_one, (name, wal_path), extras, cfg.spool, workers=workers)
+    if extras:  # a backlog: a child keeps pushing ahead while the archiver confirms these
+        ahead.continue_in_background(push_one, wal_path, cfg.spool, cfg.push_ahead, is_wal_name,
+                                     workers=min(2, workers))
 
 
 if __name__ == "__main__":
