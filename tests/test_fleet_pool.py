@@ -129,10 +129,7 @@ def test_restore_approval_resumes_on_a_worker(world: World) -> None:
     assert done["labels"].get("prefect.worker.name") in {"w1", "w2"}
 
 
-# CHECK AFTER MERGING issue 16.4 (suspend_flow_run): a restore waiting for approval must hold no
-# worker process. Before that change the restore pauses in-process and its process stays; then
-# this single test xfails. After the merge it should pass: drop the xfail marker.
-@pytest.mark.xfail(strict=False, reason="needs suspend_flow_run from issue 16.4")
+# The restore waits for approval suspended (issue 16.4): no worker process holds it meanwhile.
 def test_restore_waiting_for_approval_holds_no_worker(world: World) -> None:
     assert HELD, "test_restore_approval_resumes_on_a_worker did not get as far as the wait"
     assert all(pids == [] for pids in HELD.values()), HELD

@@ -211,9 +211,11 @@ def test_service_end_to_end(service, service_env) -> None:
 
     # 3. A run whose process is killed: it waits for the database's backup slot (held by another
     #    process here), gets SIGKILL, the worker reports it Crashed, and one failure mail goes out.
+    server = f"{service_env['POSTGRES_HOST']}:{service_env['POSTGRES_PORT']}"
+    slot = database_limit_name(service_env["POSTGRES_DB"], server)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys\nfrom prefect.concurrency.sync import concurrency\n"
-         f"with concurrency({database_limit_name(service_env['POSTGRES_DB'], service_env['POSTGRES_HOST'] + ':' + service_env['POSTGRES_PORT'])!r}, strict=True):\n"
+         f"with concurrency({slot!r}, strict=True):\n"
          "    print('held', flush=True); sys.stdin.read()"],
         env={**env, "PREFECT_API_AUTH_STRING": CREDENTIALS[api]},
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
