@@ -46,7 +46,7 @@ from tests.helpers import run_cli, table_fingerprints
 PREFIX = f"fid{uuid.uuid4().hex[:6]}_"
 CLI_TIMEOUT = 180
 PARALLEL_CLI = 2  # concurrent pgkeeper processes (the machines have 2 cores)
-BACKUP_ID = re.compile(r"\bbackup_\d{8}_\d{6}\b")
+BACKUP_ID = re.compile(r"\bbackup_\d{8}_\d{6}(?:_[a-z0-9][a-z0-9-]*)?\b")  # the server key follows (issue 16)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import textwrap
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -122,7 +123,11 @@ def test_restore_approval_resumes_on_a_worker(world: World) -> None:
     paused = wait_for(lambda: (r := world.run(run["id"]))["state"]["type"] == "PAUSED" and r, 300,
                       "the restore to wait for approval", interval=1)
     assert paused["state"]["name"] in {"Paused", "Suspended"}
-    HELD[run["id"]] = processes_of_run(world, run["id"])
+    # The suspended execution's process exits just after the run turns Paused: give it a moment.
+    deadline = time.monotonic() + 60
+    while (pids := processes_of_run(world, run["id"])) and time.monotonic() < deadline:
+        time.sleep(1)
+    HELD[run["id"]] = pids
     world.call("POST", f"/flow_runs/{run['id']}/resume", {"run_input": {"confirm": True, "database_name": "alpha"}})
     done = world.final(run["id"], timeout=300)
     assert done["state"]["type"] == "COMPLETED", done["state"]["message"]

@@ -58,6 +58,7 @@ from pgkeeper.tasks.safety import safety_result, start_safety_backup, wait_quiet
 from pgkeeper.tasks.swap import check_swapped, drop_database_task, expire_old_copies, swap_back, swap_into_place
 
 CONFIRM_POLL_SECONDS = 2
+EXPIRY_GRACE_SECONDS = 600  # for a worker to pick up the run that ends an unanswered wait
 
 
 @flow(name="restore", log_prints=True, on_failure=[report_failure], on_crashed=[report_failure],  # Sentry
@@ -259,7 +260,9 @@ def _suspended_answer(form: type, plan: RestorePlan, kept: dict | None, timeout:
         keep_plan({"plan": plan.model_dump(mode="json"), "asked_at": datetime.now(UTC).isoformat(),
                    "deadline": (datetime.now(UTC) + timedelta(seconds=timeout)).isoformat()})
         schedule_expiry(timeout, plan.target)
-    answer = suspend_flow_run(wait_for_input=form, timeout=timeout)
+    # The server fails a pause it sees expire (never Cancelled): its expiry comes after ours, which
+    # the run scheduled at the deadline enforces (Cancelled, target untouched, a notice).
+    answer = suspend_flow_run(wait_for_input=form, timeout=timeout + EXPIRY_GRACE_SECONDS)
     if kept is not None and datetime.now(UTC) > datetime.fromisoformat(kept["deadline"]) + timedelta(seconds=5):
         raise FlowPauseTimeout("answered after the deadline")
     return answer
