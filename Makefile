@@ -29,7 +29,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check pgkeeper tests benchmarks
-	# Two workers, whole files each (a file's tests share clusters and servers): ~23 min on 2 cores (2026-11-30).
+	# Two workers, whole files each (a file's tests share clusters and servers): ~30 min on 2 cores (2026-11-30),
+	# over the 15-minute goal: the real-server files (fleet on two netns hosts, service, alerting) dominate.
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # Stops the demo's PostgreSQL and Prefect server, then asks whether to remove the demo directory
