@@ -13,13 +13,10 @@ Everything started is stopped, and every namespace and veth removed, also on fai
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,22 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from pgkeeper.localcluster import LocalCluster, free_port, scratch_dir
+from tests.helpers import api_request, stop, wait_for
 from tests.netns import Host, Network
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "fleet-Pw-" + uuid.uuid4().hex[:8]
 DATABASES = {"db1": ["alpha", "beta", "shared"], "db2": ["gamma", "delta", "shared"]}
 QUIET = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -64,18 +52,7 @@ class World:
         return self.base / "repo"
 
     def call(self, method: str, path: str, body: dict | None = None) -> Any:
-        """The API over plain HTTP, with the server's credential (no Prefect client in this process:
-        it would stay pointed at this server after it is gone)."""
-        import httpx
-
-        headers = {"Authorization": "Basic " + base64.b64encode(self.credential.encode()).decode()}
-        for attempt in range(6):
-            response = httpx.request(method, f"{self.api}{path}", json=body, timeout=30, headers=headers)
-            if response.status_code not in (429, 503):
-                break
-            time.sleep(0.5 * 2**attempt)
-        response.raise_for_status()
-        return response.json() if response.content else None
+        return api_request(self.api, method, path, body, self.credential)
 
     def start_run(self, deployment: str, parameters: dict | None = None) -> dict:
         dep = self.call("GET", f"/deployments/name/{deployment}")
@@ -135,19 +112,6 @@ class World:
     def worker_log(self, name: str) -> str:
         path = self.base / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
-
-
-def stop(proc: subprocess.Popen, grace: float = 20) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 def fleet_file_text(world: World) -> str:

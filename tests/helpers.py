@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -68,3 +70,44 @@ def wal_page_header(name: str, segment_size: int = 16 << 20, sysid: int = FAKE_S
     return (0xD110.to_bytes(2, "little") + (2).to_bytes(2, "little") + tli.to_bytes(4, "little")
             + (segno * segment_size).to_bytes(8, "little") + bytes(8) + sysid.to_bytes(8, "little")
             + segment_size.to_bytes(4, "little") + (8192).to_bytes(4, "little"))
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop(proc: subprocess.Popen, grace: float = 20) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def api_request(api: str, method: str, path: str, body: dict | None = None, credential: str | None = None):  # noqa: ANN201
+    """A Prefect API call over plain HTTP (no Prefect client in the test process: it would stay
+    pointed at a server after it is gone), with a locked server's credential when given."""
+    import base64
+
+    import httpx
+
+    headers = {"Authorization": "Basic " + base64.b64encode(credential.encode()).decode()} if credential else {}
+    # The server answers 503 while its database is busy; Prefect's own client retries those.
+    for attempt in range(6):
+        response = httpx.request(method, f"{api}{path}", json=body, timeout=30, headers=headers)
+        if response.status_code not in (429, 503):
+            break
+        time.sleep(0.5 * 2**attempt)
+    response.raise_for_status()
+    return response.json() if response.content else None

@@ -24,32 +24,9 @@ from pathlib import Path
 import pytest
 
 from pgkeeper.localcluster import free_port
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, api_request, run_cli, stop, wait_for  # noqa: F401 (stop: other e2e files import it from here)
 
 SMTP_PASS = "smtp-Pw-" + uuid.uuid4().hex[:8]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def stop(proc: subprocess.Popen, grace: float = 20) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
 
 
 def healthy(api: str) -> bool:
@@ -145,21 +122,8 @@ CREDENTIALS: dict[str, str] = {}  # API URL -> the locked server's auth string
 
 
 def api_call(api: str, method: str, path: str, body: dict | None = None):  # noqa: ANN201
-    import base64
-
-    import httpx
-
     # pgkeeper's own (locked) server wants its credential; a plain `prefect server start` none.
-    headers = {"Authorization": "Basic " + base64.b64encode(CREDENTIALS[api].encode()).decode()} \
-        if api in CREDENTIALS else {}
-    # The server answers 503 while its SQLite database is busy; Prefect's own client retries those.
-    for attempt in range(6):
-        response = httpx.request(method, f"{api}{path}", json=body, timeout=30, headers=headers)
-        if response.status_code not in (429, 503):
-            break
-        time.sleep(0.5 * 2**attempt)
-    response.raise_for_status()
-    return response.json()
+    return api_request(api, method, path, body, CREDENTIALS.get(api))
 
 
 def start_run(api: str, deployment: str, parameters: dict | None = None) -> dict:
