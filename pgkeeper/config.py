@@ -19,6 +19,7 @@ from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.errors import BadName
 from pgkeeper.names import check_identifier
+from pgkeeper.repository import retention_fields
 from pgkeeper.tls import tls_from_env
 
 DEFAULT_CONNECTION_BLOCK = "pgkeeper-db"
@@ -76,13 +77,7 @@ def s3_bucket_block(target: settings.S3Target) -> tuple[Any, Callable[[Any], Any
 def offsite_from_env(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
     """The old scripts' S3_BUCKET, S3_PREFIX, ENABLE_S3_UPLOAD, RETENTION_DAYS and the AWS_*
     variables as repository fields. Without AWS_ACCESS_KEY_ID, boto3's usual chain applies."""
-    fields: dict[str, Any] = {}
-    try:
-        if env.get("RETENTION_DAYS", "").strip():
-            fields["retention_days"] = settings.int_var(env, "RETENTION_DAYS", 30)
-        fields.update(settings.tier_settings(env))
-    except settings.SetupError as exc:
-        raise BadName(str(exc)) from None
+    fields = retention_fields(env)
     target = settings.s3_from_env(env)
     if target is None:
         return fields

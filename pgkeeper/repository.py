@@ -157,18 +157,25 @@ class PlainRepository(RepositoryVerbs):
         return secret_block_lines(name)
 
 
-def repository_from_env(env: Mapping[str, str] = os.environ, path: str | None = None) -> PlainRepository:
-    """The old scripts' BACKUP_DIR, PGKEEPER_COMPRESSION, RETENTION_DAYS, tier and S3 variables as
-    a repository; the same values pgkeeper.config.repository_from_env puts into a block."""
-    fields: dict[str, Any] = {"path": path or env.get("BACKUP_DIR", "/backups")}
-    if env.get("PGKEEPER_COMPRESSION"):
-        fields["compression"] = env["PGKEEPER_COMPRESSION"]
+def retention_fields(env: Mapping[str, str]) -> dict[str, Any]:
+    """RETENTION_DAYS and the retention tier variables as repository fields (block or plain)."""
+    fields: dict[str, Any] = {}
     try:
         if env.get("RETENTION_DAYS", "").strip():
             fields["retention_days"] = settings.int_var(env, "RETENTION_DAYS", 30)
         fields.update(settings.tier_settings(env))
     except settings.SetupError as exc:
         raise BadName(str(exc)) from None
+    return fields
+
+
+def repository_from_env(env: Mapping[str, str] = os.environ, path: str | None = None) -> PlainRepository:
+    """The old scripts' BACKUP_DIR, PGKEEPER_COMPRESSION, RETENTION_DAYS, tier and S3 variables as
+    a repository; the same values pgkeeper.config.repository_from_env puts into a block."""
+    fields: dict[str, Any] = {"path": path or env.get("BACKUP_DIR", "/backups")}
+    if env.get("PGKEEPER_COMPRESSION"):
+        fields["compression"] = env["PGKEEPER_COMPRESSION"]
+    fields.update(retention_fields(env))
     target = settings.s3_from_env(env)
     if target is not None:
         fields.update(offsite=target, s3_encryption=target.sse, s3_kms_key_id=target.kms_key_id,

@@ -55,14 +55,12 @@ def _inflight(spool: str, name: str) -> str:
     return os.path.join(spool, MARKER_DIR, f".{name}{INFLIGHT}")
 
 
-def _pusher_alive(spool: str, name: str) -> bool:
-    """True while a child pushing `name` ahead is alive (it holds the lock its marker names)."""
+def lock_held(path: str) -> bool:
+    """True while some process holds a flock on `path` (a shared probe, released at once)."""
     import fcntl
 
     try:
-        with open(_inflight(spool, name)) as f:
-            lock = f.read()
-        fd = os.open(os.path.join(spool, MARKER_DIR, lock), os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -70,8 +68,18 @@ def _pusher_alive(spool: str, name: str) -> bool:
     except BlockingIOError:
         return True
     finally:
-        os.close(fd)
+        os.close(fd)  # closing drops a shared lock we got
     return False
+
+
+def _pusher_alive(spool: str, name: str) -> bool:
+    """True while a child pushing `name` ahead is alive (it holds the lock its marker names)."""
+    try:
+        with open(_inflight(spool, name)) as f:
+            lock = f.read()
+    except OSError:
+        return False
+    return lock_held(os.path.join(spool, MARKER_DIR, lock))
 
 
 def claim(spool: str, name: str, wal_path: str) -> bool:
@@ -139,14 +147,10 @@ def ready_files(wal_path: str, spool: str, limit: int, valid: Callable[[str], bo
     return chosen
 
 
-def push_all(push_one: Callable[[str, str], object], own: tuple[str, str], extras: list[tuple[str, str]],
-             spool: str, workers: int) -> None:
-    """Push `own` and `extras` on `workers` threads, own first; mark each extra that landed.
-
-    Only `own`'s failure is raised: an extra that fails is simply not marked, and its own
-    archiver call will push it again and report the problem."""
-    queue = [own, *extras]
-    errors: dict[str, BaseException] = {}
+def on_threads(items: list[tuple[str, str]], handle: Callable[[tuple[str, str]], None], workers: int) -> None:
+    """`handle` each item in order on `workers` threads, this one included (no executor import on
+    the archiver's path). `handle` must not raise."""
+    queue = list(items)
     lock = threading.Lock()
 
     def work() -> None:
@@ -154,17 +158,8 @@ def push_all(push_one: Callable[[str, str], object], own: tuple[str, str], extra
             with lock:
                 if not queue:
                     return
-                name, path = queue.pop(0)
-            try:
-                if (name, path) == own:
-                    push_one(name, path)
-                    continue
-                before = file_identity(path)
-                push_one(name, path)
-                if file_identity(path) == before:
-                    record(spool, name, before)
-            except BaseException as exc:  # noqa: BLE001 - reported for own, dropped for extras
-                errors[name] = exc
+                item = queue.pop(0)
+            handle(item)
 
     threads = [threading.Thread(target=work) for _ in range(max(1, min(workers, len(queue))) - 1)]
     for t in threads:
@@ -172,6 +167,30 @@ def push_all(push_one: Callable[[str, str], object], own: tuple[str, str], extra
     work()
     for t in threads:
         t.join()
+
+
+def push_all(push_one: Callable[[str, str], object], own: tuple[str, str], extras: list[tuple[str, str]],
+             spool: str, workers: int) -> None:
+    """Push `own` and `extras` on `workers` threads, own first; mark each extra that landed.
+
+    Only `own`'s failure is raised: an extra that fails is simply not marked, and its own
+    archiver call will push it again and report the problem."""
+    errors: dict[str, BaseException] = {}
+
+    def push(item: tuple[str, str]) -> None:
+        name, path = item
+        try:
+            if item == own:
+                push_one(name, path)
+                return
+            before = file_identity(path)
+            push_one(name, path)
+            if file_identity(path) == before:
+                record(spool, name, before)
+        except BaseException as exc:  # noqa: BLE001 - reported for own, dropped for extras
+            errors[name] = exc
+
+    on_threads([own, *extras], push, workers)
     if own[0] in errors:
         raise errors[own[0]]
 
@@ -243,32 +262,20 @@ def _push_batch(push_one: Callable[[str, str], object], batch: list[tuple[str, s
                 workers: int, wal_dir: str) -> None:
     """Push each file of `batch` on `workers` threads; mark each that landed and is still waiting
     for the archiver (a marker for a file it archived meanwhile would never be claimed)."""
-    queue = list(batch)
-    lock = threading.Lock()
+    def push(item: tuple[str, str]) -> None:
+        name, path = item
+        try:
+            before = file_identity(path)
+            push_one(name, path)
+            if file_identity(path) == before and \
+                    os.path.exists(os.path.join(wal_dir, "archive_status", name + READY)):
+                record(spool, name, before)
+        except BaseException:  # noqa: BLE001, S110 - the archiver's own call pushes it and reports
+            pass
+        finally:
+            _unmark(spool, [item])
 
-    def work() -> None:
-        while True:
-            with lock:
-                if not queue:
-                    return
-                name, path = queue.pop(0)
-            try:
-                before = file_identity(path)
-                push_one(name, path)
-                if file_identity(path) == before and \
-                        os.path.exists(os.path.join(wal_dir, "archive_status", name + READY)):
-                    record(spool, name, before)
-            except BaseException:  # noqa: BLE001, S110 - the archiver's own call pushes it and reports
-                pass
-            finally:
-                _unmark(spool, [(name, path)])
-
-    threads = [threading.Thread(target=work) for _ in range(max(1, min(workers, len(queue))) - 1)]
-    for t in threads:
-        t.start()
-    work()
-    for t in threads:
-        t.join()
+    on_threads(batch, push, workers)
 
 
 def stale_markers(spool: str, older_than_s: float) -> list[str]:

@@ -78,20 +78,10 @@ class Queue:
     # -- the prefetcher's liveness ----------------------------------------------------------
 
     def prefetcher_alive(self) -> bool:
-        """True while a prefetcher holds the lock (a shared probe, released at once)."""
-        import fcntl
+        """True while a prefetcher holds the lock."""
+        from pgkeeper.wal.ahead import lock_held
 
-        try:
-            fd = os.open(self._p(LOCK), os.O_RDONLY)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # closing drops a shared lock we got
-        return False
+        return lock_held(self._p(LOCK))
 
     def acquire(self) -> int | None:
         """The exclusive lock as an open fd (held until the process ends), or None if another
@@ -182,14 +172,14 @@ class Queue:
                 return None
             except OSError:  # another file system (a symlinked pg_wal): copy what was checked
                 moved = False
+            from pathlib import Path
+
+            from pgkeeper.storage.atomic import atomic_write_bytes, fsync_dir
+
             if moved:
                 os.fsync(fd)  # cheap: the prefetcher fsynced it already
-                _fsync_dir(os.path.dirname(dest) or ".")
+                fsync_dir(Path(dest).parent)
             else:
-                from pathlib import Path
-
-                from pgkeeper.storage.atomic import atomic_write_bytes
-
                 atomic_write_bytes(Path(dest), data)
                 _unlink(path)
             return len(data)
@@ -239,14 +229,6 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_small(path: str, text: str) -> None:
