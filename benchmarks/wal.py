@@ -157,7 +157,7 @@ def against_peer(segments: int, rounds: int, push_ahead: int) -> None:
         "archive_mode": "on", "archive_command": "''", "max_wal_size": "8GB", "wal_compression": "off",
         "log_line_prefix": "'%m [%p] '"})
     peer = PgBackRest(cluster, base / "pgbackrest", archive_async=True)
-    labels = {f"pgkeeper wal-push (push-ahead {push_ahead})": archive_command(config),
+    labels = {f"pgkeeper wal-push (push-ahead {push_ahead})": archive_command(config, claim_spool=str(spool)),
               "pgbackrest archive-async, process-max 2": peer.archive_command()[1:-1]}
     rates: dict[str, list[float]] = {label: [] for label in labels}
     try:
@@ -214,8 +214,8 @@ def main() -> None:
         "cp": f"cp %p {cp_dest}/%f",
         "dd conv=fsync": f"dd if=%p of={dd_dest}/%f bs=1M conv=fsync status=none",
         "wal-push, one file a call": archive_command(configs["single"]),
-        pushing: archive_command(configs["ahead"]),
-        sealed: archive_command(configs["sealed"]),
+        pushing: archive_command(configs["ahead"], claim_spool=str(base / "spool-ahead")),
+        sealed: archive_command(configs["sealed"], claim_spool=str(base / "spool-sealed")),
     }
     cluster = LocalCluster(base / "data", settings={
         "archive_mode": "on", "archive_command": "''", "max_wal_size": "'8GB'", "wal_compression": "off",

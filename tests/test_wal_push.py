@@ -261,3 +261,43 @@ def test_a_child_keeps_pushing_ahead_while_the_archiver_confirms(tmp_path: Path)
         out = tmp_path / f"out-{name}"
         assert run_cli("wal-fetch", "--spool", str(spool), name, str(out)).returncode == 0
         assert out.read_bytes() == (pg_wal / name).read_bytes()
+
+
+def run_shell(command: str, cwd: Path, name: str) -> int:
+    """Run an archive_command the way PostgreSQL does: %p relative to the data directory, %f the name."""
+    line = command.replace("%p", f"pg_wal/{name}").replace("%f", name)
+    return subprocess.run(["/bin/sh", "-c", line], cwd=cwd, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode
+
+
+def test_the_shell_claim_confirms_only_the_file_and_config_that_were_pushed_ahead(tmp_path: Path) -> None:
+    from pgkeeper.wal.command import archive_command, shell_claim
+    from pgkeeper.wal.config import WalConfig, write
+
+    spool = tmp_path / "spool"
+    config = write(tmp_path / "wal.json", WalConfig(spool=str(spool)))
+    pg_wal, names = fake_pg_wal(tmp_path, 5)
+    assert run_cli("wal-push", "--config", str(config), str(pg_wal / names[0])).returncode == 0
+    assert markers(spool) == names[1:]
+    claim = shell_claim(str(spool), config)
+    # Pushed ahead from this very file under this very config: confirmed without Python, marker consumed.
+    assert run_shell(claim, tmp_path, names[1]) == 0
+    assert names[1] not in markers(spool)
+    # Claimed once only: a second call finds no marker.
+    assert run_shell(claim, tmp_path, names[1]) != 0
+    # Another file under the same name (as if another cluster's): no confirmation.
+    (pg_wal / "other").write_bytes(segment_bytes(77, size=4 << 20, name=names[2]))
+    (pg_wal / "other").rename(pg_wal / names[2])
+    assert run_shell(claim, tmp_path, names[2]) != 0 and names[2] in markers(spool)
+    # The config rewritten (another spool, say): markers made under the old one confirm nothing.
+    write(config, WalConfig(spool=str(spool), compression_level=3))
+    assert run_shell(claim, tmp_path, names[3]) != 0 and names[3] in markers(spool)
+    # Rewriting the same settings keeps the file (and so every marker made under it) as it is.
+    stamp = os.stat(config).st_ino
+    write(config, WalConfig(spool=str(spool), compression_level=3))
+    assert os.stat(config).st_ino == stamp
+    # The whole archive_command falls back to wal-push, which compares contents and confirms.
+    command = archive_command(config, claim_spool=str(spool))
+    assert run_shell(command, tmp_path, names[3]) == 0
+    assert run_shell(command, tmp_path, names[4]) == 0
+    assert markers(spool) == [names[2]]  # the replaced file's marker is never confirmed

@@ -64,7 +64,7 @@ def run_setup(args: argparse.Namespace) -> int:
         runtime = provide_runtime()
         if runtime is not None:
             print(f"the WAL commands run from {runtime} (a copy the server's OS user can read)")
-    wanted = archive_settings(cfg_path, args.archive_timeout)
+    wanted = archive_settings(cfg_path, args.archive_timeout, cfg=cfg)
     with conn.connect(autocommit=True) as c:
         current = {k: c.execute("SELECT current_setting(%s)", (k,)).fetchone()[0] for k in wanted}  # type: ignore[index]
         print(f"WAL archiving for {conn.describe()} (spool {cfg.spool}"

@@ -38,8 +38,26 @@ READY = ".ready"
 
 
 def file_identity(path: str) -> str:
+    """Device, inode, size and mtime, spelt as `stat -L -c %d:%i:%s:%.9Y` prints them, so that
+    the shell claim in archive_command (wal/command.py) can compare a marker without Python."""
     st = os.stat(path)
-    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns // 10**9}.{st.st_mtime_ns % 10**9:09d}"
+
+
+def config_stamp(config_path: str | None) -> str:
+    """The identity of the WAL config file a call read (taken before reading it), for its markers:
+    a marker made under another version of the config (say, another spool) then never matches
+    in the shell claim, which checks the config file's identity too; "" without a config file."""
+    if not config_path:
+        return ""
+    try:
+        return file_identity(config_path)
+    except OSError:
+        return ""
+
+
+def _content(identity: str, stamp: str) -> str:
+    return f"{identity}\n{stamp}" if stamp else identity
 
 
 def _marker(spool: str, name: str) -> str:
@@ -94,7 +112,7 @@ def claim(spool: str, name: str, wal_path: str) -> bool:
         time.sleep(0.002)
     try:
         with open(marker) as f:
-            recorded = f.read()
+            recorded = f.read().split("\n", 1)[0]  # this call reads its config itself: the file's own line
         if recorded != file_identity(wal_path):
             return False
         os.unlink(marker)
@@ -103,14 +121,15 @@ def claim(spool: str, name: str, wal_path: str) -> bool:
     return True
 
 
-def record(spool: str, name: str, identity: str) -> None:
-    """Leave the marker for `name` (only after its object is durable). Not fsynced on purpose:
-    a lost marker costs one full push later, never a wrong confirmation."""
+def record(spool: str, name: str, identity: str, stamp: str = "") -> None:
+    """Leave the marker for `name` (only after its object is durable): the file's identity, then
+    the config's (`config_stamp`). Not fsynced on purpose: a lost marker costs one full push
+    later, never a wrong confirmation."""
     d = os.path.join(spool, MARKER_DIR)
     os.makedirs(d, mode=0o700, exist_ok=True)
     tmp = os.path.join(d, f".{name}.tmp-{os.getpid()}")
     with open(tmp, "w") as f:
-        f.write(identity)
+        f.write(_content(identity, stamp))
     os.replace(tmp, _marker(spool, name))
 
 
@@ -170,7 +189,7 @@ def on_threads(items: list[tuple[str, str]], handle: Callable[[tuple[str, str]],
 
 
 def push_all(push_one: Callable[[str, str], object], own: tuple[str, str], extras: list[tuple[str, str]],
-             spool: str, workers: int) -> None:
+             spool: str, workers: int, stamp: str = "") -> None:
     """Push `own` and `extras` on `workers` threads, own first; mark each extra that landed.
 
     Only `own`'s failure is raised: an extra that fails is simply not marked, and its own
@@ -186,7 +205,7 @@ def push_all(push_one: Callable[[str, str], object], own: tuple[str, str], extra
             before = file_identity(path)
             push_one(name, path)
             if file_identity(path) == before:
-                record(spool, name, before)
+                record(spool, name, before, stamp)
         except BaseException as exc:  # noqa: BLE001 - reported for own, dropped for extras
             errors[name] = exc
 
@@ -203,7 +222,7 @@ def _unclaimed(spool: str) -> int:
 
 
 def continue_in_background(push_one: Callable[[str, str], object], wal_path: str, spool: str, limit: int,
-                           valid: Callable[[str], bool], workers: int) -> None:
+                           valid: Callable[[str], bool], workers: int, stamp: str = "") -> None:
     """Fork a child that keeps pushing the files that become ready, at most `limit` pushed and
     unclaimed at a time, each marked in flight first; return at once in the parent. The child
     stops when no file is left to push ahead, or when the archiver claims nothing for a while."""
@@ -241,7 +260,7 @@ def continue_in_background(push_one: Callable[[str, str], object], wal_path: str
             for name, _path in batch:
                 with open(_inflight(spool, name), "w") as f:
                     f.write(lock_name)
-            _push_batch(push_one, batch, spool, workers, os.path.dirname(wal_path))
+            _push_batch(push_one, batch, spool, workers, os.path.dirname(wal_path), stamp)
             waited = time.monotonic()
     finally:
         try:
@@ -259,7 +278,7 @@ def _unmark(spool: str, batch: list[tuple[str, str]]) -> None:
 
 
 def _push_batch(push_one: Callable[[str, str], object], batch: list[tuple[str, str]], spool: str,
-                workers: int, wal_dir: str) -> None:
+                workers: int, wal_dir: str, stamp: str = "") -> None:
     """Push each file of `batch` on `workers` threads; mark each that landed and is still waiting
     for the archiver (a marker for a file it archived meanwhile would never be claimed)."""
     def push(item: tuple[str, str]) -> None:
@@ -269,7 +288,7 @@ def _push_batch(push_one: Callable[[str, str], object], batch: list[tuple[str, s
             push_one(name, path)
             if file_identity(path) == before and \
                     os.path.exists(os.path.join(wal_dir, "archive_status", name + READY)):
-                record(spool, name, before)
+                record(spool, name, before, stamp)
         except BaseException:  # noqa: BLE001, S110 - the archiver's own call pushes it and reports
             pass
         finally:

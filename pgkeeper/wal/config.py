@@ -159,7 +159,17 @@ def write(path: os.PathLike[str] | str, cfg: WalConfig, owner: tuple[int, int] |
             if owner is not None and os.geteuid() == 0:
                 os.chown(creds, *owner)
             data["s3"]["credentials_file"] = str(creds)
-    atomic_write_bytes(path, json.dumps(data, indent=2).encode() + b"\n", mode=0o600)
+    content = json.dumps(data, indent=2).encode() + b"\n"
+    try:
+        same = path.read_bytes() == content
+    except OSError:
+        same = False
+    if same:
+        # Left as it is: a rewrite would change the file's identity, which pushed-ahead markers
+        # record (wal/ahead.py), and make the archiver push those files again.
+        os.chmod(path, 0o600)
+    else:
+        atomic_write_bytes(path, content, mode=0o600)
     if owner is not None and os.geteuid() == 0:
         os.chown(path, *owner)
     return path

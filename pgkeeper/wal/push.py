@@ -69,11 +69,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def push(args: argparse.Namespace) -> int:
     name = os.path.basename(args.wal_path)
     try:
+        # Before reading it: a config rewritten meanwhile must not vouch for what this call does.
+        stamp = "" if args.spool or args.repo else ahead.config_stamp(args.config)
         cfg = config.load(args.config, spool=args.spool, repo=args.repo)
         check_wal_name(name)
         if ahead.claim(cfg.spool, name, args.wal_path):
             return 0
-        archive_with_backlog(cfg, name, args.wal_path)
+        archive_with_backlog(cfg, name, args.wal_path, stamp)
     except PgkeeperError as exc:  # a bad WAL name (BadWalName) too
         print(f"pgkeeper wal-push: error: {exc}", file=sys.stderr)
         return 1
@@ -84,7 +86,7 @@ def push(args: argparse.Namespace) -> int:
     return 0
 
 
-def archive_with_backlog(cfg: config.WalConfig, name: str, wal_path: str) -> None:
+def archive_with_backlog(cfg: config.WalConfig, name: str, wal_path: str, stamp: str = "") -> None:
     """Archive `wal_path`, plus up to cfg.push_ahead files PostgreSQL has queued after it."""
     from pgkeeper.wal.identity import SegmentChecker
     from pgkeeper.wal.spool import LocalWalStore  # zstandard and hashlib: only when there is work
@@ -98,10 +100,10 @@ def archive_with_backlog(cfg: config.WalConfig, name: str, wal_path: str) -> Non
 
     extras = ahead.ready_files(wal_path, cfg.spool, cfg.push_ahead, is_wal_name)
     workers = min(4, os.cpu_count() or 1)
-    ahead.push_all(push_one, (name, wal_path), extras, cfg.spool, workers=workers)
+    ahead.push_all(push_one, (name, wal_path), extras, cfg.spool, workers=workers, stamp=stamp)
     if extras:  # a backlog: a child keeps pushing ahead while the archiver confirms these
         ahead.continue_in_background(push_one, wal_path, cfg.spool, cfg.push_ahead, is_wal_name,
-                                     workers=min(2, workers))
+                                     workers=min(2, workers), stamp=stamp)
 
 
 if __name__ == "__main__":

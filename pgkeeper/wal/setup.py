@@ -47,12 +47,15 @@ def write_config(path: Path, cfg: walconfig.WalConfig, user: str = SERVER_USER) 
 
 
 def archive_settings(config_path: Path | str, archive_timeout: str = "60s",
-                     user: str = SERVER_USER) -> dict[str, str]:
-    """postgresql.conf lines (name -> literal) that archive every WAL file through wal-push."""
+                     user: str = SERVER_USER, cfg: walconfig.WalConfig | None = None) -> dict[str, str]:
+    """postgresql.conf lines (name -> literal) that archive every WAL file through wal-push
+    (claiming pushed-ahead files in the shell first when `cfg`, the config written to
+    `config_path`, has push-ahead on)."""
+    claim = cfg.spool if cfg is not None and cfg.push_ahead > 0 else None
     return {
         "wal_level": "replica",
         "archive_mode": "on",
-        "archive_command": conf_quote(archive_command(config_path, user)),
+        "archive_command": conf_quote(archive_command(config_path, user, claim)),
         "archive_timeout": conf_quote(archive_timeout),
     }
 

@@ -30,9 +30,10 @@ def archiving_cluster(password: str, archive_timeout: str = "1s", cfg: WalConfig
     repo = base / "repo"
     repo.mkdir(mode=0o755)
     config_path = base / "wal.json"
-    write_config(config_path, cfg or WalConfig(spool=str(repo / "wal")))
+    cfg = cfg or WalConfig(spool=str(repo / "wal"))
+    write_config(config_path, cfg)
     cluster = LocalCluster(base / "data", password=password,
-                           settings=archive_settings(config_path, archive_timeout))
+                           settings=archive_settings(config_path, archive_timeout, cfg=cfg))
     try:
         cluster.init().start()
         yield ArchivingCluster(cluster, base, repo, config_path)
