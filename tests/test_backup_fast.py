@@ -17,9 +17,10 @@ from prefect_aws import AwsCredentials, S3Bucket
 from pydantic import Field, SecretStr
 
 from pgkeeper.blocks.repository import OFFSITE_DESCRIPTION, BackupRepository
-from tests.helpers import ROOT
+from tests.helpers import ROOT, wait_for
 
-HEAVY = ["prefect_aws", "boto3", "aiobotocore"]
+# prefect-aws without a bucket; FastAPI, which Prefect imports to record parameters that are JSON already.
+HEAVY = ["prefect_aws", "boto3", "aiobotocore", "fastapi"]
 # Runs the command line in this fresh process and reports which heavy modules it imported.
 PROBE = ("import json, sys\n"
          "from pgkeeper.cli.main import main\n"
@@ -91,3 +92,40 @@ def test_the_schema_is_the_declared_one():
     assert BackupRepository.model_json_schema() == Declared.model_json_schema()
     assert BackupRepository._calculate_schema_checksum() == Declared._calculate_schema_checksum()
     assert BackupRepository.model_json_schema()["block_schema_references"]["offsite"]["block_type_slug"] == "s3-bucket"
+
+
+def test_plain_parameters_are_recorded_as_prefect_records_them():
+    from pathlib import Path
+
+    from fastapi.encoders import jsonable_encoder
+
+    from pgkeeper.flows.backup import backup
+
+    plain = {"database": "shop", "port": 5432, "labels": ["pre-restore"], "backup_dir": None, "on": True,
+             "ratio": 1.5, "nested": {"k": [1, "a"]}}
+    assert backup.serialize_parameters(plain) == jsonable_encoder(plain)
+    other = {"database": "shop", "path": Path("/backups"), "pair": ("a", 1)}  # Prefect's encoding, as before
+    assert backup.serialize_parameters(other) == {"database": "shop", "path": "/backups", "pair": ["a", 1]}
+
+
+def test_the_backup_run_keeps_its_tags_and_its_task_runs_ask_for_no_tag_slots(conn, repo):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from pgkeeper.flows.backup import backup
+    from tests.test_backup import save_blocks
+
+    db_block, repo_block = save_blocks(conn, repo)
+    state = backup(connection_block=db_block, repository_block=repo_block, return_state=True)
+    state.result()
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run_id)
+        assert {"pgkeeper", f"db:{conn.database}", "backup"} <= set(run.tags)
+        # Task runs reach the API as events: wait for the steps to be recorded.
+        def steps():  # noqa: ANN202
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            return runs if {t.name.rsplit("-", 1)[0] for t in runs} >= {"preflight", "dump", "write-manifest"} else None
+
+        tasks = wait_for(steps, 60, "the backup's task runs")
+    assert all(t.tags == [] for t in tasks), [(t.name, t.tags) for t in tasks]
