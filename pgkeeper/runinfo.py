@@ -10,7 +10,8 @@ list tells the story without a click.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +37,20 @@ def tag_every_run() -> None:
     current = TagsContext.get().current_tags
     if RUN_TAG not in current:
         TagsContext.__var__.set(TagsContext(current_tags={*current, RUN_TAG}))
+
+
+@contextmanager
+def untagged_tasks() -> Iterator[None]:
+    """Task runs started inside carry no tags; the flow run keeps its own.
+
+    Prefect asks the API for a concurrency slot of every tag a task run carries, each task run
+    (a round trip, a service thread and a lease), and the `pgkeeper` tag limits nothing. No
+    subflow may start inside: it would miss the tag the failure automation matches.
+    """
+    from prefect.context import TagsContext
+
+    with TagsContext(current_tags=set()):
+        yield
 
 
 def today() -> str:
@@ -74,9 +89,9 @@ def describe_run(name: str, tags: Iterable[str]) -> None:
     if ctx is None or ctx.flow_run is None:
         return
     try:
+        # The run's tags as this process created it (a deployment's included): no read needed.
+        merged = list(dict.fromkeys([*ctx.flow_run.tags, *tags]))
         with get_client(sync_client=True) as client:
-            current = client.read_flow_run(ctx.flow_run.id)
-            merged = list(dict.fromkeys([*current.tags, *tags]))
             client.update_flow_run(ctx.flow_run.id, name=name, tags=merged)
         ctx.flow_run.name, ctx.flow_run.tags = name, merged
     except Exception as exc:  # the API being busy must not fail a backup

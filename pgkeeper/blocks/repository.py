@@ -1,15 +1,43 @@
-"""The backup repository block: where backups live and how they are compressed."""
+"""The backup repository block: where backups live and how they are compressed.
+
+Its `offsite` field is a prefect-aws S3Bucket, and importing prefect-aws costs a process about
+0.7 s and 26 MB (its package imports the ECS worker, aiobotocore, aiohttp). A repository without
+a bucket never needs it: the field starts with a stand-in type that accepts None, and takes its
+declared type, S3Bucket, the first time a bucket or the block's schema is asked for
+(`with_bucket_type`). The schema, its checksum and the saved documents are those of
+`offsite: S3Bucket | None`.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import threading
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from prefect.blocks.core import Block
-from prefect_aws import S3Bucket
-from pydantic import Field
+from pydantic import Field, PlainValidator
+from pydantic.fields import FieldInfo
 
 from pgkeeper.repository import IDENTITIES_BLOCK, MANIFEST_KEY_BLOCK, RepositoryVerbs  # noqa: F401 (key_cmd)
 from pgkeeper.settings import S3Target
+
+if TYPE_CHECKING:
+    from prefect_aws import S3Bucket
+
+OFFSITE_DESCRIPTION = "S3 bucket (prefect-aws S3Bucket with AwsCredentials) for offsite copies."
+_typing = threading.Lock()
+
+
+def _offsite_value(value: Any) -> Any:
+    """`offsite` before the field has its declared type: None as it is; a bucket (a block or the
+    data of a saved one) gives the field its type first, then is validated as an S3Bucket."""
+    if value is None:
+        return None
+    return BackupRepository.with_bucket_type().__pydantic_validator__.validate_python(value)
+
+
+# The stand-in type of `offsite` (see the module's docstring).
+_STAND_IN = PlainValidator(_offsite_value)
+LazyBucket = Annotated[Any, _STAND_IN]
 
 
 class BackupRepository(RepositoryVerbs, Block):
@@ -31,8 +59,8 @@ class BackupRepository(RepositoryVerbs, Block):
         default=0.2, description="Warn when the repository disk has less free space than this.")
 
     # Offsite copies: an S3Bucket from prefect-aws; its bucket_folder is the prefix.
-    offsite: S3Bucket | None = Field(
-        default=None, description="S3 bucket (prefect-aws S3Bucket with AwsCredentials) for offsite copies.")
+    # Declared type: S3Bucket | None (with_bucket_type); a stand-in until a bucket is seen.
+    offsite: LazyBucket = Field(default=None, description=OFFSITE_DESCRIPTION)
     s3_upload: bool = Field(default=True, description="Upload each new backup to the offsite bucket.")
     s3_encryption: Literal["AES256", "aws:kms"] = Field(
         default="AES256", description="Server-side encryption of every object.")
@@ -74,6 +102,43 @@ class BackupRepository(RepositoryVerbs, Block):
         default="Standard", description="S3 restore-request tier for backups in an archive class.")
     prices: dict[str, float] = Field(default_factory=dict, description="USD per GB-month by storage class "
                                                                       "(weekly report); empty: list prices.")
+
+    @classmethod
+    def with_bucket_type(cls) -> type[S3Bucket]:
+        """Give `offsite` its declared type, `S3Bucket | None` (importing prefect-aws), once per
+        process; returns S3Bucket. From then on the class is exactly the block as declared."""
+        from prefect_aws import S3Bucket
+
+        with _typing:
+            repo = BackupRepository  # the class that holds the field, also when called on a copy
+            if _STAND_IN not in repo.__pydantic_fields__["offsite"].metadata:
+                return S3Bucket
+            declared = FieldInfo.from_annotated_attribute(S3Bucket | None,  # type: ignore[arg-type]
+                                                          Field(default=None, description=OFFSITE_DESCRIPTION))
+            repo.__pydantic_fields__ = {**repo.__pydantic_fields__, "offsite": declared}
+            repo.model_rebuild(force=True)
+        return S3Bucket
+
+    # What needs the declared type: the schema (saving, registering, the UI) and registration,
+    # which also registers the nested S3Bucket. Loading and using a repository without a bucket does not.
+    @classmethod
+    def __dispatch_key__(cls) -> str:
+        return cls.get_block_type_slug()  # Block's default builds the whole schema for this
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        cls.with_bucket_type()
+        return super().model_json_schema(*args, **kwargs)
+
+    @classmethod
+    async def aregister_type_and_schema(cls, *args: Any, **kwargs: Any) -> None:
+        cls.with_bucket_type()
+        await super().aregister_type_and_schema(*args, **kwargs)
+
+    @classmethod
+    def register_type_and_schema(cls, *args: Any, **kwargs: Any) -> Any:
+        cls.with_bucket_type()
+        return super().register_type_and_schema(*args, **kwargs)
 
     def s3_target(self) -> S3Target | None:
         """The offsite bucket as plain settings (no prefect-aws needed to use them)."""

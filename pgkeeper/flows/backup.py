@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from prefect import flow
 from prefect.states import State
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
-from pgkeeper.flows.retention import after_backup
+from pgkeeper.flows.after_backup import after_backup
+from pgkeeper.flows.quick import flow
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import Manifest
-from pgkeeper.runinfo import KIND_PRE_RESTORE, completed, database_tag, describe_run, name_from_parameters, today
+from pgkeeper.runinfo import (
+    KIND_PRE_RESTORE,
+    completed,
+    database_tag,
+    describe_run,
+    name_from_parameters,
+    today,
+    untagged_tasks,
+)
 from pgkeeper.sentry import report_failure
 from pgkeeper.slots import backup_slot
 from pgkeeper.tasks.catalog_artifact import publish_catalog
@@ -38,29 +46,31 @@ def backup(
     Settings come from the named blocks, else (or with no block name) from the old scripts'
     environment variables; the other parameters override them.
     """
-    conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
-    repo = load_repository(repository_block, path=backup_dir)
-    kind = KIND_PRE_RESTORE if KIND_PRE_RESTORE in (labels or []) else "backup"
-    describe_run(f"backup {conn.database} {today()}" + (f" ({kind})" if kind != "backup" else ""),
-                 [database_tag(conn.database), kind])
+    # Its task runs carry no tags: no concurrency request per task for the run's tags (no subflow starts here).
+    with untagged_tasks():
+        conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
+        repo = load_repository(repository_block, path=backup_dir)
+        kind = KIND_PRE_RESTORE if KIND_PRE_RESTORE in (labels or []) else "backup"
+        describe_run(f"backup {conn.database} {today()}" + (f" ({kind})" if kind != "backup" else ""),
+                     [database_tag(conn.database), kind])
 
-    with backup_slot(conn.database, f"{conn.host}:{conn.port}"):  # never two backups of one database at once
-        info = preflight(conn, repo)
-        backup_id = begin_backup(repo, info.server_time, info.server)
-        try:
-            dumped = dump_database(conn, repo, backup_id, info.table_bytes)
-            check = quick_verify(repo, backup_id, dumped.file, repo.compression, len(dumped.tables), dumped.toc)
-            manifest = write_manifest(repo, backup_id, info, dumped, check, labels or [])
-        except BaseException:
-            abandon_backup(repo, backup_id)
-            raise
-    report_backup(manifest, repo.storage().describe(), info.warnings)
-    after = after_backup(repo, backup_id)  # offsite upload → retention → garbage collection
-    publish_catalog(repo)  # the UI's keyed catalog artifact
-    mail_backup_success(manifest, repo, info.warnings)  # pgkeeper.backup.completed; mails without the automation
-    # The result: the manifest as written, and the run's final line, which also says what the
-    # steps after it did (they change the repository, not the manifest).
-    return completed(manifest, result_line(manifest) + "".join(f"; {line}" for line in after))
+        with backup_slot(conn.database, f"{conn.host}:{conn.port}"):  # never two backups of one database at once
+            info = preflight(conn, repo)
+            backup_id = begin_backup(repo, info.server_time, info.server)
+            try:
+                dumped = dump_database(conn, repo, backup_id, info.table_bytes)
+                check = quick_verify(repo, backup_id, dumped.file, repo.compression, len(dumped.tables), dumped.toc)
+                manifest = write_manifest(repo, backup_id, info, dumped, check, labels or [])
+            except BaseException:
+                abandon_backup(repo, backup_id)
+                raise
+        report_backup(manifest, repo.storage().describe(), info.warnings)
+        after = after_backup(repo, backup_id)  # offsite upload → retention → garbage collection
+        publish_catalog(repo)  # the UI's keyed catalog artifact
+        mail_backup_success(manifest, repo, info.warnings)  # pgkeeper.backup.completed; mails without the automation
+        # The result: the manifest as written, and the run's final line, which also says what the
+        # steps after it did (they change the repository, not the manifest).
+        return completed(manifest, result_line(manifest) + "".join(f"; {line}" for line in after))
 
 
 def result_line(m: Manifest) -> str:

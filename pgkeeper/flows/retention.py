@@ -1,6 +1,6 @@
 """The retention flow: apply the keep policy to the local repository or the bucket, then collect
-the debris of interrupted backups and uploads. Also the steps the backup flow runs after a
-backup: offsite upload → retention → garbage collection."""
+the debris of interrupted backups and uploads. (The same steps after each backup, with the
+offsite upload first: pgkeeper.flows.after_backup.)"""
 
 from __future__ import annotations
 
@@ -8,55 +8,13 @@ from typing import Literal
 
 from prefect import flow
 
-from pgkeeper.alerts import warn
-from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
-from pgkeeper.errors import PgkeeperError
 from pgkeeper.runinfo import name_from_parameters
 from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.catalog_artifact import publish_catalog
-from pgkeeper.tasks.offsite import backups_missing_offsite, collect_garbage, upload_backup
+from pgkeeper.tasks.offsite import collect_garbage
 from pgkeeper.tasks.retention import RetentionReport, apply_retention
 from pgkeeper.tasks.wal_ship import expire_archived_wal
-
-
-def after_backup(repo: BackupRepository, backup_id: str) -> list[str]:
-    """Upload (when offsite is configured), then retention and garbage collection on every
-    source; one line per step for the caller. Runs inside the backup flow."""
-    lines = []
-    sources = ["local"]
-    if repo.has_offsite():
-        uploaded = upload_backup(repo, backup_id)
-        lines.append(f"uploaded to {uploaded.location}, checksum verified")
-        sources.append("s3")
-    reports = [apply_retention(repo, "local", protect=[backup_id])]
-    if repo.has_offsite():
-        # After local retention, so only backups that are kept get a late offsite copy.
-        caught_up = upload_missing(repo)
-        if caught_up:
-            lines.append(f"uploaded {len(caught_up)} older backup(s) that were not offsite: {', '.join(caught_up)}")
-        reports.append(apply_retention(repo, "s3", protect=[backup_id]))
-    if len(reports) == 1:
-        lines.append(f"retention: {reports[0].summary()}")
-    else:
-        lines.append("retention: " + ", ".join(f"{r.summary()} ({r.source})" for r in reports))
-    for source in sources:
-        collect_garbage(repo, source)
-    return lines
-
-
-def upload_missing(repo: BackupRepository) -> list[str]:
-    """Give every kept local backup its offsite copy. One that cannot be uploaded (say, a local
-    file no longer matches its manifest) is a warning: today's backup is still good and up."""
-    done = []
-    for backup_id, database in backups_missing_offsite(repo):
-        try:
-            upload_backup(repo, backup_id)
-        except PgkeeperError as exc:
-            warn("offsite-missing", f"backup {backup_id} has no offsite copy: {exc}", database=database)
-            continue
-        done.append(backup_id)
-    return done
 
 
 @flow(name="retention", log_prints=True, on_failure=[report_failure], on_crashed=[report_failure],  # Sentry
