@@ -38,6 +38,17 @@ def tag_every_run() -> None:
         TagsContext.__var__.set(TagsContext(current_tags={*current, RUN_TAG}))
 
 
+def untagged_tasks() -> Any:
+    """Inside a flow body: its task runs without the `pgkeeper` tag, which only flow runs need
+    (the automations match flow-run events). Prefect acquires a concurrency slot with a lease for
+    every tag of a task run, so a tagged task costs API round trips before it starts and after
+    it ends. Only for flows that start no subflow (a subflow run must keep the tag)."""
+    from prefect.context import TagsContext
+
+    current = TagsContext.get().current_tags
+    return TagsContext(current_tags={t for t in current if t != RUN_TAG})
+
+
 def today() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%d")
 

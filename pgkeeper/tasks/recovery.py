@@ -189,7 +189,8 @@ def restore_base_backup(repo: BackupRepository, source: str, manifest: Manifest,
     pgtools.make_server_dir(dest)
     storage = repo.storage(source)
     try:
-        unpack_backup(lambda f: storage.open_plain(manifest.backup_id, f), manifest.files, dest)
+        unpack_backup(lambda f: storage.open_plain(manifest.backup_id, f), manifest.files, dest,
+                      extract_as=pgtools.as_server_user())  # dest is the server user's (make_server_dir)
         for leftover in ("postmaster.pid", "postmaster.opts", "standby.signal"):
             (dest / leftover).unlink(missing_ok=True)
         (dest / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
