@@ -75,7 +75,7 @@ def pitr(
         restore_base_backup(repo, source, manifest, data_dir)
         try:
             configure_recovery(data_dir, walcfg, target, port, keep_archiving)
-            start_recovery(data_dir, port, target, timeout_seconds)
+            start_recovery(data_dir, port, target, timeout_seconds, manifest)
             result = wait_for_promotion(data_dir, port, manifest.backup_id, target, started, timeout_seconds)
         finally:
             forget_recovery_secrets(data_dir)
