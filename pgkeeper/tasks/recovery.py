@@ -335,10 +335,14 @@ def start_prefetching(data_dir: str, manifest: Manifest) -> None:
         return
     argv = [*pgtools.as_server_user(), *shlex.split(pgkeeper_command()), "wal-fetch", "--config", str(cfg),
             "--prefetch-after", segment_name(tli, segno - 1, size), str(size)]
-    r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       timeout=120)
-    if r.returncode != 0:
-        get_run_logger().warning("not fetching WAL ahead before the start: %s", pgtools.last_line(r.stderr))
+    try:
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           timeout=120)
+        why = pgtools.last_line(r.stderr) if r.returncode != 0 else None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = str(exc)
+    if why:
+        get_run_logger().warning("not fetching WAL ahead before the start: %s", why)
 
 
 @task(name="start-recovery", cache_policy=NO_CACHE)
