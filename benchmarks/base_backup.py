@@ -71,8 +71,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--reuse", metavar="DIR", help="keep the cluster in DIR and reuse it on the next run")
     ap.add_argument("--show-log", action="store_true", help="print pgkeeper's log (INFO, with times) each round")
-    ap.add_argument("--profile", metavar="FILE", help="record the first pgkeeper round with py-spy (flame graph "
-                    "SVG; py-spy from PyPI) instead of timing it alone")
+    ap.add_argument("--profile", metavar="FILE", help="record the first pgkeeper round with py-spy (--idle; flame "
+                    "graph SVG, or collapsed stacks when FILE ends in .txt; py-spy from PyPI) before timing it")
     args = ap.parse_args()
     ensure_installed()
 
@@ -113,8 +113,9 @@ def main() -> int:
                 for i in range(args.rounds):
                     before = {p.name for p in (repo / "backups").glob("*")}
                     if args.profile and i == 0:
-                        spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-s", "-r", "50", "-o",
-                               args.profile, "--"]
+                        fmt = ["-f", "raw"] if args.profile.endswith(".txt") else []
+                        spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-s", "--idle", "-r", "50",
+                               *fmt, "-o", args.profile, "--"]
                         subprocess.run(spy + pgkeeper, env=env, check=True, capture_output=True)
                     started = time.monotonic()
                     out = subprocess.run(pgkeeper, env=env, check=True, capture_output=True, text=True)

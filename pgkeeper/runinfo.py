@@ -41,15 +41,18 @@ def tag_every_run() -> None:
 
 @contextmanager
 def untagged_tasks() -> Iterator[None]:
-    """Task runs started inside carry no tags; the flow run keeps its own.
+    """Task runs started inside carry no `pgkeeper` tag (tags a caller set stay); the flow run
+    keeps its own.
 
-    Prefect asks the API for a concurrency slot of every tag a task run carries, each task run
-    (a round trip, a service thread and a lease), and the `pgkeeper` tag limits nothing. No
-    subflow may start inside: it would miss the tag the failure automation matches.
+    Prefect acquires a concurrency slot with a lease for every tag a task run carries: API round
+    trips before each step starts and after it ends, and the `pgkeeper` tag limits nothing (the
+    automations match flow-run events). No subflow may start inside: it would miss the tag the
+    failure automation matches.
     """
     from prefect.context import TagsContext
 
-    with TagsContext(current_tags=set()):
+    current = TagsContext.get().current_tags
+    with TagsContext(current_tags={t for t in current if t != RUN_TAG}):
         yield
 
 

@@ -174,3 +174,19 @@ def test_removing_the_recovery_directory_stops_the_prefetcher_and_leaves_nothing
         time.sleep(0.05)
     assert not a.queue.parent.exists()
     assert [p.name for p in a.base.iterdir() if "pgkeeper-recovery" in p.name] == []
+
+
+def test_prefetching_started_before_the_server_queues_its_first_segment(make_archive) -> None:
+    # What pitr does just before it starts the server (tasks/recovery.start_prefetching).
+    a = make_archive(list(range(4, 9)))
+    r = run_cli("wal-fetch", "--config", str(a.config), "--prefetch-after", seg(3), str(SIZE))
+    assert (r.returncode, r.stderr) == (0, "")
+    a.wait_queued(4)
+    for n in range(4, 9):
+        rc, err, data = a.fetch(n)
+        assert (rc, err, data) == (0, "", a.data[n])
+    bad = run_cli("wal-fetch", "--config", str(a.config), "--prefetch-after", "nonsense", str(SIZE))
+    assert bad.returncode == 255 and bad.stderr.count("\n") == 1
+    a.wait_idle()
+    remove_recovery_dir(a.queue.parent)
+    assert not a.queue.parent.exists()

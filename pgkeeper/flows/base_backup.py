@@ -11,7 +11,7 @@ from prefect import flow
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.manifest import Manifest
 from pgkeeper.names import server_key
-from pgkeeper.runinfo import name_from_parameters
+from pgkeeper.runinfo import name_from_parameters, untagged_tasks
 from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.basebackup import (
     check_wal_archived,
@@ -45,25 +45,27 @@ def base_backup(
     `wal_config` names the file archive_command/restore_command read; it is refreshed from the
     repository block so that wal-push follows changes to the block.
     """
-    conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
-    repo = load_repository(repository_block, path=backup_dir)
+    with untagged_tasks():  # no concurrency-slot round trips per step (runinfo.untagged_tasks)
+        conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
+        repo = load_repository(repository_block, path=backup_dir)
 
-    walcfg = wal_settings(repo, wal_config)
-    info = physical_preflight(conn, repo)
-    backup_id = begin_backup(repo, info.server_time, server_key(conn.host, conn.port, info.system_identifier))
-    try:
-        take = take_base_backup if info.tablespaces else stream_base_backup  # -D - takes no tablespaces
-        files = take(conn, repo, backup_id)
-        segments = check_wal_archived(walcfg, files.start_lsn, files.stop_lsn, files.timeline, info.wal_segment_size)
-        checks = verify_base_backup(repo, backup_id, files, walcfg, segments) if verify else {}
-        manifest = write_physical_manifest(repo, backup_id, conn.database, info, files, checks, labels or [],
-                                           (conn.host, conn.port))
-    except BaseException:
-        abandon_backup(repo, backup_id)
-        raise
-    if repo.has_offsite():
-        from pgkeeper.tasks.offsite import upload_backup
+        walcfg = wal_settings(repo, wal_config)
+        info = physical_preflight(conn, repo)
+        backup_id = begin_backup(repo, info.server_time, server_key(conn.host, conn.port, info.system_identifier))
+        try:
+            take = take_base_backup if info.tablespaces else stream_base_backup  # -D - takes no tablespaces
+            files = take(conn, repo, backup_id)
+            segments = check_wal_archived(walcfg, files.start_lsn, files.stop_lsn, files.timeline,
+                                          info.wal_segment_size)
+            checks = verify_base_backup(repo, backup_id, files, walcfg, segments) if verify else {}
+            manifest = write_physical_manifest(repo, backup_id, conn.database, info, files, checks, labels or [],
+                                               (conn.host, conn.port))
+        except BaseException:
+            abandon_backup(repo, backup_id)
+            raise
+        if repo.has_offsite():
+            from pgkeeper.tasks.offsite import upload_backup
 
-        upload_backup(repo, backup_id)
-    report_base_backup(manifest, repo.storage().describe())
-    return manifest
+            upload_backup(repo, backup_id)
+        report_base_backup(manifest, repo.storage().describe())
+        return manifest

@@ -11,7 +11,7 @@ import time
 from prefect import flow
 
 from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
-from pgkeeper.runinfo import name_from_parameters
+from pgkeeper.runinfo import name_from_parameters, untagged_tasks
 from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.archive import make_readable
 from pgkeeper.tasks.recovery import (
@@ -61,23 +61,24 @@ def pitr(
     the WAL archive belongs to (its archive.json); the log and the artifact say which.
     """
     started = time.monotonic()
-    target = parse_target(target_time, target_lsn, target_name, latest)
-    repo = load_repository(repository_block, path=backup_dir)
-    source = resolve_source(repo, source)
-    walcfg = load_wal_config(wal_config) if wal_config else config_from_repository(repo)
+    with untagged_tasks():  # no concurrency-slot round trips per step (runinfo.untagged_tasks)
+        target = parse_target(target_time, target_lsn, target_name, latest)
+        repo = load_repository(repository_block, path=backup_dir)
+        source = resolve_source(repo, source)
+        walcfg = load_wal_config(wal_config) if wal_config else config_from_repository(repo)
 
-    cluster = archive_cluster(walcfg, system_identifier)
-    manifest = choose_base_backup(repo, source, target, cluster)
-    if source == "s3":  # an archived base backup (a monthly) needs a restore request first
-        make_readable(repo.storage("s3"), manifest.backup_id, retrieval_tier or repo.retrieval_tier,
-                      wait_for_archive, archive_poll_seconds)
-    restore_base_backup(repo, source, manifest, data_dir)
-    try:
-        configure_recovery(data_dir, walcfg, target, port, keep_archiving)
-        start_recovery(data_dir, port, target, timeout_seconds)
-        result = wait_for_promotion(data_dir, port, manifest.backup_id, target, started, timeout_seconds)
-    finally:
-        forget_recovery_secrets(data_dir)
-    result.system_identifier = manifest.system_identifier
-    report_recovery(result)
-    return result
+        cluster = archive_cluster(walcfg, system_identifier)
+        manifest = choose_base_backup(repo, source, target, cluster)
+        if source == "s3":  # an archived base backup (a monthly) needs a restore request first
+            make_readable(repo.storage("s3"), manifest.backup_id, retrieval_tier or repo.retrieval_tier,
+                          wait_for_archive, archive_poll_seconds)
+        restore_base_backup(repo, source, manifest, data_dir)
+        try:
+            configure_recovery(data_dir, walcfg, target, port, keep_archiving)
+            start_recovery(data_dir, port, target, timeout_seconds, manifest)
+            result = wait_for_promotion(data_dir, port, manifest.backup_id, target, started, timeout_seconds)
+        finally:
+            forget_recovery_secrets(data_dir)
+        result.system_identifier = manifest.system_identifier
+        report_recovery(result)
+        return result

@@ -75,14 +75,13 @@ class BaseBackupFiles(BaseModel):
     streamed_check: int = 0  # files checked against backup_manifest while streaming (0: staged)
 
 
-def table_estimates(conn: PostgresConnection) -> dict[str, int]:
+def table_estimates(c) -> dict[str, int]:  # noqa: ANN001 - an open psycopg connection
     """schema.table -> reltuples (-1: never analysed) in the connection's database."""
-    with conn.connect() as c:
-        rows = c.execute(
-            "SELECT n.nspname || '.' || c.relname, c.reltuples::bigint FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
-            "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
-        ).fetchall()
+    rows = c.execute(
+        "SELECT n.nspname || '.' || c.relname, c.reltuples::bigint FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
+        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
+    ).fetchall()
     return {name: int(n) for name, n in rows}
 
 
@@ -90,27 +89,25 @@ def table_estimates(conn: PostgresConnection) -> dict[str, int]:
 def physical_preflight(conn: PostgresConnection, repo: BackupRepository) -> ClusterInfo:
     """Server reachable and archiving WAL; repository writable with room for the whole cluster."""
     with conn.connect() as c:
-        mode = c.execute("SELECT current_setting('archive_mode')").fetchone()[0]  # type: ignore[index]
-        command = c.execute("SELECT current_setting('archive_command')").fetchone()[0]  # type: ignore[index]
-        library = c.execute("SELECT current_setting('archive_library')").fetchone()[0]  # type: ignore[index]
+        # One round trip for the settings and the cluster's identity (the step is on every backup's path).
+        (mode, command, library, version, sysid, seg, size, tli, server_time,
+         tablespaces) = c.execute(  # type: ignore[misc]
+            "SELECT current_setting('archive_mode'), current_setting('archive_command'), "
+            "current_setting('archive_library'), current_setting('server_version'), "
+            "(SELECT system_identifier FROM pg_control_system())::text, "
+            "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), "
+            "(SELECT sum(pg_database_size(oid)) FROM pg_database)::bigint, "
+            "(SELECT timeline_id FROM pg_control_checkpoint()), clock_timestamp(), "
+            "(SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))").fetchone()
         if mode == "off" or not (command or library):
             raise ArchivingOff(f"WAL archiving is off on {conn.describe()}: run `pgkeeper wal-setup --apply` "
                                "and restart PostgreSQL (a base backup without archived WAL cannot be restored)")
-        version = c.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
-        sysid, seg, size, tli = c.execute(
-            "SELECT (SELECT system_identifier FROM pg_control_system())::text, "
-            "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), "
-            "(SELECT sum(pg_database_size(oid)) FROM pg_database)::bigint, "
-            "(SELECT timeline_id FROM pg_control_checkpoint())").fetchone()  # type: ignore[misc]
-        server_time = c.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
-        tablespaces = c.execute("SELECT count(*) FROM pg_tablespace "
-                                "WHERE spcname NOT IN ('pg_default', 'pg_global')").fetchone()[0]  # type: ignore[index]
         plaintext = plaintext_warning(conn.host, conn.port, conn.sslmode, c)
+        tables = table_estimates(c)
     if plaintext:  # another machine, no TLS: the whole cluster is about to cross the network in clear
         from pgkeeper.alerts import warn
 
         warn("plaintext-connection", plaintext, database=conn.database, host=conn.host, port=conn.port)
-    tables = table_estimates(conn)
     storage = repo.storage()
     storage.ensure_writable()
     # The repository belongs to one cluster (wal/identity.py): the first base backup claims it.
@@ -244,14 +241,22 @@ def _member_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None
     return tarfile.tar_filter(member, dest)
 
 
-def unpack_backup(open_plain: Callable[[StoredFile], BinaryIO], files: list[StoredFile], dest: Path) -> None:
+def unpack_backup(open_plain: Callable[[StoredFile], BinaryIO], files: list[StoredFile], dest: Path,
+                  extract_as: list[str] | None = None) -> None:
     """Unpack base.tar.* (and tablespace tars) into `dest`, each checked against its sha256.
+
+    With `extract_as` (a prefix such as pgtools.as_server_user(); [] for this user) a backup that
+    is one base tar is extracted by GNU tar running as that user, fed by this process, which reads,
+    checks and decompresses: two processes on two cores instead of one, and a user that cannot
+    write a setuid-root file or outside what it owns. Otherwise Python's tarfile extracts with
+    the `tar` filter.
 
     A mismatch raises IntegrityError after the fact: the caller must discard `dest`.
     """
     tars = sorted((f for f in files if ".tar" in f.name), key=lambda f: not f.name.startswith("base."))
     if not tars or not tars[0].name.startswith("base."):
         raise IntegrityError("the backup has no base.tar file")
+    gnu_tar = shutil.which("tar") if extract_as is not None and len(tars) == 1 else None
     for f in tars:
         target = dest if f.name.startswith("base.") else dest / "pg_tblspc" / f.name.split(".")[0]
         target.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -265,12 +270,40 @@ def unpack_backup(open_plain: Callable[[StoredFile], BinaryIO], files: list[Stor
             else:
                 stream = hashed  # type: ignore[assignment]
             try:
-                with tarfile.open(fileobj=stream, mode="r|") as tf:  # type: ignore[call-overload]
-                    tf.extractall(target, filter=_member_filter)
+                if gnu_tar:
+                    _extract_with_tar(stream, target, [*(extract_as or []), gnu_tar], f.name)
+                else:
+                    with tarfile.open(fileobj=stream, mode="r|", bufsize=READ_CHUNK,  # type: ignore[call-overload]
+                                      copybufsize=READ_CHUNK) as tf:
+                        tf.extractall(target, filter=_member_filter)
                 while hashed.read(READ_CHUNK):  # to the end, where the stored bytes are checked
                     pass
             except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
                 raise IntegrityError(f"{f.name} cannot be unpacked: {exc}") from None
+
+
+def _extract_with_tar(stream: BinaryIO, target: Path, tar: list[str], label: str) -> None:
+    """Feed the decompressed tar to `tar -x` (GNU tar: leading '/' stripped, members with '..'
+    refused, symlinks that could lead out extracted as placeholders until the end)."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([*tar, "-x", "-p", "--no-same-owner", "-f", "-", "-C", str(target)],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, bufsize=0)
+        try:
+            assert proc.stdin is not None
+            try:
+                while chunk := stream.read(READ_CHUNK):
+                    proc.stdin.write(chunk)
+            except BrokenPipeError:  # tar stopped reading: at the end-of-archive blocks, or failed
+                pass
+            proc.stdin.close()
+            code = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if code != 0:
+            err.seek(0)
+            raise IntegrityError(f"{label} cannot be unpacked: tar: {pgtools.last_line(err.read())}")
 
 
 def copy_checked(storage: Storage, backup_id: str, file: StoredFile, dest: Path) -> None:
@@ -314,18 +347,27 @@ def verify_base_backup(repo: BackupRepository, backup_id: str, backup: BaseBacku
 
 def _verify_streamed(repo: BackupRepository, backup_id: str, backup: BaseBackupFiles, walcfg: WalConfig,
                      segments: list[str]) -> dict[str, str]:
+    from concurrent.futures import ThreadPoolExecutor
+
     storage = repo.storage()
-    try:
-        for f in backup.files:  # what is on disk (or in the bucket) is what was hashed on the way in
+
+    def read_back() -> None:  # what is on disk (or in the bucket) is what was hashed on the way in
+        for f in backup.files:
             with storage.open_plain(backup_id, f) as reader:
                 while reader.read(READ_CHUNK):
                     pass
-        with storage.scratch("verify-base") as scratch:
-            fetch_segments(WalArchive(walcfg), segments, scratch / "wal")
-            # pg_verifybackup's WAL check, as it runs it: every record from start to stop parses.
-            pgtools.run([pgtools.tool("pg_waldump"), "--quiet", f"--path={scratch / 'wal'}",
-                         f"--timeline={backup.timeline}", f"--start={backup.start_lsn}", f"--end={backup.stop_lsn}"],
-                        timeout=repo.dump_timeout_seconds)
+
+    try:
+        # Both checks wait mostly outside the GIL (hashing, reading, pg_waldump): side by side.
+        with ThreadPoolExecutor(1) as pool:
+            stored = pool.submit(read_back)
+            with storage.scratch("verify-base") as scratch:
+                fetch_segments(WalArchive(walcfg), segments, scratch / "wal")
+                # pg_verifybackup's WAL check, as it runs it: every record from start to stop parses.
+                pgtools.run([pgtools.tool("pg_waldump"), "--quiet", f"--path={scratch / 'wal'}",
+                             f"--timeline={backup.timeline}", f"--start={backup.start_lsn}",
+                             f"--end={backup.stop_lsn}"], timeout=repo.dump_timeout_seconds)
+            stored.result()
     except PgkeeperError as exc:
         raise IntegrityError(f"base backup {backup_id} failed verification: {exc}") from None
     get_run_logger().info("base backup %s: stored files read back, WAL %s..%s parsed", backup_id, segments[0],

@@ -33,7 +33,7 @@ from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal import config as walconfig
 from pgkeeper.wal import identity
 from pgkeeper.wal.command import conf_quote, restore_command
-from pgkeeper.wal.naming import parse_lsn
+from pgkeeper.wal.naming import parse_lsn, segment_name
 from pgkeeper.wal.setup import server_ids
 
 WAL_CONFIG_NAME = "pgkeeper-wal.json"
@@ -189,7 +189,8 @@ def restore_base_backup(repo: BackupRepository, source: str, manifest: Manifest,
     pgtools.make_server_dir(dest)
     storage = repo.storage(source)
     try:
-        unpack_backup(lambda f: storage.open_plain(manifest.backup_id, f), manifest.files, dest)
+        unpack_backup(lambda f: storage.open_plain(manifest.backup_id, f), manifest.files, dest,
+                      extract_as=pgtools.as_server_user())  # dest is the server user's (make_server_dir)
         for leftover in ("postmaster.pid", "postmaster.opts", "standby.signal"):
             (dest / leftover).unlink(missing_ok=True)
         (dest / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
@@ -313,10 +314,45 @@ def _explain_failure(data_dir: Path, target: RecoveryTarget) -> str:
     return f"recovery failed: {detail}{why} (see {data_dir / LOG_NAME})"
 
 
+def start_prefetching(data_dir: str, manifest: Manifest) -> None:
+    """Start wal-fetch's prefetcher at the backup's first WAL segment, as the server user (the
+    queue is its), before the server starts: replay then finds its first segments queued instead
+    of waiting for each call to fetch one and for the prefetcher to start. Best effort: without
+    it, the first wal-fetch call starts the prefetcher as before."""
+    import shlex
+
+    from pgkeeper.wal.archive import segments_between
+    from pgkeeper.wal.command import pgkeeper_command
+    from pgkeeper.wal.prefetch import position
+
+    cfg = recovery_secrets_dir(data_dir) / WAL_CONFIG_NAME
+    if not (manifest.start_lsn and cfg.exists()):
+        return
+    size = manifest.wal_segment_size or 16 * 1024 * 1024
+    first = segments_between(manifest.start_lsn, manifest.start_lsn, manifest.timeline or 1, size)[0]
+    tli, segno = position(first, size)
+    if segno == 0:
+        return
+    argv = [*pgtools.as_server_user(), *shlex.split(pgkeeper_command()), "wal-fetch", "--config", str(cfg),
+            "--prefetch-after", segment_name(tli, segno - 1, size), str(size)]
+    try:
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           timeout=120)
+        why = pgtools.last_line(r.stderr) if r.returncode != 0 else None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        why = str(exc)
+    if why:
+        get_run_logger().warning("not fetching WAL ahead before the start: %s", why)
+
+
 @task(name="start-recovery", cache_policy=NO_CACHE)
-def start_recovery(data_dir: str, port: int, target: RecoveryTarget, timeout_seconds: int = 3600) -> None:
-    """Start PostgreSQL on the recovered directory; it replays WAL from the archive."""
+def start_recovery(data_dir: str, port: int, target: RecoveryTarget, timeout_seconds: int = 3600,
+                   manifest: Manifest | None = None) -> None:
+    """Start PostgreSQL on the recovered directory; it replays WAL from the archive (with
+    `manifest`, the prefetcher is already fetching the backup's WAL: start_prefetching)."""
     dest = Path(data_dir)
+    if manifest is not None:
+        start_prefetching(data_dir, manifest)
     log = dest / LOG_NAME
     log.touch()
     ids = server_ids()
@@ -355,16 +391,23 @@ def wait_for_promotion(data_dir: str, port: int, backup_id: str, target: Recover
     """
     dest = Path(data_dir)
     deadline = time.monotonic() + timeout_seconds
+    polls = 0
     while True:
         state, timeline = _control_state(dest)
         if state == "in production":
             break
-        if not _running(dest):
+        # The control file every 0.2 s (pg_controldata reads 8 kB: the promotion is seen soon after
+        # it happens); whether the server still runs (pg_ctl through runuser) every second.
+        if polls % 5 == 0 and not _running(dest):
+            state, timeline = _control_state(dest)  # it may have promoted and stopped since
+            if state == "in production":
+                break
             raise RecoveryFailed(_explain_failure(dest, target))
         if time.monotonic() > deadline:
             raise RecoveryFailed(f"recovery did not finish within {timeout_seconds} s; the server is still "
                                  f"running in {dest} (see {dest / LOG_NAME})")
-        time.sleep(0.5)
+        polls += 1
+        time.sleep(0.2)
     lines = _log_lines(dest)
     stop = [ln for ln in lines if "recovery stopping" in ln]
     last = [ln for ln in lines if "last completed transaction was at log time" in ln]

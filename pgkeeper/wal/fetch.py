@@ -141,7 +141,38 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return p.parse_args(list(argv))
 
 
+def start_prefetcher(argv: Sequence[str]) -> int:
+    """`wal-fetch [--config F | ...] --prefetch-after SEGMENT SEGMENT_SIZE`: start the prefetcher
+    (if none runs) at the segment after SEGMENT, before PostgreSQL asks for it: pitr runs this as
+    the server user just before it starts the server, so replay finds its first segments queued."""
+    from pgkeeper.wal import prefetch
+
+    location, (after, size) = list(argv[:-3]), argv[-2:]
+    args = quick_args([*location, "x"])
+    if args is None or not prefetch.is_plain_segment(after) or not size.isdigit():
+        _say("error: usage: wal-fetch [--config F | --repo D | --spool D] --prefetch-after SEGMENT SEGMENT_SIZE")
+        return ABORT
+    try:
+        cfg = config.load(args.config, spool=args.spool, repo=args.repo)
+        if not cfg.fetch_queue or cfg.fetch_ahead <= 0:
+            return RESTORED
+        queue = prefetch.Queue(cfg.fetch_queue, cfg.fetch_ahead)
+        if not queue.exists():
+            os.mkdir(queue.path, 0o700)  # never its parents: gone means recovery is over
+        if not queue.prefetcher_alive():
+            prefetch.start(location, after, int(size))
+    except PgkeeperError as exc:
+        _say(f"error: {exc}")
+        return ABORT
+    except OSError as exc:
+        _say(f"error: cannot start fetching ahead: {exc.strerror or exc}")
+        return ABORT
+    return RESTORED
+
+
 def _main(argv: Sequence[str]) -> int:
+    if len(argv) >= 3 and argv[-3] == "--prefetch-after":
+        return start_prefetcher(argv)
     args = _quick_args(argv) or _parse_args(argv)
     try:
         cfg = config.load(args.config, spool=args.spool, repo=args.repo)

@@ -172,14 +172,14 @@ class Queue:
                 return None
             except OSError:  # another file system (a symlinked pg_wal): copy what was checked
                 moved = False
-            from pathlib import Path
-
-            from pgkeeper.storage.atomic import atomic_write_bytes, fsync_dir
-
             if moved:
                 os.fsync(fd)  # cheap: the prefetcher fsynced it already
-                fsync_dir(Path(dest).parent)
+                _fsync_dir(os.path.dirname(os.path.abspath(dest)))
             else:
+                from pathlib import Path  # not on the common path: pathlib and typing cost a call ~10 ms
+
+                from pgkeeper.storage.atomic import atomic_write_bytes
+
                 atomic_write_bytes(Path(dest), data)
                 _unlink(path)
             return len(data)
@@ -210,6 +210,15 @@ def start(location: list[str], name: str, segment_size: int) -> None:
     subprocess.Popen([sys.executable, *flags, "-m", "pgkeeper.wal.prefetch", *location, name, str(segment_size)],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      close_fds=True, start_new_session=True)
+
+
+def _fsync_dir(path: str) -> None:
+    """storage.atomic.fsync_dir without its imports (every wal-fetch call that takes from the queue)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_all(fd: int) -> bytes:
