@@ -18,6 +18,13 @@ tools would have). Then each round times, one after the other:
 It prints each contest's median, min and max, and the ratios of the medians to bare.
 Targets (issue 18, target 4): into <= 1.1x, replace <= 1.3x.
 
+What is compared: the peer and pgkeeper restore the very same archive, byte for byte (the
+backup's dump, `pg_dump -Fc -Z0` written to a pipe, decompressed). Written to a pipe, its table
+of contents has no data offsets, so each `pg_restore -j` worker scans block headers to find its
+table's data (pg_backup_custom.c, K_OFFSET_POS_NOT_SET); both sides pay that alike.
+--with-offsets adds a third timing per round: the peer restoring `pg_dump -Fc -Z0 -f FILE` of the
+same database (offsets in its TOC), to show what the scan costs.
+
 --reuse DIR keeps the cluster (with its database) and the repository (with the backup) in DIR
 between runs, so the build and the backup are paid once.
 """
@@ -115,6 +122,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--reuse", metavar="DIR", help="keep the cluster and the repository in DIR for the next run")
     ap.add_argument("--steps", action="store_true", help="print each restore run's task durations (profiling)")
+    ap.add_argument("--with-offsets", action="store_true",
+                    help="also time the peer on a `pg_dump -Fc -Z0 -f FILE` archive (with data offsets)")
     args = ap.parse_args()
 
     from prefect.settings import PREFECT_API_URL
@@ -155,13 +164,22 @@ def main() -> int:
             with storage.open_plain(manifest.backup_id, manifest.dump_file) as stream:
                 materialize_dump(stream, manifest.dump_file, manifest.compression, dump, "bench")
             print(f"dump file for the peer: {dump.stat().st_size / 2**20:.0f} MB", flush=True)
+            with_offsets = work / "offsets.fc"
+            if args.with_offsets:
+                from pgkeeper import pgtools
+
+                subprocess.run([pgtools.tool("pg_dump"), "-w", "-Fc", "-Z0", "-f", str(with_offsets)],
+                               env={**os.environ, **cluster.libpq_env(SOURCE_DB)}, check=True)
 
             bare_s: list[float] = []
             into_s: list[float] = []
             replace_s: list[float] = []
+            offsets_s: list[float] = []
             jobs = str(args.jobs)
             for i in range(args.rounds):
                 bare_s.append(bare_restore(cluster, dump, args.jobs))
+                if args.with_offsets:
+                    offsets_s.append(bare_restore(cluster, with_offsets, args.jobs))
                 into_s.append(pgkeeper_restore(env, [manifest.backup_id, "--into", INTO_DB, "-j", jobs]))
                 if args.steps:
                     print(steps_of_last_run(), flush=True)
@@ -172,14 +190,18 @@ def main() -> int:
                     print(steps_of_last_run(), flush=True)
                 for name in old_copies(cluster, TARGET_DB):
                     admin(cluster, f"DROP DATABASE {name}")
-                print(f"round {i + 1}: bare pg_restore -j{jobs} {bare_s[-1]:.2f} s, --into {into_s[-1]:.2f} s, "
-                      f"replace {replace_s[-1]:.2f} s", flush=True)
+                offsets = f" (archive with offsets {offsets_s[-1]:.2f} s)" if offsets_s else ""
+                print(f"round {i + 1}: bare pg_restore -j{jobs} {bare_s[-1]:.2f} s{offsets}, "
+                      f"--into {into_s[-1]:.2f} s, replace {replace_s[-1]:.2f} s", flush=True)
             admin(cluster, f"DROP DATABASE {TARGET_DB}")
 
         bare_m = statistics.median(bare_s)
         print()
         print(f"{args.rounds} rounds, pgbench scale {args.scale:g}, dump {dump.stat().st_size / 2**20:.0f} MB")
         print(f"  bare CREATE DATABASE + pg_restore -j{jobs}:  {stats(bare_s)}")
+        if offsets_s:
+            print(f"  the same, archive with data offsets:     {stats(offsets_s)} "
+                  f"({statistics.median(offsets_s) / bare_m:.2f}x bare)")
         print(f"  pgkeeper restore --into NEW:               {stats(into_s)}")
         print(f"  pgkeeper restore (replace, safety backup): {stats(replace_s)}")
         print(f"  ratio --into / bare:  {statistics.median(into_s) / bare_m:.2f}x (target <= 1.1x)")

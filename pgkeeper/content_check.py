@@ -15,6 +15,7 @@ import hashlib
 import subprocess
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pgkeeper import dbprops, pgdb, pgtools
@@ -192,8 +193,12 @@ def prove_content(conn: PostgresConnection, database: str, archive: Path, props:
     Data is compared only when the manifest says how pg_dump's session formatted values (backups
     made before it did are compared by schema and counts)."""
     reading = reading or ArchiveReading(archive, owners)
-    schema = database_entries(conn, database, "schema", settings, owners)
-    data = database_entries(conn, database, "data", settings, owners) if settings else None
+    # The schema dump runs beside the data dump: two read-only pg_dump sessions, and the schema
+    # one is short, so it costs no wall time (it used to run first, on its own).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="schema-entries") as pool:
+        schema_future = pool.submit(database_entries, conn, database, "schema", settings, owners)
+        data = database_entries(conn, database, "data", settings, owners) if settings else None
+        schema = schema_future.result()
     want_schema, want_data = reading.result()
     diffs = entry_differences(want_schema, schema, "schema of")
     if data is not None:

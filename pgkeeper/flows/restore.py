@@ -1,6 +1,7 @@
-"""The restore flow: resolve → fetch → prove readable → confirm → safety backup → shadow restore
-→ count → swap → check the swap → report. Nothing destructive happens before the swap, and the
-swap is a single transaction; any failure leaves the target as it was and says so.
+"""The restore flow: resolve → fetch → prove readable → confirm → safety backup (beside the shadow
+restore) → shadow restore → count and prove the content (side by side) → swap → check the swap →
+report. Nothing destructive happens before the swap, and the swap is a single transaction; any
+failure leaves the target as it was and says so.
 """
 
 from __future__ import annotations
@@ -199,7 +200,8 @@ def restore(
             record_confirmation(repo, plan, confirmation, keep_old)
 
         with restore_slot(plan.target):
-            create_roles_task(conn, repo, plan)
+            if plan.roles_to_create:
+                create_roles_task(conn, repo, plan)
             shadow_started = True
             prepare_shadow(conn, plan)  # first: a locale this server lacks stops the run here
             if mode == "replace" and plan.target_exists and safety_backup:  # runs beside the shadow restore
@@ -209,8 +211,7 @@ def restore(
 
             reading = start_archive_reading(plan, work_file)  # the content proof's archive side, meanwhile
             restore_seconds = restore_shadow(conn, plan, work_file, jobs, repo.dump_timeout_seconds)
-            tables = check_counts(conn, plan.shadow, plan)
-            check_content(conn, plan.shadow, plan, work_file, reading)
+            tables = _counted_and_proven(conn, plan, work_file, reading)
             safety_id = safety_result(safety)  # the swap waits for it; a failed one stops the restore here
             swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id,
                                    keep_old_hours, plan.properties.comment if plan.properties else None)
@@ -250,6 +251,24 @@ def restore(
     report_restore(report)
     mail_restore_done(report)  # only when mail is configured
     return completed(report, restored_line(report))
+
+
+def _counted_and_proven(conn, plan: RestorePlan, work_file, reading) -> dict[str, int]:  # conn: PostgresConnection
+    """Row counts against the manifest, and the content proof, side by side: both only read the
+    shadow, and the proof's pg_dump is the long one, so the counts cost no wall time. Both are
+    always waited for (nothing of ours still reads the shadow when the flow drops it), and a count
+    that differs is the error named, as when the counts ran first."""
+    counting = check_counts.submit(conn, plan.shadow, plan)
+    try:
+        check_content(conn, plan.shadow, plan, work_file, reading)
+    except Exception:
+        counting.wait()
+        counting.result()  # raises a count mismatch in place of the content's error
+        raise
+    except BaseException:
+        counting.wait()
+        raise
+    return counting.result()
 
 
 def _suspended_answer(form: type, plan: RestorePlan, kept: dict | None, timeout: int):  # -> RestoreConfirmation
