@@ -8,11 +8,12 @@ from prefect.blocks.core import Block
 from prefect_aws import S3Bucket
 from pydantic import Field
 
+from pgkeeper.blocks.schema_cache import CachedSchema
 from pgkeeper.repository import IDENTITIES_BLOCK, MANIFEST_KEY_BLOCK, RepositoryVerbs  # noqa: F401 (key_cmd)
 from pgkeeper.settings import S3Target
 
 
-class BackupRepository(RepositoryVerbs, Block):
+class BackupRepository(CachedSchema, RepositoryVerbs, Block):
     """A local directory of backups (the catalog is the storage itself: a backup is a folder
     whose manifest.json was written last)."""
 
