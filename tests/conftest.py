@@ -5,6 +5,7 @@ Everything a test starts is stopped here, even when the test fails.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -14,6 +15,17 @@ from pathlib import Path
 
 # Before anything imports prefect or pgkeeper's retry policy.
 _HOME = Path(tempfile.mkdtemp(prefix="pgkeeper-test-home-"))
+# Every temporary file of the session, ours and that of every process we start (Prefect's
+# workers leave prefect-workspace-attempt-* and tmp*prefect behind when a test kills them), goes
+# here and goes with the session. Sticky and open like /tmp: PostgreSQL's `postgres` user and
+# the drills' clusters write here too. xdist's workers inherit it from the controller and nest.
+_TMP = Path(tempfile.mkdtemp(prefix="pgkeeper-test-tmp-"))
+_TMP.chmod(0o1777)
+os.environ["TMPDIR"] = str(_TMP)
+tempfile.tempdir = None  # recomputed from TMPDIR: pytest's tmp_path and our scratch dirs land here too
+# At exit, not at unconfigure: registered first, so it runs after prefect_test_harness's own
+# atexit clean-up of the database directory it made in here.
+atexit.register(shutil.rmtree, _TMP, True)
 os.environ.update({
     "PGKEEPER_HOME": str(_HOME / "pgkeeper"),
     "PREFECT_HOME": str(_HOME / "prefect"),
@@ -35,6 +47,33 @@ from tests.helpers import create_database, drop_database  # noqa: E402
 
 PASSWORD = "t0p-secret-Pw-" + uuid.uuid4().hex[:8]
 
+# The files that take longest, longest first (measured, see the Makefile's `test`). With
+# `--dist loadfile` a worker runs a whole file, and the last file to start bounds the run: start
+# the long ones first, so the short ones fill in the ends (xdist's own reordering, by the number
+# of tests in a file, is switched off for that).
+SLOWEST_FIRST = [
+    "test_fleet_pool.py", "test_restore_confirmation.py", "test_alerting_e2e.py", "test_service_e2e.py",
+    "test_setup.py", "test_verify.py", "test_fidelity.py", "test_secrets_never_leave.py", "test_fleet.py",
+    "test_server_auth.py", "test_verify_drill.py", "test_wal_archive_faults.py", "test_notify.py",
+    "test_wal_ship.py", "test_restore.py", "test_storage_interface.py", "test_backup.py", "test_s3_offsite.py",
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    # Stable: a file's tests keep their order, and the other files theirs.
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The session's home goes, on every process (the xdist controller makes one too)."""
+    shutil.rmtree(_HOME, ignore_errors=True)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def prefect_api() -> Iterator[str]:
@@ -42,7 +81,8 @@ def prefect_api() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    # Generous: the harness counts its start-up in polls, and a loaded 2-core box needs minutes.
+    with prefect_test_harness(server_startup_timeout=900):
         url = PREFECT_API_URL.value()
         os.environ["PREFECT_API_URL"] = url  # for the CLI processes tests start
         yield url

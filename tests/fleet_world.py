@@ -83,7 +83,8 @@ class World:
         return subprocess.run([sys.executable, "-c", code], env=self.env, cwd=ROOT, capture_output=True,
                               text=True, timeout=timeout)
 
-    def start_worker(self, name: str, plain_prefect: bool = False, limit: int = 3) -> subprocess.Popen:
+    def start_worker(self, name: str, plain_prefect: bool = False, limit: int = 3, wait: bool = True,
+                     ) -> subprocess.Popen:
         host = self.hosts[name]
         # One pgkeeper home for all workers, as a user copies ~/.pgkeeper to each machine: a backup
         # signed on one worker must verify on another (the repository's manifest key lives there).
@@ -100,9 +101,14 @@ class World:
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self.workers[name] = proc
-        wait_for(lambda: any(w["name"] == name and w["status"] == "ONLINE" for w in self.call(
-            "POST", "/work_pools/pgkeeper/workers/filter", {})), 120, f"worker {name} online", interval=1)
+        if wait:
+            self.wait_online(name)
         return proc
+
+    def wait_online(self, *names: str) -> None:
+        wait_for(lambda: {w["name"] for w in self.call("POST", "/work_pools/pgkeeper/workers/filter", {})
+                          if w["status"] == "ONLINE"} >= set(names), 120, f"workers {', '.join(names)} online",
+                 interval=1)
 
     def stop_worker(self, name: str) -> None:
         proc = self.workers.pop(name, None)
@@ -193,6 +199,8 @@ def fleet_world(workers: tuple[str, ...] = ("w1", "w2"), scale: float = 0.05, st
                 world.fleet_blocks[block] = (db, f"{c.host}:{c.port}")
 
         stack.callback(lambda: [world.stop_worker(name) for name in list(world.workers)])
-        for i, name in enumerate(workers if start_workers else ()):
-            world.start_worker(name, plain_prefect=i % 2 == 1)
+        started = workers if start_workers else ()
+        for i, name in enumerate(started):  # side by side: each start-up is seconds of imports
+            world.start_worker(name, plain_prefect=i % 2 == 1, wait=False)
+        world.wait_online(*started)
         yield world

@@ -17,6 +17,7 @@ from prefect.blocks.core import Block
 from pydantic import Field, PlainValidator
 from pydantic.fields import FieldInfo
 
+from pgkeeper.blocks.schema_cache import CachedSchema
 from pgkeeper.repository import IDENTITIES_BLOCK, MANIFEST_KEY_BLOCK, RepositoryVerbs  # noqa: F401 (key_cmd)
 from pgkeeper.settings import S3Target
 
@@ -40,7 +41,7 @@ _STAND_IN = PlainValidator(_offsite_value)
 LazyBucket = Annotated[Any, _STAND_IN]
 
 
-class BackupRepository(RepositoryVerbs, Block):
+class BackupRepository(CachedSchema, RepositoryVerbs, Block):
     """A local directory of backups (the catalog is the storage itself: a backup is a folder
     whose manifest.json was written last)."""
 
