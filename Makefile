@@ -30,9 +30,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check pgkeeper tests benchmarks
 	# Two workers, whole files each (a file's tests share clusters and servers), the longest files first
-	# (tests/conftest.py SLOWEST_FIRST). 1644 s in the last CI run before that; 3099 s on 2026-11-30 on a box shared
-	# with other suites (load 10-17), not yet re-measured idle. Goal 15 min: the fleet on two netns hosts (~20 min
-	# loaded), service and alerting files dominate; see docs/performance.md section 6.
+	# (tests/conftest.py SLOWEST_FIRST). 1644 s in the last CI run before that; 1226 s (20 min) on 2026-11-30 on an
+	# otherwise idle 2-core box, still over the 15-minute goal: the fleet on two netns hosts (test_fleet_pool, ~7 min
+	# of one worker), service and alerting files dominate; see docs/performance.md section 6.
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # Stops the demo's PostgreSQL and Prefect server, then asks whether to remove the demo directory
