@@ -129,3 +129,19 @@ def test_the_backup_run_keeps_its_tags_and_its_task_runs_ask_for_no_tag_slots(co
 
         tasks = wait_for(steps, 60, "the backup's task runs")
     assert all(t.tags == [] for t in tasks), [(t.name, t.tags) for t in tasks]
+
+
+def test_a_server_loading_the_collections_meets_the_bucket_type_before_the_repository() -> None:
+    """A Prefect server registers the block classes of the collections it loads in the order they
+    were defined and refuses a schema whose nested block type is not registered yet: S3Bucket
+    must come before the repository, whichever collection the server loads first."""
+    probe = ("import json\n"
+             "from prefect.blocks.core import Block\n"
+             "from prefect.plugins import load_prefect_collections\n"
+             "from prefect.utilities.dispatch import get_registry_for_type\n"
+             "load_prefect_collections()\n"
+             "print(json.dumps(list(get_registry_for_type(Block))))\n")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    order = json.loads(r.stdout.strip().splitlines()[-1])
+    assert order.index("aws-credentials") < order.index("s3-bucket") < order.index("pgkeeper-backup-repository")
