@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from prefect import flow, get_run_logger
 from prefect.exceptions import FlowPauseTimeout
@@ -57,6 +57,12 @@ from pgkeeper.tasks.restore_steps import (
 )
 from pgkeeper.tasks.safety import safety_result, start_safety_backup, wait_quietly
 from pgkeeper.tasks.swap import check_swapped, drop_database_task, expire_old_copies, swap_back, swap_into_place
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from pgkeeper.blocks.postgres import PostgresConnection
+    from pgkeeper.content_check import ArchiveReading
 
 CONFIRM_POLL_SECONDS = 2
 EXPIRY_GRACE_SECONDS = 600  # for a worker to pick up the run that ends an unanswered wait
@@ -253,7 +259,8 @@ def restore(
     return completed(report, restored_line(report))
 
 
-def _counted_and_proven(conn, plan: RestorePlan, work_file, reading) -> dict[str, int]:  # conn: PostgresConnection
+def _counted_and_proven(conn: PostgresConnection, plan: RestorePlan, work_file: Path,
+                        reading: ArchiveReading) -> dict[str, int]:
     """Row counts against the manifest, and the content proof, side by side: both only read the
     shadow, and the proof's pg_dump is the long one, so the counts cost no wall time. Both are
     always waited for (nothing of ours still reads the shadow when the flow drops it), and a count
@@ -261,12 +268,10 @@ def _counted_and_proven(conn, plan: RestorePlan, work_file, reading) -> dict[str
     counting = check_counts.submit(conn, plan.shadow, plan)
     try:
         check_content(conn, plan.shadow, plan, work_file, reading)
-    except Exception:
+    except BaseException as exc:
         counting.wait()
-        counting.result()  # raises a count mismatch in place of the content's error
-        raise
-    except BaseException:
-        counting.wait()
+        if isinstance(exc, Exception):
+            counting.result()  # raises a count mismatch in place of the content's error
         raise
     return counting.result()
 

@@ -174,7 +174,9 @@ class Queue:
                 moved = False
             if moved:
                 os.fsync(fd)  # cheap: the prefetcher fsynced it already
-                _fsync_dir(os.path.dirname(os.path.abspath(dest)))
+                from pgkeeper.storage.atomic import fsync_dir  # light: os and contextlib only
+
+                fsync_dir(os.path.dirname(os.path.abspath(dest)))
             else:
                 from pathlib import Path  # not on the common path: pathlib and typing cost a call ~10 ms
 
@@ -210,15 +212,6 @@ def start(location: list[str], name: str, segment_size: int) -> None:
     subprocess.Popen([sys.executable, *flags, "-m", "pgkeeper.wal.prefetch", *location, name, str(segment_size)],
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                      close_fds=True, start_new_session=True)
-
-
-def _fsync_dir(path: str) -> None:
-    """storage.atomic.fsync_dir without its imports (every wal-fetch call that takes from the queue)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_all(fd: int) -> bytes:
