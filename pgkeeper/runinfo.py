@@ -118,3 +118,31 @@ def completed(result: Any, line: str):  # -> State
 
     get_run_logger().info(line)
     return Completed(message=line, data=result)
+
+
+@contextmanager
+def beside(fn: Callable[..., Any], *args: Any) -> Iterator[None]:
+    """Run `fn(*args)` in a thread of its own, with this run's context (its logger, artifacts
+    and task runs belong to the run), while the body of the `with` runs; its error is raised at
+    the end. For steps that only wait on the API (artifacts, the mail check) and need nothing
+    the body makes."""
+    import contextvars
+    import threading
+
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # raised in the caller's thread below
+            failure.append(exc)
+
+    worker = threading.Thread(target=contextvars.copy_context().run, args=(run,), name=f"beside-{fn.__name__}",
+                              daemon=True)
+    worker.start()
+    try:
+        yield
+    finally:
+        worker.join()
+    if failure:
+        raise failure[0]

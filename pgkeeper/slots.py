@@ -9,8 +9,10 @@ first use (a missing limit would not limit anything).
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 def limit_name(kind: str, database: str, server: str | None = None) -> str:
@@ -24,16 +26,58 @@ def database_limit_name(database: str, server: str | None = None) -> str:
     return limit_name("backup", database, server)
 
 
+# A short lease: a holder whose process is killed frees its slot in a minute (the API minimum), not five.
+LEASE_SECONDS = 60
+
+
 @contextmanager
 def one_at_a_time(name: str, timeout_seconds: float | None = None) -> Iterator[None]:
     """Hold the single slot of limit `name`; waits while someone else holds it (TimeoutError
-    after timeout_seconds)."""
-    from prefect.concurrency.sync import concurrency
+    after timeout_seconds).
 
-    ensure_limit(name, 1)
-    # A short lease: a holder whose process is killed frees its slot in a minute (the API minimum), not five.
-    with concurrency(name, occupy=1, timeout_seconds=timeout_seconds, strict=True, lease_duration=60):
-        yield
+    What `prefect.concurrency.sync.concurrency(name, strict=True, lease_duration=60)` does, with
+    the requests made on one client of this thread: Prefect's own starts a service thread with
+    a client of its own to acquire and another event loop to release (a version check and a CSRF
+    round trip each), about a third of a 10-row backup's flow body. The lease is kept alive and
+    a lost lease ends the holder's work by Prefect's own `maintain_concurrency_lease`.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.concurrency._events import emit_concurrency_acquisition_events, emit_concurrency_release_events
+    from prefect.concurrency._leases import maintain_concurrency_lease
+
+    with get_client(sync_client=True) as client:
+        _ensure_limit(client, name, 1)
+        granted = _acquire(client, name, timeout_seconds)
+        try:
+            events = emit_concurrency_acquisition_events(granted.limits, 1)
+            with maintain_concurrency_lease(granted.lease_id, LEASE_SECONDS, raise_on_lease_renewal_failure=True):
+                yield
+        finally:
+            client.release_concurrency_slots_with_lease(granted.lease_id)
+        emit_concurrency_release_events(granted.limits, 1, events)
+
+
+def _acquire(client: Any, name: str, timeout_seconds: float | None) -> Any:
+    """A lease on one slot of `name`, retrying after the server's Retry-After while it is full."""
+    import httpx
+    from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
+
+    deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+    while True:
+        try:
+            response = client.increment_concurrency_slots_with_lease(
+                names=[name], slots=1, mode="concurrency", lease_duration=LEASE_SECONDS)
+            return ConcurrencyLimitWithLeaseResponse.model_validate(response.json())
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 423:  # 423 Locked: the slot is taken
+                raise
+            wait = float(exc.response.headers.get("Retry-After", 1))
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"the slot of {name} was not free within {timeout_seconds} s")
+            wait = min(wait, left)
+        time.sleep(wait)
 
 
 @contextmanager
@@ -53,19 +97,24 @@ def manifest_slot(database: str) -> Iterator[None]:
 def ensure_limit(name: str, limit: int) -> str:
     """A global concurrency limit `name` with `limit` slots."""
     from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return _ensure_limit(client, name, limit)
+
+
+def _ensure_limit(client: Any, name: str, limit: int) -> str:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    with get_client(sync_client=True) as client:
+    try:
+        existing = client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
         try:
-            existing = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-            except ObjectAlreadyExists:
-                return "unchanged"  # another run created it just now
-            return "created"
-        if existing.limit == limit and existing.active:
-            return "unchanged"
-        client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
+            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+        except ObjectAlreadyExists:
+            return "unchanged"  # another run created it just now
+        return "created"
+    if existing.limit == limit and existing.active:
+        return "unchanged"
+    client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
     return "updated"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prefect.states import State
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
@@ -11,6 +13,7 @@ from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import Manifest
 from pgkeeper.runinfo import (
     KIND_PRE_RESTORE,
+    beside,
     completed,
     database_tag,
     describe_run,
@@ -27,6 +30,9 @@ from pgkeeper.tasks.preflight import preflight
 from pgkeeper.tasks.report import report_backup
 from pgkeeper.tasks.store import abandon_backup, begin_backup, write_manifest
 from pgkeeper.tasks.verify import quick_verify
+
+if TYPE_CHECKING:
+    from pgkeeper.repository import RepositoryVerbs
 
 
 @flow(name="backup", log_prints=True, on_failure=[report_failure], on_crashed=[report_failure],  # Sentry
@@ -64,13 +70,20 @@ def backup(
             except BaseException:
                 abandon_backup(repo, backup_id)
                 raise
-        report_backup(manifest, repo.storage().describe(), info.warnings)
-        after = after_backup(repo, backup_id)  # offsite upload → retention → garbage collection
-        publish_catalog(repo)  # the UI's keyed catalog artifact
-        mail_backup_success(manifest, repo, info.warnings)  # pgkeeper.backup.completed; mails without the automation
+        # The summary artifact and the success event/mail need only the manifest: they wait on the
+        # API beside the steps that change the repository (upload, retention, garbage collection).
+        with beside(report_and_announce, manifest, repo, info.warnings):
+            after = after_backup(repo, backup_id)  # offsite upload → retention → garbage collection
+            publish_catalog(repo)  # the UI's keyed catalog artifact, after retention
         # The result: the manifest as written, and the run's final line, which also says what the
         # steps after it did (they change the repository, not the manifest).
         return completed(manifest, result_line(manifest) + "".join(f"; {line}" for line in after))
+
+
+def report_and_announce(manifest: Manifest, repo: RepositoryVerbs, warnings: list[str]) -> None:
+    """The run's summary artifact, then pgkeeper.backup.completed (it mails without the automation)."""
+    report_backup(manifest, repo.storage().describe(), warnings)
+    mail_backup_success(manifest, repo, warnings)
 
 
 def result_line(m: Manifest) -> str:
