@@ -19,7 +19,8 @@ HEAVY = ["prefect", "prefect_aws"]
 PROBE = ("import json, sys\n"
          "from pgkeeper.cli.main import main\n"
          "code = main(sys.argv[1:])\n"
-         f"print(json.dumps({{'code': code, 'loaded': [m for m in {HEAVY!r} if m in sys.modules]}}))\n")
+         f"print(json.dumps({{'code': code, 'loaded': [m for m in {HEAVY!r} if m in sys.modules],\n"
+         "                    'retention': 'pgkeeper.retention' in sys.modules}))\n")
 
 
 def list_in_subprocess(env: dict[str, str], *args: str) -> tuple[str, dict]:
@@ -49,7 +50,8 @@ def test_list_reads_the_local_repository_without_prefect(tmp_path: Path) -> None
     make_backup(storage, "backup_20261102_020000", database="shop")
 
     listing, probe = list_in_subprocess(env)
-    assert probe == {"code": 0, "loaded": []}
+    # Local files have no tiers to plan (no retention tiers set): not even the retention module.
+    assert probe == {"code": 0, "loaded": [], "retention": False}
     assert "backup_20261101_020000" in listing and "backup_20261102_020000" in listing
     assert f"2 backup(s) in {tmp_path / 'repo'}" in listing
 
@@ -66,6 +68,6 @@ def test_list_s3_reads_the_bucket_without_prefect(tmp_path: Path, s3_endpoint: s
     make_backup(repository_from_env(env).storage("s3"), "backup_20261103_020000")
 
     listing, probe = list_in_subprocess(env, "--s3")
-    assert probe == {"code": 0, "loaded": []}
+    assert (probe["code"], probe["loaded"]) == (0, [])
     assert "backup_20261103_020000" in listing
     assert f"1 backup(s) in s3://{s3_bucket}/nightly" in listing

@@ -69,6 +69,10 @@ def tier_columns(repo, storage, backups: list, source: str) -> dict[str, tuple[s
     """backup id -> (tier, storage class, readable now). The tier and class come from the manifest
     (retention records them; manifests stay in a standard class), else from the tier policy; only
     a backup in an archive class costs a HEAD per file to learn whether a restore made it readable."""
+    if source == "local" and not repo.retention_tiers:
+        # Local files have no storage class and no tier plan: no need for the retention module
+        # (its dataclasses are a tenth of a quick `pgkeeper list`).
+        return {m.backup_id: (m.tier or "-", "LOCAL", "yes") for m in backups}
     from pgkeeper.names import backup_id_time
     from pgkeeper.retention import ARCHIVE_CLASSES, BackupRecord, plan_tiers
 
