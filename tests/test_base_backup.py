@@ -93,3 +93,20 @@ def test_a_cluster_with_a_tablespace_is_staged_and_checked_by_pg_verifybackup(ar
         with psycopg.connect(arch.cluster.conninfo(), autocommit=True) as c:
             c.execute("DROP TABLE IF EXISTS in_space")
             c.execute("DROP TABLESPACE IF EXISTS bb_space")
+
+
+def test_base_backup_records_its_parameters_without_fastapi() -> None:
+    """Its parameters are plain JSON: recorded as they are (pgkeeper.flows.quick), so the run's
+    creation does not import FastAPI (0.2-0.3 s of a command), and equal to Prefect's encoding."""
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    code = ("import json, sys\n"
+            "from pgkeeper.flows.base_backup import base_backup\n"
+            "p = {'database': 'postgres', 'port': 5432, 'verify': True, 'labels': ['weekly'], 'backup_dir': None}\n"
+            "print(json.dumps([base_backup.serialize_parameters(p) == p, 'fastapi' in sys.modules]))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True, False]

@@ -6,9 +6,8 @@ pg_verifybackup on an unpacked copy instead (tasks/basebackup.py)."""
 
 from __future__ import annotations
 
-from prefect import flow
-
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
+from pgkeeper.flows.quick import flow
 from pgkeeper.manifest import Manifest
 from pgkeeper.names import server_key
 from pgkeeper.runinfo import name_from_parameters, untagged_tasks
