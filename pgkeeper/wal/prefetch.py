@@ -165,14 +165,22 @@ class Queue:
                 warn(f"warning: the queued copy of {name} ({path}) fails its checksum: refetching it")
                 _unlink(path)
                 return None
+            # Linked, not moved: the queue keeps the segment last taken (until the next one is taken:
+            # discard_older), because at the end of recovery PostgreSQL asks for it once more. It
+            # still counts against the limit, and is hashed again like any queued file if taken.
+            tmp = os.path.join(os.path.dirname(os.path.abspath(dest)), f".{os.path.basename(dest)}.tmp-{os.getpid()}")
             try:
-                os.replace(path, dest)
-                moved = os.fstat(fd).st_ino == os.stat(dest).st_ino
+                _unlink(tmp)
+                os.link(path, tmp)
+                os.replace(tmp, dest)
+                linked = os.fstat(fd).st_ino == os.stat(dest).st_ino
             except FileNotFoundError:
+                _unlink(tmp)
                 return None
             except OSError:  # another file system (a symlinked pg_wal): copy what was checked
-                moved = False
-            if moved:
+                _unlink(tmp)
+                linked = False
+            if linked:
                 os.fsync(fd)  # cheap: the prefetcher fsynced it already
                 from pgkeeper.storage.atomic import fsync_dir  # light: os and contextlib only
 
@@ -183,7 +191,6 @@ class Queue:
                 from pgkeeper.storage.atomic import atomic_write_bytes
 
                 atomic_write_bytes(Path(dest), data)
-                _unlink(path)
             return len(data)
         finally:
             os.close(fd)
