@@ -11,8 +11,10 @@ fetches N+1, N+2, ... on two threads (spool first, then S3, each checked against
 its object is named with) into the queue, keeping at most `fetch_ahead` segments there,
 complete or being written: the queue's disk use is bounded by fetch_ahead x segment size.
 The call for N+1 then takes its file from the queue: it hashes it again (a queue left by a
-killed process is never trusted) and renames it to %p. A file that fails the check is
-removed and the segment fetched from the archive as before.
+killed process is never trusted) and hard-links it to %p; the queue keeps the segment last
+taken (counted in the bound) until the next one is taken, because PostgreSQL asks for it once
+more at the end of recovery. A file that fails the check is removed and the segment fetched
+from the archive as before.
 
 The queue lives beside the data directory (pitr: `.<data dir>.pgkeeper-recovery/wal-queue`),
 never in pg_wal, and its files are named `<walfile>-<sha256>.fetched`, which PostgreSQL and
