@@ -16,6 +16,7 @@ from pydantic import SecretStr
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.localcluster import LocalCluster, free_port, scratch_dir
+from pgkeeper.tasks.recovery import syncfs_reports_errors
 from pgkeeper.wal.testing import ArchivingCluster, archiving_cluster
 from tests.conftest import PASSWORD
 
@@ -120,6 +121,12 @@ def test_recovery_to_a_time_then_to_latest(arch: ArchivingCluster, recovered_dir
     pitr(data_dir=str(latest_dir), port=port2, latest=True, repository_block=repo_block)
     ids, in_recovery = recovered_ids(port2)
     assert ids == list(range(1, 3 + 16 + 1)) and in_recovery is False
+    # The start-up sync ran with syncfs for this start only (the unpack was synced before the
+    # start); the recovered cluster's configuration keeps PostgreSQL's default.
+    with psycopg.connect(f"host=127.0.0.1 port={port2} user=postgres dbname=postgres password={PASSWORD}") as c:
+        method = c.execute("SHOW recovery_init_sync_method").fetchone()[0]
+    assert method == ("syncfs" if syncfs_reports_errors() else "fsync")
+    assert "recovery_init_sync_method" not in (latest_dir / "postgresql.auto.conf").read_text()
 
     # The original cluster was never touched, and its archive holds no second timeline.
     with psycopg.connect(arch.cluster.conninfo()) as c:

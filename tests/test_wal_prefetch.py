@@ -117,7 +117,28 @@ def test_calls_take_their_segments_from_a_bounded_queue_and_the_end_is_still_not
     rc, err, data = a.fetch(10)  # past the end of the archive
     assert (rc, err, data) == (1, "", None)
     a.wait_idle()
-    assert a.queued() == []
+    assert [q[:24] for q in a.queued()] == [seg(9)]  # only the segment last taken is kept
+
+
+def test_the_segment_last_taken_is_served_again_from_the_queue(make_archive) -> None:
+    # At the end of recovery PostgreSQL asks once more for the last segment it replayed.
+    a = make_archive([1, 2, 3])
+    for n in (1, 2, 3):
+        assert a.fetch(n)[2] == a.data[n]
+    a.wait_idle()
+    kept = a.wait_queued(3)
+    assert [q[:24] for q in a.queued()] == [seg(3)]  # older ones were dropped as replay moved on
+    (a.base / "spool").rename(a.base / "spool-away")  # the archive is out of reach: only the queue can answer
+    try:
+        rc, err, data = a.fetch(3)
+    finally:
+        (a.base / "spool-away").rename(a.base / "spool")
+    assert (rc, err, data) == (0, "", a.data[3])
+    raw = bytearray(kept.read_bytes())  # and the kept copy is checked like any queued one
+    raw[100] ^= 0x01
+    kept.write_bytes(bytes(raw))
+    rc, err, data = a.fetch(3)
+    assert rc == 0 and data == a.data[3] and "fails its checksum" in err
 
 
 def test_a_flipped_byte_in_a_queued_segment_is_refused_and_the_segment_refetched(make_archive) -> None:
@@ -152,7 +173,9 @@ def test_a_killed_prefetcher_leaves_nothing_postgresql_could_mistake(make_archiv
         rc, err, data = a.fetch(n)
         assert rc == 0 and data == a.data[n], err
     a.wait_idle()
-    assert sorted(os.listdir(a.queue)) in ([".end", LOCK], [LOCK])
+    kept = [e for e in os.listdir(a.queue) if e.endswith(SUFFIX)]  # the segment last taken, at most
+    assert [e[:24] for e in kept] in ([seg(8)], [])
+    assert sorted(set(os.listdir(a.queue)) - set(kept)) in ([".end", LOCK], [LOCK])
 
 
 def test_a_gap_ends_prefetching_and_only_the_absent_segment_is_not_found(make_archive) -> None:

@@ -292,7 +292,11 @@ def _extract_with_tar(stream: BinaryIO, target: Path, tar: list[str], label: str
             assert proc.stdin is not None
             try:
                 while chunk := stream.read(READ_CHUNK):
-                    proc.stdin.write(chunk)
+                    # stdin is unbuffered: a write into the pipe that a signal interrupts returns what
+                    # it wrote so far, and the rest must follow, or tar sees a stream with a hole.
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[proc.stdin.write(view) or 0:]
             except BrokenPipeError:  # tar stopped reading: at the end-of-archive blocks, or failed
                 pass
             proc.stdin.close()

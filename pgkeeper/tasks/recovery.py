@@ -9,11 +9,15 @@ timeline into the original's archive.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -27,12 +31,12 @@ from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups
 from pgkeeper.errors import BadName, NotFound, RecoveryFailed
 from pgkeeper.manifest import Manifest
-from pgkeeper.storage.atomic import atomic_write_bytes
+from pgkeeper.storage.atomic import atomic_write_bytes, sync_filesystem
 from pgkeeper.tasks.basebackup import unpack_backup
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal import config as walconfig
 from pgkeeper.wal import identity
-from pgkeeper.wal.command import conf_quote, restore_command
+from pgkeeper.wal.command import conf_quote, pgkeeper_command, restore_command
 from pgkeeper.wal.naming import parse_lsn, segment_name
 from pgkeeper.wal.setup import server_ids
 
@@ -179,6 +183,31 @@ def _chown_tree(path: Path) -> None:
             os.chown(os.path.join(root, name), *ids, follow_symlinks=False)
 
 
+_probe: threading.Thread | None = None
+
+
+def find_restore_command() -> None:
+    """Start finding how the server user runs pgkeeper (pgkeeper_command: one or two Python starts
+    as that user, about half a second) on a thread, beside the unpack; configure_recovery joins it."""
+    global _probe
+    if _probe is None:
+        _probe = threading.Thread(target=_probe_command, name="pgkeeper-command-probe", daemon=True)
+        _probe.start()
+
+
+def _probe_command() -> None:
+    try:
+        pgkeeper_command()
+    except Exception:  # noqa: BLE001 - configure_recovery asks again and reports it
+        pass
+
+
+def _restore_command(cfg_path: Path) -> str:
+    if _probe is not None:
+        _probe.join()  # pgkeeper_command is cached: the thread's answer, or the error again
+    return restore_command(cfg_path)
+
+
 @task(name="restore-base-backup", cache_policy=NO_CACHE)
 def restore_base_backup(repo: BackupRepository, source: str, manifest: Manifest, data_dir: str) -> str:
     """Unpack the base backup into a new (or empty) data directory, every file checksum-checked."""
@@ -188,15 +217,18 @@ def restore_base_backup(repo: BackupRepository, source: str, manifest: Manifest,
     created = not dest.exists()
     pgtools.make_server_dir(dest)
     storage = repo.storage(source)
+    find_restore_command()  # probed as the server user meanwhile: configure_recovery needs it next
     try:
-        unpack_backup(lambda f: storage.open_plain(manifest.backup_id, f), manifest.files, dest,
-                      extract_as=pgtools.as_server_user())  # dest is the server user's (make_server_dir)
+        with writing_back(dest):
+            unpack_backup(lambda f: storage.open_plain(manifest.backup_id, f), manifest.files, dest,
+                          extract_as=pgtools.as_server_user())  # dest is the server user's (make_server_dir)
         for leftover in ("postmaster.pid", "postmaster.opts", "standby.signal"):
             (dest / leftover).unlink(missing_ok=True)
         (dest / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
         (dest / "log").mkdir(exist_ok=True)
         _chown_tree(dest)
         dest.chmod(0o700)
+        sync_cluster_dir(dest)
     except BaseException:
         if created:
             shutil.rmtree(dest, ignore_errors=True)
@@ -206,6 +238,73 @@ def restore_base_backup(repo: BackupRepository, source: str, manifest: Manifest,
         raise
     get_run_logger().info("base backup %s unpacked into %s", manifest.backup_id, dest)
     return str(dest)
+
+
+@contextlib.contextmanager
+def writing_back(dest: Path, every: float = 0.5) -> Iterator[None]:
+    """While the block runs, a thread syncs dest's file system over and over, so the unpacked
+    files go to disk while the next ones are being decompressed (two processes busy on the CPU,
+    the disk idle otherwise): the sync owed at the end (sync_cluster_dir) then finds little left.
+    Its errors are left to that final sync, which reports them."""
+    done = threading.Event()
+
+    def loop() -> None:
+        while not done.wait(every):
+            try:
+                sync_filesystem(dest)
+            except OSError:
+                return
+
+    thread = threading.Thread(target=loop, name="pgkeeper-writeback", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def sync_cluster_dir(dest: Path) -> None:
+    """Every unpacked file on disk before PostgreSQL is told about it: one syncfs per file system
+    the cluster spans (data directory, pg_wal, tablespaces). GNU tar leaves the whole tree dirty in
+    the page cache; PostgreSQL's start-up sync would otherwise fsync it one file (and one journal
+    commit) at a time, seconds for a thousand files where one syncfs takes well under one."""
+    tablespaces = sorted((dest / "pg_tblspc").iterdir()) if (dest / "pg_tblspc").is_dir() else []
+    devices: set[int] = set()
+    for path in (dest, dest / "pg_wal", *tablespaces):
+        try:
+            device = path.resolve().stat().st_dev
+        except OSError:
+            continue
+        if device not in devices:
+            devices.add(device)
+            sync_filesystem(path.resolve())
+
+
+def syncfs_reports_errors() -> bool:
+    """Whether syncfs(2) reports write errors: Linux 5.8 and later (earlier ones only log them)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (5, 8)
+
+
+def start_options(data_dir: Path, port: int) -> str:
+    """The server's options for this start only (nothing is written into its configuration).
+
+    A base backup starts like a crashed server: PostgreSQL first syncs the whole data directory,
+    by default opening and fsyncing every file. restore_base_backup has just synced it all
+    (sync_cluster_dir), so with `recovery_init_sync_method = syncfs` (PostgreSQL 14+) the server
+    makes the same guarantee with one call per file system instead of a walk of every file. Only
+    where syncfs reports errors, so the guarantee is the same as the default's."""
+    options = f"-p {port}"
+    try:
+        major = int((data_dir / "PG_VERSION").read_text().strip().split(".")[0])
+    except (OSError, ValueError):
+        major = 0
+    if major >= 14 and syncfs_reports_errors():
+        options += " -c recovery_init_sync_method=syncfs"
+    return options
 
 
 @task(name="configure-recovery", cache_policy=NO_CACHE)
@@ -239,7 +338,7 @@ def configure_recovery(data_dir: str, walcfg: walconfig.WalConfig, target: Recov
                                      fetch_queue=str(secrets_dir / FETCH_QUEUE_NAME))
     cfg_path = walconfig.write(secrets_dir / WAL_CONFIG_NAME, server_cfg, ids,
                                credentials_file=secrets_dir / "s3-credentials.json")
-    command = restore_command(cfg_path)
+    command = _restore_command(cfg_path)
     settings = {"port": str(port), "restore_command": conf_quote(command), **target.settings()}
     if not keep_archiving:
         settings["archive_mode"] = "'off'"
@@ -314,33 +413,46 @@ def _explain_failure(data_dir: Path, target: RecoveryTarget) -> str:
     return f"recovery failed: {detail}{why} (see {data_dir / LOG_NAME})"
 
 
-def start_prefetching(data_dir: str, manifest: Manifest) -> None:
+def start_prefetching(data_dir: str, manifest: Manifest) -> subprocess.Popen | None:
     """Start wal-fetch's prefetcher at the backup's first WAL segment, as the server user (the
-    queue is its), before the server starts: replay then finds its first segments queued instead
-    of waiting for each call to fetch one and for the prefetcher to start. Best effort: without
-    it, the first wal-fetch call starts the prefetcher as before."""
+    queue is its), as the server starts: replay then finds its first segments queued instead of
+    waiting for each call to fetch one and for the prefetcher to start. Returns the starting
+    process (it exits once the prefetcher is detached) for prefetch_started() to wait on. Best
+    effort: without it, the first wal-fetch call starts the prefetcher as before (a lock lets
+    only one prefetcher run, whichever starts it)."""
     import shlex
 
     from pgkeeper.wal.archive import segments_between
-    from pgkeeper.wal.command import pgkeeper_command
     from pgkeeper.wal.prefetch import position
 
     cfg = recovery_secrets_dir(data_dir) / WAL_CONFIG_NAME
     if not (manifest.start_lsn and cfg.exists()):
-        return
+        return None
     size = manifest.wal_segment_size or 16 * 1024 * 1024
     first = segments_between(manifest.start_lsn, manifest.start_lsn, manifest.timeline or 1, size)[0]
     tli, segno = position(first, size)
     if segno == 0:
-        return
+        return None
     argv = [*pgtools.as_server_user(), *shlex.split(pgkeeper_command()), "wal-fetch", "--config", str(cfg),
             "--prefetch-after", segment_name(tli, segno - 1, size), str(size)]
     try:
-        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           timeout=120)
-        why = pgtools.last_line(r.stderr) if r.returncode != 0 else None
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        why = str(exc)
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    except OSError as exc:
+        get_run_logger().warning("not fetching WAL ahead before the start: %s", exc)
+        return None
+
+
+def prefetch_started(proc: subprocess.Popen | None) -> None:
+    """Wait for start_prefetching's process (never left running) and say if it failed."""
+    if proc is None:
+        return
+    try:
+        _, err = proc.communicate(timeout=120)
+        why = pgtools.last_line(err) if proc.returncode != 0 else None
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        why = "wal-fetch --prefetch-after did not finish within 120 s"
     if why:
         get_run_logger().warning("not fetching WAL ahead before the start: %s", why)
 
@@ -351,16 +463,19 @@ def start_recovery(data_dir: str, port: int, target: RecoveryTarget, timeout_sec
     """Start PostgreSQL on the recovered directory; it replays WAL from the archive (with
     `manifest`, the prefetcher is already fetching the backup's WAL: start_prefetching)."""
     dest = Path(data_dir)
-    if manifest is not None:
-        start_prefetching(data_dir, manifest)
     log = dest / LOG_NAME
     log.touch()
     ids = server_ids()
     if ids is not None:
         os.chown(log, *ids)
-    r = subprocess.run([*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(dest), "-l", str(log),
-                        "-o", f"-p {port}", "-w", "-t", str(timeout_seconds), "start"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_seconds + 30)
+    # The prefetcher starts beside the server (whose start-up sync comes before its first WAL request).
+    prefetching = start_prefetching(data_dir, manifest) if manifest is not None else None
+    try:
+        r = subprocess.run([*pgtools.as_server_user(), pgtools.tool("pg_ctl"), "-D", str(dest), "-l", str(log),
+                            "-o", start_options(dest, port), "-w", "-t", str(timeout_seconds), "start"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout_seconds + 30)
+    finally:
+        prefetch_started(prefetching)
     if r.returncode != 0:
         raise RecoveryFailed(_explain_failure(dest, target))
 

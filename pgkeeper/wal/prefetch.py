@@ -11,8 +11,10 @@ fetches N+1, N+2, ... on two threads (spool first, then S3, each checked against
 its object is named with) into the queue, keeping at most `fetch_ahead` segments there,
 complete or being written: the queue's disk use is bounded by fetch_ahead x segment size.
 The call for N+1 then takes its file from the queue: it hashes it again (a queue left by a
-killed process is never trusted) and renames it to %p. A file that fails the check is
-removed and the segment fetched from the archive as before.
+killed process is never trusted) and hard-links it to %p; the queue keeps the segment last
+taken (counted in the bound) until the next one is taken, because PostgreSQL asks for it once
+more at the end of recovery. A file that fails the check is removed and the segment fetched
+from the archive as before.
 
 The queue lives beside the data directory (pitr: `.<data dir>.pgkeeper-recovery/wal-queue`),
 never in pg_wal, and its files are named `<walfile>-<sha256>.fetched`, which PostgreSQL and
@@ -165,14 +167,22 @@ class Queue:
                 warn(f"warning: the queued copy of {name} ({path}) fails its checksum: refetching it")
                 _unlink(path)
                 return None
+            # Linked, not moved: the queue keeps the segment last taken (until the next one is taken:
+            # discard_older), because at the end of recovery PostgreSQL asks for it once more. It
+            # still counts against the limit, and is hashed again like any queued file if taken.
+            tmp = os.path.join(os.path.dirname(os.path.abspath(dest)), f".{os.path.basename(dest)}.tmp-{os.getpid()}")
             try:
-                os.replace(path, dest)
-                moved = os.fstat(fd).st_ino == os.stat(dest).st_ino
+                _unlink(tmp)
+                os.link(path, tmp)
+                os.replace(tmp, dest)
+                linked = os.fstat(fd).st_ino == os.stat(dest).st_ino
             except FileNotFoundError:
+                _unlink(tmp)
                 return None
             except OSError:  # another file system (a symlinked pg_wal): copy what was checked
-                moved = False
-            if moved:
+                _unlink(tmp)
+                linked = False
+            if linked:
                 os.fsync(fd)  # cheap: the prefetcher fsynced it already
                 from pgkeeper.storage.atomic import fsync_dir  # light: os and contextlib only
 
@@ -183,7 +193,6 @@ class Queue:
                 from pgkeeper.storage.atomic import atomic_write_bytes
 
                 atomic_write_bytes(Path(dest), data)
-                _unlink(path)
             return len(data)
         finally:
             os.close(fd)
