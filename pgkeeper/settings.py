@@ -14,6 +14,7 @@ Prefect, pydantic, boto3 or dataclasses here.
     S3_SSE (AES256 | aws:kms), S3_KMS_KEY_ID, S3_STORAGE_CLASS
     ENABLE_EMAIL_ALERTS, ALERT_EMAIL, SMTP_HOST/PORT/USER/PASS, SMTP_TYPE, ALERT_FROM
     SENTRY_DSN
+    PGKEEPER_HEARTBEAT_SECONDS, PGKEEPER_HEARTBEAT_GRACE_SECONDS   crash detection (heartbeat_settings)
     RETENTION_TIERS=on, TIER_{DAILY,WEEKLY,MONTHLY}_{LOCAL,S3}_DAYS, TIER_{WEEKLY,MONTHLY}_CLASS,
     S3_RETRIEVAL_TIER, S3_PRICES                 retention tiers and their cost (see tier_settings)
 """
@@ -44,6 +45,26 @@ def int_var(env: Mapping[str, str], name: str, default: int) -> int:
         raise SetupError(f"{name}={raw!r} is not a whole number") from None
 
 
+# Runs beat every 30 s (Prefect's minimum, PREFECT_FLOWS_HEARTBEAT_FREQUENCY); three missed beats
+# and the crash automation takes the run's machine for dead.
+HEARTBEAT_SECONDS = 30
+HEARTBEAT_GRACE_SECONDS = 90
+MIN_HEARTBEAT_SECONDS = 30  # Prefect refuses a smaller PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+MIN_GRACE_MARGIN = 10  # a beat a few seconds late must not crash a live run
+
+
+def heartbeat_settings(env: Mapping[str, str] = os.environ) -> tuple[int, int]:
+    """(seconds between a run's heartbeats, seconds without one before the run is crashed)."""
+    every = int_var(env, "PGKEEPER_HEARTBEAT_SECONDS", HEARTBEAT_SECONDS)
+    grace = int_var(env, "PGKEEPER_HEARTBEAT_GRACE_SECONDS", HEARTBEAT_GRACE_SECONDS)
+    if every < MIN_HEARTBEAT_SECONDS:
+        raise SetupError(f"PGKEEPER_HEARTBEAT_SECONDS={every} is below Prefect's minimum of {MIN_HEARTBEAT_SECONDS}")
+    if grace < every + MIN_GRACE_MARGIN:
+        raise SetupError(f"PGKEEPER_HEARTBEAT_GRACE_SECONDS={grace} must be at least PGKEEPER_HEARTBEAT_SECONDS "
+                         f"+ {MIN_GRACE_MARGIN} ({every + MIN_GRACE_MARGIN}): a live run would be crashed")
+    return every, grace
+
+
 def missing_variables(env: Mapping[str, str]) -> list[str]:
     wanted = list(REQUIRED)
     if enabled(env, "ENABLE_EMAIL_ALERTS"):
@@ -54,6 +75,7 @@ def missing_variables(env: Mapping[str, str]) -> list[str]:
 
 
 def check_environment(env: Mapping[str, str]) -> None:
+    heartbeat_settings(env)
     missing = missing_variables(env)
     if missing:
         raise SetupError(f"missing required environment variable{'s' if len(missing) > 1 else ''}: "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -35,6 +36,13 @@ os.environ.update({
     "PGKEEPER_RETRY_DELAY_SECONDS": "0.2",
     "PREFECT_LOGGING_LEVEL": "INFO",
 })
+# The tests stop what they start with Ctrl-C (SIGINT to its process group; helpers.stop,
+# test_service_e2e's `pgkeeper serve`). A suite started in the background (`pytest ... &` from a
+# script) inherits SIGINT ignored, passes that on to every process it starts, and Python then
+# never raises KeyboardInterrupt: each stop waited out its grace and killed, and serve's Ctrl-C
+# went unheard for the teardown's 240 s. A handler (not an ignore) is reset to the default at exec.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 for var in ("PREFECT_API_URL", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER", "POSTGRES_PASSWORD",
             "POSTGRES_DB", "BACKUP_DIR", "S3_BUCKET", "ENABLE_S3_UPLOAD"):
     os.environ.pop(var, None)

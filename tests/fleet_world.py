@@ -90,7 +90,7 @@ class World:
         # signed on one worker must verify on another (the repository's manifest key lives there).
         env = {**self.env, "PGKEEPER_WORKER_NAME": name, "PGKEEPER_HOME": str(self.base / "worker-home"),
                "PREFECT_HOME": str(self.base / f"{name}-prefect"), "PREFECT_WORKER_QUERY_SECONDS": "1",
-               "PREFECT_WORKER_PREFETCH_SECONDS": "5", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+               "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
         if plain_prefect:  # the ordinary Prefect way, as on a machine without pgkeeper's CLI habits
             cmd = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "pgkeeper", "--type", "process",
                    "--name", name, "--limit", str(limit)]
@@ -187,7 +187,10 @@ def fleet_world(workers: tuple[str, ...] = ("w1", "w2"), scale: float = 0.05, st
                      "POSTGRES_HOST": db1.host, "POSTGRES_PORT": str(db1.port), "POSTGRES_USER": "postgres",
                      "POSTGRES_PASSWORD": PASSWORD, "POSTGRES_DB": "alpha", "BACKUP_DIR": str(world.repo_dir),
                      "PGKEEPER_FLEET_FILE": str(base / "fleet.txt"), "DB1_PGPASSWORD": PASSWORD,
-                     "DB2_PGPASSWORD": PASSWORD, "PREFECT_LOGGING_LEVEL": "WARNING"}
+                     "DB2_PGPASSWORD": PASSWORD, "PREFECT_LOGGING_LEVEL": "WARNING",
+                     # A dead host's runs are crashed 50 s after their last beat (every 30 s, Prefect's
+                     # minimum), not 90: the worker-death test waits for it. 20 s spare for a late beat.
+                     "PGKEEPER_HEARTBEAT_GRACE_SECONDS": "50"}
         world.env.pop("PGKEEPER_WAL_RUNTIME_ROOT", None)
         result = run_cli("setup", env=world.env, timeout=600)
         assert result.returncode == 0, result.stdout + result.stderr

@@ -100,8 +100,10 @@ def service(service_env, module_smtp) -> Iterator[tuple[str, dict[str, str], lis
                                   stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                   start_new_session=True)
         yield api, env, messages
-        # Runs the tests set off (verify/daily follows every completed backup) finish first:
-        # a worker stopped mid-run waits for it.
+        # Runs the tests set off finish first: a worker stopped mid-run waits for it. verify/daily
+        # follows every completed backup, a moment later (an event, then the trigger): wait for
+        # each backup's own verify to end, not only for what happens to be running now.
+        wait_for(lambda: verifies_pending(api) == set(), 240, "the verify run of every completed backup")
         wait_for(lambda: not api_call(api, "POST", "/flow_runs/filter", {"flow_runs": {"state": {"type": {
             "any_": ["RUNNING", "PENDING"]}}}}), 240, "the runs in flight")
         # Ctrl-C stops serve cleanly, and its worker with it (after a run it picked up meanwhile, such as the
@@ -133,6 +135,17 @@ def start_run(api: str, deployment: str, parameters: dict | None = None) -> dict
 
 def read_run(api: str, run_id: str) -> dict:
     return api_call(api, "GET", f"/flow_runs/{run_id}")
+
+
+def verifies_pending(api: str) -> set[str]:
+    """Backups that completed and whose verify/daily run has not ended (pre-restore safety
+    backups start none). A completed backup's message starts with its id."""
+    final = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+    backups = api_call(api, "POST", "/flow_runs/filter", {"flows": {"name": {"any_": ["backup"]}}, "flow_runs": {
+        "state": {"type": {"any_": ["COMPLETED"]}}}})
+    wanted = {r["state"]["message"].split()[0] for r in backups if "pre-restore" not in r["tags"]}
+    verifies = api_call(api, "POST", "/flow_runs/filter", {"flows": {"name": {"any_": ["verify"]}}})
+    return wanted - {r["parameters"].get("backup") for r in verifies if r["state"]["type"] in final}
 
 
 def final_run(api: str, run_id: str, timeout: float = 180) -> dict:

@@ -43,7 +43,8 @@ def setup_env(pg_env, smtp_server, s3_endpoint, s3_bucket) -> dict[str, str]:
             "SMTP_HOST": host, "SMTP_PORT": str(port), "SMTP_USER": "pgkeeper", "SMTP_PASS": SMTP_PASS,
             "ENABLE_S3_UPLOAD": "true", "S3_BUCKET": s3_bucket, "S3_PREFIX": "crm-backups",
             "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": AWS_SECRET, "AWS_ENDPOINT_URL": s3_endpoint,
-            "RETENTION_DAYS": "14", "SENTRY_DSN": SENTRY_DSN, "PGKEEPER_TIMEZONE": "Europe/Paris"}
+            "RETENTION_DAYS": "14", "SENTRY_DSN": SENTRY_DSN, "PGKEEPER_TIMEZONE": "Europe/Paris",
+            "PGKEEPER_HEARTBEAT_SECONDS": "40", "PGKEEPER_HEARTBEAT_GRACE_SECONDS": "100"}
 
 
 def block_document(slug: str, name: str) -> dict:
@@ -89,6 +90,8 @@ def test_setup_from_environment_then_again_changes_nothing(setup_env, pg_env) ->
         assert daily.global_concurrency_limit is not None and daily.global_concurrency_limit.limit == 1
         schedule = daily.schedules[0].schedule
         assert schedule.cron == "0 2 * * *" and schedule.timezone == "Europe/Paris"
+        # The runs' heartbeat interval reaches them through the pool's job variables.
+        assert daily.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "40"
         updated_before = daily.updated
         drill = client.read_deployment_by_name("verify/weekly-drill")
         assert drill.parameters["restore"] is True and drill.schedules[0].schedule.cron == "0 3 * * 0"
@@ -99,6 +102,8 @@ def test_setup_from_environment_then_again_changes_nothing(setup_env, pg_env) ->
     failure = Automation.read(name="pgkeeper: mail on failed run")
     expected = {"prefect.flow-run.Failed", "prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"}
     assert expected <= failure.trigger.expect
+    crash = Automation.read(name="pgkeeper: crash runs whose heartbeat stopped")
+    assert crash.trigger.within.total_seconds() == 100 and "100 s" in crash.actions[0].message
 
     second = run_cli("setup", env=setup_env)
     assert second.returncode == 0, second.stderr
@@ -129,3 +134,23 @@ def test_mail_alerts_need_their_variables(pg_env) -> None:
     assert result.returncode == 2
     assert result.stderr.strip() == ("pgkeeper: error: missing required environment variables: ALERT_EMAIL, "
                                      "SMTP_HOST (see `pgkeeper setup --help`)")
+
+
+def test_heartbeat_settings_default_and_bad_values() -> None:
+    from pgkeeper.errors import SetupError
+    from pgkeeper.settings import heartbeat_settings
+
+    assert heartbeat_settings({}) == (30, 90)
+    assert heartbeat_settings({"PGKEEPER_HEARTBEAT_SECONDS": "30",
+                               "PGKEEPER_HEARTBEAT_GRACE_SECONDS": "45"}) == (30, 45)
+    for bad in ({"PGKEEPER_HEARTBEAT_SECONDS": "5"}, {"PGKEEPER_HEARTBEAT_GRACE_SECONDS": "35"},
+                {"PGKEEPER_HEARTBEAT_GRACE_SECONDS": "soon"}):
+        with pytest.raises(SetupError):
+            heartbeat_settings(bad)
+
+
+def test_a_grace_shorter_than_the_heartbeat_is_one_clear_line(pg_env) -> None:
+    result = run_cli("setup", env={**pg_env, "PGKEEPER_HEARTBEAT_GRACE_SECONDS": "20"})
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("pgkeeper: error: PGKEEPER_HEARTBEAT_GRACE_SECONDS=20 must be at least "
+                                     "PGKEEPER_HEARTBEAT_SECONDS + 10 (40): a live run would be crashed")

@@ -123,7 +123,8 @@ def test_wal_fetch_exit_codes_never_read_as_not_found(tmp_path: Path, s3_endpoin
     # S3 unreachable: the file may be there, so recovery must stop, not end.
     (tmp_path / "down").mkdir()
     down = s3_config(tmp_path / "down", f"http://127.0.0.1:{free_port()}", s3_bucket)
-    r = run_cli("wal-fetch", "--config", str(down), SEG, str(dest))
+    # Two attempts, not ten: what is proved is the exit code, not a minute of botocore's backoff.
+    r = run_cli("wal-fetch", "--config", str(down), SEG, str(dest), env={"AWS_MAX_ATTEMPTS": "2"})
     assert r.returncode == 255 and "listing s3://" in r.stderr and "failed" in r.stderr
     assert not dest.exists()
 
@@ -202,3 +203,19 @@ def test_the_server_user_still_pushes_after_root_shipped(s3_endpoint: str, s3_bu
         assert r.returncode == 0, r.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_aws_max_attempts_sets_the_s3_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pgkeeper.storage import s3core
+    from pgkeeper.wal.config import S3Target as Target
+
+    def total_attempts() -> int:
+        client = s3core.make_client(Target(bucket="b", endpoint_url="http://127.0.0.1:9", region="us-east-1"))
+        return client.meta.config.retries["total_max_attempts"]
+
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    assert total_attempts() == total_attempts() == 11  # ten retries after the first attempt
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "3")
+    assert total_attempts() == 3
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "many")  # not a number: pgkeeper's default
+    assert total_attempts() == 11

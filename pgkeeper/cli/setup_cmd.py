@@ -18,7 +18,9 @@ a connection block each, the fleet's list, and the fleet's schedules resumed).
 More notification channels: SLACK_WEBHOOK_URL, TEAMS_WEBHOOK_URL, ALERT_WEBHOOK_URL (JSON POST),
 PGKEEPER_NOTIFICATION_BLOCKS (existing blocks, slug/name, comma-separated). Alerts on absence:
 PGKEEPER_DATABASES (default POSTGRES_DB), BACKUP_ALERT_HOURS (26), VERIFY_ALERT_DAYS (8),
-WAL_ALERT_MINUTES (60), WORKER_ALERT_MINUTES (10).
+WAL_ALERT_MINUTES (60), WORKER_ALERT_MINUTES (10). A run whose machine dies: runs beat every
+PGKEEPER_HEARTBEAT_SECONDS (30, Prefect's minimum) and are marked Crashed after
+PGKEEPER_HEARTBEAT_GRACE_SECONDS (90) without a beat.
 Running it again applies changes and leaves everything else as it is."""
 
 

@@ -18,13 +18,15 @@ from prefect.events.schemas.automations import AutomationCore, Posture
 
 from pgkeeper.alerts import WARNING_EVENT
 from pgkeeper.runinfo import RUN_ID_LINE, RUN_TAG  # notify() reads RUN_ID_LINE to find the failed step
+from pgkeeper.settings import HEARTBEAT_GRACE_SECONDS
 
 FAILURE_AUTOMATION = "pgkeeper: mail on failed run"
 CRASH_AUTOMATION = "pgkeeper: crash runs whose heartbeat stopped"
 HEARTBEAT_EVENT = "prefect.flow-run.heartbeat"
-# Runs beat every 30 s (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set in prefect.yaml and by `pgkeeper
-# serve`): three missed beats and the machine is taken for dead.
-HEARTBEAT_GRACE_SECONDS = 90
+# Runs beat every 30 s by default (PREFECT_FLOWS_HEARTBEAT_FREQUENCY, set in prefect.yaml from the
+# variable pgkeeper_heartbeat_seconds and by `pgkeeper serve`): after HEARTBEAT_GRACE_SECONDS (90,
+# three missed beats) without one the machine is taken for dead. Both are settings
+# (settings.heartbeat_settings: PGKEEPER_HEARTBEAT_SECONDS, PGKEEPER_HEARTBEAT_GRACE_SECONDS).
 # Any of these after a beat means the run ended or stopped beating on purpose (a paused or
 # suspended run waiting for input), not that its machine died.
 STILL_ACCOUNTED_FOR = {HEARTBEAT_EVENT, "prefect.flow-run.Completed", "prefect.flow-run.Failed",
@@ -78,23 +80,23 @@ def failure_automation(block_document_id: UUID | Sequence[UUID]) -> Automation:
     )
 
 
-def crash_automation() -> Automation:
+def crash_automation(grace_seconds: int = HEARTBEAT_GRACE_SECONDS) -> Automation:
     """A run whose worker's machine died (or whose process was killed with its worker) never
     reports an end: nobody is left to. Its heartbeats stop, and this marks it Crashed, which the
     failure mail and the fleet report, and which frees its deployment concurrency slot."""
     return Automation(
         name=CRASH_AUTOMATION,
-        description=f"Mark a pgkeeper run Crashed when its heartbeat stops for {HEARTBEAT_GRACE_SECONDS} s "
+        description=f"Mark a pgkeeper run Crashed when its heartbeat stops for {grace_seconds} s "
                     "(its machine or worker died).",
         trigger=EventTrigger(
             after={HEARTBEAT_EVENT}, expect=STILL_ACCOUNTED_FOR,
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.role": "tag", "prefect.resource.id": f"prefect.tag.{TAG}"},
             for_each={"prefect.resource.id"},
-            posture=Posture.Proactive, threshold=1, within=HEARTBEAT_GRACE_SECONDS,
+            posture=Posture.Proactive, threshold=1, within=grace_seconds,
         ),
         actions=[ChangeFlowRunState(state="CRASHED", name="Crashed",
-                                    message=f"no heartbeat for {HEARTBEAT_GRACE_SECONDS} s: "
+                                    message=f"no heartbeat for {grace_seconds} s: "
                                             "its worker or machine died")],
     )
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 from pgkeeper.errors import PgkeeperError
+from pgkeeper.settings import heartbeat_settings
 
 
 def pool_exists(pool: str) -> bool:
@@ -58,8 +59,10 @@ def serve(api_url: str, pool: str, limit: int | None, run_setup_first: bool, sto
             cmd += ["--limit", str(limit)]
         print(f"pgkeeper serving: worker for pool {pool!r} against {api_url} (UI at {api_url.removesuffix('/api')}); "
               "Ctrl-C stops it", flush=True)
-        # Runs beat every 30 s, so a run whose machine dies is marked Crashed (automations.crash_automation).
-        env = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30", **os.environ, "PREFECT_API_URL": api_url}
+        # Runs beat (every 30 s by default), so a run whose machine dies is marked Crashed
+        # (automations.crash_automation); a deployment's job variables say the same.
+        heartbeat, _ = heartbeat_settings(os.environ)
+        env = {"PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(heartbeat), **os.environ, "PREFECT_API_URL": api_url}
         worker = subprocess.Popen(cmd, env=env)
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:

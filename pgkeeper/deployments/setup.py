@@ -139,9 +139,12 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
     pool = env.get("PGKEEPER_WORK_POOL", DEFAULT_WORK_POOL).strip() or DEFAULT_WORK_POOL
     note(f"work pool {pool} (process)", ensure_work_pool(pool))
     yaml_path = (prefect_yaml or default_prefect_yaml()).resolve()
+    heartbeat, grace = settings.heartbeat_settings(env)
     variables: dict[str, Any] = {
         "pgkeeper_project_dir": str(yaml_path.parent),
         "pgkeeper_timezone": (env.get("PGKEEPER_TIMEZONE") or env.get("TZ") or "UTC").strip(),
+        # A string: prefect.yaml puts it in the runs' environment (PREFECT_FLOWS_HEARTBEAT_FREQUENCY).
+        "pgkeeper_heartbeat_seconds": str(heartbeat),
     }
     for name, value in variables.items():
         note(f"variable {name}={value}", ensure_variable(name, value))
@@ -154,7 +157,7 @@ def run_setup(env: Mapping[str, str] = os.environ, prefect_yaml: Path | None = N
     for name in FLEET_DEPLOYMENTS:
         note(f"deployment {name} {'active' if fleet_path else 'paused'}", set_paused(name, fleet_path is None))
     # Runs of a machine that died never report an end; their heartbeats stop and this crashes them.
-    note(f"automation {CRASH_AUTOMATION!r}", apply_automation(crash_automation()))
+    note(f"automation {CRASH_AUTOMATION!r}", apply_automation(crash_automation(grace)))
 
     # Every channel (mail, Slack, Teams, webhook, any NotificationBlock) gets every notification.
     channels = ([mail_block_id] if mail_block_id is not None else []) + ensure_channels(env, note)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
@@ -18,8 +19,18 @@ from pgkeeper.settings import S3Target
 
 MiB = 1024 * 1024
 # Retries inside botocore (exponential backoff with jitter) for every request; Prefect's task
-# retries sit on top of these for failures that outlast them.
+# retries sit on top of these for failures that outlast them. Ten retries wait out about a
+# minute of an unreachable endpoint; AWS_MAX_ATTEMPTS, boto3's own variable (attempts in all,
+# the first included), still sets another number: an explicit Config would otherwise silence it.
 RETRIES = {"max_attempts": 10, "mode": "standard"}
+
+
+def retries() -> dict[str, Any]:
+    """A fresh dict each time: botocore rewrites the one it is given in place."""
+    raw = os.environ.get("AWS_MAX_ATTEMPTS", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return {"total_max_attempts": int(raw), "mode": "standard"}
+    return dict(RETRIES)
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 120
 # A streamed download that breaks mid-body is resumed with a Range request this many times.
@@ -32,7 +43,7 @@ def make_client(target: S3Target) -> Any:
     import boto3
     from botocore.config import Config
 
-    config = Config(retries=RETRIES, connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
+    config = Config(retries=retries(), connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
                     s3={"addressing_style": "path"} if target.path_style else None)
     kw: dict[str, Any] = {"endpoint_url": target.endpoint_url, "region_name": target.region, "config": config}
     creds = target.credentials()
