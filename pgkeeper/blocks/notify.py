@@ -95,11 +95,25 @@ async def with_failed_step(body: str, ui_url: str | None = None) -> str:
     if "prefect.server.api.server" not in sys.modules:
         # Not inside a Prefect server: no in-process API to ask; keep the id for the reader.
         return body
-    try:
-        step = await _failed_step(run_id)
-    except Exception:
-        step = None
+    step = await _failed_step_when_recorded(run_id)
     return body.replace(marker, f"Step: {step}" if step else "Step: unknown (no task had failed)")
+
+
+async def _failed_step_when_recorded(run_id: str, patience_seconds: float = 6.0) -> str | None:
+    """The failed step, asked again for a few seconds: task-run states reach the server as events,
+    recorded apart from the flow run's state, so the automation can act on a Failed flow run before
+    its failed task run is on record."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + patience_seconds
+    while True:
+        try:
+            step = await _failed_step(run_id)
+        except Exception:
+            step = None
+        if step or asyncio.get_running_loop().time() >= deadline:
+            return step
+        await asyncio.sleep(0.5)
 
 
 async def _failed_step(flow_run_id: str) -> str | None:
