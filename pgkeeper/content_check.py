@@ -32,6 +32,8 @@ _SKIPPED_TYPES = (b"; Type: MATERIALIZED VIEW DATA;",)
 # pg_dump writes default privileges in the order of their roles' OIDs, which differ on a server
 # whose roles were created in another order: compared as a set of lines.
 _UNORDERED_TYPES = (b"; Type: DEFAULT ACL;",)
+# Below this much table data one pg_dump reads it all: a second one's start costs more than it saves.
+SPLIT_MIN_BYTES = 64 << 20
 
 
 class EntryHashes:
@@ -46,29 +48,32 @@ class EntryHashes:
         self._owner = keep_owner_in_content
         self._lines: list[bytes] | None = None  # an entry compared as a set of lines
 
-    def _update(self, data: bytes) -> None:
+    def _update(self, data: bytes | memoryview) -> None:
         if self._lines is None:
             self._digest.update(data)
         else:
-            self._lines.append(data)
+            self._lines.append(bytes(data))
 
     def feed(self, chunk: bytes) -> None:
-        data = self._tail + chunk
+        # Slices of a memoryview: the hash reads the chunk in place (copying each MB cost more
+        # CPU than hashing it).
+        data = self._tail + chunk if self._tail else chunk
+        view = memoryview(data)
         pos = 0
         while True:
             i = data.find(ENTRY, pos)
             if i < 0:
                 cut = max(pos, len(data) - (len(ENTRY) - 1))  # a separator may straddle two chunks
-                self._update(data[pos:cut])
-                self._tail = data[cut:]
+                self._update(view[pos:cut])
+                self._tail = bytes(view[cut:])
                 return
             j = data.find(b"\n", i + len(ENTRY))
             if j < 0:
-                self._update(data[pos:i])
-                self._tail = data[i:]
+                self._update(view[pos:i])
+                self._tail = bytes(view[i:])
                 return
-            self._update(data[pos:i + 1])
-            self._next(data[i + len(ENTRY):j])
+            self._update(view[pos:i + 1])
+            self._next(bytes(view[i + len(ENTRY):j]))
             pos = j + 1
 
     def finish(self) -> dict[str, str]:
@@ -122,10 +127,10 @@ def archive_entries(archive: Path, section: str, owners: bool = True, timeout: f
 
 
 def database_entries(conn: PostgresConnection, database: str, section: str, settings: dict[str, str],
-                     owners: bool = True, timeout: float = 6 * 3600) -> dict[str, str]:
+                     owners: bool = True, timeout: float = 6 * 3600, extra: Sequence[str] = ()) -> dict[str, str]:
     """Entry hashes of `database` as pg_dump writes it, in a session formatting values as the
-    backup's pg_dump did (`settings`: TimeZone, bytea_output, ...)."""
-    argv = [pgtools.tool("pg_dump"), "-w", f"--{section}-only"]
+    backup's pg_dump did (`settings`: TimeZone, bytea_output, ...). `extra`: more pg_dump options."""
+    argv = [pgtools.tool("pg_dump"), "-w", f"--{section}-only", *extra]
     if not owners:
         argv += ["--no-owner", "--no-privileges"]
     env = conn.libpq_env(database)
@@ -137,6 +142,54 @@ def database_entries(conn: PostgresConnection, database: str, section: str, sett
     hashes = EntryHashes(keep_owner_in_content=owners)
     _hash_tool_output(argv, env, hashes, timeout)
     return hashes.entries
+
+
+def heavy_tables(conn: PostgresConnection, database: str) -> list[str]:
+    """The largest tables of `database`, as pg_dump patterns, that together hold about half its
+    table data: a second data dump takes them. Empty when splitting would not pay (a small
+    database, or one table holding nearly everything)."""
+    with conn.connect(database=database, autocommit=True) as c:
+        rows = c.execute(
+            "SELECT n.nspname, c.relname, pg_catalog.pg_table_size(c.oid) FROM pg_catalog.pg_class c"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'"
+            " AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_class'::regclass"
+            " AND d.objid = c.oid AND d.deptype = 'e')"  # an extension's tables: pg_dump decides, as before
+            " ORDER BY 3 DESC, 1, 2").fetchall()
+    total = sum(size for _, _, size in rows)
+    heavy, taken = [], 0
+    for schema, table, size in rows:
+        if taken * 2 >= total:
+            break
+        heavy.append(_pattern(schema, table))
+        taken += size
+    if total < SPLIT_MIN_BYTES or (total - taken) * 10 < total:
+        return []
+    return heavy
+
+
+def _pattern(schema: str, table: str) -> str:
+    """An exact pg_dump pattern: inside double quotes nothing is a wildcard, `"` is doubled."""
+    return '"{}"."{}"'.format(schema.replace('"', '""'), table.replace('"', '""'))
+
+
+def database_data_entries(conn: PostgresConnection, database: str, settings: dict[str, str], owners: bool = True,
+                          timeout: float = 6 * 3600) -> dict[str, str]:
+    """database_entries(..., "data", ...), read by two pg_dump sessions side by side when the
+    database is large: one takes the heaviest tables (`--table`), the other everything else
+    (`--exclude-table-data` of those). The same entries come out, hashed the same way; an entry
+    both write (the sequences a heavy table owns) must hash alike in both."""
+    heavy = heavy_tables(conn, database)
+    if not heavy:
+        return database_entries(conn, database, "data", settings, owners, timeout)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="data-entries") as pool:
+        split = pool.submit(database_entries, conn, database, "data", settings, owners, timeout,
+                            [f"--table={p}" for p in heavy])
+        entries = database_entries(conn, database, "data", settings, owners, timeout,
+                                   [f"--exclude-table-data={p}" for p in heavy])
+        for key, digest in split.result().items():
+            entries[key] = digest if entries.get(key, digest) == digest else "differs between two reads"
+    return entries
 
 
 def _escape(value: str) -> str:
@@ -197,7 +250,7 @@ def prove_content(conn: PostgresConnection, database: str, archive: Path, props:
     # one is short, so it costs no wall time (it used to run first, on its own).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="schema-entries") as pool:
         schema_future = pool.submit(database_entries, conn, database, "schema", settings, owners)
-        data = database_entries(conn, database, "data", settings, owners) if settings else None
+        data = database_data_entries(conn, database, settings, owners) if settings else None
         schema = schema_future.result()
     want_schema, want_data = reading.result()
     diffs = entry_differences(want_schema, schema, "schema of")

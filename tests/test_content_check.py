@@ -69,3 +69,38 @@ def test_entries_are_the_same_wherever_a_chunk_boundary_falls():
         split.feed(text[:cut])
         split.feed(text[cut:])
         assert split.finish() == expected, cut
+
+
+def test_two_pg_dumps_side_by_side_read_the_same_entries_as_one(pg, conn, monkeypatch):
+    """The data side of the proof read by two pg_dump sessions (the heaviest tables, the rest)
+    gives exactly the entries one pg_dump gives, odd table names and owned sequences included,
+    and still sees a changed value in a heavy table."""
+    from pgkeeper import content_check
+    from pgkeeper.content_check import database_data_entries, database_entries, heavy_tables
+
+    db = "split_read_check"
+    drop_database(pg, db)
+    with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {db}")
+    try:
+        with psycopg.connect(pg.conninfo(db), autocommit=True) as c:
+            c.execute('CREATE TABLE "we.ird*" (id serial PRIMARY KEY, body text)')  # the heavy one
+            c.execute('INSERT INTO "we.ird*" (body) SELECT repeat(md5(i::text), 4) FROM generate_series(1, 3000) i')
+            c.execute("CREATE TABLE other (x int)")
+            c.execute("INSERT INTO other SELECT generate_series(1, 1500)")
+            c.execute("CREATE TABLE small (y text)")
+            c.execute("INSERT INTO small SELECT md5(i::text) FROM generate_series(1, 1000) i")
+        settings = {"TimeZone": "UTC"}
+        assert heavy_tables(conn, db) == []  # small: one pg_dump
+        monkeypatch.setattr(content_check, "SPLIT_MIN_BYTES", 0)
+        assert heavy_tables(conn, db) == ['"public"."we.ird*"']
+        one = database_entries(conn, db, "data", settings)
+        assert database_data_entries(conn, db, settings) == one
+        assert any("SEQUENCE SET" in k for k in one) and len(one) == 4, one  # 3 tables, 1 sequence
+        with psycopg.connect(pg.conninfo(db), autocommit=True) as c:
+            c.execute('UPDATE "we.ird*" SET body = body || \'x\' WHERE id = 2000')
+        changed = database_data_entries(conn, db, settings)
+        assert [k for k in one if one[k] != changed[k]] == \
+            ["Data for Name: we.ird*; Type: TABLE DATA; Schema: public"]
+    finally:
+        drop_database(pg, db)

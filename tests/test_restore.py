@@ -282,3 +282,38 @@ def test_the_restored_database_keeps_the_targets_owner_settings_and_grants(pg, c
             drop_database(pg, name)
         with psycopg.connect(pg.conninfo(), autocommit=True) as c:
             c.execute(f"DROP ROLE {role}")
+
+
+def test_restore_steps_ask_for_no_tag_slots_and_the_safety_backup_keeps_the_tag(pg, crm_db, env, repo,
+                                                                              cleanup_copies):
+    """The restore's task runs carry no `pgkeeper` tag (no concurrency-slot round trips per step);
+    the flow run keeps it, and so does the safety backup's run, which the failure automation must
+    still match."""
+    from prefect import tags
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+    from tests.helpers import wait_for
+
+    backup()
+    with tags("pgkeeper"):  # as runinfo.tag_every_run() gives every run the command line starts
+        state = restore("latest", confirmed=True, keep_old=False, return_state=True)
+    report = state.result()
+    assert report.safety_backup_id
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        assert "pgkeeper" in client.read_flow_run(run_id).tags
+
+        def steps():  # noqa: ANN202
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+            names = {t.name.rsplit("-", 1)[0] for t in runs}
+            return runs if {"restore-shadow", "check-content", "swap-into-place", "safety-backup"} <= names else None
+
+        tasks = wait_for(steps, 60, "the restore's task runs")
+        [safety] = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
+    steps_run = [t for t in tasks if not t.name.startswith("backup-")]  # backup-<id>: the subflow's link, not run
+    assert all("pgkeeper" not in t.tags for t in steps_run), [(t.name, t.tags) for t in steps_run]
+    assert "pgkeeper" in safety.tags and "pre-restore" in safety.tags

@@ -17,7 +17,7 @@ from prefect.states import Cancelled, Completed, State
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.flows.backup import backup as backup_flow
-from pgkeeper.runinfo import completed, database_tag, describe_run, name_from_parameters
+from pgkeeper.runinfo import completed, database_tag, describe_run, name_from_parameters, untagged_tasks
 from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.archive import make_readable
 from pgkeeper.tasks.confirm import (
@@ -145,118 +145,121 @@ def restore(
         server: whose backups `latest` means when several servers' backups share the database's
             name (host:port, system identifier or server key). Default: the connection's server.
     """
-    logger = get_run_logger()
-    started = time.monotonic()
-    if expire_run:
-        return _expire(expire_run, target, confirm_timeout_seconds)
-    conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
-    repo = load_repository(repository_block, path=backup_dir)
+    # Its task runs carry no tags: no concurrency-slot round trips per step (runinfo.untagged_tasks);
+    # the safety backup, the one subflow, gets the tag back (tasks/safety.py).
+    with untagged_tasks():
+        logger = get_run_logger()
+        started = time.monotonic()
+        if expire_run:
+            return _expire(expire_run, target, confirm_timeout_seconds)
+        conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
+        repo = load_repository(repository_block, path=backup_dir)
 
-    expire_old_copies(conn)
-    # A deployment run waits for its form suspended, holding no worker; resumed, it runs again from
-    # the top and restores the plan that was approved, not a newly planned one (tasks/confirm.py).
-    suspend = mode == "replace" and can_suspend()
-    kept = approved_plan() if suspend else None
-    if kept is not None:
-        plan, backup = RestorePlan.model_validate(kept["plan"]), kept["plan"]["backup_id"]
-    plan = resolve_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles, plan, server)
-    describe_run(f"restore {plan.target} ← {plan.backup_id}", [database_tag(plan.target), "restore"])
-    if plan.source == "s3":  # before anything is touched: an archived backup may take hours
-        make_readable(repo.storage("s3"), plan.backup_id, retrieval_tier or repo.retrieval_tier, wait_for_archive,
-                      archive_poll_seconds)
-    # From here on every failure ends with one line saying what state the target is in.
-    work_file = None
-    shadow_started = False
-    waited = 0.0
-    safety_id = None
-    safety = None
-    try:
-        work_file = fetch_backup(repo, plan)
-        toc = check_readable(plan, work_file)
+        expire_old_copies(conn)
+        # A deployment run waits for its form suspended, holding no worker; resumed, it runs again from
+        # the top and restores the plan that was approved, not a newly planned one (tasks/confirm.py).
+        suspend = mode == "replace" and can_suspend()
+        kept = approved_plan() if suspend else None
+        if kept is not None:
+            plan, backup = RestorePlan.model_validate(kept["plan"]), kept["plan"]["backup_id"]
+        plan = resolve_restore(conn, repo, backup, source, mode, target, keep_ownership, create_roles, plan, server)
+        describe_run(f"restore {plan.target} ← {plan.backup_id}", [database_tag(plan.target), "restore"])
+        if plan.source == "s3":  # before anything is touched: an archived backup may take hours
+            make_readable(repo.storage("s3"), plan.backup_id, retrieval_tier or repo.retrieval_tier, wait_for_archive,
+                          archive_poll_seconds)
+        # From here on every failure ends with one line saying what state the target is in.
+        work_file = None
+        shadow_started = False
+        waited = 0.0
+        safety_id = None
+        safety = None
+        try:
+            work_file = fetch_backup(repo, plan)
+            toc = check_readable(plan, work_file)
 
-        # `confirmed` stands in for the form only outside deployment runs (restore_confirmation.py).
-        confirmation = given_confirmation(confirmed) if mode == "replace" else None
-        if mode == "replace" and confirmation is None:
-            asked = time.monotonic()
-            form = confirmation_form(plan, toc, safety_backup)
-            try:
-                if suspend:
-                    answer = _suspended_answer(form, plan, kept, confirm_timeout_seconds)
-                    waited = (datetime.now(UTC) - datetime.fromisoformat(kept["asked_at"])).total_seconds() \
-                        if kept else 0.0
-                    asked = time.monotonic()  # the RTO counts this execution only
-                else:
-                    answer = pause_flow_run(wait_for_input=form, timeout=confirm_timeout_seconds,
-                                            poll_interval=CONFIRM_POLL_SECONDS)
-            except FlowPauseTimeout:
-                message = (f"no confirmation within {confirm_timeout_seconds} s: restore cancelled, "
-                           f"{unchanged_line(plan)}")
-                leave_expired_pause(message)  # else the API turns the expired pause into Failed
-                logger.warning(message)
-                mail_restore_not_confirmed(plan.target, message)
-                return Cancelled(message=message)
-            waited += time.monotonic() - asked
-            reason = refusal(plan, answer.confirm, answer.database_name)
-            if reason:
-                logger.warning(reason)
-                mail_restore_not_confirmed(plan.target, reason)
-                return Cancelled(message=reason)
-            confirmation = form_confirmation(answer.database_name)
-        if confirmation is not None:
-            record_confirmation(repo, plan, confirmation, keep_old)
+            # `confirmed` stands in for the form only outside deployment runs (restore_confirmation.py).
+            confirmation = given_confirmation(confirmed) if mode == "replace" else None
+            if mode == "replace" and confirmation is None:
+                asked = time.monotonic()
+                form = confirmation_form(plan, toc, safety_backup)
+                try:
+                    if suspend:
+                        answer = _suspended_answer(form, plan, kept, confirm_timeout_seconds)
+                        waited = (datetime.now(UTC) - datetime.fromisoformat(kept["asked_at"])).total_seconds() \
+                            if kept else 0.0
+                        asked = time.monotonic()  # the RTO counts this execution only
+                    else:
+                        answer = pause_flow_run(wait_for_input=form, timeout=confirm_timeout_seconds,
+                                                poll_interval=CONFIRM_POLL_SECONDS)
+                except FlowPauseTimeout:
+                    message = (f"no confirmation within {confirm_timeout_seconds} s: restore cancelled, "
+                               f"{unchanged_line(plan)}")
+                    leave_expired_pause(message)  # else the API turns the expired pause into Failed
+                    logger.warning(message)
+                    mail_restore_not_confirmed(plan.target, message)
+                    return Cancelled(message=message)
+                waited += time.monotonic() - asked
+                reason = refusal(plan, answer.confirm, answer.database_name)
+                if reason:
+                    logger.warning(reason)
+                    mail_restore_not_confirmed(plan.target, reason)
+                    return Cancelled(message=reason)
+                confirmation = form_confirmation(answer.database_name)
+            if confirmation is not None:
+                record_confirmation(repo, plan, confirmation, keep_old)
 
-        with restore_slot(plan.target):
-            if plan.roles_to_create:
-                create_roles_task(conn, repo, plan)
-            shadow_started = True
-            prepare_shadow(conn, plan)  # first: a locale this server lacks stops the run here
-            if mode == "replace" and plan.target_exists and safety_backup:  # runs beside the shadow restore
-                safety = start_safety_backup(backup_flow, database=plan.target, connection_block=connection_block,
-                                             host=host, port=port, user=user, repository_block=repository_block,
-                                             backup_dir=backup_dir)
+            with restore_slot(plan.target):
+                if plan.roles_to_create:
+                    create_roles_task(conn, repo, plan)
+                shadow_started = True
+                prepare_shadow(conn, plan)  # first: a locale this server lacks stops the run here
+                if mode == "replace" and plan.target_exists and safety_backup:  # runs beside the shadow restore
+                    safety = start_safety_backup(backup_flow, database=plan.target, connection_block=connection_block,
+                                                 host=host, port=port, user=user, repository_block=repository_block,
+                                                 backup_dir=backup_dir)
 
-            reading = start_archive_reading(plan, work_file)  # the content proof's archive side, meanwhile
-            restore_seconds = restore_shadow(conn, plan, work_file, jobs, repo.dump_timeout_seconds)
-            tables = _counted_and_proven(conn, plan, work_file, reading)
-            safety_id = safety_result(safety)  # the swap waits for it; a failed one stops the restore here
-            swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id,
-                                   keep_old_hours, plan.properties.comment if plan.properties else None)
-    except BaseException as exc:
-        if isinstance(exc, Exception):
-            wait_quietly(safety)
-        dropped = _drop_quietly(conn, plan.shadow) if shadow_started else True
-        if not isinstance(exc, Exception):
-            raise
-        raise RestoreFailed(f"restore of {plan.backup_id} into {plan.target} stopped: {exc}; "
-                            f"{unchanged_line(plan, dropped)}") from exc
-    finally:
-        if work_file is not None:
-            cleanup_work_file(work_file)
+                reading = start_archive_reading(plan, work_file)  # the content proof's archive side, meanwhile
+                restore_seconds = restore_shadow(conn, plan, work_file, jobs, repo.dump_timeout_seconds)
+                tables = _counted_and_proven(conn, plan, work_file, reading)
+                safety_id = safety_result(safety)  # the swap waits for it; a failed one stops the restore here
+                swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id,
+                                       keep_old_hours, plan.properties.comment if plan.properties else None)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                wait_quietly(safety)
+            dropped = _drop_quietly(conn, plan.shadow) if shadow_started else True
+            if not isinstance(exc, Exception):
+                raise
+            raise RestoreFailed(f"restore of {plan.backup_id} into {plan.target} stopped: {exc}; "
+                                f"{unchanged_line(plan, dropped)}") from exc
+        finally:
+            if work_file is not None:
+                cleanup_work_file(work_file)
 
-    try:
-        check_swapped(conn, swap, len(plan.tables))
-    except Exception as exc:
-        swap_back(conn, plan.target, swap.retired_as, plan.shadow, plan.target_comment)
-        raise RestoreFailed(f"restore of {plan.backup_id}: the swapped-in database did not check out ({exc}); "
-                            f"the swap was undone and {unchanged_line(plan)}") from exc
+        try:
+            check_swapped(conn, swap, len(plan.tables))
+        except Exception as exc:
+            swap_back(conn, plan.target, swap.retired_as, plan.shadow, plan.target_comment)
+            raise RestoreFailed(f"restore of {plan.backup_id}: the swapped-in database did not check out ({exc}); "
+                                f"the swap was undone and {unchanged_line(plan)}") from exc
 
-    keep_until = None
-    if swap.retired_as and not keep_old:
-        drop_database_task(conn, swap.retired_as)
-    elif swap.retired_as:
-        keep_until = datetime.now(UTC) + timedelta(hours=keep_old_hours)
+        keep_until = None
+        if swap.retired_as and not keep_old:
+            drop_database_task(conn, swap.retired_as)
+        elif swap.retired_as:
+            keep_until = datetime.now(UTC) + timedelta(hours=keep_old_hours)
 
-    report = RestoreReport(
-        backup_id=plan.backup_id, source=plan.source, target=plan.target, mode=plan.mode, tables=tables,
-        objects=plan.objects, restore_seconds=restore_seconds,
-        rto_seconds=time.monotonic() - started - (0.0 if kept else waited), waited_seconds=waited,
-        terminated_sessions=swap.terminated, old_copy=swap.retired_as if keep_old else None,
-        old_copy_keep_until=keep_until, safety_backup_id=safety_id,
-        confirmation=confirmation_line(confirmation) if confirmation else None,
-    )
-    report_restore(report)
-    mail_restore_done(report)  # only when mail is configured
-    return completed(report, restored_line(report))
+        report = RestoreReport(
+            backup_id=plan.backup_id, source=plan.source, target=plan.target, mode=plan.mode, tables=tables,
+            objects=plan.objects, restore_seconds=restore_seconds,
+            rto_seconds=time.monotonic() - started - (0.0 if kept else waited), waited_seconds=waited,
+            terminated_sessions=swap.terminated, old_copy=swap.retired_as if keep_old else None,
+            old_copy_keep_until=keep_until, safety_backup_id=safety_id,
+            confirmation=confirmation_line(confirmation) if confirmation else None,
+        )
+        report_restore(report)
+        mail_restore_done(report)  # only when mail is configured
+        return completed(report, restored_line(report))
 
 
 def _counted_and_proven(conn: PostgresConnection, plan: RestorePlan, work_file: Path,

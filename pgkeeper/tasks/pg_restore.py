@@ -17,6 +17,7 @@ from psycopg import sql
 from pgkeeper import pgtools
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.errors import RepositoryError
+from pgkeeper.load_session import pgoptions
 from pgkeeper.manifest import StoredFile
 from pgkeeper.tasks.checksum import checked_chunks
 
@@ -37,28 +38,32 @@ def materialize_dump(source: BinaryIO, file: StoredFile, compression: str, dest:
 
 
 def pg_restore_into(conn: PostgresConnection, archive: Path, database: str, jobs: int = 2,
-                    no_owner: bool = False, role: str | None = None, timeout: float = 6 * 3600) -> float:
+                    no_owner: bool = False, role: str | None = None, timeout: float = 6 * 3600,
+                    options: dict[str, str] | None = None) -> float:
     """Restore `archive` into the existing empty `database`; return the seconds it took.
 
     By default objects get their original owners and GRANTs (the roles must exist). With
     `no_owner`, ownership and GRANTs are left out and everything is created as `role` (the
     database's owner), never silently as the superuser we connect as; public_revokes()
     then keeps what the backup had revoked from PUBLIC. --exit-on-error: a partial restore is a
-    failed restore.
+    failed restore. `options`: settings for pg_restore's sessions (PGOPTIONS, load_session.py).
     """
+    env = conn.libpq_env(database)
+    if options:
+        env["PGOPTIONS"] = pgoptions(options)
     if no_owner and role:
-        return _restore_as_owner(conn, archive, database, jobs, role, timeout)
+        return _restore_as_owner(conn, env, archive, database, jobs, role, timeout)
     argv = [pgtools.tool("pg_restore"), "-w", "--exit-on-error", f"--jobs={max(jobs, 1)}",
             f"--dbname={database}"]
     if no_owner:
         argv += ["--no-owner", "--no-privileges"]
-    return _run_pg_restore(conn, [*argv, str(archive)], database, timeout)
+    return _run_pg_restore(env, [*argv, str(archive)], timeout)
 
 
-def _run_pg_restore(conn: PostgresConnection, argv: list[str], database: str, timeout: float) -> float:
+def _run_pg_restore(env: dict[str, str], argv: list[str], timeout: float) -> float:
     started = time.monotonic()
     with tempfile.TemporaryFile() as err, pgtools.child(
-            argv, env=conn.libpq_env(database), timeout=timeout,
+            argv, env=env, timeout=timeout,
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err) as proc:
         proc.wait()
         err.seek(0)
@@ -77,8 +82,8 @@ def _entry_kind(line: str) -> str:
     return parts[3] if len(parts) == 4 else ""
 
 
-def _restore_as_owner(conn: PostgresConnection, archive: Path, database: str, jobs: int, role: str,
-                      timeout: float) -> float:
+def _restore_as_owner(conn: PostgresConnection, env: dict[str, str], archive: Path, database: str, jobs: int,
+                      role: str, timeout: float) -> float:
     """Restore without owners or GRANTs, everything created as `role`, in three passes.
 
     Extensions and the schemas they go into are created as the superuser we connect as (an
@@ -99,7 +104,7 @@ def _restore_as_owner(conn: PostgresConnection, archive: Path, database: str, jo
             return str(path)
 
         if first:
-            seconds += _run_pg_restore(conn, [*base, "-L", listed("first", first), str(archive)], database, timeout)
+            seconds += _run_pg_restore(env, [*base, "-L", listed("first", first), str(archive)], timeout)
         with conn.connect(database=database, autocommit=True) as c:
             for e in first:
                 kind = _entry_kind(e)
@@ -112,10 +117,10 @@ def _restore_as_owner(conn: PostgresConnection, archive: Path, database: str, jo
         last = [e for e in entries if _entry_kind(e).startswith("TABLE DATA ")
                 and " ".join(_entry_kind(e).split(" ")[2:4]) in config]
         rest = [e for e in entries if e not in first and e not in last]
-        seconds += _run_pg_restore(conn, [*base, f"--jobs={max(jobs, 1)}", f"--role={role}", "-L",
-                                          listed("rest", rest), str(archive)], database, timeout)
+        seconds += _run_pg_restore(env, [*base, f"--jobs={max(jobs, 1)}", f"--role={role}", "-L",
+                                          listed("rest", rest), str(archive)], timeout)
         if last:
-            seconds += _run_pg_restore(conn, [*base, "-L", listed("last", last), str(archive)], database, timeout)
+            seconds += _run_pg_restore(env, [*base, "-L", listed("last", last), str(archive)], timeout)
     return seconds
 
 

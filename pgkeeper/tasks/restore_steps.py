@@ -20,7 +20,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from pgkeeper import dbprops, pgdb, pgtools, roles
+from pgkeeper import dbprops, load_session, pgdb, pgtools, roles
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups, of_one_server, resolve_backup
@@ -364,7 +364,8 @@ def restore_shadow(conn: PostgresConnection, plan: RestorePlan, work_file: Path,
     operator decides whether to spend another full restore.
     """
     seconds = pg_restore_into(conn, work_file, plan.shadow, jobs=jobs, no_owner=not plan.keep_ownership,
-                              role=plan.owner, timeout=timeout)
+                              role=plan.owner, timeout=timeout, options=load_session.LOAD_SETTINGS)
+    load_session.make_durable(conn, plan.shadow)  # pg_restore committed asynchronously: flushed here
     logger = get_run_logger()
     if not plan.keep_ownership:
         revokes = public_revokes(work_file)

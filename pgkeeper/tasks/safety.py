@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from prefect import task
+from prefect import tags, task
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
+
+from pgkeeper.runinfo import RUN_TAG
 
 PRE_RESTORE_LABELS = ["pre-restore"]
 
@@ -21,8 +23,12 @@ PRE_RESTORE_LABELS = ["pre-restore"]
 @task(name="safety-backup", cache_policy=NO_CACHE)
 def safety_backup(backup_flow: Callable[..., Any], params: dict[str, Any]) -> str:
     """Run the backup flow (a subflow of this task) on the target; its backup id. The backup flow
-    verifies its file reads back before it writes the manifest, so an id means a proven backup."""
-    return backup_flow(**params, labels=PRE_RESTORE_LABELS).backup_id
+    verifies its file reads back before it writes the manifest, so an id means a proven backup.
+
+    The restore's task runs are untagged (runinfo.untagged_tasks); the backup flow run gets the
+    `pgkeeper` tag back here, so its failure still matches the failure automation."""
+    with tags(RUN_TAG):
+        return backup_flow(**params, labels=PRE_RESTORE_LABELS).backup_id
 
 
 def start_safety_backup(backup_flow: Callable[..., Any], **params: Any) -> PrefectFuture[str]:
