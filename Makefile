@@ -31,8 +31,8 @@ test: $(STAMP)
 	$(BIN)/ruff check pgkeeper tests benchmarks
 	# Two workers, whole files each (a file's tests share clusters and servers), the longest files first
 	# (tests/conftest.py SLOWEST_FIRST). 1644 s in the last CI run before that; 1226 s (20 min) on 2026-11-30 on an
-	# otherwise idle 2-core box, still over the 15-minute goal: the fleet on two netns hosts (test_fleet_pool, ~7 min
-	# of one worker), service and alerting files dominate; see docs/performance.md section 6.
+	# otherwise idle 2-core box, 1332 s in CI, still over the 15-minute goal. CPU-bound (98 % of both cores; -n 3 took
+	# 1251 s, no gain): process start-ups dominate; see docs/performance.md section 6.
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 # Stops the demo's PostgreSQL and Prefect server, then asks whether to remove the demo directory
