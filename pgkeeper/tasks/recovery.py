@@ -183,29 +183,18 @@ def _chown_tree(path: Path) -> None:
             os.chown(os.path.join(root, name), *ids, follow_symlinks=False)
 
 
-_probe: threading.Thread | None = None
-
-
 def find_restore_command() -> None:
     """Start finding how the server user runs pgkeeper (pgkeeper_command: one or two Python starts
-    as that user, about half a second) on a thread, beside the unpack; configure_recovery joins it."""
-    global _probe
-    if _probe is None:
-        _probe = threading.Thread(target=_probe_command, name="pgkeeper-command-probe", daemon=True)
-        _probe.start()
+    as that user, about half a second) on a thread, beside the unpack; configure_recovery's
+    restore_command then takes its answer (or waits for it)."""
+    threading.Thread(target=_probe_quietly, name="pgkeeper-command-probe", daemon=True).start()
 
 
-def _probe_command() -> None:
+def _probe_quietly() -> None:
     try:
         pgkeeper_command()
     except Exception:  # noqa: BLE001 - configure_recovery asks again and reports it
         pass
-
-
-def _restore_command(cfg_path: Path) -> str:
-    if _probe is not None:
-        _probe.join()  # pgkeeper_command is cached: the thread's answer, or the error again
-    return restore_command(cfg_path)
 
 
 @task(name="restore-base-backup", cache_policy=NO_CACHE)
@@ -338,7 +327,7 @@ def configure_recovery(data_dir: str, walcfg: walconfig.WalConfig, target: Recov
                                      fetch_queue=str(secrets_dir / FETCH_QUEUE_NAME))
     cfg_path = walconfig.write(secrets_dir / WAL_CONFIG_NAME, server_cfg, ids,
                                credentials_file=secrets_dir / "s3-credentials.json")
-    command = _restore_command(cfg_path)
+    command = restore_command(cfg_path)
     settings = {"port": str(port), "restore_command": conf_quote(command), **target.settings()}
     if not keep_archiving:
         settings["archive_mode"] = "'off'"

@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 import sysconfig
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -30,9 +31,25 @@ def _runs_as(user: str, argv: list[str]) -> bool:
     return r.returncode == 0
 
 
-@cache
+_probing = threading.Lock()
+
+
 def pgkeeper_command(user: str = SERVER_USER) -> str:
-    """A shell prefix that runs the pgkeeper CLI as `user`."""
+    """A shell prefix that runs the pgkeeper CLI as `user`. Probed once per user (one or two
+    Python starts as that user); a caller arriving while another thread probes waits for its
+    answer instead of probing again (pitr probes beside its unpack)."""
+    with _probing:
+        return _probe_command(user)
+
+
+def forget_pgkeeper_command() -> None:
+    """Probe again next time (after `wal-setup --apply` installed a copy the user can run)."""
+    with _probing:
+        _probe_command.cache_clear()
+
+
+@cache
+def _probe_command(user: str) -> str:
     script = Path(sys.executable).parent / "pgkeeper"
     probe = ["wal-push", "--help"]
     if script.exists() and (not as_server_user(user) or _runs_as(user, [str(script), *probe])):

@@ -75,7 +75,7 @@ def provide_runtime(user: str = SERVER_USER) -> Path | None:
 
     Only as root (otherwise the server runs as us and can run what we run).
     """
-    from pgkeeper.wal.command import pgkeeper_command
+    from pgkeeper.wal.command import forget_pgkeeper_command, pgkeeper_command
     from pgkeeper.wal.runtime import install_runtime
 
     if server_ids(user) is None:
@@ -85,6 +85,6 @@ def provide_runtime(user: str = SERVER_USER) -> Path | None:
         return None
     except PgkeeperError:
         path = install_runtime()
-        pgkeeper_command.cache_clear()
+        forget_pgkeeper_command()
         pgkeeper_command(user)  # raises the one-line reason if even the copy cannot run
         return path
