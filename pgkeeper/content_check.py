@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -102,9 +102,16 @@ class EntryHashes:
             self._digest.update(b"owner " + owner + b"\n")
 
 
-def _hash_tool_output(argv: Sequence[str], env: dict[str, str], hashes: EntryHashes, timeout: float) -> None:
+# Told about each pg_dump a reading starts, so that it can be stopped from another thread.
+OnChild = Callable[[pgtools.Child], None]
+
+
+def _hash_tool_output(argv: Sequence[str], env: dict[str, str], hashes: EntryHashes, timeout: float,
+                      on_child: OnChild | None = None) -> None:
     with pgtools.child(argv, env=env, timeout=timeout, stdin=subprocess.DEVNULL,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        if on_child is not None:
+            on_child(proc)
         err: list[bytes] = []
         drain = threading.Thread(target=lambda: err.append(proc.proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
         drain.start()
@@ -127,7 +134,8 @@ def archive_entries(archive: Path, section: str, owners: bool = True, timeout: f
 
 
 def database_entries(conn: PostgresConnection, database: str, section: str, settings: dict[str, str],
-                     owners: bool = True, timeout: float = 6 * 3600, extra: Sequence[str] = ()) -> dict[str, str]:
+                     owners: bool = True, timeout: float = 6 * 3600, extra: Sequence[str] = (),
+                     on_child: OnChild | None = None) -> dict[str, str]:
     """Entry hashes of `database` as pg_dump writes it, in a session formatting values as the
     backup's pg_dump did (`settings`: TimeZone, bytea_output, ...). `extra`: more pg_dump options."""
     argv = [pgtools.tool("pg_dump"), "-w", f"--{section}-only", *extra]
@@ -140,7 +148,7 @@ def database_entries(conn: PostgresConnection, database: str, section: str, sett
     if options:
         env["PGOPTIONS"] = " ".join(options)
     hashes = EntryHashes(keep_owner_in_content=owners)
-    _hash_tool_output(argv, env, hashes, timeout)
+    _hash_tool_output(argv, env, hashes, timeout, on_child)
     return hashes.entries
 
 
@@ -174,19 +182,19 @@ def _pattern(schema: str, table: str) -> str:
 
 
 def database_data_entries(conn: PostgresConnection, database: str, settings: dict[str, str], owners: bool = True,
-                          timeout: float = 6 * 3600) -> dict[str, str]:
+                          timeout: float = 6 * 3600, on_child: OnChild | None = None) -> dict[str, str]:
     """database_entries(..., "data", ...), read by two pg_dump sessions side by side when the
     database is large: one takes the heaviest tables (`--table`), the other everything else
     (`--exclude-table-data` of those). The same entries come out, hashed the same way; an entry
     both write (the sequences a heavy table owns) must hash alike in both."""
     heavy = heavy_tables(conn, database)
     if not heavy:
-        return database_entries(conn, database, "data", settings, owners, timeout)
+        return database_entries(conn, database, "data", settings, owners, timeout, on_child=on_child)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="data-entries") as pool:
         split = pool.submit(database_entries, conn, database, "data", settings, owners, timeout,
-                            [f"--table={p}" for p in heavy])
+                            [f"--table={p}" for p in heavy], on_child)
         entries = database_entries(conn, database, "data", settings, owners, timeout,
-                                   [f"--exclude-table-data={p}" for p in heavy])
+                                   [f"--exclude-table-data={p}" for p in heavy], on_child)
         for key, digest in split.result().items():
             entries[key] = digest if entries.get(key, digest) == digest else "differs between two reads"
     return entries
@@ -238,19 +246,83 @@ class ArchiveReading:
         return self.schema, self.data
 
 
+class DataReading:
+    """The database's data entries (database_data_entries), read in a background thread once
+    start() is called: a restore starts it as soon as its data section is loaded, so that the
+    read runs beside the index and constraint builds of the post-data section (see
+    tasks/pg_restore.py for when that is safe). Not started, prove_content reads the data itself,
+    after the restore, as it always did."""
+
+    def __init__(self, conn: PostgresConnection, database: str, settings: dict[str, str],
+                 owners: bool = True) -> None:
+        self._args = (conn, database, settings, owners)
+        self._entries: dict[str, str] = {}
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._children: list[pgtools.Child] = []
+        self._lock = threading.Lock()
+        self._stopped = False
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
+    def start(self) -> None:
+        if self._thread is None and not self._stopped:
+            self._thread = threading.Thread(target=self._run, name="shadow-data-entries", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._entries = database_data_entries(*self._args, on_child=self._register)
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def _register(self, child: pgtools.Child) -> None:
+        with self._lock:
+            self._children.append(child)
+            if self._stopped:
+                child.kill()
+
+    def result(self) -> dict[str, str]:
+        """The entries; raises what the read raised (as an unstarted proof's own read would)."""
+        assert self._thread is not None
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._entries
+
+    def stop(self) -> None:
+        """Stop a read whose result nobody will use (the restore failed): its pg_dumps are killed
+        and waited for, so none is left connected to a database about to be dropped."""
+        with self._lock:
+            self._stopped = True
+            for child in self._children:
+                child.kill()
+        if self._thread is not None:
+            self._thread.join()
+
+
 def prove_content(conn: PostgresConnection, database: str, archive: Path, props: DatabaseProperties | None,
-                  settings: dict[str, str], owners: bool = True, reading: ArchiveReading | None = None) -> list[str]:
+                  settings: dict[str, str], owners: bool = True, reading: ArchiveReading | None = None,
+                  data_reading: DataReading | None = None) -> list[str]:
     """Every difference between `database` and the backup `archive`: schema and grants, data, and
     the database's own properties. Empty means the restore gave back what was there.
 
     Data is compared only when the manifest says how pg_dump's session formatted values (backups
-    made before it did are compared by schema and counts)."""
+    made before it did are compared by schema and counts). `data_reading`: the database's data
+    side, when a started DataReading already reads it."""
     reading = reading or ArchiveReading(archive, owners)
     # The schema dump runs beside the data dump: two read-only pg_dump sessions, and the schema
     # one is short, so it costs no wall time (it used to run first, on its own).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="schema-entries") as pool:
         schema_future = pool.submit(database_entries, conn, database, "schema", settings, owners)
-        data = database_data_entries(conn, database, settings, owners) if settings else None
+        if not settings:
+            data = None
+        elif data_reading is not None and data_reading.started:
+            data = data_reading.result()
+        else:
+            data = database_data_entries(conn, database, settings, owners)
         schema = schema_future.result()
     want_schema, want_data = reading.result()
     diffs = entry_differences(want_schema, schema, "schema of")

@@ -52,6 +52,7 @@ from pgkeeper.tasks.restore_steps import (
     resolve_restore,
     restore_shadow,
     restore_slot,
+    shadow_data_reading,
     start_archive_reading,
     unchanged_line,
 )
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pgkeeper.blocks.postgres import PostgresConnection
-    from pgkeeper.content_check import ArchiveReading
+    from pgkeeper.content_check import ArchiveReading, DataReading
 
 CONFIRM_POLL_SECONDS = 2
 EXPIRY_GRACE_SECONDS = 600  # for a worker to pick up the run that ends an unanswered wait
@@ -173,6 +174,7 @@ def restore(
         waited = 0.0
         safety_id = None
         safety = None
+        shadow_data = None
         try:
             work_file = fetch_backup(repo, plan)
             toc = check_readable(plan, work_file)
@@ -219,14 +221,18 @@ def restore(
                                                  backup_dir=backup_dir)
 
                 reading = start_archive_reading(plan, work_file)  # the content proof's archive side, meanwhile
-                restore_seconds = restore_shadow(conn, plan, work_file, jobs, repo.dump_timeout_seconds)
-                tables = _counted_and_proven(conn, plan, work_file, reading)
+                # Its shadow side, started by restore_shadow once the data section is in (beside post-data).
+                shadow_data = shadow_data_reading(conn, plan)
+                restore_seconds = restore_shadow(conn, plan, work_file, jobs, repo.dump_timeout_seconds, shadow_data)
+                tables = _counted_and_proven(conn, plan, work_file, reading, shadow_data)
                 safety_id = safety_result(safety)  # the swap waits for it; a failed one stops the restore here
                 swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id,
                                        keep_old_hours, plan.properties.comment if plan.properties else None)
         except BaseException as exc:
             if isinstance(exc, Exception):
                 wait_quietly(safety)
+            if shadow_data is not None:
+                shadow_data.stop()  # no pg_dump of ours left reading the shadow that is dropped next
             dropped = _drop_quietly(conn, plan.shadow) if shadow_started else True
             if not isinstance(exc, Exception):
                 raise
@@ -263,14 +269,14 @@ def restore(
 
 
 def _counted_and_proven(conn: PostgresConnection, plan: RestorePlan, work_file: Path,
-                        reading: ArchiveReading) -> dict[str, int]:
+                        reading: ArchiveReading, shadow_data: DataReading | None = None) -> dict[str, int]:
     """Row counts against the manifest, and the content proof, side by side: both only read the
     shadow, and the proof's pg_dump is the long one, so the counts cost no wall time. Both are
     always waited for (nothing of ours still reads the shadow when the flow drops it), and a count
     that differs is the error named, as when the counts ran first."""
     counting = check_counts.submit(conn, plan.shadow, plan)
     try:
-        check_content(conn, plan.shadow, plan, work_file, reading)
+        check_content(conn, plan.shadow, plan, work_file, reading, shadow_data)
     except BaseException as exc:
         counting.wait()
         if isinstance(exc, Exception):

@@ -2,13 +2,30 @@
 
 The stored file is decompressed (checksum-checked on the same pass) into a local work file,
 because pg_restore -j needs a seekable archive.
+
+A parallel restore can say when its data section is loaded (`on_data_loaded`): pg_restore -v
+names each item it finishes, and once every item of the data section is finished the tables'
+contents are final (the post-data section builds indexes, constraints and triggers; none of it
+changes a row). The caller then reads the data back beside the post-data section. That reader
+only ever takes ACCESS SHARE locks (pg_dump); such a lock conflicts only with ACCESS EXCLUSIVE,
+so a post-data statement can wait for the reader (an `ADD PRIMARY KEY` does) and the reader
+for a running statement, but a deadlock needs one restore transaction holding ACCESS EXCLUSIVE
+on one relation while waiting for it on another. The archive is watched only when every
+post-data entry is of a kind that locks one relation that way at most (OVERLAP_POST_DATA_KINDS:
+indexes, one table's constraints, triggers, foreign keys, which take SHARE ROW EXCLUSIVE, and
+comments and grants), and not at all for partitioned tables, whose statements can recurse to
+the partitions; anything else (a REFRESH MATERIALIZED VIEW, a policy, a rule, a NOT VALID
+check) restores as before and is read after the whole restore. Neither side has a lock timeout
+(pg_restore and pg_dump both set lock_timeout = 0), so a wait ends when the other side is done.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,9 +54,20 @@ def materialize_dump(source: BinaryIO, file: StoredFile, compression: str, dest:
     return dest
 
 
+# What the data section of a pg_dump archive holds, and the post-data entries that may run while
+# the data is read back (each takes ACCESS EXCLUSIVE on one relation at most; see above).
+DATA_KINDS = ("TABLE DATA", "SEQUENCE SET", "BLOBS")
+OVERLAP_POST_DATA_KINDS = ("INDEX", "CONSTRAINT", "FK CONSTRAINT", "TRIGGER", "COMMENT", "ACL", "SECURITY LABEL")
+_PARTITIONING_KINDS = ("TABLE ATTACH", "INDEX ATTACH")
+# The workers and the leader share stderr and pg_restore writes its "pg_restore: " prefix apart
+# from the message, so a message may follow another process's prefix, or start a line without one.
+_FINISHED = re.compile(rb"^(?:pg_restore: )*finished item (\d+) ")
+
+
 def pg_restore_into(conn: PostgresConnection, archive: Path, database: str, jobs: int = 2,
                     no_owner: bool = False, role: str | None = None, timeout: float = 6 * 3600,
-                    options: dict[str, str] | None = None) -> float:
+                    options: dict[str, str] | None = None,
+                    on_data_loaded: Callable[[], None] | None = None) -> float:
     """Restore `archive` into the existing empty `database`; return the seconds it took.
 
     By default objects get their original owners and GRANTs (the roles must exist). With
@@ -47,6 +75,9 @@ def pg_restore_into(conn: PostgresConnection, archive: Path, database: str, jobs
     database's owner), never silently as the superuser we connect as; public_revokes()
     then keeps what the backup had revoked from PUBLIC. --exit-on-error: a partial restore is a
     failed restore. `options`: settings for pg_restore's sessions (PGOPTIONS, load_session.py).
+    `on_data_loaded`: called (once, from this thread) when every item of the data section is
+    loaded, if the restore is parallel and its post-data section allows a reader beside it (see
+    the module's docstring); not called otherwise.
     """
     env = conn.libpq_env(database)
     if options:
@@ -57,7 +88,11 @@ def pg_restore_into(conn: PostgresConnection, archive: Path, database: str, jobs
             f"--dbname={database}"]
     if no_owner:
         argv += ["--no-owner", "--no-privileges"]
-    return _run_pg_restore(env, [*argv, str(archive)], timeout)
+    data_items = overlap_data_items(archive, timeout) if on_data_loaded is not None and jobs > 1 else None
+    if data_items is None:
+        return _run_pg_restore(env, [*argv, str(archive)], timeout)
+    assert on_data_loaded is not None
+    return _run_watched(env, [*argv, "--verbose", str(archive)], timeout, data_items, on_data_loaded)
 
 
 def _run_pg_restore(env: dict[str, str], argv: list[str], timeout: float) -> float:
@@ -71,8 +106,48 @@ def _run_pg_restore(env: dict[str, str], argv: list[str], timeout: float) -> flo
     return time.monotonic() - started
 
 
-def _toc_entries(archive: Path, timeout: float) -> list[str]:
-    listing = pgtools.run([pgtools.tool("pg_restore"), "--list", str(archive)], timeout=timeout)
+def _run_watched(env: dict[str, str], argv: list[str], timeout: float, data_items: set[str],
+                 on_data_loaded: Callable[[], None]) -> float:
+    """pg_restore --verbose, its stderr read line by line: `finished item N` of the last data item
+    calls on_data_loaded. All of stderr is kept for the error message (last_line picks the error)."""
+    started = time.monotonic()
+    left = set(data_items)
+    with tempfile.TemporaryFile() as err, pgtools.child(
+            argv, env=env, timeout=timeout, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE) as proc:
+        assert proc.proc.stderr is not None
+        for raw in proc.proc.stderr:
+            err.write(raw)
+            found = _FINISHED.match(raw)
+            if found and left:
+                left.discard(found.group(1).decode())
+                if not left:
+                    on_data_loaded()
+        err.seek(0)
+        proc.check(err.read(), timeout)
+    return time.monotonic() - started
+
+
+def overlap_data_items(archive: Path, timeout: float = 600) -> set[str] | None:
+    """The dump ids of the archive's data section, when every entry of its post-data section may
+    run beside a reader of the data (OVERLAP_POST_DATA_KINDS) and no table is partitioned; else
+    None. Listed by pg_restore itself (`--section`), as it will restore them."""
+    data = _toc_entries(archive, timeout, "--section=data")
+    post = _toc_entries(archive, timeout, "--section=post-data")
+    kinds = [_entry_kind(e) for e in post]
+    if not data or any(not k.startswith(OVERLAP_POST_DATA_KINDS) or k.startswith(_PARTITIONING_KINDS)
+                       for k in kinds):
+        return None
+    if any(not _entry_kind(e).startswith(DATA_KINDS) for e in data):
+        return None
+    pre = _toc_entries(archive, timeout, "--section=pre-data")
+    if any(_entry_kind(e).startswith(_PARTITIONING_KINDS) for e in pre):
+        return None
+    return {e.split(";", 1)[0].strip() for e in data}
+
+
+def _toc_entries(archive: Path, timeout: float, *options: str) -> list[str]:
+    listing = pgtools.run([pgtools.tool("pg_restore"), "--list", *options, str(archive)], timeout=timeout)
     return [ln for ln in listing.splitlines() if ln and not ln.startswith(";")]
 
 

@@ -24,7 +24,7 @@ from pgkeeper import dbprops, load_session, pgdb, pgtools, roles
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.catalog import list_backups, of_one_server, resolve_backup
-from pgkeeper.content_check import ArchiveReading, prove_content
+from pgkeeper.content_check import ArchiveReading, DataReading, prove_content
 from pgkeeper.errors import BadName, IntegrityError, NotFound, PgkeeperError, RepositoryError, RestoreFailed
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.liveness import claim_dir, clear_dead_dirs
@@ -355,17 +355,43 @@ def prepare_shadow(conn: PostgresConnection, plan: RestorePlan) -> None:
     create_shadow(conn, plan.shadow, plan.properties, plan.owner, str(flow_run.id or "") or None)
 
 
+def shadow_data_reading(conn: PostgresConnection, plan: RestorePlan) -> DataReading | None:
+    """The content proof's read of the shadow's data, to be started by restore_shadow as soon as
+    the data section is loaded, beside the post-data section; None where it must wait for the
+    whole restore as before: no data to compare (an old manifest), a restore without owners (its
+    own passes), or database settings that apply_after_restore sets only after pg_restore (a
+    database's client_encoding, say, changes what pg_dump writes; the reader connects before)."""
+    props = plan.properties
+    if not plan.dump_settings or not plan.keep_ownership or (props and (props.settings or props.role_settings)):
+        return None
+    return DataReading(conn, plan.shadow, plan.dump_settings, owners=plan.keep_ownership)
+
+
 @task(name="restore-shadow", cache_policy=NO_CACHE)
-def restore_shadow(conn: PostgresConnection, plan: RestorePlan, work_file: Path, jobs: int, timeout: float) -> float:
+def restore_shadow(conn: PostgresConnection, plan: RestorePlan, work_file: Path, jobs: int, timeout: float,
+                   shadow_data: DataReading | None = None) -> float:
     """pg_restore into the shadow, then the database's own settings, ACL and connection limit
     (after: a `default_transaction_read_only` or a REVOKE CONNECT would stop pg_restore itself).
+    `shadow_data` (shadow_data_reading) is started when pg_restore has loaded the data section,
+    where the archive allows it (tasks/pg_restore.py); on a failure here it is stopped.
 
     Not retried on its own: a half-done shadow is dropped by the flow and the run fails, so an
     operator decides whether to spend another full restore.
     """
-    seconds = pg_restore_into(conn, work_file, plan.shadow, jobs=jobs, no_owner=not plan.keep_ownership,
-                              role=plan.owner, timeout=timeout, options=load_session.LOAD_SETTINGS)
-    load_session.make_durable(conn, plan.shadow)  # pg_restore committed asynchronously: flushed here
+    try:
+        seconds = pg_restore_into(conn, work_file, plan.shadow, jobs=jobs, no_owner=not plan.keep_ownership,
+                                  role=plan.owner, timeout=timeout, options=load_session.LOAD_SETTINGS,
+                                  on_data_loaded=shadow_data.start if shadow_data else None)
+        load_session.make_durable(conn, plan.shadow)  # pg_restore committed asynchronously: flushed here
+        _after_pg_restore(conn, plan, work_file, seconds)
+    except BaseException:
+        if shadow_data is not None:
+            shadow_data.stop()
+        raise
+    return seconds
+
+
+def _after_pg_restore(conn: PostgresConnection, plan: RestorePlan, work_file: Path, seconds: float) -> None:
     logger = get_run_logger()
     if not plan.keep_ownership:
         revokes = public_revokes(work_file)
@@ -380,7 +406,6 @@ def restore_shadow(conn: PostgresConnection, plan: RestorePlan, work_file: Path,
         if skipped:
             logger.warning("not applied (roles missing here): %s", "; ".join(skipped))
     logger.info("restored %s into shadow database %s in %s", plan.backup_id, plan.shadow, human_seconds(seconds))
-    return seconds
 
 
 @task(name="check-counts", cache_policy=NO_CACHE, **RETRYABLE)
@@ -404,12 +429,13 @@ def start_archive_reading(plan: RestorePlan, work_file: Path) -> ArchiveReading:
 
 @task(name="check-content", cache_policy=NO_CACHE)
 def check_content(conn: PostgresConnection, database: str, plan: RestorePlan, work_file: Path,
-                  reading: ArchiveReading | None = None) -> list[str]:
+                  reading: ArchiveReading | None = None, shadow_data: DataReading | None = None) -> list[str]:
     """The shadow holds the backup's schema, grants and data (pg_dump of it equals the archive,
     entry by entry) and the database's properties; a difference fails naming what differs.
-    `reading`: the archive's side, started earlier by start_archive_reading (else read here)."""
+    `reading`: the archive's side, started earlier by start_archive_reading (else read here);
+    `shadow_data`: the shadow's data side, if restore_shadow started it (else read here)."""
     diffs = prove_content(conn, database, work_file, plan.properties, plan.dump_settings,
-                          owners=plan.keep_ownership, reading=reading)
+                          owners=plan.keep_ownership, reading=reading, data_reading=shadow_data)
     if diffs:
         more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
         raise IntegrityError(f"{database} does not match backup {plan.backup_id}: {'; '.join(diffs[:3])}{more}")
