@@ -157,6 +157,9 @@ def heavy_tables(conn: PostgresConnection, database: str) -> list[str]:
     table data: a second data dump takes them. Empty when splitting would not pay (a small
     database, or one table holding nearly everything)."""
     with conn.connect(database=database, autocommit=True) as c:
+        # pg_table_size takes ACCESS SHARE, which may wait for a post-data statement still running
+        # (DataReading): as pg_dump does, no timeout of the database's or role's ends that wait.
+        c.execute("SET lock_timeout = 0; SET statement_timeout = 0")
         rows = c.execute(
             "SELECT n.nspname, c.relname, pg_catalog.pg_table_size(c.oid) FROM pg_catalog.pg_class c"
             " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"

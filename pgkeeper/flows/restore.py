@@ -1,7 +1,8 @@
 """The restore flow: resolve → fetch → prove readable → confirm → safety backup (beside the shadow
-restore) → shadow restore → count and prove the content (side by side) → swap → check the swap →
-report. Nothing destructive happens before the swap, and the swap is a single transaction; any
-failure leaves the target as it was and says so.
+restore) → shadow restore (the proof's read of its data starts beside the post-data section) →
+count and prove the content (side by side) → swap → check the swap → report. Nothing destructive
+happens before the swap, and the swap is a single transaction; any failure leaves the target as
+it was and says so.
 """
 
 from __future__ import annotations
