@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import psycopg
@@ -109,3 +110,26 @@ def test_a_row_changed_after_the_data_section_is_still_caught(pg, crm_db, env, r
         assert leftovers(pg, copy) == []
     finally:
         drop_database(pg, copy)
+
+
+def test_a_stopped_read_leaves_no_pg_dump_on_the_database(pg, crm_db, conn):
+    """After a failed restore the read is stopped before the shadow is dropped: its pg_dumps are
+    killed and waited for, whether stopped before, during or after they started."""
+    from pgkeeper.content_check import DataReading
+    from tests.helpers import wait_for
+
+    def ours() -> int:
+        with psycopg.connect(pg.conninfo()) as c:
+            return c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = "
+                             "'pgkeeper'", (crm_db,)).fetchone()[0]
+
+    for delay in (0.0, 0.05, 0.3):
+        reading = DataReading(conn, crm_db, {"TimeZone": "UTC"})
+        reading.start()
+        time.sleep(delay)
+        reading.stop()
+        wait_for(lambda: ours() == 0, 30, "the stopped pg_dump's session to end")
+    never = DataReading(conn, crm_db, {"TimeZone": "UTC"})
+    never.stop()
+    never.start()  # after stop(): nothing starts
+    assert not never.started
