@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import uuid
 from pathlib import Path
 
@@ -207,6 +206,3 @@ def test_a_run_adopts_only_what_it_would_have_chosen(tmp_path):
     assert not same_choice(early, block, BackupRepository(path=str(tmp_path), compression="gzip"))
     assert "pw" not in repr(plain)
 
-
-def test_the_held_slot_thread_is_not_left_behind() -> None:
-    assert not [t for t in threading.enumerate() if t.name == "early-slot-lease"]
