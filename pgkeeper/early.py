@@ -45,7 +45,6 @@ if TYPE_CHECKING:
     from pgkeeper.repository import PlainRepository, RepositoryVerbs
     from pgkeeper.serverinfo import ServerInfo
 
-SWITCH = "PGKEEPER_EARLY_START"  # "0": never start early
 CONNECTION_SLUG = "pgkeeper-postgres-connection"
 REPOSITORY_SLUG = "pgkeeper-backup-repository"
 RENEW_EVERY_S = LEASE_SECONDS / 3
@@ -200,7 +199,9 @@ def start_backup(args: argparse.Namespace, api_url: str) -> EarlyBackup | None:
     """Begin `pgkeeper backup` before Prefect is imported when the run is sure to choose the same
     connection and repository; None (today's path) otherwise. See the module's docstring."""
     global _pending
-    if os.environ.get(SWITCH, "1").strip() == "0" or os.environ.get("PREFECT_API_URL") != api_url:
+    from pgkeeper.settings import early_start_enabled
+
+    if not early_start_enabled() or os.environ.get("PREFECT_API_URL") != api_url:
         return None  # an API from a Prefect profile may carry credentials only Prefect reads
     if args.connection_block or args.repository_block or not (args.backup_dir or os.environ.get("BACKUP_DIR")):
         return None
