@@ -168,7 +168,10 @@ def _error_of(outcome: dict[str, Any]) -> Exception:
         return ToolFailed("the early pg_dump stream ended without a result")
     kind = getattr(errors, outcome.get("error", ""), None)
     if isinstance(kind, type) and issubclass(kind, PgkeeperError):
-        return kind(outcome["message"], transient=outcome.get("transient"))
+        try:
+            return kind(outcome["message"], transient=outcome.get("transient"))
+        except TypeError:  # a kind with a constructor of its own
+            return kind(outcome["message"])
     return ToolFailed(f"the early pg_dump stream failed: {outcome.get('error')}: {outcome.get('message')}")
 
 

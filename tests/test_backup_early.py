@@ -206,3 +206,29 @@ def test_a_run_adopts_only_what_it_would_have_chosen(tmp_path):
     assert not same_choice(early, block, BackupRepository(path=str(tmp_path), compression="gzip"))
     assert "pw" not in repr(plain)
 
+
+
+def test_a_failed_early_stream_fails_the_run_and_leaves_nothing(pg, pg_env, crm_db, tmp_path):
+    """pg_dump killed while the command may still be importing Prefect: the run's dump step
+    reports it (one line, the command fails), and the claimed folder is removed."""
+    from tests.test_backup_faults import TableLock, pg_dump_pids
+
+    lock = TableLock(pg.conninfo(crm_db))  # pg_dump waits on it, where it can be hit
+    proc, report = probe(tmp_path, {**pg_env, "PGKEEPER_TASK_RETRIES": "0"}, background=True)
+    try:
+        for pid in wait_for(lambda: pg_dump_pids(crm_db), 120, "the early pg_dump"):
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        lock.release()
+        if proc.poll() is None and not report.exists():
+            try:
+                proc.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    _, err = proc.communicate()
+    seen = json.loads(report.read_text())
+    assert seen["forked"] and seen["adopted"] == seen["backup_id"]
+    assert seen["code"] != 0
+    errors = [ln for ln in err.splitlines() if ln.startswith("pgkeeper: error:")]
+    assert len(errors) == 1 and "pg_dump was killed by signal 9" in errors[0], err[-3000:]
+    assert listed(pg_env["BACKUP_DIR"]) == [] and folders(pg_env["BACKUP_DIR"]) == []
