@@ -18,12 +18,11 @@ from pgkeeper import settings
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.errors import BadName
+from pgkeeper.names import DEFAULT_CONNECTION_BLOCK as DEFAULT_CONNECTION_BLOCK
+from pgkeeper.names import DEFAULT_REPOSITORY_BLOCK as DEFAULT_REPOSITORY_BLOCK
 from pgkeeper.names import check_identifier
 from pgkeeper.repository import retention_fields
 from pgkeeper.tls import tls_from_env
-
-DEFAULT_CONNECTION_BLOCK = "pgkeeper-db"
-DEFAULT_REPOSITORY_BLOCK = "pgkeeper-repo"
 
 B = TypeVar("B", bound=Block)
 

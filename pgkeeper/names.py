@@ -15,6 +15,9 @@ from pgkeeper.errors import BadName
 
 LATEST = "latest"
 UNKNOWN_SERVER = "unknown"  # the server group of backups whose id does not name one
+# The blocks a run takes its settings from when no other block is named (pgkeeper setup saves them).
+DEFAULT_CONNECTION_BLOCK = "pgkeeper-db"
+DEFAULT_REPOSITORY_BLOCK = "pgkeeper-repo"
 _ID = re.compile(r"^backup_(\d{8})_(\d{6})(?:_([a-z0-9][a-z0-9-]{0,120}))?$")
 _HOST_MAX = 63
 # The old shell scripts named files backup_YYYYMMDD_HHMMSS.sql.gz; pgkeeper's own data files

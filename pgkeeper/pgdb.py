@@ -5,13 +5,17 @@ Names are always quoted with psycopg.sql.Identifier; nothing is formatted into S
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import psycopg
 from psycopg import sql
 
 from pgkeeper import dbprops
-from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.manifest import DatabaseProperties
 from pgkeeper.names import check_identifier
+
+if TYPE_CHECKING:
+    from pgkeeper.blocks.postgres import PostgresConnection
 
 MAINTENANCE_DB = "postgres"
 

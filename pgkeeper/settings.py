@@ -266,3 +266,9 @@ def tier_settings(env: Mapping[str, str] = os.environ) -> dict[str, object]:
     fields["retrieval_tier"] = retrieval
     fields["prices"] = prices(env)
     return fields
+
+
+def early_start_enabled(env: Mapping[str, str] = os.environ) -> bool:
+    """PGKEEPER_EARLY_START=0 keeps `pgkeeper backup` from starting its dump before Prefect is
+    imported (pgkeeper/early.py); on by default."""
+    return env.get("PGKEEPER_EARLY_START", "1").strip() != "0"

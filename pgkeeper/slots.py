@@ -31,9 +31,12 @@ LEASE_SECONDS = 60
 
 
 @contextmanager
-def one_at_a_time(name: str, timeout_seconds: float | None = None) -> Iterator[None]:
+def one_at_a_time(name: str, timeout_seconds: float | None = None,
+                  lease: dict[str, Any] | None = None) -> Iterator[None]:
     """Hold the single slot of limit `name`; waits while someone else holds it (TimeoutError
-    after timeout_seconds).
+    after timeout_seconds). `lease` is a lease on it this process already took (the answer of
+    increment-with-lease, as `pgkeeper backup`'s early start takes it before Prefect is
+    imported): it is held, renewed and given back from here on, as if taken here.
 
     What `prefect.concurrency.sync.concurrency(name, strict=True, lease_duration=60)` does, with
     the requests made on one client of this thread: Prefect's own starts a service thread with
@@ -42,12 +45,16 @@ def one_at_a_time(name: str, timeout_seconds: float | None = None) -> Iterator[N
     a lost lease ends the holder's work by Prefect's own `maintain_concurrency_lease`.
     """
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.responses import ConcurrencyLimitWithLeaseResponse
     from prefect.concurrency._events import emit_concurrency_acquisition_events, emit_concurrency_release_events
     from prefect.concurrency._leases import maintain_concurrency_lease
 
     with get_client(sync_client=True) as client:
-        _ensure_limit(client, name, 1)
-        granted = _acquire(client, name, timeout_seconds)
+        if lease is None:
+            _ensure_limit(client, name, 1)
+            granted = _acquire(client, name, timeout_seconds)
+        else:
+            granted = ConcurrencyLimitWithLeaseResponse.model_validate(lease)
         try:
             events = emit_concurrency_acquisition_events(granted.limits, 1)
             with maintain_concurrency_lease(granted.lease_id, LEASE_SECONDS, raise_on_lease_renewal_failure=True):
@@ -81,9 +88,10 @@ def _acquire(client: Any, name: str, timeout_seconds: float | None) -> Any:
 
 
 @contextmanager
-def backup_slot(database: str, server: str | None = None, timeout_seconds: float | None = None) -> Iterator[None]:
+def backup_slot(database: str, server: str | None = None, timeout_seconds: float | None = None,
+                lease: dict[str, Any] | None = None) -> Iterator[None]:
     """Hold the database's backup slot; waits while another backup of it runs."""
-    with one_at_a_time(database_limit_name(database, server), timeout_seconds):
+    with one_at_a_time(database_limit_name(database, server), timeout_seconds, lease):
         yield
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pgkeeper.cli.common import add_connection_args, add_repository_args, connection_params, repository_params
 
@@ -18,10 +19,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pgkeeper.local_server import ensure_api
 
-    ensure_api()
-    from pgkeeper.flows.backup import backup
+    url = ensure_api()
+    early = None
+    if "prefect" not in sys.modules:  # a fresh process: the dump can start while Prefect is imported
+        from pgkeeper.early import start_backup
 
-    state = backup(**connection_params(args), **repository_params(args), labels=args.label, return_state=True)
+        early = start_backup(args, url)
+    try:
+        from pgkeeper.flows.backup import backup
+
+        state = backup(**connection_params(args), **repository_params(args), labels=args.label, return_state=True)
+    finally:
+        if early is not None:
+            from pgkeeper.early import finish
+
+            finish(early)
     state.result()  # raises the run's error if it failed
     print(f"backup {state.message}")  # the run's final line: the backup, then upload and retention
     return 0

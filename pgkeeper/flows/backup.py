@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from prefect.states import State
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
+from pgkeeper.early import adopt as adopt_early
 from pgkeeper.flows.after_backup import after_backup
 from pgkeeper.flows.quick import flow
 from pgkeeper.fmt import contents, human_bytes, human_seconds
@@ -60,14 +61,20 @@ def backup(
         describe_run(f"backup {conn.database} {today()}" + (f" ({kind})" if kind != "backup" else ""),
                      [database_tag(conn.database), kind])
 
-        with backup_slot(conn.database, f"{conn.host}:{conn.port}"):  # never two backups of one database at once
-            info = preflight(conn, repo)
-            backup_id = begin_backup(repo, info.server_time, info.server)
+        # What `pgkeeper backup` began before this run existed (slot, preflight, id, stream), when
+        # it chose as this run does; its steps below then adopt it instead of starting anew.
+        early = adopt_early(conn, repo)
+        with backup_slot(conn.database, f"{conn.host}:{conn.port}",  # never two backups of one database at once
+                         lease=early.lease if early else None):
+            info = preflight(conn, repo, early)
+            backup_id = begin_backup(repo, info.server_time, info.server, early)
             try:
-                dumped = dump_database(conn, repo, backup_id, info.table_bytes)
+                dumped = dump_database(conn, repo, backup_id, info.table_bytes, early)
                 check = quick_verify(repo, backup_id, dumped.file, repo.compression, len(dumped.tables), dumped.toc)
                 manifest = write_manifest(repo, backup_id, info, dumped, check, labels or [])
             except BaseException:
+                if early is not None:
+                    early.stop()  # no stream may write into a folder being removed
                 abandon_backup(repo, backup_id)
                 raise
         # The summary artifact and the success event/mail need only the manifest: they wait on the

@@ -2,40 +2,33 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pgkeeper import __version__
 from pgkeeper.blocks.repository import BackupRepository
-from pgkeeper.clock import first_backup_time
-from pgkeeper.errors import RepositoryError
+from pgkeeper.claim import claim_backup_id
 from pgkeeper.manifest import Manifest, Verification
-from pgkeeper.names import backup_id_server, new_backup_id
+from pgkeeper.names import backup_id_server
+from pgkeeper.serverinfo import ServerInfo
 from pgkeeper.tasks.dump import DumpResult
-from pgkeeper.tasks.preflight import ServerInfo
 from pgkeeper.tasks.verify import QuickCheck
+
+if TYPE_CHECKING:
+    from pgkeeper.early import EarlyBackup
 
 
 @task(name="begin-backup", cache_policy=NO_CACHE)
-def begin_backup(repo: BackupRepository, server_time: datetime | None = None, server: str | None = None) -> str:
-    """Claim a fresh backup id naming `server` (names.server_key), newer than every id in the
-    repository and from a clock that agrees with the database server's (pgkeeper.clock); two
-    backups started in the same second get the next second."""
-    storage = repo.storage()
-    storage.ensure_writable()
-    existing = storage.claimed_ids()  # incomplete ones count too
-    now = first_backup_time(existing, datetime.now(UTC), server_time)
-    for attempt in range(30):
-        backup_id = new_backup_id(now + timedelta(seconds=attempt), server)
-        try:
-            storage.begin_backup(backup_id)
-            return backup_id
-        except RepositoryError:
-            if backup_id not in storage.claimed_ids():
-                raise
-    raise RepositoryError(f"could not claim a new backup id in {storage.describe()}")
+def begin_backup(repo: BackupRepository, server_time: datetime | None = None, server: str | None = None,
+                 early: EarlyBackup | None = None) -> str:
+    """Claim a fresh backup id (pgkeeper.claim); with `early`, the one `pgkeeper backup` claimed
+    for the stream it started before this run existed."""
+    if early is not None:
+        return early.backup_id
+    return claim_backup_id(repo.storage(), server_time, server)
 
 
 @task(name="write-manifest", cache_policy=NO_CACHE)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
-from pgkeeper import pgtools
 from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.dumpstream import toc_kinds as toc_kinds
+from pgkeeper.dumpstream import toc_listing
 from pgkeeper.errors import IntegrityError, UnreadableDump
 from pgkeeper.fmt import plural
 from pgkeeper.manifest import StoredFile
@@ -29,25 +26,6 @@ class QuickCheck(BaseModel):
     checks: dict[str, str]
 
 
-def toc_kinds(listing: str) -> Counter[str]:
-    """Count `pg_restore --list` entries by kind ("TABLE DATA", "INDEX", ...)."""
-    kinds: Counter[str] = Counter()
-    for line in listing.splitlines():
-        if not line or line.startswith(";"):
-            continue
-        # "3345; 0 16390 TABLE DATA public company postgres"
-        parts = line.split(" ", 3)
-        if len(parts) < 4:
-            continue
-        rest = parts[3]
-        for kind in ("TABLE DATA", "SEQUENCE SET", "FK CONSTRAINT", "CONSTRAINT", "INDEX", "TABLE",
-                     "SEQUENCE", "EXTENSION", "SCHEMA", "VIEW", "FUNCTION"):
-            if rest.startswith(kind + " "):
-                kinds[kind] += 1
-                break
-    return kinds
-
-
 def check_table_count(toc: dict[str, int], expected: int, where: str = "") -> int:
     """The tables with data in a dump's table of contents, which must be as many as the backup's
     snapshot counted (its manifest's table list); UnreadableDump otherwise."""
@@ -56,42 +34,6 @@ def check_table_count(toc: dict[str, int], expected: int, where: str = "") -> in
         raise UnreadableDump(f"{where + ': ' if where else ''}the dump holds {found} tables, "
                              f"its manifest counted {expected}")
     return found
-
-
-@contextmanager
-def toc_listing(label: str) -> Iterator[tuple[Callable[[bytes], None], Callable[[], Counter[str]]]]:
-    """(feed, kinds): pg_restore --list reading an archive fed in chunks. pg_restore stops
-    reading once it has the table of contents; later chunks are dropped. kinds() is the count
-    of TOC entries by kind once everything was fed."""
-    with tempfile.TemporaryFile() as listing, tempfile.TemporaryFile() as err, pgtools.child(
-        [pgtools.tool("pg_restore"), "--list"], stdin=subprocess.PIPE, stdout=listing, stderr=err,
-        timeout=3600,
-    ) as restore:
-        assert restore.proc.stdin is not None
-        stdin = restore.proc.stdin
-        state = {"open": True}
-
-        def feed(chunk: bytes) -> None:
-            if state["open"]:
-                try:
-                    stdin.write(chunk)
-                except BrokenPipeError:
-                    state["open"] = False
-
-        def kinds() -> Counter[str]:
-            try:
-                stdin.close()
-            except BrokenPipeError:
-                pass
-            err.seek(0)
-            try:
-                restore.check(err.read())
-            except pgtools.ToolFailed as exc:
-                raise UnreadableDump(f"{label}: pg_restore cannot read it ({exc})") from None
-            listing.seek(0)
-            return toc_kinds(listing.read().decode("utf-8", "replace"))
-
-        yield feed, kinds
 
 
 def read_dump_toc(repo: BackupRepository, backup_id: str, file: StoredFile, compression: str,
