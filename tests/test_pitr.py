@@ -3,11 +3,16 @@ rows committed over several WAL segments, recovery to a moment between two of th
 
 from __future__ import annotations
 
+import os
+import re
+import shlex
 import shutil
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -16,7 +21,8 @@ from pydantic import SecretStr
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.localcluster import LocalCluster, free_port, scratch_dir
-from pgkeeper.tasks.recovery import syncfs_reports_errors
+from pgkeeper.tasks.recovery import recovery_secrets_dir, syncfs_reports_errors
+from pgkeeper.wal import command
 from pgkeeper.wal.testing import ArchivingCluster, archiving_cluster
 from tests.conftest import PASSWORD
 
@@ -86,7 +92,30 @@ def arch() -> Iterator[ArchivingCluster]:
         yield a
 
 
-def test_recovery_to_a_time_then_to_latest(arch: ArchivingCluster, recovered_dirs: list) -> None:
+def count_python_fetches(monkeypatch: pytest.MonkeyPatch, log: Path) -> None:
+    """Have restore_command's wal-fetch (the Python start the shell take avoids) append its
+    arguments to `log` before it runs: the real command, wrapped."""
+    log.touch()
+    log.chmod(0o666)
+    real = command.pgkeeper_command
+    monkeypatch.setattr(command, "pgkeeper_command", lambda user=command.SERVER_USER:
+                        f"sh -c 'echo \"$@\" >> {shlex.quote(str(log))}; exec \"$0\" \"$@\"' {real(user)}")
+
+
+def prefetchers_of(recovery_dir: Path) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"pgkeeper.wal.prefetch" in cmd and str(recovery_dir).encode() in cmd:
+            found.append(int(pid))
+    return found
+
+
+def test_recovery_to_a_time_then_to_latest(arch: ArchivingCluster, recovered_dirs: list,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from pgkeeper.flows.base_backup import base_backup
     from pgkeeper.flows.pitr import pitr
 
@@ -118,9 +147,25 @@ def test_recovery_to_a_time_then_to_latest(arch: ArchivingCluster, recovered_dir
     latest_dir = recovered_dirs[0] / "latest"
     recovered_dirs.append(latest_dir)
     port2 = free_port()
+    calls = recovered_dirs[0] / "python-fetches.log"
+    count_python_fetches(monkeypatch, calls)
     pitr(data_dir=str(latest_dir), port=port2, latest=True, repository_block=repo_block)
     ids, in_recovery = recovered_ids(port2)
     assert ids == list(range(1, 3 + 16 + 1)) and in_recovery is False
+    # Segments the prefetcher had queued went to the server through the shell take, without a
+    # Python start (those wal-fetch calls are logged); the queue went with the recovery directory,
+    # and its prefetcher with it.
+    server_log = (latest_dir / "log" / "pgkeeper-pitr.log").read_text()
+    restored = re.findall(r'restored log file "([0-9A-F]{24})" from archive', server_log)
+    python = [line.split()[-2] for line in calls.read_text().splitlines() if "wal-fetch" in line]
+    by_shell = sum((Counter(restored) - Counter(python)).values())  # restored without a wal-fetch call
+    assert len(restored) >= 4 and by_shell >= len(restored) // 2, (restored, python)
+    recovery_dir = recovery_secrets_dir(str(latest_dir))
+    assert not recovery_dir.exists()
+    deadline = time.monotonic() + 30
+    while prefetchers_of(recovery_dir):
+        assert time.monotonic() < deadline, "a prefetcher outlived the recovery"
+        time.sleep(0.1)
     # The start-up sync ran with syncfs for this start only (the unpack was synced before the
     # start); the recovered cluster's configuration keeps PostgreSQL's default.
     with psycopg.connect(f"host=127.0.0.1 port={port2} user=postgres dbname=postgres password={PASSWORD}") as c:

@@ -5,7 +5,10 @@ archived straight into a spool."""
 from __future__ import annotations
 
 import os
+import shlex
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from pgkeeper.tasks.recovery import remove_recovery_dir
+from pgkeeper.wal.command import shell_take
 from pgkeeper.wal.config import WalConfig, write
 from pgkeeper.wal.naming import is_wal_name, segment_name
 from pgkeeper.wal.prefetch import LOCK, SUFFIX, Queue
@@ -37,6 +41,9 @@ class Archive:
         self.queue = base / ".data.pgkeeper-recovery" / "wal-queue"
         self.queue.parent.mkdir(parents=True)
         self.config = base / "wal.json"
+        self.datadir = base / "data"  # where restore_command runs: a data directory under recovery
+        (self.datadir / "pg_wal").mkdir(parents=True)
+        (self.datadir / "recovery.signal").touch()
         write(self.config, WalConfig(spool=str(base / "spool"), fetch_ahead=AHEAD, fetch_queue=str(self.queue)))
         store = LocalWalStore(base / "spool")
         self.data = {}
@@ -50,6 +57,24 @@ class Archive:
         data = out.read_bytes() if out.exists() else None
         out.unlink(missing_ok=True)
         return r.returncode, r.stderr, data
+
+    def restore_command(self, n: int) -> tuple[int, str, bytes | None]:
+        """Segment n as PostgreSQL gets it from pitr's restore_command: the shell take, else wal-fetch
+        (each such Python start is counted in python-calls.log), run by sh in a data directory
+        under recovery with %f and %p expanded, after removing %p (PostgreSQL does both)."""
+        take = shell_take(str(self.queue))
+        assert take is not None, "openssl is missing: no shell take"
+        fetch = (f"{{ echo %f >> {shlex.quote(str(self.base / 'python-calls.log'))}; {shlex.quote(sys.executable)} "
+                 f"-m pgkeeper.cli.main wal-fetch --config {shlex.quote(str(self.config))} %f %p; }}")
+        dest = self.datadir / "pg_wal" / "RECOVERYXLOG"
+        dest.unlink(missing_ok=True)
+        command = f"{{ {take} || {fetch}; }}".replace("%f", seg(n)).replace("%p", "pg_wal/RECOVERYXLOG")
+        r = subprocess.run(["sh", "-c", command], cwd=self.datadir, capture_output=True, text=True, timeout=120)
+        return r.returncode, r.stderr, dest.read_bytes() if dest.exists() else None
+
+    def python_calls(self) -> list[str]:
+        log = self.base / "python-calls.log"
+        return log.read_text().split() if log.exists() else []
 
     def queued(self) -> list[str]:
         return sorted(e for e in os.listdir(self.queue) if e.endswith(SUFFIX) and not e.startswith("."))
@@ -216,3 +241,64 @@ def test_prefetching_started_before_the_server_queues_its_first_segment(make_arc
     a.wait_idle()
     remove_recovery_dir(a.queue.parent)
     assert not a.queue.parent.exists()
+
+
+def test_the_shell_take_serves_queued_segments_without_starting_python(make_archive) -> None:
+    a = make_archive(list(range(1, 10)))
+    rc, err, data = a.restore_command(1)  # nothing queued yet: wal-fetch fetches it and starts the prefetcher
+    assert (rc, err, data) == (0, "", a.data[1]) and a.python_calls() == [seg(1)]
+    largest = 0
+    for n in range(2, 10):
+        a.wait_queued(n)  # the prefetcher keeps ahead of replay from the shell takes' markers alone
+        entries = os.listdir(a.queue)
+        largest = max(largest, len({e[:24] for e in entries if e.endswith(SUFFIX) and not e.startswith(".")} |
+                                   {e[1:25] for e in entries if e.endswith(".inflight")}))
+        rc, err, data = a.restore_command(n)
+        assert (rc, err, data) == (0, "", a.data[n])
+    assert a.python_calls() == [seg(1)]  # segments 2-9 never started Python
+    assert largest <= AHEAD
+    assert os.stat(a.datadir / "pg_wal" / "RECOVERYXLOG").st_nlink == 2  # linked: the queue keeps the last one
+    assert a.restore_command(10)[:3] == (1, "", None)  # past the end: only wal-fetch says "not found"
+    assert a.python_calls() == [seg(1), seg(10)]
+    # Under recovery the prefetcher stays (it drops what replay is past) and empties the queue and
+    # stops when the server removes recovery.signal at the end of recovery.
+    deadline = time.monotonic() + 60
+    while [q[:24] for q in a.queued()] != [seg(9)] or any(e.startswith(".taken-") for e in os.listdir(a.queue)):
+        assert time.monotonic() < deadline, os.listdir(a.queue)
+        time.sleep(0.02)
+    assert a.prefetchers()
+    (a.datadir / "recovery.signal").unlink()
+    while a.prefetchers() or a.queued():
+        assert time.monotonic() < deadline, "the prefetcher outlived the recovery"
+        time.sleep(0.05)
+
+
+def test_a_flipped_byte_is_refused_by_the_shell_take_and_the_segment_refetched(make_archive) -> None:
+    a = make_archive([1, 2, 3])
+    assert a.restore_command(1)[0] == 0
+    queued = a.wait_queued(2)
+    raw = bytearray(queued.read_bytes())
+    raw[5000] ^= 0x01
+    queued.write_bytes(bytes(raw))
+    rc, err, data = a.restore_command(2)
+    assert rc == 0 and data == a.data[2]
+    assert "fails its checksum" in err and seg(2) in err  # wal-fetch ran, found it bad, refetched it
+    assert a.python_calls() == [seg(1), seg(2)]
+    a.wait_queued(3)
+    assert a.restore_command(3)[:3] == (0, "", a.data[3]) and len(a.python_calls()) == 2
+
+
+def test_a_shell_take_that_fails_half_way_falls_through_to_wal_fetch(make_archive) -> None:
+    # A failing redirection must not end the shell (dash exits 2 on one with a special builtin:
+    # PostgreSQL would read "not found" and end recovery early): here the marker cannot be written.
+    a = make_archive([1, 2, 3])
+    assert a.restore_command(1)[0] == 0
+    a.wait_queued(2)
+    (a.queue / f".taken-{seg(2)}").mkdir()
+    rc, err, data = a.restore_command(2)
+    assert (rc, err, data) == (0, "", a.data[2]) and a.python_calls() == [seg(1), seg(2)]
+    (a.queue / f".taken-{seg(2)}").rmdir()
+    remove_recovery_dir(a.queue.parent)  # the queue gone: wal-fetch answers from the archive
+    rc, _, data = a.restore_command(3)  # (with a warning that it cannot fetch ahead any more)
+    assert (rc, data) == (0, a.data[3])
+    assert a.restore_command(4)[0] == 1

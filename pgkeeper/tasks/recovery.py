@@ -327,7 +327,7 @@ def configure_recovery(data_dir: str, walcfg: walconfig.WalConfig, target: Recov
                                      fetch_queue=str(secrets_dir / FETCH_QUEUE_NAME))
     cfg_path = walconfig.write(secrets_dir / WAL_CONFIG_NAME, server_cfg, ids,
                                credentials_file=secrets_dir / "s3-credentials.json")
-    command = restore_command(cfg_path)
+    command = restore_command(cfg_path, fetch_queue=server_cfg.fetch_queue)  # queue hits taken in the shell
     settings = {"port": str(port), "restore_command": conf_quote(command), **target.settings()}
     if not keep_archiving:
         settings["archive_mode"] = "'off'"
@@ -425,7 +425,10 @@ def start_prefetching(data_dir: str, manifest: Manifest) -> subprocess.Popen | N
     argv = [*pgtools.as_server_user(), *shlex.split(pgkeeper_command()), "wal-fetch", "--config", str(cfg),
             "--prefetch-after", segment_name(tli, segno - 1, size), str(size)]
     try:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # In the data directory, as PostgreSQL runs restore_command: the prefetcher watches its
+        # recovery.signal and stops when recovery ends, whoever started it and whatever became of pitr.
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                cwd=data_dir)
     except OSError as exc:
         get_run_logger().warning("not fetching WAL ahead before the start: %s", exc)
         return None

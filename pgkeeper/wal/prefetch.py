@@ -14,20 +14,27 @@ The call for N+1 then takes its file from the queue: it hashes it again (a queue
 killed process is never trusted) and hard-links it to %p; the queue keeps the segment last
 taken (counted in the bound) until the next one is taken, because PostgreSQL asks for it once
 more at the end of recovery. A file that fails the check is removed and the segment fetched
-from the archive as before.
+from the archive as before. pitr's restore_command first tries the same take in the shell
+(wal/command.py, `shell_take`: link, openssl's sha256 against the name's, fsync), so most calls
+never start Python; that take leaves a `.taken-<walfile>` marker, and the prefetcher itself drops
+the segments before the newest one taken and fetches on (a Python call still does both too).
 
 The queue lives beside the data directory (pitr: `.<data dir>.pgkeeper-recovery/wal-queue`),
 never in pg_wal, and its files are named `<walfile>-<sha256>.fetched`, which PostgreSQL and
 pgkeeper never take for WAL; files being written are hidden temp files. The prefetcher stops
 at the first segment the archive does not have (the end of the WAL: recovery ends there and
 PostgreSQL is told "not found" only by a wal-fetch call that looked in the archive itself),
-when nothing is taken for IDLE_SECONDS (it then empties the queue), and as soon as the queue
-directory is gone: pitr removes it with the recovery settings after promotion.
+when nothing is taken for IDLE_SECONDS (it then empties the queue), as soon as the queue
+directory is gone (pitr removes it with the recovery settings after promotion) and, when it was
+started in a data directory under recovery (PostgreSQL runs restore_command there; pitr starts
+the first prefetcher there too), once the server removed recovery.signal: recovery is over, and
+it empties the queue then, even if pitr itself was killed.
 
 Coordination is through the directory only: `.lock` (flock, held by the live prefetcher; the
 kernel drops it when the process dies), `.<walfile>.inflight` (a segment being fetched: a call
 for it waits rather than fetch it twice), `.restart` (a call that had to fetch a segment
-itself tells the prefetcher where replay is) and `.end` (the first segment the archive lacks).
+itself tells the prefetcher where replay is), `.end` (the first segment the archive lacks) and
+`.taken-<walfile>` (a take by the shell: replay is at that segment).
 """
 
 from __future__ import annotations
@@ -43,6 +50,8 @@ LOCK = ".lock"
 RESTART = ".restart"
 END = ".end"
 INFLIGHT = ".inflight"
+TAKEN = ".taken-"
+SIGNAL = "recovery.signal"  # PostgreSQL removes it when archive recovery ends
 IDLE_SECONDS = 30.0
 WAIT_SECONDS = 120.0  # a call waits this long at most for a segment the prefetcher is fetching
 WORKERS = 2
@@ -267,6 +276,8 @@ def prefetch(cfg, queue: Queue, after: str, segment_size: int) -> None:  # noqa:
     end_no = None
     last_progress = time.monotonic()
     occupied_before = None
+    # Started in a data directory under recovery (the cwd restore_command runs in): stop when it ends.
+    recovering = os.path.abspath(SIGNAL) if os.path.exists(SIGNAL) else None
 
     def work(name: str) -> None:
         try:
@@ -305,13 +316,18 @@ def prefetch(cfg, queue: Queue, after: str, segment_size: int) -> None:  # noqa:
         except OSError:
             pass
         entries = queue.entries()
+        if moved_on(queue, entries, segment_size):
+            last_progress = time.monotonic()
+            entries = queue.entries()
+        if recovering and not os.path.exists(recovering):
+            return _empty(queue, inflight)  # promoted: nothing more is taken from the queue
         queued = queue.queued(entries)
         occupied = len(queued) + len(inflight)
         if occupied != occupied_before:
             occupied_before = occupied
             last_progress = time.monotonic()
-        if end_no is not None and next_no >= end_no and not inflight:
-            return None
+        if end_no is not None and next_no >= end_no and not inflight and not recovering:
+            return None  # (under recovery it stays, to drop taken segments and empty the queue at the end)
         while len(inflight) < WORKERS and occupied < queue.limit and (end_no is None or next_no < end_no):
             name = segment_name(tli, next_no, segment_size)
             next_no += 1
@@ -323,12 +339,27 @@ def prefetch(cfg, queue: Queue, after: str, segment_size: int) -> None:  # noqa:
             t.start()
             occupied += 1
         if time.monotonic() - last_progress > IDLE_SECONDS:
-            _drain(inflight)
-            for entry in queue.queued().values():  # recovery ended or stopped: nothing more is taken
-                _unlink(queue._p(entry))
-            return None
+            return _empty(queue, inflight)  # recovery ended or stopped: nothing more is taken
         time.sleep(0.02)
     return _drain(inflight)
+
+
+def moved_on(queue: Queue, entries: list[str], segment_size: int) -> bool:
+    """Take in the shell takes' markers: drop the queued segments before the newest one taken
+    (it stays: PostgreSQL asks for it again at the end of recovery). True if there were any."""
+    taken = [e for e in entries if e.startswith(TAKEN)]
+    segments = [e[len(TAKEN):] for e in taken if is_plain_segment(e[len(TAKEN):])]
+    if segments:
+        queue.discard_older(max(segments, key=lambda n: position(n, segment_size)), segment_size, entries)
+    for e in taken:
+        _unlink(queue._p(e))
+    return bool(taken)
+
+
+def _empty(queue: Queue, inflight: dict) -> None:
+    _drain(inflight)
+    for entry in queue.queued().values():
+        _unlink(queue._p(entry))
 
 
 def _drain(inflight: dict) -> None:
