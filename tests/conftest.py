@@ -24,6 +24,8 @@ _TMP = Path(tempfile.mkdtemp(prefix="pgkeeper-test-tmp-"))
 _TMP.chmod(0o1777)
 os.environ["TMPDIR"] = str(_TMP)
 tempfile.tempdir = None  # recomputed from TMPDIR: pytest's tmp_path and our scratch dirs land here too
+# What the controller and all its workers share (tests/prefect_template.py): the controller's.
+os.environ.setdefault("PGKEEPER_TEST_SHARED", str(_TMP))
 # At exit, not at unconfigure: registered first, so it runs after prefect_test_harness's own
 # atexit clean-up of the database directory it made in here.
 atexit.register(shutil.rmtree, _TMP, True)
@@ -91,6 +93,11 @@ def prefect_api() -> Iterator[str]:
 
     # Generous: the harness counts its start-up in polls, and a loaded 2-core box needs minutes.
     with prefect_test_harness(server_startup_timeout=900):
+        from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+        from tests.prefect_template import save_template
+
+        save_template(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())  # migrated: the e2e servers start from it
         url = PREFECT_API_URL.value()
         os.environ["PREFECT_API_URL"] = url  # for the CLI processes tests start
         yield url
