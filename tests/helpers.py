@@ -60,6 +60,62 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+def run_cli_here(*args: str, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess:
+    """Run `pgkeeper ...` in this process, for tests whose subject is what a command does, not
+    the process it runs in (exit codes by signal, argv, imports, teardown): the same `main`, the
+    same environment, its exit code, and what it writes to stdout and stderr, Prefect's log
+    lines included. It saves a fresh process's ~3-4 s of imports per call.
+
+    Prefect's settings are this process's (the session's API): an `env` that changes a PREFECT_
+    variable needs a fresh process, `run_cli`.
+    """
+    import contextlib
+    import io
+    import logging
+
+    from prefect import tags
+
+    from pgkeeper.cli.main import main
+    from pgkeeper.runinfo import RUN_TAG
+
+    changed = sorted(k for k, v in (env or {}).items() if k.startswith("PREFECT_") and os.environ.get(k) != v)
+    if changed:
+        raise AssertionError(f"run_cli_here cannot change Prefect's settings ({', '.join(changed)}): use run_cli")
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    # Log handlers keep the stream they were configured with (Prefect's console: sys.stderr then,
+    # which may be pytest's capture); pytest's own log capture keeps its records.
+    handlers = {h for logger in [logging.root, *list(logging.root.manager.loggerDict.values())]
+                for h in getattr(logger, "handlers", [])
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                and not type(h).__module__.startswith("_pytest")}
+    consoles = [(h, h.stream, getattr(getattr(h, "console", None), "file", None)) for h in handlers]
+    os.environ.update(env or {})
+    os.chdir(ROOT)
+    try:
+        for handler, _stream, _file in consoles:
+            handler.setStream(err)
+            if getattr(handler, "console", None) is not None:
+                handler.console.file = err
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), tags(RUN_TAG):
+            saved_stdin, sys.stdin = sys.stdin, io.StringIO(stdin)
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 2
+            finally:
+                sys.stdin = saved_stdin
+    finally:
+        for handler, stream, file in consoles:
+            handler.setStream(stream)
+            if file is not None:
+                handler.console.file = file
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["pgkeeper", *args], code, out.getvalue(), err.getvalue())
+
+
 FAKE_SYSID = 7300000000000000001
 
 
