@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -60,6 +61,20 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
+# Loggers of the servers tests run inside their own process (moto's werkzeug, aiosmtpd's
+# mail.log): a command run in a process of its own never logs their records.
+TEST_SERVER_LOGGERS = frozenset({"werkzeug", "moto", "mail", "aiosmtpd"})
+
+
+class _Route(logging.Filter):
+    def __init__(self, command: bool) -> None:
+        super().__init__()
+        self.command = command
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (record.name.split(".")[0] not in TEST_SERVER_LOGGERS) == self.command
+
+
 def run_cli_here(*args: str, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess:
     """Run `pgkeeper ...` in this process, for tests whose subject is what a command does, not
     the process it runs in (exit codes by signal, argv, imports, teardown): the same `main`, the
@@ -71,7 +86,6 @@ def run_cli_here(*args: str, env: dict[str, str] | None = None, stdin: str = "")
     """
     import contextlib
     import io
-    import logging
 
     from prefect import tags
 
@@ -84,19 +98,26 @@ def run_cli_here(*args: str, env: dict[str, str] | None = None, stdin: str = "")
     out, err = io.StringIO(), io.StringIO()
     saved_env, saved_cwd = dict(os.environ), os.getcwd()
     # Log handlers keep the stream they were configured with (Prefect's console: sys.stderr then,
-    # which may be pytest's capture); pytest's own log capture keeps its records.
-    handlers = {h for logger in [logging.root, *list(logging.root.manager.loggerDict.values())]
+    # which may be pytest's capture). Beside each console handler, a twin writes the command's
+    # records to its stderr; the servers the test runs in this process keep theirs.
+    consoles = [(logger, h) for logger in [logging.root, *list(logging.root.manager.loggerDict.values())]
                 for h in getattr(logger, "handlers", [])
                 if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-                and not type(h).__module__.startswith("_pytest")}
-    consoles = [(h, h.stream, getattr(getattr(h, "console", None), "file", None)) for h in handlers]
+                and not type(h).__module__.startswith("_pytest")]
+    twins, to_test = [], _Route(command=False)
     os.environ.update(env or {})
     os.chdir(ROOT)
     try:
-        for handler, _stream, _file in consoles:
-            handler.setStream(err)
-            if getattr(handler, "console", None) is not None:
-                handler.console.file = err
+        for logger, handler in consoles:
+            twin = (type(handler)(stream=err, level=handler.level) if hasattr(handler, "console")
+                    else logging.StreamHandler(err))
+            twin.setLevel(handler.level)
+            twin.setFormatter(handler.formatter)
+            for f in [*handler.filters, _Route(command=True)]:
+                twin.addFilter(f)
+            handler.addFilter(to_test)
+            logger.addHandler(twin)
+            twins.append((logger, handler, twin))
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), tags(RUN_TAG):
             saved_stdin, sys.stdin = sys.stdin, io.StringIO(stdin)
             try:
@@ -106,10 +127,9 @@ def run_cli_here(*args: str, env: dict[str, str] | None = None, stdin: str = "")
             finally:
                 sys.stdin = saved_stdin
     finally:
-        for handler, stream, file in consoles:
-            handler.setStream(stream)
-            if file is not None:
-                handler.console.file = file
+        for logger, handler, twin in twins:
+            logger.removeHandler(twin)
+            handler.removeFilter(to_test)
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
