@@ -24,6 +24,8 @@ _TMP = Path(tempfile.mkdtemp(prefix="pgkeeper-test-tmp-"))
 _TMP.chmod(0o1777)
 os.environ["TMPDIR"] = str(_TMP)
 tempfile.tempdir = None  # recomputed from TMPDIR: pytest's tmp_path and our scratch dirs land here too
+# What the controller and all its workers share (tests/prefect_template.py): the controller's.
+os.environ.setdefault("PGKEEPER_TEST_SHARED", str(_TMP))
 # At exit, not at unconfigure: registered first, so it runs after prefect_test_harness's own
 # atexit clean-up of the database directory it made in here.
 atexit.register(shutil.rmtree, _TMP, True)
@@ -47,7 +49,9 @@ for var in ("PREFECT_API_URL", "POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_USER"
             "POSTGRES_DB", "BACKUP_DIR", "S3_BUCKET", "ENABLE_S3_UPLOAD"):
     os.environ.pop(var, None)
 
+import psycopg  # noqa: E402
 import pytest  # noqa: E402
+from psycopg import sql  # noqa: E402
 from pydantic import SecretStr  # noqa: E402
 
 from pgkeeper.localcluster import LocalCluster, throwaway_cluster  # noqa: E402
@@ -91,6 +95,11 @@ def prefect_api() -> Iterator[str]:
 
     # Generous: the harness counts its start-up in polls, and a loaded 2-core box needs minutes.
     with prefect_test_harness(server_startup_timeout=900):
+        from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+
+        from tests.prefect_template import save_template
+
+        save_template(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())  # migrated: the e2e servers start from it
         url = PREFECT_API_URL.value()
         os.environ["PREFECT_API_URL"] = url  # for the CLI processes tests start
         yield url
@@ -135,14 +144,27 @@ def pg() -> Iterator[LocalCluster]:
         yield cluster
 
 
-@pytest.fixture
-def crm_db(pg: LocalCluster) -> Iterator[str]:
-    """A fresh sample CRM database (about 3 MB); its name."""
+@pytest.fixture(scope="session")
+def crm_template(pg: LocalCluster) -> str:
+    """The sample CRM database, generated once per session: filling and analysing it costs the
+    server 2-3 s, a copy of it ~0.5 s. Closed to connections, so that no session (autovacuum's
+    included) ever blocks a copy; named apart from the tests' `crm_` databases."""
     from pgkeeper.sample_crm import create_crm
 
-    name = "crm_" + uuid.uuid4().hex[:8]
+    name = "pgkeeper_test_template_" + uuid.uuid4().hex[:8]
     create_database(pg, name)
     create_crm(pg.conninfo(name), scale=0.3)
+    with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+        c.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+    return name
+
+
+@pytest.fixture
+def crm_db(pg: LocalCluster, crm_template: str) -> Iterator[str]:
+    """A fresh sample CRM database (about 3 MB, a copy of the session's template); its name."""
+    name = "crm_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(crm_template)))
     try:
         yield name
     finally:

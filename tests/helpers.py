@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -58,6 +59,81 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300)
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "pgkeeper.cli.main", *args], env=full_env,
                           capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+# Loggers of the servers tests run inside their own process (moto's werkzeug, aiosmtpd's
+# mail.log): a command run in a process of its own never logs their records.
+TEST_SERVER_LOGGERS = frozenset({"werkzeug", "moto", "mail", "aiosmtpd"})
+
+
+class _Route(logging.Filter):
+    def __init__(self, command: bool) -> None:
+        super().__init__()
+        self.command = command
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (record.name.split(".")[0] not in TEST_SERVER_LOGGERS) == self.command
+
+
+def run_cli_here(*args: str, env: dict[str, str] | None = None, stdin: str = "") -> subprocess.CompletedProcess:
+    """Run `pgkeeper ...` in this process, for tests whose subject is what a command does, not
+    the process it runs in (exit codes by signal, argv, imports, teardown): the same `main`, the
+    same environment, its exit code, and what it writes to stdout and stderr, Prefect's log
+    lines included. It saves a fresh process's ~3-4 s of imports per call.
+
+    Prefect's settings are this process's (the session's API): an `env` that changes a PREFECT_
+    variable needs a fresh process, `run_cli`.
+    """
+    import contextlib
+    import io
+
+    from prefect import tags
+
+    from pgkeeper.cli.main import main
+    from pgkeeper.runinfo import RUN_TAG
+
+    changed = sorted(k for k, v in (env or {}).items() if k.startswith("PREFECT_") and os.environ.get(k) != v)
+    if changed:
+        raise AssertionError(f"run_cli_here cannot change Prefect's settings ({', '.join(changed)}): use run_cli")
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    # Log handlers keep the stream they were configured with (Prefect's console: sys.stderr then,
+    # which may be pytest's capture). Beside each console handler, a twin writes the command's
+    # records to its stderr; the servers the test runs in this process keep theirs.
+    consoles = [(logger, h) for logger in [logging.root, *list(logging.root.manager.loggerDict.values())]
+                for h in getattr(logger, "handlers", [])
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+                and not type(h).__module__.startswith("_pytest")]
+    twins, to_test = [], _Route(command=False)
+    os.environ.update(env or {})
+    os.chdir(ROOT)
+    try:
+        for logger, handler in consoles:
+            twin = (type(handler)(stream=err, level=handler.level) if hasattr(handler, "console")
+                    else logging.StreamHandler(err))
+            twin.setLevel(handler.level)
+            twin.setFormatter(handler.formatter)
+            for f in [*handler.filters, _Route(command=True)]:
+                twin.addFilter(f)
+            handler.addFilter(to_test)
+            logger.addHandler(twin)
+            twins.append((logger, handler, twin))
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), tags(RUN_TAG):
+            saved_stdin, sys.stdin = sys.stdin, io.StringIO(stdin)
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 2
+            finally:
+                sys.stdin = saved_stdin
+    finally:
+        for logger, handler, twin in twins:
+            logger.removeHandler(twin)
+            handler.removeFilter(to_test)
+        os.chdir(saved_cwd)
+        os.environ.clear()
+        os.environ.update(saved_env)
+    return subprocess.CompletedProcess(["pgkeeper", *args], code, out.getvalue(), err.getvalue())
 
 
 FAKE_SYSID = 7300000000000000001

@@ -29,6 +29,7 @@ import pytest
 
 from pgkeeper.localcluster import free_port
 from tests.helpers import ROOT, run_cli
+from tests.prefect_template import seed_prefect_home
 from tests.test_service_e2e import api_call, final_run, healthy, mails_about, module_smtp, stop, wait_for
 
 __all__ = ["module_smtp"]  # the shared aiosmtpd fixture, module-scoped
@@ -99,6 +100,7 @@ def ops(pg, module_smtp, receiver) -> Iterator[Ops]:
     server_env.pop("PREFECT_API_URL", None)
     server = worker = None
     try:
+        seed_prefect_home(home / "server")  # already migrated: no 116 migrations at start
         server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                    "--port", str(port)], env=server_env, stdout=open(home / "server.log", "wb"),  # noqa: SIM115
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

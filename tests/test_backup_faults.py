@@ -16,7 +16,7 @@ import pytest
 
 from pgkeeper.catalog import list_backups
 from pgkeeper.flows.backup import backup
-from tests.helpers import ROOT, run_cli
+from tests.helpers import ROOT, run_cli, run_cli_here
 from tests.test_backup import backup_dirs, save_blocks
 
 
@@ -118,7 +118,7 @@ def test_backup_process_killed_midway_is_never_listed(pg, pg_env, crm_db):
     listing = run_cli("list", env=pg_env)
     assert "no backups" in listing.stdout
     free_leaked_backup_slot(crm_db, f"{pg.host}:{pg.port}")
-    done = run_cli("backup", env=pg_env)
+    done = run_cli_here("backup", env=pg_env)
     assert done.returncode == 0, done.stderr
     listing = run_cli("list", env=pg_env)
     assert len([ln for ln in listing.stdout.splitlines() if ln.startswith("backup_")]) == 1

@@ -14,7 +14,7 @@ from pgkeeper import keys, sealing
 from pgkeeper.config import repository_from_env
 from pgkeeper.errors import IntegrityError
 from pgkeeper.manifest import Manifest
-from tests.helpers import run_cli, wal_page_header
+from tests.helpers import run_cli, run_cli_here, wal_page_header
 from tests.test_retention_flow import s3_env
 from tests.test_s3_offsite import direct
 
@@ -33,7 +33,7 @@ def writer_keys(tmp_path: Path, name: str = "writer") -> dict[str, str]:
 def test_backups_are_encrypted_before_they_leave_and_age_decrypts_them_by_hand(
         pg, crm_db, pg_env, s3_endpoint, s3_bucket, tmp_path, backup_key):
     env = {**pg_env, **s3_env(s3_endpoint, s3_bucket, "sealed"), **writer_keys(tmp_path)}
-    result = run_cli("backup", env=env)
+    result = run_cli_here("backup", env=env)
     assert result.returncode == 0, result.stderr
     backup_id = result.stdout.split()[1]
     assert "AGE-SECRET-KEY" not in (Path(env["PGKEEPER_KEYS_DIR"]) / keys.RECIPIENTS).read_text()
@@ -68,7 +68,7 @@ def test_backups_are_encrypted_before_they_leave_and_age_decrypts_them_by_hand(
 
 def test_a_tampered_or_unsigned_manifest_is_refused_naming_it(pg, crm_db, pg_env, s3_endpoint, s3_bucket, tmp_path):
     env = {**pg_env, **s3_env(s3_endpoint, s3_bucket, "tampered")}
-    result = run_cli("backup", env=env)
+    result = run_cli_here("backup", env=env)
     assert result.returncode == 0, result.stderr
     backup_id = result.stdout.split()[1]
     client = direct(s3_endpoint)
@@ -88,7 +88,7 @@ def test_a_tampered_or_unsigned_manifest_is_refused_naming_it(pg, crm_db, pg_env
             f["sha256"], f["size"] = hashlib.sha256(forged).hexdigest(), len(forged)
     client.put_object(Bucket=s3_bucket, Key=manifest_key, Body=json.dumps(doc).encode())
     elsewhere = {**env, "BACKUP_DIR": str(tmp_path / "elsewhere")}
-    restore = run_cli("restore", backup_id, "--from-s3", "--into", f"{crm_db}_copy", "--yes", env=elsewhere)
+    restore = run_cli_here("restore", backup_id, "--from-s3", "--into", f"{crm_db}_copy", "--yes", env=elsewhere)
     assert restore.returncode == 5, restore.stdout + restore.stderr
     [line] = [ln for ln in restore.stderr.splitlines() if ln.strip()]
     assert "manifest.json was changed after it was signed" in line and backup_id in line
@@ -107,12 +107,12 @@ def test_rotation_keeps_old_backups_readable_and_new_ones_use_the_new_key(pg, cr
     shutil.copytree(keys.keys_dir(), keydir)
     monkeypatch.setenv("PGKEEPER_KEYS_DIR", str(keydir))
     env = {**pg_env, **s3_env(s3_endpoint, s3_bucket, "rotated"), "PGKEEPER_KEYS_DIR": str(keydir)}
-    first = run_cli("backup", env=env)
+    first = run_cli_here("backup", env=env)
     assert first.returncode == 0, first.stderr
-    rotated = run_cli("key", "rotate", "--copy-to", str(tmp_path / "new-key.txt"), env=env)
+    rotated = run_cli_here("key", "rotate", "--copy-to", str(tmp_path / "new-key.txt"), env=env)
     assert rotated.returncode == 0 and "move" in rotated.stdout, rotated.stderr
     assert (tmp_path / "new-key.txt").stat().st_mode & 0o777 == 0o600
-    second = run_cli("backup", env=env)
+    second = run_cli_here("backup", env=env)
     assert second.returncode == 0, second.stderr
 
     repo = repository_from_env(env)

@@ -41,7 +41,7 @@ from tests.app_schema import (
     snapshot,
     tool_env,
 )
-from tests.helpers import run_cli, table_fingerprints
+from tests.helpers import run_cli, run_cli_here, table_fingerprints
 
 PREFIX = f"fid{uuid.uuid4().hex[:6]}_"
 CLI_TIMEOUT = 180
@@ -258,7 +258,7 @@ def test_replace_with_a_client_connected_keeps_everything_and_the_search_path_wo
     held.execute("SELECT count(*) FROM items").fetchone()
     held.commit()
     try:
-        done = run_cli("restore", "latest", "--yes", env=app.env(b.database, repo), timeout=CLI_TIMEOUT)
+        done = run_cli_here("restore", "latest", "--yes", env=app.env(b.database, repo))
         assert done.returncode == 0, tail(done)
         with pytest.raises(psycopg.OperationalError):  # the held session was ended
             held.execute("SELECT 1").fetchone()
@@ -318,7 +318,7 @@ def test_restore_onto_a_server_without_the_roles(app: App, second_cluster: Local
     assert "Traceback" not in refused.stderr, tail(refused)
     assert _cluster_state(second_cluster) == before, "a refused restore changed the second server"
 
-    done = run_cli("restore", b.backup_id, "--into", target, "--create-roles", env=env, timeout=CLI_TIMEOUT)
+    done = run_cli_here("restore", b.backup_id, "--into", target, "--create-roles", env=env)
     assert done.returncode == 0, tail(done)
     expected = app.original["default"]
     actual = snapshot(admin2, target, r)
@@ -344,7 +344,7 @@ def test_verify_passes_and_takes_the_configured_databases_backup(app: App) -> No
     later_id = BACKUP_ID.search(later.stdout)
     assert later_id and later_id.group(0) != a.backup_id
 
-    done = run_cli("verify", env=app.env(a.database, repo), timeout=CLI_TIMEOUT)
+    done = run_cli_here("verify", env=app.env(a.database, repo))
     assert done.returncode == 0, tail(done)
     assert a.backup_id in done.stdout and a.database in done.stdout, tail(done)
     assert later_id.group(0) not in done.stdout, f"verify took {app.databases[other]}'s backup:\n{tail(done)}"

@@ -20,7 +20,7 @@ import pytest
 
 from pgkeeper.localcluster import LocalCluster, scratch_dir
 from pgkeeper.pgtools import give_to_server_user
-from tests.helpers import create_database, drop_database, run_cli
+from tests.helpers import create_database, drop_database, run_cli_here
 from tests.tls_certs import make_certs
 
 PASSWORD = "tls-Pw-" + uuid.uuid4().hex[:8]
@@ -107,9 +107,9 @@ def test_an_unencrypted_remote_connection_is_warned_and_the_setting_reaches_ever
     _, address, _, log = tls_cluster
     since = log.stat().st_size
     env = {**tls_db, "POSTGRES_SSLMODE": "disable"}
-    backup = run_cli("backup", env=env)
+    backup = run_cli_here("backup", env=env)
     assert backup.returncode == 0, backup.stderr
-    restore = run_cli("restore", "latest", "--into", tls_db["POSTGRES_DB"] + "_copy", env=env)
+    restore = run_cli_here("restore", "latest", "--into", tls_db["POSTGRES_DB"] + "_copy", env=env)
     assert restore.returncode == 0, restore.stderr
     wanted = f"the connection to {address}:"
     assert wanted in backup.stdout + backup.stderr
@@ -128,17 +128,17 @@ def test_verify_full_works_through_every_tool_and_a_wrong_ca_is_refused(tls_clus
     _, _, ca, log = tls_cluster
     since = log.stat().st_size
     env = {**tls_db, "POSTGRES_SSLMODE": "verify-full", "POSTGRES_SSLROOTCERT": str(ca)}
-    backup = run_cli("backup", env=env)
+    backup = run_cli_here("backup", env=env)
     assert backup.returncode == 0, backup.stderr
     assert "is not encrypted" not in backup.stdout + backup.stderr
-    restore = run_cli("restore", "latest", "--into", tls_db["POSTGRES_DB"] + "_copy", env=env)
+    restore = run_cli_here("restore", "latest", "--into", tls_db["POSTGRES_DB"] + "_copy", env=env)
     assert restore.returncode == 0, restore.stderr
     lines = pgkeeper_connections(log, since)
     assert len(lines) >= 5 and all("SSL enabled" in line for line in lines)
 
     # A CA that did not sign the server's certificate: refused in one line, nothing done.
     other = make_certs(tmp_path / "other", ["127.0.0.1"], "other")
-    refused = run_cli("backup", env={**env, "POSTGRES_SSLROOTCERT": str(other.ca)})
+    refused = run_cli_here("backup", env={**env, "POSTGRES_SSLROOTCERT": str(other.ca)})
     assert refused.returncode != 0
     last = refused.stderr.strip().splitlines()[-1]
     assert last.startswith("pgkeeper: error:") and "certificate verify failed" in last, refused.stderr

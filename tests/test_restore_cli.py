@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from tests.helpers import ROOT, drop_database, run_cli, table_fingerprints
+from tests.helpers import ROOT, drop_database, run_cli, run_cli_here, table_fingerprints
 from tests.test_restore import change_data, old_copies
 
 
@@ -16,7 +16,7 @@ def cli_with_input(*args: str, env: dict[str, str], answer: str) -> subprocess.C
 
 
 def test_restore_asks_for_the_name_then_replaces(pg, crm_db, pg_env):
-    assert run_cli("backup", env=pg_env).returncode == 0
+    assert run_cli_here("backup", env=pg_env).returncode == 0  # set-up: the subject is the restore
     at_backup = table_fingerprints(pg.conninfo(crm_db))
     change_data(pg, crm_db)
     changed = table_fingerprints(pg.conninfo(crm_db))
@@ -43,7 +43,7 @@ def test_restore_into_a_new_database_with_an_old_file_name(pg, crm_db, pg_env):
     from pgkeeper.catalog import list_backups
     from pgkeeper.storage.local import LocalStorage
 
-    assert run_cli("backup", env=pg_env).returncode == 0
+    assert run_cli_here("backup", env=pg_env).returncode == 0  # set-up: the subject is the restore
     at_backup = table_fingerprints(pg.conninfo(crm_db))
     [m] = list_backups(LocalStorage(pg_env["BACKUP_DIR"]))
     change_data(pg, crm_db)
@@ -59,7 +59,7 @@ def test_restore_into_a_new_database_with_an_old_file_name(pg, crm_db, pg_env):
 
 
 def test_bad_input_is_one_line_and_changes_nothing(pg, crm_db, pg_env):
-    assert run_cli("backup", env=pg_env).returncode == 0
+    assert run_cli_here("backup", env=pg_env).returncode == 0  # set-up: the subject is the restore
     before = table_fingerprints(pg.conninfo(crm_db))
     for args, code in ((["../etc", "--yes"], 2), (["backup_20240315_143022", "--yes"], 3),
                        (["latest", "--yes", "--target", "x;y"], 2)):

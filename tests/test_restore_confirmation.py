@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, run_cli, table_fingerprints
+from tests.helpers import ROOT, run_cli_here, table_fingerprints
 from tests.test_restore import change_data, cleanup_copies, old_copies  # noqa: F401 (fixture)
 from tests.test_restore_confirm import read_run, wait_for_log
 
@@ -73,7 +73,7 @@ def test_a_deployment_run_cannot_skip_the_form_with_confirmed(pg, crm_db, pg_env
                                                               tmp_path):
     from prefect.flow_runs import resume_flow_run
 
-    assert run_cli("backup", env=pg_env).returncode == 0
+    assert run_cli_here("backup", env=pg_env).returncode == 0
     change_data(pg, crm_db)
     changed = table_fingerprints(pg.conninfo(crm_db))
     run_id = deployment_run({"backup": "latest", "confirmed": True, "safety_backup": False})
@@ -110,9 +110,9 @@ def test_a_deployment_run_cannot_skip_the_form_with_confirmed(pg, crm_db, pg_env
 
 
 def test_terminal_confirmations_are_recorded(pg, crm_db, pg_env, cleanup_copies):  # noqa: F811
-    assert run_cli("backup", env=pg_env).returncode == 0
+    assert run_cli_here("backup", env=pg_env).returncode == 0
     change_data(pg, crm_db)
-    done = run_cli("restore", "latest", "--yes", "--no-safety-backup", "--drop-old", env=pg_env)
+    done = run_cli_here("restore", "latest", "--yes", "--no-safety-backup", "--drop-old", env=pg_env)
     assert done.returncode == 0, done.stderr
     typed = subprocess.run([sys.executable, "-m", "pgkeeper.cli.main", "restore", "latest", "--no-safety-backup"],
                            env={**os.environ, **pg_env}, input=crm_db + "\n", capture_output=True, text=True,
@@ -211,7 +211,7 @@ def test_the_wait_for_approval_holds_no_worker_and_restores_the_approved_plan(pg
     from tests.test_service_e2e import wait_for
 
     deployment_id, worker, log = restore_worker
-    assert run_cli("backup", env=pg_env).returncode == 0
+    assert run_cli_here("backup", env=pg_env).returncode == 0
     approved_id = list_backups(LocalStorage(Path(pg_env["BACKUP_DIR"])))[-1].backup_id
     backed_up = table_fingerprints(pg.conninfo(crm_db))
     change_data(pg, crm_db)
@@ -226,7 +226,7 @@ def test_the_wait_for_approval_holds_no_worker_and_restores_the_approved_plan(pg
     assert table_fingerprints(pg.conninfo(crm_db)) == changed
 
     # A newer backup lands while the form waits: the approval is for the plan it showed.
-    assert run_cli("backup", env=pg_env).returncode == 0
+    assert run_cli_here("backup", env=pg_env).returncode == 0
     newer = list_backups(LocalStorage(Path(pg_env["BACKUP_DIR"])))[-1].backup_id
     assert newer != approved_id
 
@@ -252,7 +252,7 @@ def test_an_unanswered_suspended_restore_ends_cancelled_and_touches_nothing(pg, 
     from tests.test_service_e2e import wait_for
 
     deployment_id, _worker, log = restore_worker
-    assert run_cli("backup", env=pg_env).returncode == 0
+    assert run_cli_here("backup", env=pg_env).returncode == 0
     change_data(pg, crm_db)
     before = table_fingerprints(pg.conninfo(crm_db))
     run_id = start_restore(deployment_id, {"backup": "latest", "safety_backup": False, "database": crm_db,

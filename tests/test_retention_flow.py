@@ -16,7 +16,7 @@ from pgkeeper.manifest import Manifest, Verification
 from pgkeeper.names import backup_id_time, new_backup_id
 from pgkeeper.retention import plan, to_remove
 from pgkeeper.tasks.retention import backup_records
-from tests.helpers import run_cli
+from tests.helpers import run_cli_here
 
 NEWEST = datetime(2024, 3, 15, 2, 0, 0, tzinfo=UTC)
 
@@ -66,12 +66,12 @@ def test_retention_command_dry_run_then_real_run_on_the_local_repository(tmp_pat
     assert 0 < len(expected_removed) < 40
     env = {"BACKUP_DIR": repo.path, "RETENTION_DAYS": "7"}
 
-    dry = run_cli("retention", "--dry-run", env=env)
+    dry = run_cli_here("retention", "--dry-run", env=env)
     assert dry.returncode == 0, dry.stderr
     assert f"kept {40 - len(expected_removed)}, would remove {len(expected_removed)} (dry run)" in dry.stdout
     assert [m.backup_id for m in list_backups(repo.local())] == ids  # nothing touched
 
-    real = run_cli("retention", env=env)
+    real = run_cli_here("retention", env=env)
     assert real.returncode == 0, real.stderr
     assert f"kept {40 - len(expected_removed)}, removed {len(expected_removed)}" in real.stdout
     left = [m.backup_id for m in list_backups(repo.local())]
@@ -82,7 +82,7 @@ def test_retention_command_dry_run_then_real_run_on_the_local_repository(tmp_pat
     # Removed folders are gone from disk, not just from the listing.
     assert sorted(p.name for p in (Path(repo.path) / "backups").iterdir()) == left
 
-    again = run_cli("retention", env=env)
+    again = run_cli_here("retention", env=env)
     assert "removed 0" in again.stdout
 
 
@@ -143,7 +143,7 @@ def test_the_same_policy_applies_to_the_bucket(tmp_path: Path, s3_endpoint: str,
     expected_removed = to_remove(plan(backup_records(s3)[0], repo.retention_policy()))
     assert expected_removed, "the history is long enough for something to go"
 
-    result = run_cli("retention", "--s3", env=env)
+    result = run_cli_here("retention", "--s3", env=env)
     assert result.returncode == 0, result.stderr
     assert f"retention of s3://{s3_bucket}/retention" in result.stdout
     assert f"removed {len(expected_removed)}" in result.stdout

@@ -22,7 +22,7 @@ from pgkeeper.config import repository_from_env
 from pgkeeper.errors import IntegrityError
 from pgkeeper.names import new_backup_id
 from pgkeeper.tasks.pg_restore import materialize_dump
-from tests.helpers import ROOT, create_database, drop_database, run_cli, table_fingerprints
+from tests.helpers import ROOT, create_database, drop_database, run_cli, run_cli_here, table_fingerprints
 from tests.s3_faults import FaultyProxy
 from tests.test_retention_flow import make_backup, s3_env
 
@@ -63,7 +63,7 @@ def plain_restore(pg, archive: Path, into: str) -> str:
 def test_backup_goes_up_is_listed_from_the_bucket_alone_and_restores(pg, crm_db, pg_env, s3_endpoint, s3_bucket,
                                                                      tmp_path):
     env = {**pg_env, **s3_env(s3_endpoint, s3_bucket, "nightly/crm")}
-    result = run_cli("backup", env=env)
+    result = run_cli_here("backup", env=env)
     assert result.returncode == 0, result.stderr
     backup_id = result.stdout.split()[1]
     assert (f"uploaded to s3://{s3_bucket}/nightly/crm/backups/{backup_id}/, checksum verified; "
@@ -248,17 +248,17 @@ def test_the_next_backup_uploads_older_backups_that_never_got_offsite(pg, crm_db
     prefix = "late-" + uuid.uuid4().hex[:6]
     with_s3 = {**pg_env, **s3_env(s3_endpoint, s3_bucket, prefix)}
     # Made before uploads were switched on.
-    first = run_cli("backup", env=pg_env)
+    first = run_cli_here("backup", env=pg_env)
     assert first.returncode == 0, first.stderr
     first_id = first.stdout.split()[1]
     # Uploaded, but its manifest never reached the bucket (the run was killed just before).
-    second = run_cli("backup", env=with_s3)
+    second = run_cli_here("backup", env=with_s3)
     assert second.returncode == 0, second.stderr
     second_id = second.stdout.split()[1]
     assert f"uploaded 1 older backup(s) that were not offsite: {first_id}" in second.stdout
     direct(s3_endpoint).delete_object(Bucket=s3_bucket, Key=f"{prefix}/backups/{second_id}/manifest.json")
     # Made before uploads were on, and damaged on local disk since: it cannot go up as it is.
-    third = run_cli("backup", env=pg_env)
+    third = run_cli_here("backup", env=pg_env)
     assert third.returncode == 0, third.stderr
     third_id = third.stdout.split()[1]
     dump = Path(pg_env["BACKUP_DIR"]) / "backups" / third_id / f"{crm_db}.dump.zst"
@@ -266,7 +266,7 @@ def test_the_next_backup_uploads_older_backups_that_never_got_offsite(pg, crm_db
     data[len(data) // 2] ^= 0xFF
     dump.write_bytes(bytes(data))
 
-    fourth = run_cli("backup", env=with_s3)
+    fourth = run_cli_here("backup", env=with_s3)
     assert fourth.returncode == 0, fourth.stderr
     fourth_id = fourth.stdout.split()[1]
     assert f"uploaded 1 older backup(s) that were not offsite: {second_id}" in fourth.stdout

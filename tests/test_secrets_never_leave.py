@@ -27,6 +27,7 @@ from psycopg import sql
 
 from pgkeeper.localcluster import free_port
 from tests.helpers import ROOT, create_database, drop_database
+from tests.prefect_template import seed_pgkeeper_server
 from tests.test_notify import _Catcher
 from tests.test_smtp_tls import USER, Mailbox
 from tests.tls_certs import make_certs
@@ -97,6 +98,7 @@ def world(pg, s3_endpoint) -> Iterator[dict]:
                    "ENABLE_EMAIL_ALERTS": "true", "ALERT_EMAIL": "dba@example.com", "SMTP_HOST": "127.0.0.1",
                    "SMTP_PORT": str(smtp.port), "SMTP_USER": USER, "SMTP_PASS": SECRETS["SMTP_PASS"],
                    "SSL_CERT_FILE": str(certs.ca), "SENTRY_DSN": catcher.dsn}
+        seed_pgkeeper_server(home / "pgkeeper")  # already migrated: no 116 migrations at start
         started = cli("server", "start", env=env)
         assert started.returncode == 0, started.stderr
         outputs = []

@@ -20,6 +20,7 @@ import pytest
 
 from pgkeeper.localcluster import free_port
 from tests.helpers import ROOT
+from tests.prefect_template import seed_pgkeeper_server
 
 
 def cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
@@ -43,6 +44,7 @@ def locked_server() -> Iterator[tuple[str, dict[str, str], str]]:
     port = free_port()
     env = clean_env(home, port)
     try:
+        seed_pgkeeper_server(home / "pgkeeper")  # already migrated: no 116 migrations at start
         started = cli("server", "start", env=env, timeout=180)
         assert started.returncode == 0, started.stdout + started.stderr
         credential = (home / "pgkeeper" / "server-auth").read_text().strip()

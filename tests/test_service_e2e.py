@@ -25,6 +25,7 @@ import pytest
 
 from pgkeeper.localcluster import free_port
 from tests.helpers import ROOT, api_request, run_cli, stop, wait_for  # noqa: F401 (stop: other e2e files import it from here)
+from tests.prefect_template import seed_pgkeeper_server
 
 SMTP_PASS = "smtp-Pw-" + uuid.uuid4().hex[:8]
 
@@ -84,6 +85,7 @@ def service(service_env, module_smtp) -> Iterator[tuple[str, dict[str, str], lis
     base_env.pop("PREFECT_API_URL", None)
     worker = None
     try:
+        seed_pgkeeper_server(home / "pgkeeper")  # already migrated: no 116 migrations at start
         started = run_cli("server", "start", env=base_env, timeout=180)
         assert started.returncode == 0 and healthy(api), started.stdout + started.stderr
         # The server is locked (issue 13): this test's own HTTP calls carry its credential;

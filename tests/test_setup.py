@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import run_cli
+from tests.helpers import run_cli, run_cli_here
 
 SMTP_PASS = "smtp-Pw-" + uuid.uuid4().hex[:8]
 AWS_SECRET = "aws-Secret-" + uuid.uuid4().hex[:8]
@@ -105,7 +105,7 @@ def test_setup_from_environment_then_again_changes_nothing(setup_env, pg_env) ->
     crash = Automation.read(name="pgkeeper: crash runs whose heartbeat stopped")
     assert crash.trigger.within.total_seconds() == 100 and "100 s" in crash.actions[0].message
 
-    second = run_cli("setup", env=setup_env)
+    second = run_cli_here("setup", env=setup_env)
     assert second.returncode == 0, second.stderr
     assert "nothing to change" in second.stdout, second.stdout
     assert "created" not in second.stdout and "updated" not in second.stdout
@@ -113,7 +113,7 @@ def test_setup_from_environment_then_again_changes_nothing(setup_env, pg_env) ->
         assert client.read_deployment_by_name("backup/daily").updated == updated_before
     assert len(Automation.read(name="pgkeeper: mail on failed run").actions) == 1
 
-    changed = run_cli("setup", env={**setup_env, "ALERT_EMAIL": "new@example.com"})
+    changed = run_cli_here("setup", env={**setup_env, "ALERT_EMAIL": "new@example.com"})
     assert changed.returncode == 0, changed.stderr
     assert "updated  block pgkeeper-mail" in changed.stdout
     assert block_document("pgkeeper-mail-notification", "pgkeeper-mail")["recipients"] == ["new@example.com"]

@@ -167,10 +167,10 @@ def test_no_restore_checks_integrity_and_format_only(env, pg):
 
 
 def test_cli_verify_prints_one_line_per_test(env, pg):
-    from tests.helpers import run_cli
+    from tests.helpers import run_cli, run_cli_here
 
     m = take_backup(env)
-    ok = run_cli("verify", env=env)
+    ok = run_cli_here("verify", env=env)
     assert ok.returncode == 0, ok.stderr
     lines = ok.stdout.strip().splitlines()
     assert [ln.split(":")[0] for ln in lines[:5]] == [f"Test {n}" for n in range(1, 6)]

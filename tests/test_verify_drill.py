@@ -98,9 +98,9 @@ def test_verify_from_s3_records_in_the_bucket_and_locally(env, pg, s3_endpoint, 
     assert [v.method for v in recorded.verifications] == ["quick", "restore", "restore"]
     assert scratch_databases(pg) == []
 
-    from tests.helpers import run_cli
+    from tests.helpers import run_cli_here
 
-    cli = run_cli("verify", "--from-s3", "--no-restore", env={**env, **s3})
+    cli = run_cli_here("verify", "--from-s3", "--no-restore", env={**env, **s3})
     assert cli.returncode == 0, cli.stderr
     assert cli.stdout.splitlines()[0].endswith(" PASS") and "restore not requested" in cli.stdout
     assert Manifest.from_bytes(bucket.read_manifest(m.backup_id)).verifications[-1].method == "quick"
