@@ -41,7 +41,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from bench_db import PASSWORD, SOURCE_DB, bench_cluster, build  # noqa: E402
+from bench_db import PASSWORD, SOURCE_DB, bench_arguments, bench_cluster, build  # noqa: E402
 
 
 def timed(argv: list[str], env: dict[str, str], stdout=subprocess.DEVNULL) -> float:
@@ -77,9 +77,10 @@ def med(xs: list[float]) -> float:
 
 
 def process(argv: list[str], env: dict[str, str], stdout=subprocess.DEVNULL, cpu: list | None = None,
-            ) -> tuple[float, float]:
+            log: list | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one process, as `/usr/bin/time -v` would report them; its
-    CPU seconds (user + sys, children included) go to `cpu`: on a shared machine they move less."""
+    CPU seconds (user + sys, children included) go to `cpu`: on a shared machine they move less;
+    what it wrote to stderr goes to `log`."""
     import tempfile
 
     with tempfile.TemporaryFile() as err_file:  # a file, not a pipe: a chatty child never blocks
@@ -92,6 +93,8 @@ def process(argv: list[str], env: dict[str, str], stdout=subprocess.DEVNULL, cpu
     proc.returncode = os.waitstatus_to_exitcode(status)
     if cpu is not None:
         cpu.append(usage.ru_utime + usage.ru_stime)
+    if log is not None:
+        log.append(err)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err[-2000:]}")
     return wall, usage.ru_maxrss / 1024
@@ -238,9 +241,7 @@ def fixed_costs(cluster, work: Path, rounds: int, cli_env: dict[str, str], pg_en
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", type=float, default=50, help="pgbench scale (50: about 1 GB in all)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--reuse", metavar="DIR", help="keep the cluster in DIR and reuse it on the next run")
+    bench_arguments(ap)
     ap.add_argument("--also-scale", type=float, default=0, help="also run the flow on a database this big (RSS)")
     ap.add_argument("--api", metavar="URL", help="a running Prefect API (default: start a server of our own)")
     ap.add_argument("--fixed-only", action="store_true",

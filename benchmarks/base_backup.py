@@ -37,7 +37,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from bench_db import PASSWORD, SOURCE_DB, bench_cluster, build  # noqa: E402
+from bench_db import PASSWORD, SOURCE_DB, bench_arguments, bench_cluster, build  # noqa: E402
 from pgbackrest_peer import PgBackRest, ensure_installed  # noqa: E402
 
 
@@ -67,9 +67,7 @@ def stats(xs: list[float]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", type=float, default=50, help="pgbench scale (50: about 1 GB in all)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--reuse", metavar="DIR", help="keep the cluster in DIR and reuse it on the next run")
+    bench_arguments(ap)
     ap.add_argument("--show-log", action="store_true", help="print pgkeeper's log (INFO, with times) each round")
     ap.add_argument("--profile", metavar="FILE", help="record the first pgkeeper round with py-spy (--idle; flame "
                     "graph SVG, or collapsed stacks when FILE ends in .txt; py-spy from PyPI) before timing it")

@@ -5,6 +5,7 @@ Shared by benchmarks/backup.py and benchmarks/restore.py so both measure the sam
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -21,6 +22,13 @@ if TYPE_CHECKING:
 SOURCE_DB = "bench_source"
 PASSWORD = "bench-pw"
 CLUSTER_SETTINGS = {"shared_buffers": "256MB", "max_wal_size": "4GB", "checkpoint_timeout": "15min"}
+
+
+def bench_arguments(ap: argparse.ArgumentParser) -> None:
+    """--scale, --rounds and --reuse, as every benchmark on this database takes them."""
+    ap.add_argument("--scale", type=float, default=50, help="pgbench scale (50: about 1 GB in all)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reuse", metavar="DIR", help="keep the cluster in DIR and reuse it on the next run")
 
 
 def build(cluster, scale: float) -> None:

@@ -14,33 +14,23 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backup import PGKEEPER, prefect_api, spread  # noqa: E402
-from bench_db import PASSWORD, SOURCE_DB, bench_cluster, build  # noqa: E402
+from backup import PGKEEPER, prefect_api, process, spread  # noqa: E402
+from bench_db import PASSWORD, SOURCE_DB, bench_arguments, bench_cluster, build  # noqa: E402
 
 TINY_DB = "bench_tiny_early"
 
 
 def one_backup(env: dict[str, str], early: str) -> tuple[float, float, float, bool]:
     """(wall s, CPU s, peak RSS MB, whether the run adopted an early stream)."""
-    with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty child never blocks
-        started = time.monotonic()
-        proc = subprocess.Popen([*PGKEEPER, "backup"], env={**env, "PGKEEPER_EARLY_START": early},
-                                stdout=subprocess.DEVNULL, stderr=err)
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        wall = time.monotonic() - started
-        err.seek(0)
-        text = err.read().decode(errors="replace")
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"pgkeeper backup failed: {text[-2000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, "early start" in text
+    cpu: list[float] = []
+    log: list[str] = []
+    wall, rss = process([*PGKEEPER, "backup"], {**env, "PGKEEPER_EARLY_START": early}, cpu=cpu, log=log)
+    return wall, cpu[0], rss, "early start" in log[0]
 
 
 def tiny_database(cluster) -> str:  # noqa: ANN001
@@ -56,9 +46,7 @@ def tiny_database(cluster) -> str:  # noqa: ANN001
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", type=float, default=50, help="pgbench scale (50: about 1 GB in all)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--reuse", metavar="DIR", help="keep the cluster in DIR and reuse it on the next run")
+    bench_arguments(ap)
     ap.add_argument("--api", metavar="URL", help="a running Prefect API (default: start a server of our own)")
     ap.add_argument("--tiny", action="store_true", help="a 10-row database instead of the 1 GB one")
     args = ap.parse_args()

@@ -17,12 +17,11 @@ from pydantic import SecretStr
 from pgkeeper import settings
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
-from pgkeeper.errors import BadName
+from pgkeeper.connection import connection_fields
 from pgkeeper.names import DEFAULT_CONNECTION_BLOCK as DEFAULT_CONNECTION_BLOCK
 from pgkeeper.names import DEFAULT_REPOSITORY_BLOCK as DEFAULT_REPOSITORY_BLOCK
 from pgkeeper.names import check_identifier
 from pgkeeper.repository import retention_fields
-from pgkeeper.tls import tls_from_env
 
 B = TypeVar("B", bound=Block)
 
@@ -41,11 +40,7 @@ def load_block(cls: type[B], name: str | None) -> B | None:
 
 def connection_from_env(env: Mapping[str, str] = os.environ) -> PostgresConnection:
     """The old scripts' POSTGRES_* variables as a connection."""
-    try:
-        fields = settings.postgres_settings(env)
-    except settings.SetupError:
-        raise BadName(f"POSTGRES_PORT={env.get('POSTGRES_PORT')!r} is not a port number") from None
-    return PostgresConnection(**fields, **tls_from_env(env))  # type: ignore[arg-type]
+    return PostgresConnection(**connection_fields(env))
 
 
 def repository_from_env(env: Mapping[str, str] = os.environ) -> BackupRepository:

@@ -107,19 +107,26 @@ class PlainConnection(ConnectionVerbs):
         return f"PlainConnection({self.describe()})"
 
 
-def connection_from_env(env: Mapping[str, str] = os.environ, **overrides: Any) -> PlainConnection:
-    """The old scripts' POSTGRES_* variables (then the flags) as a connection: the values
-    pgkeeper.config.load_connection gives the run when no connection block is saved."""
+def connection_fields(env: Mapping[str, str] = os.environ) -> dict[str, Any]:
+    """The old scripts' POSTGRES_* variables and the PGSSL* settings as connection fields, for
+    the block (pgkeeper.config) and for PlainConnection alike."""
     from pgkeeper import settings
     from pgkeeper.errors import BadName
-    from pgkeeper.names import check_identifier
     from pgkeeper.tls import tls_from_env
 
     try:
         fields = settings.postgres_settings(env)
     except settings.SetupError:
         raise BadName(f"POSTGRES_PORT={env.get('POSTGRES_PORT')!r} is not a port number") from None
-    fields.update(tls_from_env(env))
+    return {**fields, **tls_from_env(env)}
+
+
+def connection_from_env(env: Mapping[str, str] = os.environ, **overrides: Any) -> PlainConnection:
+    """The old scripts' POSTGRES_* variables (then the flags) as a connection: the values
+    pgkeeper.config.load_connection gives the run when no connection block is saved."""
+    from pgkeeper.names import check_identifier
+
+    fields = connection_fields(env)
     fields.update({k: v for k, v in overrides.items() if v is not None})
     conn = PlainConnection(**fields)
     check_identifier("database", conn.database)

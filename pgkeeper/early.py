@@ -223,7 +223,7 @@ def start_backup(args: argparse.Namespace, api_url: str) -> EarlyBackup | None:
             return None  # the run takes its settings from those blocks
         limit = database_limit_name(conn.database, f"{conn.host}:{conn.port}")
         api.ensure_limit(limit)
-        lease, _ = api.try_lease(limit, LEASE_SECONDS)
+        lease = api.try_lease(limit, LEASE_SECONDS)
     except (ApiError, PgkeeperError, OSError, ValueError):
         return None  # the run meets the same trouble in its own steps, and says so
     if lease is None:

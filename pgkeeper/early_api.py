@@ -36,15 +36,15 @@ class Api:
         elif env.get("PREFECT_API_KEY"):
             self.headers["Authorization"] = f"Bearer {env['PREFECT_API_KEY']}"
 
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, str], Any]:
-        """(status, headers, decoded JSON or None); a refused or unreachable API raises ApiError."""
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """(status, decoded JSON or None); a refused or unreachable API raises ApiError."""
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method, headers=self.headers)
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_S) as r:
-                status, headers, raw = r.status, dict(r.headers), r.read()
+                status, raw = r.status, r.read()
         except urllib.error.HTTPError as exc:
-            status, headers, raw = exc.code, dict(exc.headers or {}), exc.read()
+            status, raw = exc.code, exc.read()
         except (urllib.error.URLError, OSError) as exc:
             raise ApiError(f"the Prefect API at {self.url} did not answer: {exc}") from None
         try:
@@ -53,13 +53,13 @@ class Api:
             payload = None
         if status in (401, 403):
             raise ApiError(f"the Prefect API at {self.url} refused the call ({status})")
-        return status, headers, payload
+        return status, payload
 
     def block_exists(self, slug: str, name: str) -> bool:
         """Whether a block document `name` of type `slug` is saved (what `Block.load` would find)."""
         path = (f"/block_types/slug/{urllib.parse.quote(slug, safe='')}/block_documents/name/"
                 f"{urllib.parse.quote(name, safe='')}")
-        status, _, _ = self.call("GET", path)
+        status, _ = self.call("GET", path)
         if status == 200:
             return True
         if status == 404:
@@ -69,31 +69,31 @@ class Api:
     def ensure_limit(self, name: str) -> None:
         """The limit `name` with one active slot, as slots._ensure_limit leaves it."""
         path = f"/v2/concurrency_limits/{urllib.parse.quote(name, safe='')}"
-        status, _, found = self.call("GET", path)
+        status, found = self.call("GET", path)
         if status == 404:
-            status, _, _ = self.call("POST", "/v2/concurrency_limits/", {"name": name, "limit": 1})
+            status, _ = self.call("POST", "/v2/concurrency_limits/", {"name": name, "limit": 1})
             if status not in (200, 201, 409):  # 409: another run created it just now
                 raise ApiError(f"creating concurrency limit {name} answered {status}")
             return
         if status != 200:
             raise ApiError(f"reading concurrency limit {name} answered {status}")
         if found.get("limit") != 1 or not found.get("active", True):
-            status, _, _ = self.call("PATCH", path, {"limit": 1, "active": True})
+            status, _ = self.call("PATCH", path, {"limit": 1, "active": True})
             if status not in (200, 204):
                 raise ApiError(f"updating concurrency limit {name} answered {status}")
 
-    def try_lease(self, name: str, lease_seconds: float) -> tuple[dict[str, Any] | None, float]:
-        """(the lease response, 0) when the slot was free, else (None, seconds to wait: Retry-After)."""
-        status, headers, payload = self.call("POST", "/v2/concurrency_limits/increment-with-lease", {
+    def try_lease(self, name: str, lease_seconds: float) -> dict[str, Any] | None:
+        """The lease response when the slot was free; None when someone else holds it (423)."""
+        status, payload = self.call("POST", "/v2/concurrency_limits/increment-with-lease", {
             "names": [name], "slots": 1, "mode": "concurrency", "lease_duration": lease_seconds})
         if status == 200 and isinstance(payload, dict) and payload.get("lease_id"):
-            return payload, 0.0
-        if status == 423:  # Locked: someone else holds the slot
-            return None, float({k.lower(): v for k, v in headers.items()}.get("retry-after", 1))
+            return payload
+        if status == 423:  # Locked: the run waits for it in its own slot step
+            return None
         raise ApiError(f"taking a slot of {name} answered {status}")
 
     def renew_lease(self, lease_id: str, lease_seconds: float) -> bool:
-        status, _, _ = self.call("POST", f"/v2/concurrency_limits/leases/{lease_id}/renew",
+        status, _ = self.call("POST", f"/v2/concurrency_limits/leases/{lease_id}/renew",
                                  {"lease_duration": lease_seconds})
         return status in (200, 204)
 

@@ -33,7 +33,7 @@ fork_stream, adopt = early.EarlyBackup.fork_stream, early.adopt
 
 def spy_fork(self):
     name = early.database_limit_name(self.conn.database, f"{self.conn.host}:{self.conn.port}")
-    _, _, limit = Api(os.environ["PREFECT_API_URL"]).call("GET", f"/v2/concurrency_limits/{name}")
+    _, limit = Api(os.environ["PREFECT_API_URL"]).call("GET", f"/v2/concurrency_limits/{name}")
     seen.update(forked=True, slot_held=limit["active_slots"], backup_id=self.backup_id)
     fork_stream(self)
     seen["child"] = self.pid
