@@ -16,6 +16,8 @@ import sys
 import uuid
 from pathlib import Path
 
+import psycopg
+from psycopg import sql
 from pydantic import SecretStr
 
 from tests.helpers import ROOT, wait_for
@@ -85,7 +87,7 @@ def folders(repo_dir: str) -> list[str]:
     return sorted(p.name for p in backups.iterdir()) if backups.exists() else []
 
 
-def test_the_run_adopts_the_stream_started_under_the_slot(pg_env, tmp_path):
+def test_the_run_adopts_the_stream_started_under_the_slot(pg, pg_env, tmp_path):
     seen, out = probe(tmp_path, pg_env)
     assert seen["code"] == 0 and seen["forked"], seen
     assert seen["slot_held"] == 1  # the database's backup slot was taken before the stream started
@@ -95,6 +97,20 @@ def test_the_run_adopts_the_stream_started_under_the_slot(pg_env, tmp_path):
     manifest = manifests(pg_env["BACKUP_DIR"])[0]
     assert manifest.tables and manifest.verifications[0].ok and len(manifest.files) == 2
     assert not _alive(seen["child"])  # the child was reaped by the run
+
+    # What the early stream wrote restores to the same database: pg_dump of both is identical.
+    from tests.app_schema import dump_data, dump_schema
+    from tests.helpers import run_cli_here
+
+    conninfo, source, copy = pg.conninfo(), pg_env["POSTGRES_DB"], pg_env["POSTGRES_DB"] + "_early"
+    restored = run_cli_here("restore", seen["backup_id"], "--into", copy, "--yes", env=pg_env)
+    try:
+        assert restored.returncode == 0, restored.stderr[-3000:]
+        assert dump_schema(conninfo, copy) == dump_schema(conninfo, source)
+        assert dump_data(conninfo, copy) == dump_data(conninfo, source)
+    finally:
+        with psycopg.connect(conninfo, autocommit=True) as c:
+            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(copy)))
 
 
 def test_a_held_slot_leaves_the_early_start_aside_and_the_run_waits(pg_env, tmp_path):
