@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (~4 ms a WAL command)
 if TYPE_CHECKING:
@@ -56,17 +56,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0] in FAST_COMMANDS:
         module = importlib.import_module(FAST_COMMANDS[args_list[0]])
         return int(module.main(args_list[1:]))
-    code = run_command(args_list)
-    if argv is None and "prefect" in sys.modules:
-        leave(code)
+    as_program = argv is None
+    lines: list[str] = []
+    code = run_command(args_list, lines.append if as_program else _say)
+    if as_program and "prefect" in sys.modules:
+        leave(code, lines)
+    for line in lines:
+        _say(line)
     return code
 
 
-def leave(code: int) -> None:
+def _say(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def leave(code: int, last_lines: Sequence[str] = ()) -> None:
     """Exit the way the interpreter does, minus tearing down every module object: join the
     threads Python would join and run the exit handlers (Prefect's drain the run's last logs and
     events to the API there), flush, then `os._exit`. Freeing Prefect's object graph one object at
-    a time costs about a second of CPU after a backup here, and buys nothing."""
+    a time costs about a second of CPU after a backup here, and buys nothing.
+
+    `last_lines` (the command's error line) are written after the exit handlers: a drain that is
+    slow to finish logs a warning of its own, and the error must stay the last line a user sees."""
     import atexit
     import threading
 
@@ -74,6 +85,8 @@ def leave(code: int) -> None:
     if shutdown is not None:
         shutdown()
     atexit._run_exitfuncs()
+    for line in last_lines:
+        _say(line)
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -82,7 +95,8 @@ def leave(code: int) -> None:
     os._exit(code)
 
 
-def run_command(args_list: list[str]) -> int:
+def run_command(args_list: list[str], say: Callable[[str], None]) -> int:
+    """Run the parsed command; an error's one line goes to `say`, never a traceback (but with --debug)."""
     parser = build_parser()
     args = parser.parse_args(args_list)
     from pgkeeper.errors import ExitCode, exit_code_for, expected_error
@@ -92,17 +106,16 @@ def run_command(args_list: list[str]) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("pgkeeper: interrupted", file=sys.stderr)
+        say("pgkeeper: interrupted")
         return ExitCode.INTERRUPTED
     except Exception as exc:
         expected = expected_error(exc)  # the error itself, or one it was raised from
         if expected is not None:
-            print(f"pgkeeper: error: {first_line(expected)}", file=sys.stderr)
+            say(f"pgkeeper: error: {first_line(expected)}")
             return exit_code_for(expected)
         if debug:
             raise
-        print(f"pgkeeper: error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)",
-              file=sys.stderr)
+        say(f"pgkeeper: error: {type(exc).__name__}: {first_line(exc)} (run with --debug for the traceback)")
         return ExitCode.UNEXPECTED
 
 
