@@ -158,21 +158,21 @@ class EarlyBackup:
                 pass  # it expires within LEASE_SECONDS
 
 
-def _error_of(outcome: dict[str, Any]) -> Exception:
+def _error_of(outcome: dict[str, Any], what: str = "pg_dump") -> Exception:
     """The child's error as the kind it was (one line); anything unexpected is transient, so the
     dump step's retry dumps anew."""
     from pgkeeper import errors
     from pgkeeper.errors import ToolFailed
 
     if not outcome:
-        return ToolFailed("the early pg_dump stream ended without a result")
+        return ToolFailed(f"the early {what} stream ended without a result")
     kind = getattr(errors, outcome.get("error", ""), None)
     if isinstance(kind, type) and issubclass(kind, PgkeeperError):
         try:
             return kind(outcome["message"], transient=outcome.get("transient"))
         except TypeError:  # a kind with a constructor of its own
             return kind(outcome["message"])
-    return ToolFailed(f"the early pg_dump stream failed: {outcome.get('error')}: {outcome.get('message')}")
+    return ToolFailed(f"the early {what} stream failed: {outcome.get('error')}: {outcome.get('message')}")
 
 
 def _stream_child(parent: int, write_end: int, conn: PlainConnection, repo: PlainRepository, backup_id: str) -> None:

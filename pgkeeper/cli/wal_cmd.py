@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pgkeeper.cli.common import add_connection_args, add_repository_args, connection_params, repository_params
 
@@ -91,12 +92,24 @@ def run_setup(args: argparse.Namespace) -> int:
 def run_base_backup(args: argparse.Namespace) -> int:
     from pgkeeper.local_server import ensure_api
 
-    ensure_api()
-    from pgkeeper.flows.base_backup import base_backup
+    url = ensure_api()
+    early = None
+    if "prefect" not in sys.modules:  # a fresh process: the stream can start while Prefect is imported
+        from pgkeeper.early_base import start_base_backup
+
+        early = start_base_backup(args, url)
+    try:
+        from pgkeeper.flows.base_backup import base_backup
+
+        m = base_backup(**connection_params(args), **repository_params(args), wal_config=args.wal_config,
+                        verify=not args.no_verify, labels=args.label)
+    finally:
+        if early is not None:
+            from pgkeeper.early_base import finish
+
+            finish(early)
     from pgkeeper.fmt import human_bytes, human_seconds
 
-    m = base_backup(**connection_params(args), **repository_params(args), wal_config=args.wal_config,
-                    verify=not args.no_verify, labels=args.label)
     print(f"base backup {m.backup_id}: {human_bytes(m.size)}, WAL {m.start_lsn}..{m.stop_lsn} timeline {m.timeline}, "
           f"{human_seconds(m.duration_seconds)}, {m.status}; point-in-time recovery possible from "
           f"{m.finished_at.isoformat(sep=' ', timespec='seconds')}")

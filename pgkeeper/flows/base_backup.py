@@ -7,6 +7,7 @@ pg_verifybackup on an unpacked copy instead (tasks/basebackup.py)."""
 from __future__ import annotations
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
+from pgkeeper.early_base import adopt as adopt_early
 from pgkeeper.flows.quick import flow
 from pgkeeper.manifest import Manifest
 from pgkeeper.names import server_key
@@ -48,18 +49,26 @@ def base_backup(
         conn = load_connection(connection_block, database=database, host=host, port=port, user=user)
         repo = load_repository(repository_block, path=backup_dir)
 
-        walcfg = wal_settings(repo, wal_config)
-        info = physical_preflight(conn, repo)
-        backup_id = begin_backup(repo, info.server_time, server_key(conn.host, conn.port, info.system_identifier))
+        # What `pgkeeper base-backup` began before this run existed (WAL config, preflight, id,
+        # stream), when it chose as this run does; the steps below then adopt it.
+        early = adopt_early(conn, repo, wal_config)
+        walcfg = wal_settings(repo, wal_config, early)
+        info = physical_preflight(conn, repo, early)
+        backup_id = begin_backup(repo, info.server_time, server_key(conn.host, conn.port, info.system_identifier),
+                                 early)
         try:
-            take = take_base_backup if info.tablespaces else stream_base_backup  # -D - takes no tablespaces
-            files = take(conn, repo, backup_id)
+            if info.tablespaces:  # -D - takes no tablespaces: staged
+                files = take_base_backup(conn, repo, backup_id)
+            else:
+                files = stream_base_backup(conn, repo, backup_id, early)
             segments = check_wal_archived(walcfg, files.start_lsn, files.stop_lsn, files.timeline,
                                           info.wal_segment_size)
             checks = verify_base_backup(repo, backup_id, files, walcfg, segments) if verify else {}
             manifest = write_physical_manifest(repo, backup_id, conn.database, info, files, checks, labels or [],
                                                (conn.host, conn.port))
         except BaseException:
+            if early is not None:
+                early.stop()  # no stream may write into a folder being removed
             abandon_backup(repo, backup_id)
             raise
         if repo.has_offsite():

@@ -26,107 +26,60 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import zstandard
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel
 
-from pgkeeper import __version__, codec, pgtools
+from pgkeeper import __version__, pgtools
+from pgkeeper.basestream import (  # noqa: F401 - table_estimates, wal_range_of: their old home
+    COMPRESS_THREADS,
+    PG_MANIFEST,
+    READ_CHUNK,
+    BaseBackupFiles,
+    ClusterInfo,
+    cluster_facts,
+    refresh_wal_config,
+    stream_into,
+    table_estimates,
+    wal_range_of,
+)
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
-from pgkeeper.errors import ArchivingOff, IntegrityError, PgkeeperError, RepositoryError
+from pgkeeper.errors import IntegrityError, PgkeeperError
 from pgkeeper.fmt import human_bytes
 from pgkeeper.manifest import Manifest, StoredFile, Verification
 from pgkeeper.names import backup_id_server
 from pgkeeper.storage.interface import Storage
-from pgkeeper.tarstream import TarChecker, check_against_manifest
 from pgkeeper.tasks.policy import RETRYABLE
-from pgkeeper.tls import plaintext_warning
 from pgkeeper.wal.archive import WalArchive, segments_between
 from pgkeeper.wal.config import WalConfig
-from pgkeeper.wal.identity import check_backup, check_remote
+
+if TYPE_CHECKING:
+    from pgkeeper.early_base import EarlyBaseBackup
 
 STAGING = ".pg_basebackup"
-PG_MANIFEST = "backup_manifest"
-READ_CHUNK = 1 << 20
-COMPRESS_THREADS = 2  # zstd's own threads: compression keeps pace with the walsender on 2 cores
-
-
-class ClusterInfo(BaseModel):
-    server_version: str
-    system_identifier: str
-    wal_segment_size: int
-    cluster_size: int
-    timeline: int
-    server_time: datetime | None = None  # the server's clock, to check ours against (pgkeeper.clock)
-    tables: dict[str, int] = {}  # the connected database's tables -> reltuples, for the PITR drill's row check
-    tablespaces: int = 0  # besides pg_default and pg_global: pg_basebackup cannot stream those to stdout
-
-
-class BaseBackupFiles(BaseModel):
-    files: list[StoredFile]
-    start_lsn: str
-    stop_lsn: str
-    timeline: int
-    started_at: datetime
-    finished_at: datetime
-    streamed_check: int = 0  # files checked against backup_manifest while streaming (0: staged)
-
-
-def table_estimates(c) -> dict[str, int]:  # noqa: ANN001 - an open psycopg connection
-    """schema.table -> reltuples (-1: never analysed) in the connection's database."""
-    rows = c.execute(
-        "SELECT n.nspname || '.' || c.relname, c.reltuples::bigint FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') "
-        "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
-    ).fetchall()
-    return {name: int(n) for name, n in rows}
 
 
 @task(name="physical-preflight", cache_policy=NO_CACHE, **RETRYABLE)
-def physical_preflight(conn: PostgresConnection, repo: BackupRepository) -> ClusterInfo:
-    """Server reachable and archiving WAL; repository writable with room for the whole cluster."""
-    with conn.connect() as c:
-        # One round trip for the settings and the cluster's identity (the step is on every backup's path).
-        (mode, command, library, version, sysid, seg, size, tli, server_time,
-         tablespaces) = c.execute(  # type: ignore[misc]
-            "SELECT current_setting('archive_mode'), current_setting('archive_command'), "
-            "current_setting('archive_library'), current_setting('server_version'), "
-            "(SELECT system_identifier FROM pg_control_system())::text, "
-            "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), "
-            "(SELECT sum(pg_database_size(oid)) FROM pg_database)::bigint, "
-            "(SELECT timeline_id FROM pg_control_checkpoint()), clock_timestamp(), "
-            "(SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global'))").fetchone()
-        if mode == "off" or not (command or library):
-            raise ArchivingOff(f"WAL archiving is off on {conn.describe()}: run `pgkeeper wal-setup --apply` "
-                               "and restart PostgreSQL (a base backup without archived WAL cannot be restored)")
-        plaintext = plaintext_warning(conn.host, conn.port, conn.sslmode, c)
-        tables = table_estimates(c)
-    if plaintext:  # another machine, no TLS: the whole cluster is about to cross the network in clear
-        from pgkeeper.alerts import warn
+def physical_preflight(conn: PostgresConnection, repo: BackupRepository,
+                       early: EarlyBaseBackup | None = None) -> ClusterInfo:
+    """Server reachable and archiving WAL; repository writable with room for the whole cluster.
 
-        warn("plaintext-connection", plaintext, database=conn.database, host=conn.host, port=conn.port)
-    storage = repo.storage()
-    storage.ensure_writable()
-    # The repository belongs to one cluster (wal/identity.py): the first base backup claims it.
-    archive = check_backup(repo.wal_spool(), sysid, version, int(seg), f"a base backup of {conn.describe()}",
-                           claim=True)
-    target = repo.s3_target()
-    if target is not None and archive is not None:
-        from pgkeeper.wal.s3 import S3WalStore
+    With `early`, what `pgkeeper base-backup` found before this run existed (the same checks,
+    made before its stream started) is the answer, and its warnings are raised here."""
+    from pgkeeper.alerts import warn
 
-        check_remote(archive, S3WalStore(target))
-    room = storage.free_space()
-    if room is not None and size > room[0]:
-        raise RepositoryError(f"not enough space in {storage.describe()}: the cluster is {human_bytes(size)}, "
-                              f"{human_bytes(room[0])} free")
-    get_run_logger().info("server %s, PostgreSQL %s, cluster %s, archive_command %r", conn.describe(), version,
-                          human_bytes(size), command)
-    return ClusterInfo(server_version=version, system_identifier=sysid, wal_segment_size=int(seg),
-                       cluster_size=int(size), timeline=int(tli), server_time=server_time,
-                       tables=tables, tablespaces=int(tablespaces))
+    if early is not None:
+        info = early.info
+        for kind, message, details in early.alerts:
+            warn(kind, message, **details)
+    else:
+        info = cluster_facts(conn, repo, warn)
+    get_run_logger().info("server %s, PostgreSQL %s, cluster %s, archive_command %r", conn.describe(),
+                          info.server_version, human_bytes(info.cluster_size), info.archive_command)
+    return info
 
 
 def _compress_option(repo: BackupRepository) -> str:
@@ -137,13 +90,6 @@ def _compress_option(repo: BackupRepository) -> str:
 def wal_range(pg_manifest: Path) -> tuple[str, str, int]:
     """(start LSN, stop LSN, timeline) from PostgreSQL's backup_manifest."""
     return wal_range_of(json.loads(pg_manifest.read_text()), str(pg_manifest))
-
-
-def wal_range_of(data: dict, label: str) -> tuple[str, str, int]:
-    ranges = data.get("WAL-Ranges") or []
-    if not ranges:
-        raise IntegrityError(f"{label} has no WAL-Ranges")
-    return ranges[0]["Start-LSN"], ranges[-1]["End-LSN"], int(ranges[-1]["Timeline"])
 
 
 @task(name="pg-basebackup", cache_policy=NO_CACHE, **RETRYABLE)
@@ -168,48 +114,24 @@ def take_base_backup(conn: PostgresConnection, repo: BackupRepository, backup_id
 
 
 @task(name="pg-basebackup", cache_policy=NO_CACHE, **RETRYABLE)
-def stream_base_backup(conn: PostgresConnection, repo: BackupRepository, backup_id: str) -> BaseBackupFiles:
+def stream_base_backup(conn: PostgresConnection, repo: BackupRepository, backup_id: str,
+                       early: EarlyBaseBackup | None = None) -> BaseBackupFiles:
     """pg_basebackup -Ft -D - -X none --checkpoint=fast straight into the repository: compressed
-    here on threads, every file checked against backup_manifest on the way (no staging copy)."""
-    storage = repo.storage()
-    name = f"base.tar{codec.SUFFIX[repo.compression]}"
-    argv = [pgtools.tool("pg_basebackup"), "-D", "-", "-Ft", "-X", "none", "--checkpoint=fast",
-            "--manifest-checksums=SHA256", "-l", f"pgkeeper {backup_id}", "-w"]
-    comp = codec.compressor(repo.compression, repo.level(), threads=COMPRESS_THREADS)
-    checker = TarChecker()
-    buf = bytearray(READ_CHUNK)
-    view = memoryview(buf)
-    started = datetime.now(UTC)
-    with tempfile.TemporaryFile() as err, pgtools.child(
-        argv, env=conn.libpq_env(), timeout=repo.dump_timeout_seconds,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-    ) as pb:
-        try:
-            with storage.write_file(backup_id, name) as out:
-                assert pb.proc.stdout is not None
-                while n := pb.proc.stdout.readinto(buf):  # type: ignore[attr-defined]
-                    for part in checker.feed(view[:n]):
-                        piece = comp.compress(part)  # type: ignore[arg-type]
-                        if piece:
-                            out.write(piece)
-                out.write(comp.flush())
-                err.seek(0)
-                pb.check(err.read(), repo.dump_timeout_seconds)
-                # Inside the write: a stream that does not match its manifest is never stored.
-                checked = check_against_manifest(checker)
-        except OSError as exc:
-            raise RepositoryError(f"writing {backup_id}/{name} failed: {exc.strerror or exc}") from None
-    finished = datetime.now(UTC)  # the archive holds the WAL up to the stop position from here on
-    tar = storage.stored_file(name, out, checker.raw_size)
-    with storage.write_file(backup_id, PG_MANIFEST) as mout:
-        mout.write(bytes(checker.manifest))
-    files = [storage.stored_file(PG_MANIFEST, mout), tar]
-    start_lsn, stop_lsn, timeline = wal_range_of(json.loads(bytes(checker.manifest)), PG_MANIFEST)
-    get_run_logger().info("pg_basebackup: %s stored (%s of files), %d files match backup_manifest, "
-                          "WAL %s..%s on timeline %d", human_bytes(tar.size), human_bytes(checker.raw_size),
-                          checked, start_lsn, stop_lsn, timeline)
-    return BaseBackupFiles(files=files, start_lsn=start_lsn, stop_lsn=stop_lsn, timeline=timeline,
-                           started_at=started, finished_at=finished, streamed_check=checked)
+    here on threads, every file checked against backup_manifest on the way (no staging copy).
+
+    With `early` (the stream `pgkeeper base-backup` started before this run existed, into this
+    very backup id), its result is this step's; a retry streams anew."""
+    logger = get_run_logger()
+    if early is not None and early.take_stream(backup_id):
+        logger.info("pg_basebackup started before the run (pgkeeper base-backup's early start): waiting for it")
+        files = early.result()
+    else:
+        files = stream_into(conn, repo, backup_id)
+    tar = files.files[-1]
+    logger.info("pg_basebackup: %s stored (%s of files), %d files match backup_manifest, "
+                "WAL %s..%s on timeline %d", human_bytes(tar.size), human_bytes(files.raw_size),
+                files.streamed_check, files.start_lsn, files.stop_lsn, files.timeline)
+    return files
 
 
 @task(name="check-wal-archived", cache_policy=NO_CACHE, **RETRYABLE)
@@ -429,18 +351,13 @@ def write_physical_manifest(repo: BackupRepository, backup_id: str, database: st
 
 
 @task(name="wal-settings", cache_policy=NO_CACHE)
-def wal_settings(repo: BackupRepository, config_file: str | None) -> WalConfig:
+def wal_settings(repo: BackupRepository, config_file: str | None,
+                 early: EarlyBaseBackup | None = None) -> WalConfig:
     """The WAL archive this repository implies; refreshed into `config_file` (what archive_command
-    and restore_command read) when one is named."""
-    from pgkeeper.wal import config as walconfig
-    from pgkeeper.wal.setup import config_from_repository, write_config
-
-    previous = None
-    if config_file and Path(config_file).exists():
-        previous = walconfig.load(config_file)
-    cfg = config_from_repository(repo, previous)
+    and restore_command read) when one is named. With `early`, `pgkeeper base-backup` refreshed it
+    before its stream started (the same function, the same file)."""
+    cfg = early.walcfg if early is not None else refresh_wal_config(repo, config_file)
     if config_file:
-        write_config(Path(config_file), cfg)
         get_run_logger().info("WAL settings written to %s (spool %s)", config_file, cfg.spool)
     return cfg
 
