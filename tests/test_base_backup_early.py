@@ -194,3 +194,37 @@ def test_a_run_adopts_only_what_it_would_have_chosen(tmp_path):
 def folders_of(path: Path) -> set[str]:
     backups = path / "backups"
     return {p.name for p in backups.iterdir()} if backups.exists() else set()
+
+
+def test_a_failed_early_stream_fails_the_run_in_one_line_and_leaves_nothing(arch, tmp_path):
+    """A role that may read the cluster's facts but not stream it: the checks pass, the child's
+    pg_basebackup is refused, and the run's pg-basebackup step reports that (one line, the
+    command fails); the claimed folder is removed."""
+    role, password = "bb_early_norepl", "norepl-pw"
+    drop_role(arch, role)
+    with psycopg.connect(arch.cluster.conninfo(), autocommit=True) as c:
+        c.execute(f"CREATE ROLE {role} LOGIN NOREPLICATION PASSWORD '{password}'")
+        c.execute(f"GRANT pg_monitor, pg_read_all_settings TO {role}")
+        c.execute(f"GRANT EXECUTE ON FUNCTION pg_control_system(), pg_control_checkpoint() TO {role}")
+    before = folders(arch)
+    try:
+        proc, report = probe(tmp_path, arch, background=True, POSTGRES_USER=role, POSTGRES_PASSWORD=password,
+                             PGKEEPER_TASK_RETRIES="0")
+        _, err = proc.communicate(timeout=300)
+    finally:
+        drop_role(arch, role)
+    seen = json.loads(report.read_text())
+    assert seen["forked"] and seen["adopted"] == seen["backup_id"], (seen, err[-3000:])
+    assert seen["code"] != 0, err[-4000:]  # main() returned its exit code to the probe
+    errors = [ln for ln in err.splitlines() if ln.startswith("pgkeeper: error:")]
+    assert len(errors) == 1 and "pg_basebackup" in errors[0], err[-3000:]
+    assert password not in err
+    assert not _alive(seen["child"]) and not basebackup_pids(seen["backup_id"])
+    assert folders(arch) == before  # nothing claimed is left
+
+
+def drop_role(a: ArchivingCluster, role: str) -> None:
+    with psycopg.connect(a.cluster.conninfo(), autocommit=True) as c:
+        if c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            c.execute(f"DROP OWNED BY {role}")  # its grants on the control functions
+            c.execute(f"DROP ROLE {role}")
