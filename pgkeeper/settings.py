@@ -269,6 +269,7 @@ def tier_settings(env: Mapping[str, str] = os.environ) -> dict[str, object]:
 
 
 def early_start_enabled(env: Mapping[str, str] = os.environ) -> bool:
-    """PGKEEPER_EARLY_START=0 keeps `pgkeeper backup` from starting its dump before Prefect is
-    imported (pgkeeper/early.py); on by default."""
+    """PGKEEPER_EARLY_START=0 keeps `pgkeeper backup` from starting its dump, and `pgkeeper
+    base-backup` its pg_basebackup stream, before Prefect is imported (pgkeeper/early.py,
+    pgkeeper/early_base.py); on by default."""
     return env.get("PGKEEPER_EARLY_START", "1").strip() != "0"
