@@ -15,7 +15,10 @@ Each round times, as a user runs them:
   b. `pgbackrest backup --type=full`.
 It prints medians, min and max of each, the ratio a/b (target <= 1.1) and the stored sizes, and
 how much of a. is pg_basebackup's stream into the repository (the manifest's start to finish);
-the rest is the command's fixed cost (start-up, Prefect, the steps after the stream).
+the rest is the command's fixed cost (start-up, Prefect, the steps after the stream). The
+command runs with the old scripts' variables, so pg_basebackup starts before Prefect is imported
+(pgkeeper/early_base.py) and the stream overlaps the start-up; PGKEEPER_EARLY_START=0 in the
+environment measures the run without it (benchmarks/early_start.py --base alternates both).
 """
 
 from __future__ import annotations
