@@ -1,0 +1,200 @@
+"""What `pgkeeper backup`'s and `pgkeeper base-backup`'s early starts share (pgkeeper/early.py,
+pgkeeper/early_base.py): when a command may start before Prefect is imported, and the stream
+that runs in a forked child until the run adopts it.
+
+The child has its own interpreter lock, so it streams at full speed while the command imports
+Prefect; it dies with the command (PR_SET_PDEATHSIG, a SIGKILL included), and reports through
+a pipe, one JSON object per line: progress, then its result or its error in one line. Nothing
+here imports Prefect.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pgkeeper.connection import PlainConnection, connection_from_env
+from pgkeeper.early_api import Api, ApiError
+from pgkeeper.errors import PgkeeperError
+from pgkeeper.names import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK
+
+if TYPE_CHECKING:
+    import argparse
+
+    from pgkeeper.repository import PlainRepository, RepositoryVerbs
+
+CONNECTION_SLUG = "pgkeeper-postgres-connection"
+REPOSITORY_SLUG = "pgkeeper-backup-repository"
+
+Send = Callable[[dict[str, Any]], None]
+
+
+def early_choices(args: argparse.Namespace, api_url: str) -> tuple[Api, PlainConnection, PlainRepository] | None:
+    """The API, connection and repository a run of this command is sure to choose, when they can
+    be known without Prefect; None (today's path) whenever the run could choose otherwise: a block
+    named on the command line or saved under the default names, no BACKUP_DIR or --backup-dir, an
+    API not configured through the environment, no manifest key in the key directory,
+    PGKEEPER_EARLY_START=0. Trouble asking also means None: the run meets it and says so."""
+    from pgkeeper.settings import early_start_enabled
+
+    if not early_start_enabled() or os.environ.get("PREFECT_API_URL") != api_url:
+        return None  # an API from a Prefect profile may carry credentials only Prefect reads
+    if args.connection_block or args.repository_block or not (args.backup_dir or os.environ.get("BACKUP_DIR")):
+        return None
+    from pgkeeper import keys
+    from pgkeeper.repository import repository_from_env
+
+    api = Api(api_url)
+    try:
+        conn = connection_from_env(database=args.database, host=args.host, port=args.port, user=args.user)
+        repo = repository_from_env(path=args.backup_dir)
+        if not keys.mac_keys():  # without a manifest key in the key directory the run looks for Secret blocks
+            return None
+        if api.block_exists(CONNECTION_SLUG, DEFAULT_CONNECTION_BLOCK) or \
+                api.block_exists(REPOSITORY_SLUG, DEFAULT_REPOSITORY_BLOCK):
+            return None  # the run takes its settings from those blocks
+    except (ApiError, PgkeeperError, OSError, ValueError):
+        return None
+    return api, conn, repo
+
+
+class ForkedStream:
+    """A backup's stream begun by the command in a forked child, for its run to adopt."""
+
+    what = "stream"  # the tool, in the one-line error of a stream that ended without a result
+
+    def __init__(self, conn: PlainConnection, repo: PlainRepository, backup_id: str) -> None:
+        self.conn, self.repo, self.backup_id = conn, repo, backup_id
+        self.pid: int | None = None
+        self.pipe: Any = None
+        self.adopted = False
+        self._stream_taken = False
+
+    def stream(self, send: Send) -> dict[str, Any]:
+        """In the child: the stream itself; its result as JSON."""
+        raise NotImplementedError
+
+    # -- in the run -----------------------------------------------------------------------
+
+    def take_stream(self, backup_id: str) -> bool:
+        """True once, for the step that streams this backup; a retry then streams anew."""
+        if self._stream_taken or backup_id != self.backup_id:
+            return False
+        self._stream_taken = True
+        return True
+
+    def outcome(self, on_message: Callable[[dict[str, Any]], None] = lambda _: None) -> dict[str, Any]:
+        """Wait for the child: its progress messages go to `on_message`; its result is returned,
+        its error raised (one line, its kind kept)."""
+        outcome: dict[str, Any] = {}
+        try:
+            for line in self.pipe:
+                message = json.loads(line)
+                if "result" in message or "error" in message:
+                    outcome = message
+                else:
+                    on_message(message)
+        finally:
+            self.stop()
+        if "result" in outcome:
+            return outcome["result"]
+        raise _error_of(outcome, self.what)
+
+    # -- in the command -------------------------------------------------------------------
+
+    def fork_stream(self) -> None:
+        """The stream started in a child process that dies with this one."""
+        parent = os.getpid()
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            os.close(read_end)
+            _stream_child(parent, write_end, self.stream)
+        os.close(write_end)
+        self.pid, self.pipe = pid, os.fdopen(read_end, "r")
+
+    def stop(self) -> None:
+        """The child stopped and reaped (its tool dies with it)."""
+        if self.pid is None:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+        self.pid = None
+        if self.pipe is not None:
+            self.pipe.close()
+            self.pipe = None
+
+    def give_up(self) -> None:
+        """Undo a start no run adopted: the stream stopped, its folder removed."""
+        self.stop()
+        self.repo.storage().abandon_backup(self.backup_id)
+
+    def finish(self) -> None:
+        """At the command's end: a start no run adopted is undone; an adopted one has no child
+        left, and its folder is removed unless its manifest was written (a run that failed
+        before its stream step left the folder to its claimer: no manifest, no backup)."""
+        if not self.adopted:
+            self.give_up()
+            return
+        self.stop()
+        storage = self.repo.storage()
+        if self.backup_id not in storage.list_backup_ids():
+            storage.abandon_backup(self.backup_id)
+
+
+def same_choice(early: ForkedStream, conn: Any, repo: RepositoryVerbs) -> bool:
+    """Whether the run chose what the early start chose: the same server, database, role,
+    password and TLS settings, and the same repository, compression and encryption."""
+    def of(r: Any) -> tuple[Any, ...]:
+        return (str(r.path), r.compression, r.level(), r.encrypts(), list(r.encryption_recipients),
+                r.dump_timeout_seconds)
+
+    return conn.libpq_env() == early.conn.libpq_env() and of(repo) == of(early.repo)
+
+
+def _stream_child(parent: int, write_end: int, stream: Callable[[Send], dict[str, Any]]) -> None:
+    code = 1
+    try:
+        from pgkeeper.pgtools import _die_with_parent
+
+        _die_with_parent(parent)
+        with os.fdopen(write_end, "w", buffering=1) as out:
+            def send(message: dict[str, Any]) -> None:
+                out.write(json.dumps(message) + "\n")
+
+            try:
+                send({"result": stream(send)})
+                code = 0
+            except BaseException as exc:  # reported to the run's stream step, never printed here
+                from pgkeeper.fmt import first_line
+
+                send({"error": type(exc).__name__, "message": first_line(exc),
+                      "transient": getattr(exc, "transient", None)})
+    finally:
+        os._exit(code)  # no exit handlers, no buffers of the parent's flushed twice
+
+
+def _error_of(outcome: dict[str, Any], what: str) -> Exception:
+    """The child's error as the kind it was (one line); anything unexpected is transient, so the
+    step's retry streams anew."""
+    from pgkeeper import errors
+    from pgkeeper.errors import ToolFailed
+
+    if not outcome:
+        return ToolFailed(f"the early {what} stream ended without a result")
+    kind = getattr(errors, outcome.get("error", ""), None)
+    if isinstance(kind, type) and issubclass(kind, PgkeeperError):
+        try:
+            return kind(outcome["message"], transient=outcome.get("transient"))
+        except TypeError:  # a kind with a constructor of its own
+            return kind(outcome["message"])
+    return ToolFailed(f"the early {what} stream failed: {outcome.get('error')}: {outcome.get('message')}")
