@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,20 +49,27 @@ def timed(argv: list[str], env: dict[str, str], stdout=subprocess.DEVNULL) -> fl
     return time.monotonic() - started
 
 
+def peak_rss_kb() -> int:
+    """This process's peak RSS since its exec (VmHWM). getrusage's ru_maxrss would also count the
+    copy of the benchmark process it was before the exec (see LAUNCHER)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
 def child_run(spec: str) -> None:
     """In a fresh process, as `pgkeeper backup` would be: run the flow, report times and memory."""
     args = json.loads(spec)
     started = time.monotonic()
     from pgkeeper.flows.backup import backup
 
-    rss_after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_after_import = peak_rss_kb()
     import_s = time.monotonic() - started
     t0 = time.monotonic()
     m = backup(connection_block=args["db"], repository_block=args["repo"])
     total = time.monotonic() - t0
     print(json.dumps({"flow_s": total, "body_s": m.duration_seconds, "import_s": import_s, "size": m.size,
                       "raw": m.raw_size, "rss_import_kb": rss_after_import,
-                      "rss_peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                      "rss_peak_kb": peak_rss_kb()}))
 
 
 def flow_in_child(api_url: str, db_block: str, repo_block: str) -> dict:
@@ -76,28 +82,57 @@ def med(xs: list[float]) -> float:
     return statistics.median(xs)
 
 
+# Starts the measured command and reports its wall time and rusage. The kernel counts a process's
+# peak RSS from the memory it had before its exec, i.e. a copy of whoever started it: spawned by
+# this benchmark after it imported Prefect and prefect-aws (to save blocks), a 20 MB command
+# reports the benchmark's 120 MB. Spawned by this small interpreter (-I -S: ~10 MB), a command's
+# peak is its own, as `/usr/bin/time` reports it.
+LAUNCHER = """
+import os, sys, time
+report, argv = int(sys.argv[1]), sys.argv[2:]
+started = time.monotonic()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.close(report)
+        os.execvp(argv[0], argv)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+wall = time.monotonic() - started
+os.write(report, f"{wall} {usage.ru_utime + usage.ru_stime} {usage.ru_maxrss}".encode())
+os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
+
+
 def process(argv: list[str], env: dict[str, str], stdout=subprocess.DEVNULL, cpu: list | None = None,
             log: list | None = None) -> tuple[float, float]:
     """(wall seconds, peak RSS in MB) of one process, as `/usr/bin/time -v` would report them; its
     CPU seconds (user + sys, children included) go to `cpu`: on a shared machine they move less;
-    what it wrote to stderr goes to `log`."""
+    what it wrote to stderr goes to `log`. Measured by LAUNCHER, so that what this process holds
+    is never counted as the command's memory."""
     import tempfile
 
+    read_end, write_end = os.pipe()
     with tempfile.TemporaryFile() as err_file:  # a file, not a pipe: a chatty child never blocks
-        started = time.monotonic()
-        proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=stdout, stderr=err_file)
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        wall = time.monotonic() - started
+        try:
+            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", LAUNCHER, str(write_end), *argv],
+                                    env={**os.environ, **env}, stdout=stdout, stderr=err_file, pass_fds=[write_end])
+        finally:
+            os.close(write_end)
+        with os.fdopen(read_end, "rb") as report:
+            measured = report.read().decode().split()
+        proc.wait()
         err_file.seek(0)
         err = err_file.read().decode(errors="replace")
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0 or len(measured) != 3:
+        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err[-2000:]}")
+    wall, cpu_s, peak_kb = float(measured[0]), float(measured[1]), int(measured[2])
     if cpu is not None:
-        cpu.append(usage.ru_utime + usage.ru_stime)
+        cpu.append(cpu_s)
     if log is not None:
         log.append(err)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, peak_kb / 1024
 
 
 PGKEEPER = [sys.executable, "-m", "pgkeeper.cli.main"]
@@ -239,6 +274,24 @@ def fixed_costs(cluster, work: Path, rounds: int, cli_env: dict[str, str], pg_en
     return rows
 
 
+def save_blocks(cluster, work: Path) -> None:
+    """The blocks the flow rows load: a connection, a repository, an encrypted repository. A user
+    after `pgkeeper setup` has blocks of these types saved too (--blocks-saved measures the
+    fixed-cost rows in that situation)."""
+    from pydantic import SecretStr
+
+    from pgkeeper.blocks import BackupRepository, PostgresConnection
+
+    PostgresConnection(host=cluster.host, port=cluster.port, user="postgres", password=SecretStr(PASSWORD),
+                       database=SOURCE_DB).save("bench-db", overwrite=True)
+    BackupRepository(path=str(work / "repo")).save("bench-repo", overwrite=True)
+    # The same flow with client-side encryption (age to a throwaway public key).
+    from pgkeeper.sealing import generate_identity
+
+    BackupRepository(path=str(work / "repo-sealed"), encryption="age",
+                     encryption_recipients=[generate_identity()[1]]).save("bench-sealed", overwrite=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_arguments(ap)
@@ -246,6 +299,9 @@ def main() -> int:
     ap.add_argument("--api", metavar="URL", help="a running Prefect API (default: start a server of our own)")
     ap.add_argument("--fixed-only", action="store_true",
                     help="only the fixed costs: a 10-row database and `pgkeeper list` (no 1 GB database)")
+    ap.add_argument("--blocks-saved", action="store_true",
+                    help="with --fixed-only: save the flow rows' blocks first, as a user after `pgkeeper setup` "
+                         "has them (the full run always measures its fixed costs after saving them)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -262,21 +318,13 @@ def main() -> int:
                    "POSTGRES_PASSWORD": PASSWORD, "POSTGRES_DB": SOURCE_DB, "BACKUP_DIR": str(work / "cli-repo")}
         with prefect_api(args.api, work) as api:
             if args.fixed_only:
-                print("\n".join(["", "fixed costs (medians, min-max):", *fixed_costs(cluster, work, args.rounds,
-                                                                                     cli_env, env)]))
+                if args.blocks_saved:
+                    save_blocks(cluster, work)
+                situation = "blocks saved" if args.blocks_saved else "no blocks saved"
+                print("\n".join(["", f"fixed costs ({situation}; medians, min-max):",
+                                  *fixed_costs(cluster, work, args.rounds, cli_env, env)]))
                 return 0
-            from pydantic import SecretStr
-
-            from pgkeeper.blocks import BackupRepository, PostgresConnection
-
-            PostgresConnection(host=cluster.host, port=cluster.port, user="postgres", password=SecretStr(PASSWORD),
-                               database=SOURCE_DB).save("bench-db", overwrite=True)
-            BackupRepository(path=str(work / "repo")).save("bench-repo", overwrite=True)
-            # The same flow with client-side encryption (age to a throwaway public key).
-            from pgkeeper.sealing import generate_identity
-
-            BackupRepository(path=str(work / "repo-sealed"), encryption="age",
-                             encryption_recipients=[generate_identity()[1]]).save("bench-sealed", overwrite=True)
+            save_blocks(cluster, work)
             a_s, b_s, c, e, d_s, d_rss, b_cpu, d_cpu = [], [], [], [], [], [], [], []
             bare_file = work / "bare.dump"
             for i in range(args.rounds):
@@ -303,6 +351,10 @@ def main() -> int:
                 subprocess.run([pgtools.tool("pgbench"), "-i", "-q", "-s", str(int(args.also_scale)), small_db],
                                env={**os.environ, **cluster.libpq_env(small_db)}, check=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                from pydantic import SecretStr
+
+                from pgkeeper.blocks import PostgresConnection
+
                 PostgresConnection(host=cluster.host, port=cluster.port, user="postgres",
                                    password=SecretStr(PASSWORD), database=small_db).save("bench-small", overwrite=True)
                 small = flow_in_child(api, "bench-small", "bench-repo")
