@@ -41,19 +41,13 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from bench_db import PASSWORD, SOURCE_DB, bench_arguments, bench_cluster, build  # noqa: E402
+from measure import compile_package, peak_rss_kb, process  # noqa: E402,F401 (process: early_start.py imports it from here)
 
 
 def timed(argv: list[str], env: dict[str, str], stdout=subprocess.DEVNULL) -> float:
     started = time.monotonic()
     subprocess.run(argv, env={**os.environ, **env}, check=True, stdout=stdout)
     return time.monotonic() - started
-
-
-def peak_rss_kb() -> int:
-    """This process's peak RSS since its exec (VmHWM). getrusage's ru_maxrss would also count the
-    copy of the benchmark process it was before the exec (see LAUNCHER)."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
 def child_run(spec: str) -> None:
@@ -80,59 +74,6 @@ def flow_in_child(api_url: str, db_block: str, repo_block: str) -> dict:
 
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
-
-
-# Starts the measured command and reports its wall time and rusage. The kernel counts a process's
-# peak RSS from the memory it had before its exec, i.e. a copy of whoever started it: spawned by
-# this benchmark after it imported Prefect and prefect-aws (to save blocks), a 20 MB command
-# reports the benchmark's 120 MB. Spawned by this small interpreter (-I -S: ~10 MB), a command's
-# peak is its own, as `/usr/bin/time` reports it.
-LAUNCHER = """
-import os, sys, time
-report, argv = int(sys.argv[1]), sys.argv[2:]
-started = time.monotonic()
-pid = os.fork()
-if pid == 0:
-    try:
-        os.close(report)
-        os.execvp(argv[0], argv)
-    finally:
-        os._exit(127)
-_, status, usage = os.wait4(pid, 0)
-wall = time.monotonic() - started
-os.write(report, f"{wall} {usage.ru_utime + usage.ru_stime} {usage.ru_maxrss}".encode())
-os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-"""
-
-
-def process(argv: list[str], env: dict[str, str], stdout=subprocess.DEVNULL, cpu: list | None = None,
-            log: list | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one process, as `/usr/bin/time -v` would report them; its
-    CPU seconds (user + sys, children included) go to `cpu`: on a shared machine they move less;
-    what it wrote to stderr goes to `log`. Measured by LAUNCHER, so that what this process holds
-    is never counted as the command's memory."""
-    import tempfile
-
-    read_end, write_end = os.pipe()
-    with tempfile.TemporaryFile() as err_file:  # a file, not a pipe: a chatty child never blocks
-        try:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", LAUNCHER, str(write_end), *argv],
-                                    env={**os.environ, **env}, stdout=stdout, stderr=err_file, pass_fds=[write_end])
-        finally:
-            os.close(write_end)
-        with os.fdopen(read_end, "rb") as report:
-            measured = report.read().decode().split()
-        proc.wait()
-        err_file.seek(0)
-        err = err_file.read().decode(errors="replace")
-    if proc.returncode != 0 or len(measured) != 3:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err[-2000:]}")
-    wall, cpu_s, peak_kb = float(measured[0]), float(measured[1]), int(measured[2])
-    if cpu is not None:
-        cpu.append(cpu_s)
-    if log is not None:
-        log.append(err)
-    return wall, peak_kb / 1024
 
 
 PGKEEPER = [sys.executable, "-m", "pgkeeper.cli.main"]
@@ -310,6 +251,7 @@ def main() -> int:
 
     from pgkeeper import pgtools
 
+    compile_package(ROOT)  # pgkeeper as installed, not compiled anew by every command
     with bench_cluster(args.reuse, "pgkeeper-bench-backup-") as (cluster, work):
         if not args.fixed_only:
             build(cluster, args.scale)
