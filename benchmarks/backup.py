@@ -1,7 +1,7 @@
 """Backup: the backup flow against bare pg_dump, same database, same run, alternating.
 
     .venv/bin/python benchmarks/backup.py [--scale 50] [--rounds 3] [--reuse DIR] [--also-scale 10]
-                                          [--api URL] [--fixed-only]
+                                          [--api URL] [--fixed-only [--blocks-saved]]
 
 A throwaway PostgreSQL 15 cluster gets a database of about 1 GB at the default scale (see
 bench_db.py). Then, alternating, each round times:
@@ -15,7 +15,9 @@ vs `ls -l`, and `pgkeeper list --s3` against moto vs a bare boto3 listing proces
 It prints medians, the ratios c/a and c/b, output sizes, the flow process's peak RSS (and how
 much of it the data path adds over the imports), the fixed Prefect overhead of a run, and
 target 1's table (medians, min-max, ratios). The Prefect API is a real `prefect server start`
-of its own (or --api URL); --fixed-only skips the 1 GB database.
+of its own (or --api URL); --fixed-only skips the 1 GB database (--blocks-saved: its fixed-cost
+rows after the block saves the full run makes, as after `pgkeeper setup`). Every command is
+measured alone (measure.py: its own peak RSS, not this process's) with pgkeeper's bytecode compiled.
 Targets: c/a <= 1.35, c/b <= 0.5, size <= 0.9x of b, peak RSS <= 150 MB and flat as the
 database grows (--also-scale runs the flow on a smaller database for that comparison).
 """
