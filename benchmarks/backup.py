@@ -1,7 +1,7 @@
 """Backup: the backup flow against bare pg_dump, same database, same run, alternating.
 
     .venv/bin/python benchmarks/backup.py [--scale 50] [--rounds 3] [--reuse DIR] [--also-scale 10]
-                                          [--api URL] [--fixed-only]
+                                          [--api URL] [--fixed-only [--blocks-saved]]
 
 A throwaway PostgreSQL 15 cluster gets a database of about 1 GB at the default scale (see
 bench_db.py). Then, alternating, each round times:
@@ -15,7 +15,9 @@ vs `ls -l`, and `pgkeeper list --s3` against moto vs a bare boto3 listing proces
 It prints medians, the ratios c/a and c/b, output sizes, the flow process's peak RSS (and how
 much of it the data path adds over the imports), the fixed Prefect overhead of a run, and
 target 1's table (medians, min-max, ratios). The Prefect API is a real `prefect server start`
-of its own (or --api URL); --fixed-only skips the 1 GB database.
+of its own (or --api URL); --fixed-only skips the 1 GB database (--blocks-saved: its fixed-cost
+rows after the block saves the full run makes, as after `pgkeeper setup`). Every command is
+measured alone (measure.py: its own peak RSS, not this process's) with pgkeeper's bytecode compiled.
 Targets: c/a <= 1.35, c/b <= 0.5, size <= 0.9x of b, peak RSS <= 150 MB and flat as the
 database grows (--also-scale runs the flow on a smaller database for that comparison).
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from bench_db import PASSWORD, SOURCE_DB, bench_arguments, bench_cluster, build  # noqa: E402
+from measure import compile_package, peak_rss_kb, process  # noqa: E402,F401 (process: early_start.py imports it from here)
 
 
 def timed(argv: list[str], env: dict[str, str], stdout=subprocess.DEVNULL) -> float:
@@ -56,14 +58,14 @@ def child_run(spec: str) -> None:
     started = time.monotonic()
     from pgkeeper.flows.backup import backup
 
-    rss_after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_after_import = peak_rss_kb()
     import_s = time.monotonic() - started
     t0 = time.monotonic()
     m = backup(connection_block=args["db"], repository_block=args["repo"])
     total = time.monotonic() - t0
     print(json.dumps({"flow_s": total, "body_s": m.duration_seconds, "import_s": import_s, "size": m.size,
                       "raw": m.raw_size, "rss_import_kb": rss_after_import,
-                      "rss_peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+                      "rss_peak_kb": peak_rss_kb()}))
 
 
 def flow_in_child(api_url: str, db_block: str, repo_block: str) -> dict:
@@ -74,30 +76,6 @@ def flow_in_child(api_url: str, db_block: str, repo_block: str) -> dict:
 
 def med(xs: list[float]) -> float:
     return statistics.median(xs)
-
-
-def process(argv: list[str], env: dict[str, str], stdout=subprocess.DEVNULL, cpu: list | None = None,
-            log: list | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one process, as `/usr/bin/time -v` would report them; its
-    CPU seconds (user + sys, children included) go to `cpu`: on a shared machine they move less;
-    what it wrote to stderr goes to `log`."""
-    import tempfile
-
-    with tempfile.TemporaryFile() as err_file:  # a file, not a pipe: a chatty child never blocks
-        started = time.monotonic()
-        proc = subprocess.Popen(argv, env={**os.environ, **env}, stdout=stdout, stderr=err_file)
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        wall = time.monotonic() - started
-        err_file.seek(0)
-        err = err_file.read().decode(errors="replace")
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if cpu is not None:
-        cpu.append(usage.ru_utime + usage.ru_stime)
-    if log is not None:
-        log.append(err)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed ({proc.returncode}): {err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
 
 
 PGKEEPER = [sys.executable, "-m", "pgkeeper.cli.main"]
@@ -239,6 +217,24 @@ def fixed_costs(cluster, work: Path, rounds: int, cli_env: dict[str, str], pg_en
     return rows
 
 
+def save_blocks(cluster, work: Path) -> None:
+    """The blocks the flow rows load: a connection, a repository, an encrypted repository. A user
+    after `pgkeeper setup` has blocks of these types saved too (--blocks-saved measures the
+    fixed-cost rows in that situation)."""
+    from pydantic import SecretStr
+
+    from pgkeeper.blocks import BackupRepository, PostgresConnection
+
+    PostgresConnection(host=cluster.host, port=cluster.port, user="postgres", password=SecretStr(PASSWORD),
+                       database=SOURCE_DB).save("bench-db", overwrite=True)
+    BackupRepository(path=str(work / "repo")).save("bench-repo", overwrite=True)
+    # The same flow with client-side encryption (age to a throwaway public key).
+    from pgkeeper.sealing import generate_identity
+
+    BackupRepository(path=str(work / "repo-sealed"), encryption="age",
+                     encryption_recipients=[generate_identity()[1]]).save("bench-sealed", overwrite=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_arguments(ap)
@@ -246,6 +242,9 @@ def main() -> int:
     ap.add_argument("--api", metavar="URL", help="a running Prefect API (default: start a server of our own)")
     ap.add_argument("--fixed-only", action="store_true",
                     help="only the fixed costs: a 10-row database and `pgkeeper list` (no 1 GB database)")
+    ap.add_argument("--blocks-saved", action="store_true",
+                    help="with --fixed-only: save the flow rows' blocks first, as a user after `pgkeeper setup` "
+                         "has them (the full run always measures its fixed costs after saving them)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -254,6 +253,7 @@ def main() -> int:
 
     from pgkeeper import pgtools
 
+    compile_package(ROOT)  # pgkeeper as installed, not compiled anew by every command
     with bench_cluster(args.reuse, "pgkeeper-bench-backup-") as (cluster, work):
         if not args.fixed_only:
             build(cluster, args.scale)
@@ -262,21 +262,13 @@ def main() -> int:
                    "POSTGRES_PASSWORD": PASSWORD, "POSTGRES_DB": SOURCE_DB, "BACKUP_DIR": str(work / "cli-repo")}
         with prefect_api(args.api, work) as api:
             if args.fixed_only:
-                print("\n".join(["", "fixed costs (medians, min-max):", *fixed_costs(cluster, work, args.rounds,
-                                                                                     cli_env, env)]))
+                if args.blocks_saved:
+                    save_blocks(cluster, work)
+                situation = "blocks saved" if args.blocks_saved else "no blocks saved"
+                print("\n".join(["", f"fixed costs ({situation}; medians, min-max):",
+                                  *fixed_costs(cluster, work, args.rounds, cli_env, env)]))
                 return 0
-            from pydantic import SecretStr
-
-            from pgkeeper.blocks import BackupRepository, PostgresConnection
-
-            PostgresConnection(host=cluster.host, port=cluster.port, user="postgres", password=SecretStr(PASSWORD),
-                               database=SOURCE_DB).save("bench-db", overwrite=True)
-            BackupRepository(path=str(work / "repo")).save("bench-repo", overwrite=True)
-            # The same flow with client-side encryption (age to a throwaway public key).
-            from pgkeeper.sealing import generate_identity
-
-            BackupRepository(path=str(work / "repo-sealed"), encryption="age",
-                             encryption_recipients=[generate_identity()[1]]).save("bench-sealed", overwrite=True)
+            save_blocks(cluster, work)
             a_s, b_s, c, e, d_s, d_rss, b_cpu, d_cpu = [], [], [], [], [], [], [], []
             bare_file = work / "bare.dump"
             for i in range(args.rounds):
@@ -303,6 +295,10 @@ def main() -> int:
                 subprocess.run([pgtools.tool("pgbench"), "-i", "-q", "-s", str(int(args.also_scale)), small_db],
                                env={**os.environ, **cluster.libpq_env(small_db)}, check=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                from pydantic import SecretStr
+
+                from pgkeeper.blocks import PostgresConnection
+
                 PostgresConnection(host=cluster.host, port=cluster.port, user="postgres",
                                    password=SecretStr(PASSWORD), database=small_db).save("bench-small", overwrite=True)
                 small = flow_in_child(api, "bench-small", "bench-repo")
