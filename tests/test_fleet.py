@@ -27,11 +27,14 @@ def pool_worker(prefect_api: str, tmp_path_factory) -> Iterator[str]:
     from prefect.flows import Flow
 
     from pgkeeper.deployments.server_objects import ensure_work_pool
+    from pgkeeper.deployments.setup import engine_command
 
     pool = "fleet-test-" + uuid.uuid4().hex[:6]
     ensure_work_pool(pool)
     member = Flow.from_source(str(ROOT), "pgkeeper/flows/backup.py:backup")
-    member.deploy(name="fleet-member", work_pool_name=pool, concurrency_limit=4, print_next_steps=False)
+    # The runs' command as `pgkeeper setup` deploys it: the engine directly, no workspace supervisor.
+    member.deploy(name="fleet-member", work_pool_name=pool, concurrency_limit=4, print_next_steps=False,
+                  job_variables={"command": engine_command()})
     log = tmp_path_factory.mktemp("fleet-worker") / "worker.log"
     with open(log, "wb") as out:
         worker = subprocess.Popen(

@@ -163,6 +163,7 @@ def restore_worker(pg):  # noqa: ANN001, ANN201
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
 
+    from pgkeeper.deployments.setup import engine_command
     from tests.conftest import PASSWORD
     from tests.test_service_e2e import stop
 
@@ -173,7 +174,8 @@ def restore_worker(pg):  # noqa: ANN001, ANN201
         # The checkout as working directory: the worker runs the flow in place, no copy per run.
         deployment_id = client.create_deployment(flow_id=flow_id, name=f"suspend-{uuid.uuid4().hex[:6]}",
                                                  entrypoint="pgkeeper/flows/restore.py:restore", path=str(ROOT),
-                                                 work_pool_name=pool, job_variables={"working_dir": str(ROOT)})
+                                                 work_pool_name=pool, job_variables={"working_dir": str(ROOT),
+                                                                                      "command": engine_command()})
     log = Path(tempfile.mkdtemp(prefix="pgkeeper-restore-worker-")) / "worker.log"
     env = {**os.environ, "POSTGRES_HOST": pg.host, "POSTGRES_PORT": str(pg.port), "POSTGRES_USER": "postgres",
            "POSTGRES_PASSWORD": PASSWORD, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "2"}

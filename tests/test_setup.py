@@ -60,6 +60,8 @@ def test_setup_from_environment_then_again_changes_nothing(setup_env, pg_env) ->
     from prefect.automations import Automation
     from prefect.client.orchestration import get_client
 
+    from pgkeeper.deployments.setup import engine_command
+
     first = run_cli("setup", env=setup_env)
     assert first.returncode == 0, first.stderr
     out = first.stdout + first.stderr
@@ -92,6 +94,8 @@ def test_setup_from_environment_then_again_changes_nothing(setup_env, pg_env) ->
         assert schedule.cron == "0 2 * * *" and schedule.timezone == "Europe/Paris"
         # The runs' heartbeat interval reaches them through the pool's job variables.
         assert daily.job_variables["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == "40"
+        # Runs start the engine directly, not through Prefect's workspace supervisor (a second start-up).
+        assert daily.job_variables["command"] == engine_command()
         updated_before = daily.updated
         drill = client.read_deployment_by_name("verify/weekly-drill")
         assert drill.parameters["restore"] is True and drill.schedules[0].schedule.cron == "0 3 * * 0"
