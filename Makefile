@@ -24,11 +24,18 @@ constraints: $(STAMP)
 	{ sed -n '/^#/p' constraints.txt; $(BIN)/pip freeze --exclude-editable | grep -vi '^pgkeeper'; } > constraints.new
 	mv constraints.new constraints.txt
 
+# Bytecode for pgkeeper's own modules, as an installed package has it: the editable install leaves
+# none, and under PYTHONDONTWRITEBYTECODE every pgkeeper process would compile them from source
+# (~0.25 s CPU each). compileall rewrites only what changed.
+BYTECODE := $(BIN)/python -m compileall -q pgkeeper
+
 demo: $(STAMP)
+	$(BYTECODE)
 	$(BIN)/pgkeeper demo
 
 test: $(STAMP)
 	$(BIN)/ruff check pgkeeper tests benchmarks
+	$(BYTECODE) tests
 	# Two workers, whole files each (a file's tests share clusters and servers), the longest files first
 	# (tests/conftest.py SLOWEST_FIRST). 1644 s in the last CI run before that; 1226 s (20 min) on 2026-11-30 on an
 	# otherwise idle 2-core box, 1332 s in CI; 1141 s idle after the fifth pass, still over the 15-minute goal. CPU-bound (98 % of both cores; -n 3 took

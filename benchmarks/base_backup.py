@@ -69,6 +69,9 @@ def stats(xs: list[float]) -> str:
 
 
 def main() -> int:
+    from measure import compile_package
+
+    compile_package(ROOT)  # pgkeeper as installed: its modules' bytecode compiled (measure.py)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_arguments(ap)
     ap.add_argument("--show-log", action="store_true", help="print pgkeeper's log (INFO, with times) each round")

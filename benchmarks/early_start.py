@@ -65,6 +65,9 @@ def tiny_database(cluster) -> str:  # noqa: ANN001
 
 
 def main() -> int:
+    from measure import compile_package
+
+    compile_package(Path(__file__).resolve().parent.parent)  # pgkeeper as installed (measure.py)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench_arguments(ap)
     ap.add_argument("--api", metavar="URL", help="a running Prefect API (default: start a server of our own)")

@@ -162,6 +162,9 @@ def stop_prefect_server(home: Path) -> None:
 
 
 def main() -> None:
+    from measure import compile_package
+
+    compile_package(ROOT)  # pgkeeper as installed: its modules' bytecode compiled (measure.py)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=int, default=20, help="pgbench scale of the database")
     ap.add_argument("--wal-mb", type=int, default=1500, help="WAL written after the base backups")

@@ -116,6 +116,9 @@ def stats(xs: list[float]) -> str:
 
 
 def main() -> int:
+    from measure import compile_package
+
+    compile_package(ROOT)  # pgkeeper as installed: its modules' bytecode compiled (measure.py)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", type=float, default=50, help="pgbench scale (50: about 1 GB in all)")
     ap.add_argument("--rounds", type=int, default=3)

@@ -188,6 +188,9 @@ def against_peer(segments: int, rounds: int, push_ahead: int) -> None:
 
 
 def main() -> None:
+    from measure import compile_package
+
+    compile_package(ROOT)  # pgkeeper as installed: its modules' bytecode compiled (measure.py)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peer", action="store_true", help="only wal-push against pgbackrest archive-async")
     ap.add_argument("--rounds", type=int, default=3, help="with --peer: rounds of each")
