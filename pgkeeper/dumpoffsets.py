@@ -24,7 +24,10 @@ found instead as the first run of 1 + intSize zero bytes: the chunks are COPY (o
 which never holds a NUL byte (PostgreSQL text cannot), and a non-zero length has at least one
 non-zero byte, so the only such run is the zero length that ends the block. The next block's
 header must follow it (or the end of the file), which is checked. Large objects and compressed
-data may hold any byte: their chunks are walked one by one.
+data may hold any byte: their chunks are walked one by one. The tests exercise archive version
+1.14 (PostgreSQL 15's pg_dump, the one pgkeeper runs); the other versions' fields are read as
+pg_backup_archiver.c's ReadHead/ReadToc read them, and an unset offset field that is not all
+zero (a TOC misread) leaves the file untouched.
 """
 
 from __future__ import annotations
@@ -50,8 +53,7 @@ class NotPatchable(Exception):
 
 @dataclass
 class Patched:
-    entries: int  # TOC entries given an offset
-    blocks: int  # data blocks found
+    entries: int  # TOC entries given an offset (one per data block found)
 
 
 class _Reader:
@@ -136,6 +138,9 @@ def _read_toc(r: _Reader, version: tuple[int, int]) -> tuple[dict[int, int], int
         flag = r.byte()
         r.pos += r.off_size
         if flag == K_OFFSET_POS_NOT_SET:
+            # pg_dump leaves the offset itself zero: anything else means the TOC was misread
+            if any(r.buf[field + 1:r.pos]):
+                raise NotPatchable(f"entry {dump_id}: offset field not as pg_dump leaves it")
             unset[dump_id] = field
     if r.pos > len(r.buf):
         raise NotPatchable("archive ends inside its table of contents")
@@ -212,4 +217,4 @@ def add_data_offsets(path: Path) -> Patched | None:
         for dump_id, offset in blocks.items():
             os.pwrite(f.fileno(), bytes([K_OFFSET_POS_SET]) + offset.to_bytes(r.off_size, "little"),
                       unset[dump_id])
-    return Patched(entries=len(blocks), blocks=len(blocks))
+    return Patched(entries=len(blocks))
