@@ -45,6 +45,7 @@ K_OFFSET_POS_NOT_SET = 1
 K_OFFSET_POS_SET = 2
 MIN_VERSION = (1, 12)  # PostgreSQL 9.0's pg_dump; older archives are left as they are
 MAX_VERSION = (1, 16)
+WINDOW = 64 << 20  # bytes searched per find, and released from the mapping at a time
 
 
 class NotPatchable(Exception):
@@ -164,7 +165,27 @@ def _block_offsets(buf, pos: int, int_size: int, compressed: bool) -> dict[int, 
             if n < 0:
                 raise NotPatchable("negative chunk length")
             at += step + n
+            release(at)
         return at + step
+
+    released = 0
+
+    def release(upto: int) -> None:
+        # The pages read so far leave this process's mapping (they stay in the page cache), so
+        # its resident size does not grow with the archive.
+        nonlocal released
+        upto -= upto % mmap.PAGESIZE
+        if upto - released >= WINDOW:
+            buf.madvise(mmap.MADV_DONTNEED, released, upto - released)
+            released = upto
+
+    def block_end(at: int) -> int:
+        while (found_at := buf.find(terminator, at, min(at + WINDOW, size))) < 0:
+            if at + WINDOW >= size:
+                raise NotPatchable("archive ends inside a data block")
+            at += WINDOW - (step - 1)  # a run may straddle two windows
+            release(at)
+        return found_at
 
     found: dict[int, int] = {}
     while pos < size:
@@ -173,10 +194,7 @@ def _block_offsets(buf, pos: int, int_size: int, compressed: bool) -> dict[int, 
         dump_id = read_int(pos + 1)
         pos += 1 + step
         if kind == BLK_DATA and not compressed:
-            end = buf.find(terminator, pos)
-            if end < 0:
-                raise NotPatchable("archive ends inside a data block")
-            pos = end + step
+            pos = block_end(pos) + step
         elif kind == BLK_DATA:
             pos = skip_chunks(pos)
         elif kind == BLK_BLOBS:
@@ -188,6 +206,7 @@ def _block_offsets(buf, pos: int, int_size: int, compressed: bool) -> dict[int, 
         if dump_id in found or pos > size:
             raise NotPatchable(f"block {dump_id} found twice or cut short")
         found[dump_id] = start
+        release(pos)
     return found
 
 

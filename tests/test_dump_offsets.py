@@ -83,7 +83,11 @@ def _without_creation_time(data: bytes) -> bytes:
     return data[:start] + data[r.pos:]
 
 
-def test_patched_archive_is_what_pg_dump_writes_to_a_file(source: LocalCluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("window", [64 << 20, 4096, 7])
+def test_patched_archive_is_what_pg_dump_writes_to_a_file(source: LocalCluster, tmp_path: Path, window: int,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Small windows: each block's end is searched, and released, across many windows.
+    monkeypatch.setattr("pgkeeper.dumpoffsets.WINDOW", window)
     piped = _piped_dump(source, tmp_path / "piped.dump", "-Z0")
     before = piped.read_bytes()
     listing = _listing(piped)
