@@ -30,16 +30,7 @@ import pytest
 from pgkeeper.localcluster import free_port
 from tests.helpers import ROOT, run_cli
 from tests.prefect_template import seed_prefect_home
-from tests.test_service_e2e import (
-    FEW_SCHEDULED_RUNS,
-    api_call,
-    final_run,
-    healthy,
-    mails_about,
-    module_smtp,
-    stop,
-    wait_for,
-)
+from tests.test_service_e2e import api_call, final_run, healthy, mails_about, module_smtp, stop, wait_for
 
 __all__ = ["module_smtp"]  # the shared aiosmtpd fixture, module-scoped
 
@@ -105,7 +96,7 @@ def ops(pg, module_smtp, receiver) -> Iterator[Ops]:
     server_env = {**os.environ, **quiet, "PREFECT_HOME": str(home / "server"), "PREFECT_UI_ENABLED": "false",
                   "PREFECT_UI_URL": api.removesuffix("/api"),  # run links in the mails
                   # The foreman marks a pool not ready once its worker missed 3 heartbeats: check often.
-                  "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "2", **FEW_SCHEDULED_RUNS}
+                  "PREFECT_SERVER_SERVICES_FOREMAN_LOOP_SECONDS": "2"}
     server_env.pop("PREFECT_API_URL", None)
     server = worker = None
     try:

@@ -30,12 +30,6 @@ from tests.prefect_template import seed_pgkeeper_server
 SMTP_PASS = "smtp-Pw-" + uuid.uuid4().hex[:8]
 
 
-# For the e2e files' own servers only: the scheduler fills each scheduled deployment with up to
-# 100 future runs (100 days of the nightly backup), each an insert, a state and an event that
-# the triggers match against every automation. Three runs each still show scheduled runs.
-FEW_SCHEDULED_RUNS = {"PREFECT_SERVER_SERVICES_SCHEDULER_MAX_RUNS": "3"}
-
-
 def healthy(api: str) -> bool:
     try:
         with urllib.request.urlopen(f"{api}/health", timeout=2) as r:
@@ -87,8 +81,7 @@ def service(service_env, module_smtp) -> Iterator[tuple[str, dict[str, str], lis
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     base_env = {**os.environ, "PREFECT_HOME": str(home / "prefect"), "PGKEEPER_HOME": str(home / "pgkeeper"),
-                "PGKEEPER_SERVER_PORT": str(port), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
-                **FEW_SCHEDULED_RUNS}
+                "PGKEEPER_SERVER_PORT": str(port), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
     base_env.pop("PREFECT_API_URL", None)
     worker = None
     try:
