@@ -17,13 +17,26 @@ from tests.test_restore import change_data, env, leftovers, old_copies  # noqa: 
 from tests.test_restore_faults import pids_with_arg
 
 
-def _swap_running(pg, target: str) -> bool:
-    """pgkeeper's session is inside the swap transaction (ending sessions or renaming)."""
-    with psycopg.connect(pg.conninfo(), autocommit=True) as c:
-        row = c.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgkeeper' "
+def _swap_running(watch: psycopg.Connection, target: str) -> bool:
+    """pgkeeper's session is inside the swap transaction (ending sessions or renaming). Asked over
+    one watching session: a connection per poll forked a PostgreSQL backend every few ms."""
+    row = watch.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgkeeper' "
                         "AND (query ILIKE '%%pg_terminate_backend%%' OR query ILIKE '%%RENAME TO%%') "
                         "AND query ILIKE %s", (f"%{target}%",)).fetchone()
     return bool(row and row[0])
+
+
+def _shadows(watch: psycopg.Connection, target: str) -> set[str]:
+    """The shadow databases of `target` (prepare_shadow creates one before its pg_restore starts)."""
+    rows = watch.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                         (f"{target}\\_restoring\\_%",)).fetchall()
+    return {r[0] for r in rows}
+
+
+def _pg_restore_running(watch: psycopg.Connection, target: str, before: set[str], arg: bytes) -> bool:
+    """A pg_restore into the new run's shadow is running. /proc is scanned only once that shadow
+    exists: scanning it every few ms from the start spent the test's CPU beside the restore's."""
+    return bool(_shadows(watch, target) - before) and bool(pids_with_arg(arg))
 
 
 def _free_slot(target: str) -> None:
@@ -67,16 +80,19 @@ def test_a_restore_killed_at_any_instant_leaves_the_target_usable(pg, crm_db, en
     try:
         for phase in ("pg_restore", "swap", "swap"):
             client = psycopg.connect(pg.conninfo(crm_db), autocommit=True)  # an application session
+            watch = psycopg.connect(pg.conninfo(), autocommit=True)  # the test's eyes, not counted as a session
+            before = _shadows(watch, crm_db)  # a killed run's shadow stays until the next run drops it
             proc = _start_restore(env)
             deadline = time.monotonic() + 120
             while proc.poll() is None and time.monotonic() < deadline:
-                if (phase == "pg_restore" and pids_with_arg(shadow_arg)) or \
-                        (phase == "swap" and _swap_running(pg, crm_db)):
+                if (phase == "pg_restore" and _pg_restore_running(watch, crm_db, before, shadow_arg)) or \
+                        (phase == "swap" and _swap_running(watch, crm_db)):
                     time.sleep(rng.uniform(0, 0.05))
                     proc.send_signal(signal.SIGKILL)
                     break
                 time.sleep(0.003)
             proc.wait(timeout=60)
+            watch.close()
             client.close()
             _free_slot(crm_db)
             time.sleep(1.0)  # a child that survived its parent would still be running now
