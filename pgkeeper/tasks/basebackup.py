@@ -33,8 +33,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pgkeeper import __version__, pgtools
-from pgkeeper.basestream import (  # noqa: F401 - table_estimates, wal_range_of: their old home
-    COMPRESS_THREADS,
+from pgkeeper.basestream import (
     PG_MANIFEST,
     READ_CHUNK,
     BaseBackupFiles,
@@ -42,7 +41,6 @@ from pgkeeper.basestream import (  # noqa: F401 - table_estimates, wal_range_of:
     cluster_facts,
     refresh_wal_config,
     stream_into,
-    table_estimates,
     wal_range_of,
 )
 from pgkeeper.blocks.postgres import PostgresConnection
