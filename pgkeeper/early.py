@@ -30,7 +30,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pgkeeper.early_api import Api, ApiError
-from pgkeeper.early_stream import CONNECTION_SLUG, REPOSITORY_SLUG, ForkedStream, Send, early_choices, same_choice
+from pgkeeper.early_stream import (
+    CONNECTION_SLUG,
+    REPOSITORY_SLUG,
+    ForkedStream,
+    Send,
+    early_choices,
+    same_choice,
+    take_pending,
+)
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.slots import LEASE_SECONDS, database_limit_name
 
@@ -42,12 +50,9 @@ if TYPE_CHECKING:
     from pgkeeper.repository import PlainRepository, RepositoryVerbs
     from pgkeeper.serverinfo import ServerInfo
 
-__all__ = ["CONNECTION_SLUG", "REPOSITORY_SLUG", "EarlyBackup", "adopt", "finish", "same_choice", "start_backup"]
+__all__ = ["CONNECTION_SLUG", "REPOSITORY_SLUG", "EarlyBackup", "adopt", "same_choice", "start_backup"]
 
 RENEW_EVERY_S = LEASE_SECONDS / 3
-
-# The early start of this process, until the run adopts it (or the command gives it up).
-_pending: EarlyBackup | None = None
 
 
 class EarlyBackup(ForkedStream):
@@ -117,7 +122,6 @@ class EarlyBackup(ForkedStream):
 def start_backup(args: argparse.Namespace, api_url: str) -> EarlyBackup | None:
     """Begin `pgkeeper backup` before Prefect is imported when the run is sure to choose the same
     connection and repository; None (today's path) otherwise. See the module's docstring."""
-    global _pending
     choices = early_choices(args, api_url)
     if choices is None:
         return None
@@ -150,15 +154,13 @@ def start_backup(args: argparse.Namespace, api_url: str) -> EarlyBackup | None:
         if isinstance(exc, Exception):
             return None  # e.g. no room, the wrong cluster: the run's preflight says so
         raise
-    _pending = early
     return early
 
 
 def adopt(conn: Any, repo: RepositoryVerbs) -> EarlyBackup | None:
     """For the backup run: this process's early start when it made the run's choices (then the
     run holds its slot lease from here on), else None; one that does not match is undone."""
-    global _pending
-    early, _pending = _pending, None
+    early = take_pending(EarlyBackup)
     if early is None:
         return None
     if not same_choice(early, conn, repo):
@@ -168,12 +170,3 @@ def adopt(conn: Any, repo: RepositoryVerbs) -> EarlyBackup | None:
     early.hand_over_lease()
     return early
 
-
-def finish(early: EarlyBackup | None) -> None:
-    """At the command's end: a start no run adopted is undone; an adopted one has no child left."""
-    global _pending
-    if early is None:
-        return
-    if _pending is early:
-        _pending = None
-    early.finish()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from pgkeeper.early_stream import ForkedStream, Send, early_choices, same_choice
+from pgkeeper.early_stream import ForkedStream, Send, early_choices, same_choice, take_pending
 
 if TYPE_CHECKING:
     import argparse
@@ -31,9 +31,6 @@ if TYPE_CHECKING:
     from pgkeeper.connection import PlainConnection
     from pgkeeper.repository import PlainRepository, RepositoryVerbs
     from pgkeeper.wal.config import WalConfig
-
-# The early start of this process, until the run adopts it (or the command gives it up).
-_pending: EarlyBaseBackup | None = None
 
 
 class EarlyBaseBackup(ForkedStream):
@@ -61,7 +58,6 @@ class EarlyBaseBackup(ForkedStream):
 def start_base_backup(args: argparse.Namespace, api_url: str) -> EarlyBaseBackup | None:
     """Begin `pgkeeper base-backup` before Prefect is imported when the run is sure to choose the
     same connection, repository and WAL config; None (today's path) otherwise."""
-    global _pending
     choices = early_choices(args, api_url)
     if choices is None:
         return None
@@ -89,15 +85,13 @@ def start_base_backup(args: argparse.Namespace, api_url: str) -> EarlyBaseBackup
         if isinstance(exc, Exception):
             return None  # e.g. archiving off, no room, the wrong cluster: the run's preflight says so
         raise
-    _pending = early
     return early
 
 
 def adopt(conn: Any, repo: RepositoryVerbs, wal_config: str | None) -> EarlyBaseBackup | None:
     """For the base-backup run: this process's early start when it made the run's choices, else
     None; one that does not match is undone."""
-    global _pending
-    early, _pending = _pending, None
+    early = take_pending(EarlyBaseBackup)
     if early is None:
         return None
     if early.wal_config != wal_config or not same_choice(early, conn, repo):
@@ -106,13 +100,3 @@ def adopt(conn: Any, repo: RepositoryVerbs, wal_config: str | None) -> EarlyBase
     early.adopted = True
     return early
 
-
-def finish(early: EarlyBaseBackup | None) -> None:
-    """At the command's end: a start no run adopted is undone; an adopted one has no child left,
-    and its folder is removed unless its manifest was written."""
-    global _pending
-    if early is None:
-        return
-    if _pending is early:
-        _pending = None
-    early.finish()

@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pgkeeper.connection import PlainConnection, connection_from_env
 from pgkeeper.early_api import Api, ApiError
@@ -30,6 +32,34 @@ CONNECTION_SLUG = "pgkeeper-postgres-connection"
 REPOSITORY_SLUG = "pgkeeper-backup-repository"
 
 Send = Callable[[dict[str, Any]], None]
+Early = TypeVar("Early", bound="ForkedStream")
+
+# This process's early start, until its run adopts it or the command ends (one command a process).
+_pending: ForkedStream | None = None
+
+
+@contextmanager
+def started_early(start: Callable[[], ForkedStream | None]) -> Iterator[None]:
+    """Around a command's run: its early start begun (only in a fresh process, before anything
+    imported Prefect) and pending for the run to adopt; at the end, one no run adopted is undone
+    and an adopted one cleaned up (ForkedStream.finish)."""
+    global _pending
+    early = start() if "prefect" not in sys.modules else None
+    _pending = early
+    try:
+        yield
+    finally:
+        if _pending is early:
+            _pending = None
+        if early is not None:
+            early.finish()
+
+
+def take_pending(kind: type[Early]) -> Early | None:
+    """For the run: this process's early start of that kind, which is then no longer pending."""
+    global _pending
+    early, _pending = _pending, None
+    return early if isinstance(early, kind) else None
 
 
 def early_choices(args: argparse.Namespace, api_url: str) -> tuple[Api, PlainConnection, PlainRepository] | None:

@@ -170,6 +170,7 @@ def test_a_run_adopts_only_what_it_would_have_chosen(tmp_path):
     from pydantic import SecretStr
 
     import pgkeeper.early_base as early_base
+    import pgkeeper.early_stream as early_stream
     from pgkeeper.blocks.postgres import PostgresConnection
     from pgkeeper.blocks.repository import BackupRepository
     from pgkeeper.connection import PlainConnection
@@ -182,12 +183,12 @@ def test_a_run_adopts_only_what_it_would_have_chosen(tmp_path):
     for conn, wal_config in ((block, "/other/wal.json"), (block.model_copy(update={"port": 5434}), "/w.json")):
         backup_id = f"backup_20260101_00000{len(folders_of(tmp_path))}"
         repo.storage().begin_backup(backup_id)
-        early_base._pending = early_base.EarlyBaseBackup(plain, repo, "/w.json", None, None, [],  # type: ignore[arg-type]
-                                                         backup_id)
+        early_stream._pending = early_base.EarlyBaseBackup(plain, repo, "/w.json", None, None, [],  # type: ignore[arg-type]
+                                                           backup_id)
         assert early_base.adopt(conn, block_repo, wal_config) is None
         assert backup_id not in folders_of(tmp_path)
     pending = early_base.EarlyBaseBackup(plain, repo, "/w.json", None, None, [], "b")  # type: ignore[arg-type]
-    early_base._pending = pending
+    early_stream._pending = pending
     assert early_base.adopt(block, block_repo, "/w.json") is pending and pending.adopted
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pgkeeper.cli.common import add_connection_args, add_repository_args, connection_params, repository_params
 
@@ -20,20 +19,13 @@ def run(args: argparse.Namespace) -> int:
     from pgkeeper.local_server import ensure_api
 
     url = ensure_api()
-    early = None
-    if "prefect" not in sys.modules:  # a fresh process: the dump can start while Prefect is imported
-        from pgkeeper.early import start_backup
+    from pgkeeper.early import start_backup
+    from pgkeeper.early_stream import started_early
 
-        early = start_backup(args, url)
-    try:
+    with started_early(lambda: start_backup(args, url)):  # the dump may start while Prefect is imported
         from pgkeeper.flows.backup import backup
 
         state = backup(**connection_params(args), **repository_params(args), labels=args.label, return_state=True)
-    finally:
-        if early is not None:
-            from pgkeeper.early import finish
-
-            finish(early)
     state.result()  # raises the run's error if it failed
     print(f"backup {state.message}")  # the run's final line: the backup, then upload and retention
     return 0

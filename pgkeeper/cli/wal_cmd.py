@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pgkeeper.cli.common import add_connection_args, add_repository_args, connection_params, repository_params
 
@@ -93,21 +92,14 @@ def run_base_backup(args: argparse.Namespace) -> int:
     from pgkeeper.local_server import ensure_api
 
     url = ensure_api()
-    early = None
-    if "prefect" not in sys.modules:  # a fresh process: the stream can start while Prefect is imported
-        from pgkeeper.early_base import start_base_backup
+    from pgkeeper.early_base import start_base_backup
+    from pgkeeper.early_stream import started_early
 
-        early = start_base_backup(args, url)
-    try:
+    with started_early(lambda: start_base_backup(args, url)):  # the stream may start while Prefect is imported
         from pgkeeper.flows.base_backup import base_backup
 
         m = base_backup(**connection_params(args), **repository_params(args), wal_config=args.wal_config,
                         verify=not args.no_verify, labels=args.label)
-    finally:
-        if early is not None:
-            from pgkeeper.early_base import finish
-
-            finish(early)
     from pgkeeper.fmt import human_bytes, human_seconds
 
     print(f"base backup {m.backup_id}: {human_bytes(m.size)}, WAL {m.start_lsn}..{m.stop_lsn} timeline {m.timeline}, "
