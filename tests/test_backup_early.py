@@ -12,63 +12,26 @@ import json
 import os
 import signal
 import subprocess
-import sys
-import uuid
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
-from tests.helpers import ROOT, wait_for
+from tests.early_probe import alive, probe_script, run_probe
+from tests.helpers import wait_for
 
-# Runs `pgkeeper backup` as the program runs it, reporting what the early start did: whether the
-# slot was held when the stream was forked, and which backup the run adopted (None: today's path).
-PROBE = """
-import json, os, sys
-import pgkeeper.early as early
-from pgkeeper.early_api import Api
-
-seen = {"forked": False, "slot_held": None, "adopted": None, "child": None}
-report = sys.argv[1]
-fork_stream, adopt = early.EarlyBackup.fork_stream, early.adopt
-
-def spy_fork(self):
+# What the early start did (tests/early_probe.py), and whether the slot was held when the stream
+# was forked.
+PROBE = probe_script("pgkeeper.early", "EarlyBackup", """\
+    from pgkeeper.early_api import Api
     name = early.database_limit_name(self.conn.database, f"{self.conn.host}:{self.conn.port}")
     _, limit = Api(os.environ["PREFECT_API_URL"]).call("GET", f"/v2/concurrency_limits/{name}")
-    seen.update(forked=True, slot_held=limit["active_slots"], backup_id=self.backup_id)
-    fork_stream(self)
-    seen["child"] = self.pid
-    if os.environ.get("PROBE_DIE_AFTER_FORK"):
-        with open(report, "w") as f:
-            json.dump(seen, f)
-        os.kill(os.getpid(), 9)
-
-def spy_adopt(conn, repo):
-    found = adopt(conn, repo)
-    seen["adopted"] = found.backup_id if found else None
-    return found
-
-early.EarlyBackup.fork_stream, early.adopt = spy_fork, spy_adopt
-from pgkeeper.cli.main import main
-try:
-    seen["code"] = main(sys.argv[2:])
-finally:
-    with open(report, "w") as f:
-        json.dump(seen, f)
-"""
+    seen["slot_held"] = limit["active_slots"]""")
 
 
 def probe(tmp_path: Path, env: dict[str, str], *args: str, background: bool = False):  # noqa: ANN201
-    report = tmp_path / f"probe-{uuid.uuid4().hex[:6]}.json"
-    argv = [sys.executable, "-c", PROBE, str(report), "backup", *args]
-    full_env = {**os.environ, **env}
-    if background:
-        return subprocess.Popen(argv, env=full_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True), report
-    out = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(report.read_text()), out
+    return run_probe(PROBE, tmp_path, ["backup", *args], env, background)
 
 
 def manifests(repo_dir: str) -> list:  # -> list[Manifest]
@@ -96,7 +59,7 @@ def test_the_run_adopts_the_stream_started_under_the_slot(pg, pg_env, tmp_path):
     assert seen["backup_id"] in out.stdout
     manifest = manifests(pg_env["BACKUP_DIR"])[0]
     assert manifest.tables and manifest.verifications[0].ok and len(manifest.files) == 2
-    assert not _alive(seen["child"])  # the child was reaped by the run
+    assert not alive(seen["child"])  # the child was reaped by the run
 
     # What the early stream wrote restores to the same database: pg_dump of both is identical.
     from tests.app_schema import dump_data, dump_schema
@@ -193,16 +156,8 @@ def test_a_killed_early_start_leaves_nothing_listed(pg_env, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     seen = json.loads(report.read_text())
     assert seen["forked"]
-    wait_for(lambda: not _alive(seen["child"]), 60, "the early child to die with its parent")
+    wait_for(lambda: not alive(seen["child"]), 60, "the early child to die with its parent")
     assert listed(pg_env["BACKUP_DIR"]) == []  # its claimed folder has no manifest: garbage, not a backup
-
-
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "State:\tZ" not in status
 
 
 def test_a_run_adopts_only_what_it_would_have_chosen(tmp_path):

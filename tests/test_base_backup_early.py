@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,40 +20,10 @@ from pgkeeper.wal.archive import segments_between
 from pgkeeper.wal.spool import LocalWalStore
 from pgkeeper.wal.testing import ArchivingCluster, archiving_cluster
 from tests.conftest import PASSWORD
-from tests.helpers import ROOT, wait_for
+from tests.early_probe import alive, probe_script, run_probe
+from tests.helpers import wait_for
 
-# Runs `pgkeeper base-backup` as the program runs it, reporting what the early start did: the
-# backup id it claimed and forked a stream for, and what the run adopted (None: today's path).
-PROBE = """
-import json, os, sys
-import pgkeeper.early_base as early
-
-seen = {"forked": False, "adopted": None, "child": None, "backup_id": None}
-report = sys.argv[1]
-fork_stream, adopt = early.EarlyBaseBackup.fork_stream, early.adopt
-
-def spy_fork(self):
-    seen.update(forked=True, backup_id=self.backup_id)
-    fork_stream(self)
-    seen["child"] = self.pid
-    if os.environ.get("PROBE_DIE_AFTER_FORK"):
-        with open(report, "w") as f:
-            json.dump(seen, f)
-        os.kill(os.getpid(), 9)
-
-def spy_adopt(conn, repo, wal_config):
-    found = adopt(conn, repo, wal_config)
-    seen["adopted"] = found.backup_id if found else None
-    return found
-
-early.EarlyBaseBackup.fork_stream, early.adopt = spy_fork, spy_adopt
-from pgkeeper.cli.main import main
-try:
-    seen["code"] = main(sys.argv[2:])
-finally:
-    with open(report, "w") as f:
-        json.dump(seen, f)
-"""
+PROBE = probe_script("pgkeeper.early_base", "EarlyBaseBackup")  # what the early start did
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +44,8 @@ def env_of(a: ArchivingCluster, **extra: str) -> dict[str, str]:
 
 
 def probe(tmp_path: Path, a: ArchivingCluster, background: bool = False, **extra: str):  # noqa: ANN201
-    report = tmp_path / f"probe-{uuid.uuid4().hex[:6]}.json"
-    argv = [sys.executable, "-c", PROBE, str(report), "base-backup", "--wal-config", str(a.config_path)]
-    if background:
-        return subprocess.Popen(argv, env=env_of(a, **extra), cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True), report
-    out = subprocess.run(argv, env=env_of(a, **extra), capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(report.read_text()), out
+    return run_probe(PROBE, tmp_path, ["base-backup", "--wal-config", str(a.config_path)], env_of(a, **extra),
+                     background)
 
 
 def listed(a: ArchivingCluster) -> list:  # -> list[Manifest]
@@ -97,16 +58,6 @@ def listed(a: ArchivingCluster) -> list:  # -> list[Manifest]
 def folders(a: ArchivingCluster) -> set[str]:
     backups = a.repo_path / "backups"
     return {p.name for p in backups.iterdir()} if backups.exists() else set()
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "State:\tZ" not in status
 
 
 def basebackup_pids(backup_id: str) -> list[int]:
@@ -129,7 +80,7 @@ def test_the_run_adopts_the_stream_started_before_prefect(arch, tmp_path):
     assert seen["code"] == 0 and seen["forked"], seen
     assert seen["adopted"] == seen["backup_id"]
     assert seen["backup_id"] in out.stdout and "checked" in out.stdout
-    assert not _alive(seen["child"])  # reaped by the run's pg-basebackup step
+    assert not alive(seen["child"])  # reaped by the run's pg-basebackup step
     [m] = [m for m in listed(arch) if m.backup_id not in before]
     assert m.backup_id == seen["backup_id"] and m.kind == "physical" and m.status == "checked"
     # Everything after the stream is the run's, unchanged: read-back, WAL parsed, manifest last.
@@ -155,7 +106,7 @@ def test_a_killed_early_start_leaves_nothing_listed_and_no_process(arch, tmp_pat
     assert proc.returncode == -signal.SIGKILL
     seen = json.loads(report.read_text())
     assert seen["forked"]
-    wait_for(lambda: not _alive(seen["child"]), 60, "the early child to die with its parent")
+    wait_for(lambda: not alive(seen["child"]), 60, "the early child to die with its parent")
     wait_for(lambda: not basebackup_pids(seen["backup_id"]), 60, "pg_basebackup to die with the child")
     # Its claimed folder has no manifest: garbage, not a backup.
     assert {m.backup_id for m in listed(arch)} == before
@@ -220,7 +171,7 @@ def test_a_failed_early_stream_fails_the_run_in_one_line_and_leaves_nothing(arch
     errors = [ln for ln in err.splitlines() if ln.startswith("pgkeeper: error:")]
     assert len(errors) == 1 and "pg_basebackup" in errors[0], err[-3000:]
     assert password not in err
-    assert not _alive(seen["child"]) and not basebackup_pids(seen["backup_id"])
+    assert not alive(seen["child"]) and not basebackup_pids(seen["backup_id"])
     assert folders(arch) == before  # nothing claimed is left
 
 
