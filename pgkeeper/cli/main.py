@@ -57,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(FAST_COMMANDS[args_list[0]])
         return int(module.main(args_list[1:]))
     as_program = argv is None
+    if as_program:  # the program, not a caller that imports pgkeeper: see pgkeeper/lean_imports.py
+        from pgkeeper.lean_imports import skip_unused_imports
+
+        skip_unused_imports()
     lines: list[str] = []
     code = run_command(args_list, lines.append if as_program else _say)
     if as_program and "prefect" in sys.modules:
@@ -81,6 +85,7 @@ def leave(code: int, last_lines: Sequence[str] = ()) -> None:
     import atexit
     import threading
 
+    drain_services_together()
     shutdown = getattr(threading, "_shutdown", None)  # non-daemon threads, executors' exit hooks
     if shutdown is not None:
         shutdown()
@@ -93,6 +98,19 @@ def leave(code: int, last_lines: Sequence[str] = ()) -> None:
         except (OSError, ValueError):  # a closed pipe: nothing more can reach it
             pass
     os._exit(code)
+
+
+def drain_services_together() -> None:
+    """Prefect's queue services (the run's logs to the API, its events) drained at once: each
+    registers its own drain as an exit hook, and those hooks run one after another, each waiting
+    for its last batch's round trip. Draining all of them together sends the same logs and
+    events, on the same event loop, with the round trips side by side; the hooks then find
+    their service drained. Nothing a run logged or emitted is dropped: a drain still sends all
+    that was queued before it returns."""
+    services = sys.modules.get("prefect._internal.concurrency.services")
+    base = getattr(services, "_QueueServiceBase", None)
+    if base is not None and hasattr(base, "drain_all"):
+        base.drain_all(at_exit=True)  # no timeout, as the exit hooks wait
 
 
 def run_command(args_list: list[str], say: Callable[[str], None]) -> int:
