@@ -7,27 +7,25 @@ before Prefect is imported."""
 from __future__ import annotations
 
 import json
-import subprocess
-import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from pgkeeper import codec, pgtools
+from pgkeeper import codec
+from pgkeeper.basebackup_tool import Started, label_of, started_pg_basebackup
 from pgkeeper.errors import ArchivingOff, IntegrityError, RepositoryError
 from pgkeeper.fmt import human_bytes
 from pgkeeper.manifest import StoredFile
 from pgkeeper.tarstream import TarChecker, check_against_manifest
 from pgkeeper.tls import plaintext_warning
 from pgkeeper.wal.identity import check_backup, check_remote
+from pgkeeper.wal.setup import refresh_wal_config as refresh_wal_config  # the flow's wal-settings step
 
 if TYPE_CHECKING:
     from pgkeeper.connection import ConnectionVerbs
     from pgkeeper.repository import RepositoryVerbs
-    from pgkeeper.wal.config import WalConfig
 
 PG_MANIFEST = "backup_manifest"
 READ_CHUNK = 1 << 20
@@ -109,21 +107,6 @@ def cluster_facts(conn: ConnectionVerbs, repo: RepositoryVerbs, alert: Alert) ->
                        tables=tables, tablespaces=int(tablespaces), archive_command=command or library)
 
 
-def refresh_wal_config(repo: RepositoryVerbs, config_file: str | None) -> WalConfig:
-    """The WAL archive `repo` implies; written to `config_file` (what archive_command and
-    restore_command read) when one is named, so that wal-push follows changes to the repository."""
-    from pgkeeper.wal import config as walconfig
-    from pgkeeper.wal.setup import config_from_repository, write_config
-
-    previous = None
-    if config_file and Path(config_file).exists():
-        previous = walconfig.load(config_file)
-    cfg = config_from_repository(repo, previous)
-    if config_file:
-        write_config(Path(config_file), cfg)
-    return cfg
-
-
 def wal_range_of(data: dict, label: str) -> tuple[str, str, int]:
     """(start LSN, stop LSN, timeline) from PostgreSQL's backup_manifest, parsed."""
     ranges = data.get("WAL-Ranges") or []
@@ -132,37 +115,36 @@ def wal_range_of(data: dict, label: str) -> tuple[str, str, int]:
     return ranges[0]["Start-LSN"], ranges[-1]["End-LSN"], int(ranges[-1]["Timeline"])
 
 
-def stream_into(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: str) -> BaseBackupFiles:
+def stream_into(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: str,
+                started: Started | None = None) -> BaseBackupFiles:
     """pg_basebackup -Ft -D - -X none --checkpoint=fast straight into the repository: compressed
-    here on threads, every file checked against backup_manifest on the way (no staging copy)."""
+    here on threads, every file checked against backup_manifest on the way (no staging copy).
+    `started`: the tool already started (the early start's child), else it is started here."""
+    if started is None:
+        with started_pg_basebackup(conn, repo, label_of(backup_id)) as started:
+            return stream_into(conn, repo, backup_id, started)
+    pb, err, started_at = started
     storage = repo.storage()
     name = f"base.tar{codec.SUFFIX[repo.compression]}"
-    argv = [pgtools.tool("pg_basebackup"), "-D", "-", "-Ft", "-X", "none", "--checkpoint=fast",
-            "--manifest-checksums=SHA256", "-l", f"pgkeeper {backup_id}", "-w"]
     comp = codec.compressor(repo.compression, repo.level(), threads=COMPRESS_THREADS)
     checker = TarChecker()
     buf = bytearray(READ_CHUNK)
     view = memoryview(buf)
-    started = datetime.now(UTC)
-    with tempfile.TemporaryFile() as err, pgtools.child(
-        argv, env=conn.libpq_env(), timeout=repo.dump_timeout_seconds,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-    ) as pb:
-        try:
-            with storage.write_file(backup_id, name) as out:
-                assert pb.proc.stdout is not None
-                while n := pb.proc.stdout.readinto(buf):  # type: ignore[attr-defined]
-                    for part in checker.feed(view[:n]):
-                        piece = comp.compress(part)  # type: ignore[arg-type]
-                        if piece:
-                            out.write(piece)
-                out.write(comp.flush())
-                err.seek(0)
-                pb.check(err.read(), repo.dump_timeout_seconds)
-                # Inside the write: a stream that does not match its manifest is never stored.
-                checked = check_against_manifest(checker)
-        except OSError as exc:
-            raise RepositoryError(f"writing {backup_id}/{name} failed: {exc.strerror or exc}") from None
+    try:
+        with storage.write_file(backup_id, name) as out:
+            assert pb.proc.stdout is not None
+            while n := pb.proc.stdout.readinto(buf):  # type: ignore[attr-defined]
+                for part in checker.feed(view[:n]):
+                    piece = comp.compress(part)  # type: ignore[arg-type]
+                    if piece:
+                        out.write(piece)
+            out.write(comp.flush())
+            err.seek(0)
+            pb.check(err.read(), repo.dump_timeout_seconds)
+            # Inside the write: a stream that does not match its manifest is never stored.
+            checked = check_against_manifest(checker)
+    except OSError as exc:
+        raise RepositoryError(f"writing {backup_id}/{name} failed: {exc.strerror or exc}") from None
     finished = datetime.now(UTC)  # the archive holds the WAL up to the stop position from here on
     tar = storage.stored_file(name, out, checker.raw_size)
     with storage.write_file(backup_id, PG_MANIFEST) as mout:
@@ -170,5 +152,5 @@ def stream_into(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: str) ->
     files = [storage.stored_file(PG_MANIFEST, mout), tar]
     start_lsn, stop_lsn, timeline = wal_range_of(json.loads(bytes(checker.manifest)), PG_MANIFEST)
     return BaseBackupFiles(files=files, start_lsn=start_lsn, stop_lsn=stop_lsn, timeline=timeline,
-                           started_at=started, finished_at=finished, streamed_check=checked,
+                           started_at=started_at, finished_at=finished, streamed_check=checked,
                            raw_size=checker.raw_size)

@@ -96,12 +96,14 @@ class ForkedStream:
 
     what = "stream"  # the tool, in the one-line error of a stream that ended without a result
 
-    def __init__(self, conn: PlainConnection, repo: PlainRepository, backup_id: str) -> None:
+    def __init__(self, conn: PlainConnection, repo: PlainRepository, backup_id: str,
+                 waiting: WaitingChild | None = None) -> None:
         self.conn, self.repo, self.backup_id = conn, repo, backup_id
         self.pid: int | None = None
         self.pipe: Any = None
         self.adopted = False
         self._stream_taken = False
+        self.waiting = waiting  # a child forked before the checks, told the id by fork_stream
 
     def stream(self, send: Send) -> dict[str, Any]:
         """In the child: the stream itself; its result as JSON."""
@@ -136,7 +138,11 @@ class ForkedStream:
     # -- in the command -------------------------------------------------------------------
 
     def fork_stream(self) -> None:
-        """The stream started in a child process that dies with this one."""
+        """The stream started in a child process that dies with this one (or, when a child was
+        forked before the checks, that child told to stream into this backup id)."""
+        if self.waiting is not None:
+            self.pid, self.pipe = self.waiting.go(self.backup_id)
+            return
         parent = os.getpid()
         read_end, write_end = os.pipe()
         pid = os.fork()
@@ -179,6 +185,68 @@ class ForkedStream:
         storage = self.repo.storage()
         if self.backup_id not in storage.list_backup_ids():
             storage.abandon_backup(self.backup_id)
+
+
+class WaitingChild:
+    """A stream's child forked before the command's checks and claim, so that what may start
+    before them (`prepare`: e.g. a tool that writes only to its own pipe) starts at once, on the
+    other core, while this process makes the checks. It then waits: `go(backup_id)` has it run
+    `stream(backup_id, prepared, send)` into the claimed folder (ForkedStream.fork_stream does
+    that); `stop()` (checks that refuse, or anything else) kills it before it wrote a byte.
+    It dies with this process, as a ForkedStream's child does."""
+
+    def __init__(self, prepare: Callable[[], Any], stream: Callable[[str, Any, Send], dict[str, Any]]) -> None:
+        parent = os.getpid()
+        read_end, write_end = os.pipe()
+        go_read, go_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            os.close(read_end)
+            os.close(go_write)
+            _stream_child(parent, write_end, lambda send: _when_told(go_read, prepare, stream, send))
+        os.close(write_end)
+        os.close(go_read)
+        self.pid: int | None = pid
+        self._results = os.fdopen(read_end, "r")
+        self._go: int | None = go_write
+
+    def go(self, backup_id: str) -> tuple[int, Any]:
+        """Tell the child its backup id; (its pid, the pipe its messages come through)."""
+        assert self.pid is not None and self._go is not None
+        try:
+            os.write(self._go, (backup_id + "\n").encode())
+        except BrokenPipeError:
+            pass  # it failed to prepare: its error is already in the pipe
+        os.close(self._go)
+        self._go = None
+        return self.pid, self._results
+
+    def stop(self) -> None:
+        """Not told to go: the child killed and reaped (what it started dies with it)."""
+        if self._go is not None:
+            os.close(self._go)
+            self._go = None
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.pid = None
+        self._results.close()
+
+
+def _when_told(go_read: int, prepare: Callable[[], Any], stream: Callable[[str, Any, Send], dict[str, Any]],
+               send: Send) -> dict[str, Any]:
+    prepared = prepare()
+    with os.fdopen(go_read, "r") as told:
+        backup_id = told.readline().strip()
+    if not backup_id:  # the command closed the pipe without an id: nothing to stream
+        os._exit(0)
+    return stream(backup_id, prepared, send)
 
 
 def same_choice(early: ForkedStream, conn: Any, repo: RepositoryVerbs) -> bool:

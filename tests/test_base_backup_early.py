@@ -60,8 +60,13 @@ def folders(a: ArchivingCluster) -> set[str]:
     return {p.name for p in backups.iterdir()} if backups.exists() else set()
 
 
-def basebackup_pids(backup_id: str) -> list[int]:
-    """pg_basebackup processes streaming `backup_id` (its label names it)."""
+def basebackup_pids(backup_id: str, command_pid: int | None = None) -> list[int]:
+    """pg_basebackup processes streaming `backup_id` (its label names it), or started early by the
+    command `command_pid` (before the id was claimed, the label names the command's process)."""
+    from pgkeeper.basebackup_tool import label_of
+    from pgkeeper.early_base import early_label
+
+    labels = {label_of(backup_id).encode()} | ({early_label(command_pid).encode()} if command_pid else set())
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -69,7 +74,7 @@ def basebackup_pids(backup_id: str) -> list[int]:
                 argv = (entry / "cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if argv and argv[0].endswith(b"pg_basebackup") and f"pgkeeper {backup_id}".encode() in argv:
+            if argv and argv[0].endswith(b"pg_basebackup") and labels & set(argv):
                 found.append(int(entry.name))
     return found
 
@@ -107,7 +112,7 @@ def test_a_killed_early_start_leaves_nothing_listed_and_no_process(arch, tmp_pat
     seen = json.loads(report.read_text())
     assert seen["forked"]
     wait_for(lambda: not alive(seen["child"]), 60, "the early child to die with its parent")
-    wait_for(lambda: not basebackup_pids(seen["backup_id"]), 60, "pg_basebackup to die with the child")
+    wait_for(lambda: not basebackup_pids(seen["backup_id"], proc.pid), 60, "pg_basebackup to die with the child")
     # Its claimed folder has no manifest: garbage, not a backup.
     assert {m.backup_id for m in listed(arch)} == before
     from pgkeeper.storage.local import LocalStorage

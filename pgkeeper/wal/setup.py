@@ -70,6 +70,18 @@ def config_from_repository(repo: Any, previous: walconfig.WalConfig | None = Non
         push_ahead=previous.push_ahead if previous else walconfig.DEFAULT_PUSH_AHEAD)
 
 
+def refresh_wal_config(repo: Any, config_file: str | None) -> walconfig.WalConfig:
+    """The WAL archive `repo` implies; written to `config_file` (what archive_command and
+    restore_command read) when one is named, so that wal-push follows changes to the repository."""
+    previous = None
+    if config_file and Path(config_file).exists():
+        previous = walconfig.load(config_file)
+    cfg = config_from_repository(repo, previous)
+    if config_file:
+        write_config(Path(config_file), cfg)
+    return cfg
+
+
 def provide_runtime(user: str = SERVER_USER) -> Path | None:
     """When `user` cannot run this pgkeeper, install a copy it can (pgkeeper.wal.runtime); its path.
 
