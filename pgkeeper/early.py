@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from pgkeeper.early_api import Api, ApiError
+from pgkeeper.early_api import Api, ApiError, Beside
 from pgkeeper.early_stream import (
     CONNECTION_SLUG,
     REPOSITORY_SLUG,
@@ -128,12 +128,17 @@ def start_backup(args: argparse.Namespace, api_url: str) -> EarlyBackup | None:
     api, conn, repo = choices
     try:
         limit = database_limit_name(conn.database, f"{conn.host}:{conn.port}")
+    except (PgkeeperError, ValueError):
+        return None
+
+    def take_slot() -> dict[str, Any] | None:
         api.ensure_limit(limit)
-        lease = api.try_lease(limit, LEASE_SECONDS)
-    except (ApiError, PgkeeperError, OSError, ValueError):
-        return None  # the run meets the same trouble in its own steps, and says so
-    if lease is None:
-        return None  # another backup of this database runs: the run waits for it as before
+        return api.try_lease(limit, LEASE_SECONDS)
+
+    # The slot's two round trips run beside the preflight's imports and queries (read-only but
+    # for the repository's write probe); nothing is claimed or streamed before the slot is held.
+    slot = Beside(take_slot)
+    lease = None
     backup_id = None
     try:
         from pgkeeper.claim import claim_backup_id
@@ -141,18 +146,27 @@ def start_backup(args: argparse.Namespace, api_url: str) -> EarlyBackup | None:
 
         alerts: list[tuple[str, str, dict[str, Any]]] = []
         info = server_facts(conn, repo, lambda kind, message, **details: alerts.append((kind, message, details)))
+        lease = slot.result()
+        if lease is None:
+            return None  # another backup of this database runs: the run waits for it as before
         backup_id = claim_backup_id(repo.storage(), info.server_time, info.server)
         early = EarlyBackup(api, conn, repo, lease, info, alerts, backup_id)
         early.fork_stream()
     except BaseException as exc:
         if backup_id is not None:
             repo.storage().abandon_backup(backup_id)
-        try:
-            api.release_lease(lease["lease_id"])
-        except ApiError:
-            pass  # it expires within LEASE_SECONDS
+        if lease is None:
+            try:
+                lease = slot.result()  # taken meanwhile by a start that failed: given back below
+            except BaseException:  # noqa: BLE001  # the slot's own trouble: nothing was taken
+                lease = None
+        if lease is not None:
+            try:
+                api.release_lease(lease["lease_id"])
+            except ApiError:
+                pass  # it expires within LEASE_SECONDS
         if isinstance(exc, Exception):
-            return None  # e.g. no room, the wrong cluster: the run's preflight says so
+            return None  # e.g. no room, the wrong cluster, the API: the run's own steps say so
         raise
     return early
 

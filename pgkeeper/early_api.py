@@ -10,9 +10,11 @@ from __future__ import annotations
 import base64
 import json
 import os
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from pgkeeper.server_auth import CLIENT_SETTING
@@ -99,3 +101,28 @@ class Api:
 
     def release_lease(self, lease_id: str) -> None:
         self.call("POST", "/v2/concurrency_limits/decrement-with-lease", {"lease_id": lease_id})
+
+
+class Beside:
+    """A call run on a thread of its own while the caller does something else (an API round trip
+    beside imports and queries: the wait needs no interpreter lock); `result()` joins it and
+    returns its value or raises its error."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = call()
+            except BaseException as exc:  # raised in the caller by result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="early-api", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pgkeeper.connection import PlainConnection, connection_from_env
-from pgkeeper.early_api import Api, ApiError
+from pgkeeper.early_api import Api, ApiError, Beside
 from pgkeeper.errors import PgkeeperError
 from pgkeeper.names import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK
 
@@ -83,8 +83,9 @@ def early_choices(args: argparse.Namespace, api_url: str) -> tuple[Api, PlainCon
         repo = repository_from_env(path=args.backup_dir)
         if not keys.mac_keys():  # without a manifest key in the key directory the run looks for Secret blocks
             return None
-        if api.block_exists(CONNECTION_SLUG, DEFAULT_CONNECTION_BLOCK) or \
-                api.block_exists(REPOSITORY_SLUG, DEFAULT_REPOSITORY_BLOCK):
+        repository_block = Beside(lambda: api.block_exists(REPOSITORY_SLUG, DEFAULT_REPOSITORY_BLOCK))
+        connection_block = api.block_exists(CONNECTION_SLUG, DEFAULT_CONNECTION_BLOCK)  # both asked at once
+        if repository_block.result() or connection_block:
             return None  # the run takes its settings from those blocks
     except (ApiError, PgkeeperError, OSError, ValueError):
         return None

@@ -108,6 +108,24 @@ def test_plain_parameters_are_recorded_as_prefect_records_them():
     assert backup.serialize_parameters(other) == {"database": "shop", "path": "/backups", "pair": ["a", 1]}
 
 
+def test_the_parameter_schema_is_prefect_s_built_when_first_read():
+    """Declaring the flows (what a command's import does) builds no parameter schema; reading it
+    (a deployment) gives Prefect's own, and other flows are declared as before."""
+    probe = ("import json, sys\n"
+             "import pgkeeper.flows.backup as b, pgkeeper.flows.base_backup as bb\n"
+             "declared = 'pydantic.v1' in sys.modules\n"
+             "from prefect import flow\n"
+             "from prefect.utilities.callables import parameter_schema\n"
+             "@flow\n"
+             "def other(x: int, y: str = 'a'): pass\n"
+             "same = [f.parameters == parameter_schema(f.fn) for f in (b.backup, bb.base_backup, other)]\n"
+             "names = sorted(b.backup.parameters.properties)\n"
+             "print(json.dumps({'declared': declared, 'same': same, 'names': names}))\n")
+    assert fresh(probe) == {"declared": False, "same": [True, True, True],
+                            "names": sorted(["database", "connection_block", "repository_block", "host", "port",
+                                             "user", "backup_dir", "labels"])}
+
+
 def test_the_backup_run_keeps_its_tags_and_its_task_runs_ask_for_no_tag_slots(conn, repo):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
