@@ -21,8 +21,9 @@ Targets (issue 18, target 4): into <= 1.1x, replace <= 1.3x.
 What is compared: the peer restores the backup's dump as stored (`pg_dump -Fc -Z0` written to a
 pipe, decompressed), what a user of bare tools would have. Written to a pipe, its table of
 contents has no data offsets, so each `pg_restore -j` worker scans block headers to find its
-table's data (pg_backup_custom.c, K_OFFSET_POS_NOT_SET). pgkeeper restores the same archive
-(pgkeeper/dumpoffsets.py can write the offsets into its TOC; not done in restores for now).
+table's data (pg_backup_custom.c, K_OFFSET_POS_NOT_SET). pgkeeper restores the same archive with
+the offsets written into its TOC once its checksum is proven (pgkeeper/dumpoffsets.py; the
+result is the file `pg_dump -Fc -f FILE` writes), so it no longer pays that scan.
 --with-offsets adds a third timing per round: the peer restoring `pg_dump -Fc -Z0 -f FILE` of the
 same database (offsets in its TOC), what a user who dumps to a file has; the ratios to it are
 printed too, and they are the stricter contest now that pgkeeper restores with offsets.

@@ -52,6 +52,21 @@ def test_which_archives_let_the_data_be_read_beside_post_data(pg, crm_db, tmp_pa
     assert overlap_data_items(_archive(pg, crm_db, tmp_path / "partitioned.dump")) is None
 
 
+def test_finished_items_are_found_however_the_processes_lines_interleave():
+    """pg_restore -j writes "pg_restore:", " " and the message apart, from the leader and the
+    workers at once: each line below was seen in -j2 runs of the CRM archive."""
+    from pgkeeper.tasks.pg_restore import finished_item
+
+    assert finished_item(b"pg_restore: finished item 3402 TABLE DATA deal\n") == "3402"
+    assert finished_item(b"pg_restore:pg_restore: finished item 3229 CONSTRAINT company company_domain_key\n") == "3229"
+    assert finished_item(b" finished item 3249 FK CONSTRAINT deal deal_contact_id_fkey\n") == "3249"
+    assert finished_item(b"finished item 3420 SEQUENCE SET deal_id_seq\n") == "3420"
+    assert finished_item(b"pg_restore: warning: finished item 7 TABLE DATA t\n") == "7"
+    assert finished_item(b"pg_restore: launching item 3404 TABLE DATA activity\n") is None
+    assert finished_item(b'pg_restore: processing data for table "public.finished item 5 x"\n') is None
+    assert finished_item(b"pg_restore: finished main parallel loop\n") is None
+
+
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Records each start of the shadow's data read (the database it reads)."""

@@ -1,10 +1,10 @@
 """Putting a stored dump back into a database with pg_restore.
 
 The stored file is decompressed (checksum-checked on the same pass) into a local work file,
-because pg_restore -j needs a seekable archive. Its data offsets (dumpoffsets.py) are not written
-yet: with them, pg_restore -v's reports let the proof's data read start beside post-data less
-often (tests/test_restore_overlap.py failed on a small database in a clean-clone run); to be
-reconciled before the offsets are turned on.
+because pg_restore -j needs a seekable archive. Once its checksum is proven, the work file's
+table of contents gets the data offsets pg_dump could not write to a pipe (dumpoffsets.py), so
+each pg_restore -j worker seeks to its table's data instead of reading through the blocks before
+it: the file is then the one `pg_dump -Fc -f FILE` writes.
 
 A parallel restore can say when its data section is loaded (`on_data_loaded`): pg_restore -v
 names each item it finishes, and once every item of the data section is finished the tables'
@@ -36,6 +36,7 @@ from psycopg import sql
 
 from pgkeeper import pgtools
 from pgkeeper.blocks.postgres import PostgresConnection
+from pgkeeper.dumpoffsets import add_data_offsets
 from pgkeeper.errors import RepositoryError
 from pgkeeper.load_session import pgoptions
 from pgkeeper.manifest import StoredFile
@@ -43,11 +44,13 @@ from pgkeeper.tasks.checksum import checked_chunks
 
 
 def materialize_dump(source: BinaryIO, file: StoredFile, compression: str, dest: Path, label: str) -> Path:
-    """Write the decompressed archive to `dest`, refusing it if its sha256 is not the manifest's."""
+    """Write the decompressed archive to `dest`, refusing it if its sha256 is not the manifest's;
+    then (the stored bytes proven) write its data offsets into its TOC."""
     try:
         with open(dest, "wb") as out:
             dest.chmod(0o600)
             checked_chunks(source, compression, label, out.write)
+        add_data_offsets(dest)  # after the proof: an archive it cannot place is left as it is
     except OSError as exc:
         dest.unlink(missing_ok=True)
         raise RepositoryError(f"cannot write work file {dest}: {exc.strerror}") from None
@@ -62,9 +65,20 @@ def materialize_dump(source: BinaryIO, file: StoredFile, compression: str, dest:
 DATA_KINDS = ("TABLE DATA", "SEQUENCE SET", "BLOBS")
 OVERLAP_POST_DATA_KINDS = ("INDEX", "CONSTRAINT", "FK CONSTRAINT", "TRIGGER", "COMMENT", "ACL", "SECURITY LABEL")
 _PARTITIONING_KINDS = ("TABLE ATTACH", "INDEX ATTACH")
-# The workers and the leader share stderr and pg_restore writes its "pg_restore: " prefix apart
-# from the message, so a message may follow another process's prefix, or start a line without one.
-_FINISHED = re.compile(rb"^(?:pg_restore: )*finished item (\d+) ")
+# The workers and the leader share stderr, and pg_restore writes each message in pieces
+# (logging.c: "pg_restore:", then " ", then a level such as "warning: ", then the message and its
+# newline), so another process's pieces can come between them: seen in -j2 runs, lines such as
+# "pg_restore:pg_restore: finished item 3229 ..." and " finished item 3249 ..." (the "pg_restore:"
+# on the line before). A message is written whole, so a line is any such pieces, then one message.
+# (A tag with a newline could fake a line; a read started too early sees a table's COPY not yet
+# committed, so the proof fails the restore, it never passes a wrong one.)
+_FINISHED = re.compile(rb"^(?:pg_restore:|[a-z]+: | )*finished item (\d+) ")
+
+
+def finished_item(line: bytes) -> str | None:
+    """The dump id of a `finished item N` line of pg_restore -v's stderr, else None."""
+    found = _FINISHED.match(line)
+    return found.group(1).decode() if found else None
 
 
 def pg_restore_into(conn: PostgresConnection, archive: Path, database: str, jobs: int = 2,
@@ -121,9 +135,9 @@ def _run_watched(env: dict[str, str], argv: list[str], timeout: float, data_item
         assert proc.proc.stderr is not None
         for raw in proc.proc.stderr:
             err.write(raw)
-            found = _FINISHED.match(raw)
-            if found and left:
-                left.discard(found.group(1).decode())
+            item = finished_item(raw)
+            if item is not None and left:
+                left.discard(item)
                 if not left:
                     on_data_loaded()
         err.seek(0)
