@@ -90,7 +90,11 @@ def run_cli_here(*args: str, env: dict[str, str] | None = None, stdin: str = "")
     from prefect import tags
 
     from pgkeeper.cli.main import main
-    from pgkeeper.runinfo import RUN_TAG
+    from pgkeeper.runinfo import RUN_TAG, tag_every_run
+
+    # As a command's first import of pgkeeper.flows does; here that import may come inside the
+    # tags() below, whose exit would take the tag away from this session's later in-process runs.
+    tag_every_run()
 
     changed = sorted(k for k, v in (env or {}).items() if k.startswith("PREFECT_") and os.environ.get(k) != v)
     if changed:
