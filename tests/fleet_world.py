@@ -126,6 +126,18 @@ class World:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
+def pool_exists(world: World) -> bool:
+    import httpx
+
+    try:
+        world.call("GET", "/work_pools/pgkeeper")
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            return False
+        raise
+    return True
+
+
 def fleet_file_text(world: World) -> str:
     lines = ["# database host port user password-variable"]
     for host_name, databases in DATABASES.items():
@@ -147,7 +159,7 @@ def fleet_world(workers: tuple[str, ...] = ("w1", "w2"), scale: float = 0.05, st
                 ) -> Iterator[World]:
     """The whole world, built once; torn down in reverse whatever happens."""
     from pgkeeper.sample_crm import create_crm
-    from tests.helpers import create_database, run_cli
+    from tests.helpers import create_database
 
     with ExitStack() as stack:
         base = scratch_dir("pgkeeper-fleet-world-")
@@ -199,7 +211,26 @@ def fleet_world(workers: tuple[str, ...] = ("w1", "w2"), scale: float = 0.05, st
                      # minimum), not 90: the worker-death test waits for it. 20 s spare for a late beat.
                      "PGKEEPER_HEARTBEAT_GRACE_SECONDS": "50"}
         world.env.pop("PGKEEPER_WAL_RUNTIME_ROOT", None)
-        result = run_cli("setup", env=world.env, timeout=600)
+        stack.callback(lambda: [world.stop_worker(name) for name in list(world.workers)])
+        started = workers if start_workers else ()
+        # The workers start as soon as setup has made their pool, while it goes on with variables,
+        # deployments and automations: their seconds of imports use the core that setup's one
+        # request at a time leaves idle. They find the deployments' runs once there are any.
+        out, err = (open(base / f"setup.{name}", "w+") for name in ("out", "err"))  # noqa: SIM115
+        stack.callback(out.close)
+        stack.callback(err.close)
+        setup = subprocess.Popen([sys.executable, "-m", "pgkeeper.cli.main", "setup"], env=world.env, cwd=ROOT,
+                                 stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True)
+        stack.callback(stop, setup)
+        if started:
+            wait_for(lambda: setup.poll() is not None or pool_exists(world), 600, "setup to create the work pool")
+            if setup.poll() is None:
+                for i, name in enumerate(started):  # side by side: each start-up is seconds of imports
+                    world.start_worker(name, plain_prefect=i % 2 == 1, wait=False)
+        setup.wait(timeout=600)
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(setup.args, setup.returncode, out.read(), err.read())
         assert result.returncode == 0, result.stdout + result.stderr
         assert PASSWORD not in result.stdout + result.stderr
         for host_name, databases in DATABASES.items():
@@ -207,10 +238,5 @@ def fleet_world(workers: tuple[str, ...] = ("w1", "w2"), scale: float = 0.05, st
             for db in databases:
                 block = f"pgkeeper-fleet-{db}-{c.host.replace('.', '-')}-{c.port}"
                 world.fleet_blocks[block] = (db, f"{c.host}:{c.port}")
-
-        stack.callback(lambda: [world.stop_worker(name) for name in list(world.workers)])
-        started = workers if start_workers else ()
-        for i, name in enumerate(started):  # side by side: each start-up is seconds of imports
-            world.start_worker(name, plain_prefect=i % 2 == 1, wait=False)
         world.wait_online(*started)
         yield world

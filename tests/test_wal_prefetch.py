@@ -109,6 +109,23 @@ class Archive:
             time.sleep(0.02)
 
 
+def wait_dead(pid: int, timeout: float = 60) -> None:
+    """Until every thread of `pid` has exited (its open files, and so its flock, are released then).
+    A detached prefetcher is nobody's child here: it may stay a zombie leader for a while, which
+    holds no files; its other threads vanish from /proc/PID/task once they are done."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return
+        if threads == [str(pid)] and state in {"Z", "X"}:
+            return
+        assert time.monotonic() < deadline, f"process {pid} outlived its SIGKILL"
+        time.sleep(0.01)
+
+
 @pytest.fixture
 def make_archive(tmp_path: Path) -> Iterator:
     made: list[Archive] = []
@@ -188,8 +205,11 @@ def test_a_killed_prefetcher_leaves_nothing_postgresql_could_mistake(make_archiv
     while not a.prefetchers():
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    for pid in a.prefetchers():
+    killed = a.prefetchers()
+    for pid in killed:
         os.kill(pid, signal.SIGKILL)
+    for pid in killed:  # kill() only sends the signal: the lock goes when the last thread has exited
+        wait_dead(pid)
     for e in os.listdir(a.queue):  # hidden temp files, markers, or complete files checked on take
         assert not is_wal_name(e)
         assert e.startswith(".") or e.endswith(SUFFIX)
