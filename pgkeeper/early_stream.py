@@ -56,10 +56,14 @@ def started_early(start: Callable[[], ForkedStream | None]) -> Iterator[None]:
 
 
 def take_pending(kind: type[Early]) -> Early | None:
-    """For the run: this process's early start of that kind, which is then no longer pending."""
+    """For the run: this process's early start of that kind, which is then no longer pending. One
+    of another kind stays pending (a restore's safety backup runs the backup flow inside the
+    restore's run) and is undone at the command's end if its own run did not take it."""
     global _pending
+    if not isinstance(_pending, kind):
+        return None
     early, _pending = _pending, None
-    return early if isinstance(early, kind) else None
+    return early
 
 
 def early_choices(args: argparse.Namespace, api_url: str) -> tuple[Api, PlainConnection, PlainRepository] | None:
