@@ -1,6 +1,6 @@
-"""What `pgkeeper backup`'s and `pgkeeper base-backup`'s early starts share (pgkeeper/early.py,
-pgkeeper/early_base.py): when a command may start before Prefect is imported, and the stream
-that runs in a forked child until the run adopts it.
+"""What the early starts of `pgkeeper backup`, `pgkeeper base-backup` and `pgkeeper restore` share
+(pgkeeper/early.py, early_base.py, early_restore.py): when a command may start before Prefect is
+imported, and the stream that runs in a forked child until the run adopts it.
 
 The child has its own interpreter lock, so it streams at full speed while the command imports
 Prefect; it dies with the command (PR_SET_PDEATHSIG, a SIGKILL included), and reports through

@@ -72,8 +72,9 @@ def shadows(pg, target: str) -> list[str]:
                                         (target + "\\_restoring\\_%",)).fetchall()]
 
 
-def probe(tmp_path: Path, env: dict[str, str], *args: str, background: bool = False):  # noqa: ANN201
-    return run_probe(PROBE, tmp_path, ["restore", *args], env, background)
+def probe(tmp_path: Path, env: dict[str, str], *args: str, background: bool = False,  # noqa: ANN201
+          stdin: str | None = None):
+    return run_probe(PROBE, tmp_path, ["restore", *args], env, background, stdin)
 
 
 def backup_id(env: dict[str, str]) -> str:
@@ -96,6 +97,33 @@ def test_the_run_adopts_the_early_fetch_and_restores_the_source(pg, source, work
     conninfo = pg.conninfo()
     assert dump_schema(conninfo, copy_name) == dump_schema(conninfo, source["POSTGRES_DB"])
     assert dump_data(conninfo, copy_name) == dump_data(conninfo, source["POSTGRES_DB"])
+
+
+def test_replace_asks_at_the_terminal_while_the_dump_is_fetched(pg, source, work, copy_name, tmp_path):
+    """Replace mode without --yes: the name is typed while the child fetches; the run adopts the
+    work file, and the replaced database is kept under its old-copy name."""
+    from tests.app_schema import dump_data
+
+    with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(copy_name),
+                                                                     sql.Identifier(source["POSTGRES_DB"])))
+    with psycopg.connect(pg.conninfo(copy_name), autocommit=True) as c:
+        c.execute("CREATE TABLE added_after_backup (x int)")
+    env = {**source, "PGKEEPER_WORK_DIR": str(work)}
+    seen, out = probe(tmp_path, env, "latest", "--target", copy_name, "--no-safety-backup", stdin=copy_name + "\n")
+    try:
+        assert seen["code"] == 0 and seen["forked"], out.stderr[-3000:]
+        assert f"Replace database {copy_name}" in out.stdout
+        assert seen["adopted"] == seen["backup_id"] == backup_id(source)
+        assert not alive(seen["child"]) and list(work.iterdir()) == []
+        assert dump_data(pg.conninfo(), copy_name) == dump_data(pg.conninfo(), source["POSTGRES_DB"])
+    finally:
+        with psycopg.connect(pg.conninfo()) as c:
+            kept = [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                            (copy_name + "_pre_restore_%",)).fetchall()]
+        for name in kept:
+            drop_database(pg, name)
+    assert len(kept) == 1
 
 
 def test_early_start_off_takes_today_s_path(pg, source, work, copy_name, tmp_path):
