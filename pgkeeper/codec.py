@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import BinaryIO, Protocol
 
 import zstandard
@@ -61,3 +61,24 @@ def decompressed_chunks(stream: BinaryIO, kind: str) -> Iterator[bytes]:
                 return
             yield out
     raise ValueError(f"unknown compression {kind!r}")
+
+
+def checked_chunks(stream: BinaryIO, kind: str, label: str, sink: Callable[[bytes], None]) -> int:
+    """Decompress `stream` (from `Storage.open_plain`, which checks the stored bytes against the
+    manifest when its end is read) into `sink`; returns the decompressed size.
+
+    Any mismatch or corruption raises IntegrityError naming `label`; the caller must treat
+    whatever reached `sink` as untrusted until we return.
+    """
+    from pgkeeper.errors import IntegrityError
+
+    raw = 0
+    try:
+        for chunk in decompressed_chunks(stream, kind):
+            raw += len(chunk)
+            sink(chunk)
+    except ValueError as exc:
+        raise IntegrityError(f"{label}: {exc}") from None
+    while stream.read(CHUNK):  # trailing bytes after the compressed stream still count
+        pass
+    return raw

@@ -1,6 +1,6 @@
-"""What `pgkeeper backup`'s and `pgkeeper base-backup`'s early starts share (pgkeeper/early.py,
-pgkeeper/early_base.py): when a command may start before Prefect is imported, and the stream
-that runs in a forked child until the run adopts it.
+"""What the early starts of `pgkeeper backup`, `pgkeeper base-backup` and `pgkeeper restore` share
+(pgkeeper/early.py, early_base.py, early_restore.py): when a command may start before Prefect is
+imported, and the stream that runs in a forked child until the run adopts it.
 
 The child has its own interpreter lock, so it streams at full speed while the command imports
 Prefect; it dies with the command (PR_SET_PDEATHSIG, a SIGKILL included), and reports through
@@ -56,10 +56,14 @@ def started_early(start: Callable[[], ForkedStream | None]) -> Iterator[None]:
 
 
 def take_pending(kind: type[Early]) -> Early | None:
-    """For the run: this process's early start of that kind, which is then no longer pending."""
+    """For the run: this process's early start of that kind, which is then no longer pending. One
+    of another kind stays pending (a restore's safety backup runs the backup flow inside the
+    restore's run) and is undone at the command's end if its own run did not take it."""
     global _pending
+    if not isinstance(_pending, kind):
+        return None
     early, _pending = _pending, None
-    return early if isinstance(early, kind) else None
+    return early
 
 
 def early_choices(args: argparse.Namespace, api_url: str) -> tuple[Api, PlainConnection, PlainRepository] | None:

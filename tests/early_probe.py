@@ -55,16 +55,16 @@ def probe_script(module: str, cls: str, at_fork: str = "    pass") -> str:
 
 
 def run_probe(script: str, tmp_path: Path, argv: list[str], env: dict[str, str],  # noqa: ANN201
-              background: bool = False):
+              background: bool = False, stdin: str | None = None):
     """(report, completed process) once the command ended (it must succeed); with `background`,
-    (the running process, the report's path)."""
+    (the running process, the report's path). `stdin`: what is typed at the command's prompt."""
     report = tmp_path / f"probe-{uuid.uuid4().hex[:6]}.json"
     full = [sys.executable, "-c", script, str(report), *argv]
     full_env = {**os.environ, **env}
     if background:
         return subprocess.Popen(full, env=full_env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True), report
-    out = subprocess.run(full, env=full_env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    out = subprocess.run(full, env=full_env, capture_output=True, text=True, timeout=300, cwd=ROOT, input=stdin)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(report.read_text()), out
 

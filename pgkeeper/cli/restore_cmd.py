@@ -80,9 +80,21 @@ def ask(plan) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.into and args.target:
+        print("pgkeeper: error: give --into (a new database) or --target (a database to replace), not both",
+              file=sys.stderr)
+        return 2
     from pgkeeper.local_server import ensure_api
 
-    ensure_api()
+    url = ensure_api()
+    from pgkeeper.early_restore import start_restore
+    from pgkeeper.early_stream import started_early
+
+    with started_early(lambda: start_restore(args, url)):  # the dump may be fetched while Prefect is imported
+        return _restore(args)
+
+
+def _restore(args: argparse.Namespace) -> int:
     from pgkeeper.config import load_connection, load_repository
     from pgkeeper.errors import ExitCode
     from pgkeeper.flows.restore import restore
@@ -90,10 +102,6 @@ def run(args: argparse.Namespace) -> int:
     from pgkeeper.tasks.restore_confirmation import confirmed_at_terminal
     from pgkeeper.tasks.restore_steps import plan_restore
 
-    if args.into and args.target:
-        print("pgkeeper: error: give --into (a new database) or --target (a database to replace), not both",
-              file=sys.stderr)
-        return 2
     conn_params, repo_params = connection_params(args), repository_params(args)
     mode = "new" if args.into else "replace"
     target = args.into or args.target

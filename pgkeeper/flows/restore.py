@@ -17,6 +17,7 @@ from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.states import Cancelled, Completed, State
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
+from pgkeeper.early_restore import adopt as adopt_early
 from pgkeeper.flows.backup import backup as backup_flow
 from pgkeeper.runinfo import completed, database_tag, describe_run, name_from_parameters, untagged_tasks
 from pgkeeper.sentry import report_failure
@@ -176,8 +177,12 @@ def restore(
         safety_id = None
         safety = None
         shadow_data = None
+        early = None
         try:
-            work_file = fetch_backup(repo, plan)
+            # The work file `pgkeeper restore` began fetching before this run existed, when it is
+            # the very file this plan restores; fetch-backup then waits for it instead of fetching.
+            early = adopt_early(conn, repo, plan)
+            work_file = fetch_backup(repo, plan, early)
             toc = check_readable(plan, work_file)
 
             # `confirmed` stands in for the form only outside deployment runs (restore_confirmation.py).
@@ -240,6 +245,8 @@ def restore(
             raise RestoreFailed(f"restore of {plan.backup_id} into {plan.target} stopped: {exc}; "
                                 f"{unchanged_line(plan, dropped)}") from exc
         finally:
+            if early is not None:
+                early.give_up()  # no child left, its work directory gone
             if work_file is not None:
                 cleanup_work_file(work_file)
 

@@ -25,6 +25,7 @@ from pgkeeper import dbprops, roles
 from pgkeeper.alerts import warn
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.codec import checked_chunks
 from pgkeeper.config import load_block, load_connection
 from pgkeeper.content_check import ArchiveReading, prove_content
 from pgkeeper.errors import NotFound
@@ -38,7 +39,6 @@ from pgkeeper.pgdb import (
     databases_with_prefix,
     drop_database,
 )
-from pgkeeper.tasks.checksum import checked_chunks
 from pgkeeper.tasks.pg_restore import pg_restore_into
 from pgkeeper.tasks.policy import RETRYABLE
 

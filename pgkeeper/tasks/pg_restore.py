@@ -30,35 +30,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
 
 from psycopg import sql
 
 from pgkeeper import pgtools
 from pgkeeper.blocks.postgres import PostgresConnection
-from pgkeeper.dumpoffsets import add_data_offsets
-from pgkeeper.errors import RepositoryError
 from pgkeeper.load_session import pgoptions
-from pgkeeper.manifest import StoredFile
-from pgkeeper.tasks.checksum import checked_chunks
-
-
-def materialize_dump(source: BinaryIO, file: StoredFile, compression: str, dest: Path, label: str) -> Path:
-    """Write the decompressed archive to `dest`, refusing it if its sha256 is not the manifest's;
-    then (the stored bytes proven) write its data offsets into its TOC."""
-    try:
-        with open(dest, "wb") as out:
-            dest.chmod(0o600)
-            checked_chunks(source, compression, label, out.write)
-        add_data_offsets(dest)  # after the proof: an archive it cannot place is left as it is
-    except OSError as exc:
-        dest.unlink(missing_ok=True)
-        raise RepositoryError(f"cannot write work file {dest}: {exc.strerror}") from None
-    except BaseException:
-        dest.unlink(missing_ok=True)
-        raise
-    return dest
-
+from pgkeeper.workfile import materialize_dump as materialize_dump  # moved there: the early fetch makes it too
 
 # What the data section of a pg_dump archive holds, and the post-data entries that may run while
 # the data is read back (each takes ACCESS EXCLUSIVE on one relation at most; see above).

@@ -6,14 +6,13 @@ database. Putting the shadow in place is pgkeeper.tasks.swap's job.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -23,21 +22,23 @@ from pydantic import BaseModel, Field
 from pgkeeper import dbprops, load_session, pgdb, pgtools, roles
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
-from pgkeeper.catalog import list_backups, of_one_server, resolve_backup
+from pgkeeper.codec import checked_chunks
 from pgkeeper.content_check import ArchiveReading, DataReading, prove_content
-from pgkeeper.errors import BadName, IntegrityError, NotFound, PgkeeperError, RepositoryError, RestoreFailed
+from pgkeeper.errors import BadName, IntegrityError, RestoreFailed
 from pgkeeper.fmt import contents, human_bytes, human_seconds
-from pgkeeper.liveness import claim_dir, clear_dead_dirs
 from pgkeeper.manifest import DatabaseProperties, Manifest, StoredFile
-from pgkeeper.names import LATEST, check_identifier, parse_backup_ref, server_key
-from pgkeeper.tasks.checksum import checked_chunks
-from pgkeeper.tasks.pg_restore import materialize_dump, pg_restore_into, public_revokes
+from pgkeeper.names import check_identifier, parse_backup_ref
+from pgkeeper.restore_choice import chosen_backup
+from pgkeeper.tasks.pg_restore import pg_restore_into, public_revokes
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.tasks.report import artifact_key
 from pgkeeper.tasks.swap import old_copy_name, shadow_name
 from pgkeeper.tasks.verify import check_table_count, toc_kinds
+from pgkeeper.workfile import check_room, materialize_dump, new_work_dir, work_root
 
-PRE_RESTORE_LABEL = "pre-restore"
+if TYPE_CHECKING:
+    from pgkeeper.early_restore import EarlyFetch
+
 SYSTEM_DATABASES = {"postgres", "template0", "template1"}
 
 
@@ -93,66 +94,18 @@ class RestoreReport(BaseModel):
     confirmation: str | None = None  # how a replace was confirmed (restore_confirmation.py)
 
 
-def server_cluster(conn: PostgresConnection) -> str | None:
-    """The configured server's system identifier (None if this role may not read it)."""
-    import psycopg
-
-    try:
-        with conn.connect() as c:
-            return str(c.execute("SELECT system_identifier FROM pg_control_system()").fetchone()[0])  # type: ignore[index]
-    except (PgkeeperError, psycopg.Error):
-        return None
-
-
-def newest_regular_backup(storage, database: str,  # storage: LocalStorage | S3Storage
-                          system_identifier: str | None = None, server: str | None = None,
-                          prefer: tuple[str, ...] = ()) -> Manifest:
-    """What `latest` means for a restore: the newest backup of the database, from one server
-    (`server`, else the one server that has any, else the configured one: catalog.of_one_server),
-    that is not a pre-restore safety copy.
-
-    A safety backup holds the data a restore replaced; picking it for the next `latest` would
-    quietly undo the restore. It stays restorable by its id. Backups of the same database name
-    from another cluster (a shared repository) are not `latest` for this server; when there are
-    none of this cluster at all (the server was rebuilt), those of a single other cluster are.
-    """
-    candidates = [m for m in list_backups(storage, database, kind="logical") if PRE_RESTORE_LABEL not in m.labels]
-    if candidates and (server or any(m.server for m in candidates)):
-        mine = of_one_server(candidates, server, prefer, f" of database {database!r} in {storage.describe()}")
-        if mine:
-            return mine[-1]
-    if system_identifier and candidates:
-        mine = [m for m in candidates if m.system_identifier in (None, system_identifier)]
-        others = sorted({m.system_identifier for m in candidates if m not in mine}, key=str)
-        if not mine and len(others) > 1:
-            raise NotFound(f"no backup of database {database!r} from this server (cluster {system_identifier}) in "
-                           f"{storage.describe()}; it holds backups from clusters {', '.join(map(str, others))}: "
-                           "name the backup id to restore")
-        candidates = mine or candidates
-    if candidates:
-        return candidates[-1]
-    return resolve_backup(storage, LATEST, database, kind="logical")  # raises the catalog's own "nothing there" line
-
-
 def plan_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, source: str,
                  mode: str, target: str | None, keep_ownership: bool = True,
                  create_roles: bool = False, server: str | None = None) -> RestorePlan:
     """Resolve the backup and the target; refuse bad names, missing roles and properties this
     server cannot reproduce before anything is read or touched."""
-    ref = parse_backup_ref(backup)
+    parse_backup_ref(backup)  # a bad name is refused before the target's
     if target is not None:
         check_identifier("target database", target)
     if mode not in ("replace", "new"):
         raise BadName(f"mode {mode!r} is not known: use 'replace' or 'new'")
     storage = repo.storage(source)
-    # An explicit id may name a base backup: resolve it anyway, to say to use pitr instead.
-    if ref == LATEST:
-        sysid = server_cluster(conn)
-        # Without --server, the connection's own server breaks a tie between servers.
-        own = (server_key(conn.host, conn.port, sysid) if sysid else "", f"{conn.host}:{conn.port}")
-        manifest = newest_regular_backup(storage, conn.database, sysid, server, own)
-    else:
-        manifest = resolve_backup(storage, ref, server=server)
+    manifest = chosen_backup(conn, storage, backup, server)
     if manifest.kind != "logical":
         raise BadName(f"{manifest.backup_id} is a physical base backup: restore it with `pgkeeper pitr`")
     dump_file = manifest.dump_file
@@ -282,34 +235,38 @@ def restore_slot(target: str, wait_seconds: float = 15) -> Iterator[None]:
         yield
 
 
-def work_root() -> Path:
-    """Where the decompressed dump goes (PGKEEPER_WORK_DIR, else the system temp directory)."""
-    return Path(os.environ.get("PGKEEPER_WORK_DIR") or tempfile.gettempdir())
-
-
 @task(name="fetch-backup", cache_policy=NO_CACHE, **RETRYABLE)
-def fetch_backup(repo: BackupRepository, plan: RestorePlan) -> Path:
-    """Decompress the stored dump to a local work file, checking its sha256 on the way."""
-    root = work_root()
-    root.mkdir(parents=True, exist_ok=True)
-    need = plan.file.raw_size or plan.file.size * 4
-    free = shutil.disk_usage(root).free
-    if need > free:
-        raise RepositoryError(f"not enough space in {root} for the decompressed dump: needs about "
-                              f"{human_bytes(need)}, {human_bytes(free)} free (set PGKEEPER_WORK_DIR)")
-    for gone in clear_dead_dirs(root, "pgkeeper-restore-"):
-        get_run_logger().warning("removed %s, the work directory of a restore that was killed", gone)
-    workdir = Path(tempfile.mkdtemp(prefix="pgkeeper-restore-", dir=root))
-    claim_dir(workdir)
-    dest = workdir / f"{plan.backup_id}.dump"
-    try:
-        with repo.storage(plan.source).open_plain(plan.backup_id, plan.file) as stream:
-            materialize_dump(stream, plan.file, plan.compression, dest, f"{plan.backup_id}/{plan.file.name}")
-    except BaseException:
-        shutil.rmtree(workdir, ignore_errors=True)
-        raise
-    get_run_logger().info("fetched %s: checksum matches, %s decompressed", plan.backup_id,
-                          human_bytes(dest.stat().st_size))
+def fetch_backup(repo: BackupRepository, plan: RestorePlan, early: EarlyFetch | None = None) -> Path:
+    """Decompress the stored dump to a local work file, checking its sha256 on the way.
+
+    With `early` (the fetch `pgkeeper restore` began before this run existed, of this very file,
+    early_restore.adopt), its work file is this step's once its child has proven and written it;
+    its error is this step's, and a retry fetches anew."""
+    logger = get_run_logger()
+    if early is not None and early.take_stream(plan.backup_id):
+        for gone in early.cleared:
+            logger.warning("removed %s, the work directory of a restore that was killed", gone)
+        logger.info("fetched before the run (pgkeeper restore's early start): waiting for it")
+        try:
+            dest = early.work_file()
+        except BaseException:
+            early.give_up()  # no child, no half-written work file left
+            raise
+    else:
+        root = work_root()
+        root.mkdir(parents=True, exist_ok=True)
+        check_room(root, plan.file)
+        workdir, cleared = new_work_dir(root)
+        for gone in cleared:
+            logger.warning("removed %s, the work directory of a restore that was killed", gone)
+        dest = workdir / f"{plan.backup_id}.dump"
+        try:
+            with repo.storage(plan.source).open_plain(plan.backup_id, plan.file) as stream:
+                materialize_dump(stream, plan.file, plan.compression, dest, f"{plan.backup_id}/{plan.file.name}")
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+    logger.info("fetched %s: checksum matches, %s decompressed", plan.backup_id, human_bytes(dest.stat().st_size))
     return dest
 
 

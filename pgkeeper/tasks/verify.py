@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from pgkeeper.blocks.repository import BackupRepository
+from pgkeeper.codec import checked_chunks
 from pgkeeper.dumpstream import toc_kinds as toc_kinds
 from pgkeeper.dumpstream import toc_listing
 from pgkeeper.errors import IntegrityError, UnreadableDump
@@ -16,7 +17,6 @@ from pgkeeper.fmt import plural
 from pgkeeper.manifest import StoredFile
 from pgkeeper.sealing import AGE_MAGIC
 from pgkeeper.storage.streams import HashingReader, check_digest
-from pgkeeper.tasks.checksum import checked_chunks
 from pgkeeper.tasks.policy import RETRYABLE
 
 
