@@ -161,14 +161,7 @@ class ForkedStream:
         """The child stopped and reaped (its tool dies with it)."""
         if self.pid is None:
             return
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            os.waitpid(self.pid, 0)
-        except ChildProcessError:
-            pass
+        _kill_and_reap(self.pid)
         self.pid = None
         if self.pipe is not None:
             self.pipe.close()
@@ -232,16 +225,21 @@ class WaitingChild:
             os.close(self._go)
             self._go = None
         if self.pid is not None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
+            _kill_and_reap(self.pid)
             self.pid = None
         self._results.close()
+
+
+def _kill_and_reap(pid: int) -> None:
+    """A child of ours killed and waited for (gone already is fine)."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
 
 
 def _when_told(go_read: int, prepare: Callable[[], Any], stream: Callable[[str, Any, Send], dict[str, Any]],
