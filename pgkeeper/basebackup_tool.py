@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from pgkeeper.repository import RepositoryVerbs
 
 
-
 class Started(NamedTuple):
     tool: pgtools.Child
     stderr: IO[bytes]  # the file the tool's stderr goes to

@@ -21,7 +21,6 @@ from pgkeeper.manifest import StoredFile
 from pgkeeper.tarstream import TarChecker, check_against_manifest
 from pgkeeper.tls import plaintext_warning
 from pgkeeper.wal.identity import check_backup, check_remote
-from pgkeeper.wal.setup import refresh_wal_config as refresh_wal_config  # the flow's wal-settings step
 
 if TYPE_CHECKING:
     from pgkeeper.connection import ConnectionVerbs

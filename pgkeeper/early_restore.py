@@ -96,7 +96,7 @@ def start_restore(args: argparse.Namespace, api_url: str) -> EarlyFetch | None:
     try:
         from pgkeeper import keys
         from pgkeeper.restore_choice import chosen_backup
-        from pgkeeper.workfile import check_room, new_work_dir, work_root
+        from pgkeeper.workfile import new_work_dir, work_root
 
         manifest = chosen_backup(conn, repo.storage("local"), args.backup, args.server)
         if manifest.kind != "logical":
@@ -104,9 +104,7 @@ def start_restore(args: argparse.Namespace, api_url: str) -> EarlyFetch | None:
         if manifest.dump_file.encryption and not keys.identities():
             return None  # the run may find the private key in a Secret block
         root = work_root()
-        root.mkdir(parents=True, exist_ok=True)
-        check_room(root, manifest.dump_file)
-        workdir, cleared = new_work_dir(root)
+        workdir, cleared = new_work_dir(root, manifest.dump_file)
         early = EarlyFetch(conn, repo, manifest, root, workdir, cleared)
         early.fork_stream()
     except BaseException as exc:

@@ -148,14 +148,7 @@ class ForkedStream:
         if self.waiting is not None:
             self.pid, self.pipe = self.waiting.go(self.backup_id)
             return
-        parent = os.getpid()
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            os.close(read_end)
-            _stream_child(parent, write_end, self.stream)
-        os.close(write_end)
-        self.pid, self.pipe = pid, os.fdopen(read_end, "r")
+        self.pid, self.pipe = _fork_child(self.stream)
 
     def stop(self) -> None:
         """The child stopped and reaped (its tool dies with it)."""
@@ -194,18 +187,11 @@ class WaitingChild:
     It dies with this process, as a ForkedStream's child does."""
 
     def __init__(self, prepare: Callable[[], Any], stream: Callable[[str, Any, Send], dict[str, Any]]) -> None:
-        parent = os.getpid()
-        read_end, write_end = os.pipe()
         go_read, go_write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            os.close(read_end)
-            os.close(go_write)
-            _stream_child(parent, write_end, lambda send: _when_told(go_read, prepare, stream, send))
-        os.close(write_end)
+        pid, self._results = _fork_child(lambda send: _when_told(go_read, prepare, stream, send),
+                                         child_closes=go_write)
         os.close(go_read)
         self.pid: int | None = pid
-        self._results = os.fdopen(read_end, "r")
         self._go: int | None = go_write
 
     def go(self, backup_id: str) -> tuple[int, Any]:
@@ -260,6 +246,21 @@ def same_choice(early: ForkedStream, conn: Any, repo: RepositoryVerbs) -> bool:
                 r.dump_timeout_seconds)
 
     return conn.libpq_env() == early.conn.libpq_env() and of(repo) == of(early.repo)
+
+
+def _fork_child(stream: Callable[[Send], dict[str, Any]], child_closes: int | None = None) -> tuple[int, Any]:
+    """`stream` run in a child that dies with this process; (its pid, the pipe its messages come
+    through). `child_closes`: a descriptor of this process's the child must not hold open."""
+    parent = os.getpid()
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        os.close(read_end)
+        if child_closes is not None:
+            os.close(child_closes)
+        _stream_child(parent, write_end, stream)
+    os.close(write_end)
+    return pid, os.fdopen(read_end, "r")
 
 
 def _stream_child(parent: int, write_end: int, stream: Callable[[Send], dict[str, Any]]) -> None:

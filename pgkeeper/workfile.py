@@ -38,11 +38,12 @@ def check_room(root: Path, file: StoredFile) -> None:
                               f"{human_bytes(need)}, {human_bytes(free)} free (set PGKEEPER_WORK_DIR)")
 
 
-def new_work_dir(root: Path) -> tuple[Path, list[Path]]:
-    """A fresh work directory under `root`, tagged with this process (which must outlive every use
-    of it: a dead tag lets the next restore remove it); also the directories of dead restores
-    removed on the way, for the caller to name."""
+def new_work_dir(root: Path, file: StoredFile) -> tuple[Path, list[Path]]:
+    """A fresh work directory under `root` with room for `file` decompressed, tagged with this
+    process (which must outlive every use of it: a dead tag lets the next restore remove it);
+    also the directories of dead restores removed on the way, for the caller to name."""
     root.mkdir(parents=True, exist_ok=True)
+    check_room(root, file)
     cleared = clear_dead_dirs(root, WORK_PREFIX)
     workdir = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=root))
     claim_dir(workdir)

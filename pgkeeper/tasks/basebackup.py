@@ -39,7 +39,6 @@ from pgkeeper.basestream import (
     BaseBackupFiles,
     ClusterInfo,
     cluster_facts,
-    refresh_wal_config,
     stream_into,
     wal_range_of,
 )
@@ -53,6 +52,7 @@ from pgkeeper.storage.interface import Storage
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal.archive import WalArchive, segments_between
 from pgkeeper.wal.config import WalConfig
+from pgkeeper.wal.setup import refresh_wal_config
 
 if TYPE_CHECKING:
     from pgkeeper.early_base import EarlyBaseBackup

@@ -34,7 +34,7 @@ from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.tasks.report import artifact_key
 from pgkeeper.tasks.swap import old_copy_name, shadow_name
 from pgkeeper.tasks.verify import check_table_count, toc_kinds
-from pgkeeper.workfile import check_room, materialize_dump, new_work_dir, work_root
+from pgkeeper.workfile import materialize_dump, new_work_dir, work_root
 
 if TYPE_CHECKING:
     from pgkeeper.early_restore import EarlyFetch
@@ -253,10 +253,7 @@ def fetch_backup(repo: BackupRepository, plan: RestorePlan, early: EarlyFetch | 
             early.give_up()  # no child, no half-written work file left
             raise
     else:
-        root = work_root()
-        root.mkdir(parents=True, exist_ok=True)
-        check_room(root, plan.file)
-        workdir, cleared = new_work_dir(root)
+        workdir, cleared = new_work_dir(work_root(), plan.file)
         for gone in cleared:
             logger.warning("removed %s, the work directory of a restore that was killed", gone)
         dest = workdir / f"{plan.backup_id}.dump"
