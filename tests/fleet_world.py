@@ -126,6 +126,20 @@ class World:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
+def switch_off_verify_after_backup(world: World) -> int:
+    """Disable the automation that runs verify/daily on each completed backup (prefect.yaml's
+    deployment trigger), as an admin would in the UI; how many were disabled. In the fleet test
+    every completed member backup set off a verify run nobody asserted: ~5 CPU-s of engine start
+    each on a worker, about fifteen per file, and each took a worker slot the members wanted.
+    The chain backup -> verify is proven by test_alerting_e2e against its own server."""
+    dep = world.call("GET", "/deployments/name/verify/daily")
+    owned = [a for a in world.call("GET", f"/automations/related-to/prefect.deployment.{dep['id']}")
+             if a.get("enabled")]
+    for automation in owned:
+        world.call("PATCH", f"/automations/{automation['id']}", {"enabled": False})
+    return len(owned)
+
+
 def pool_exists(world: World) -> bool:
     import httpx
 
@@ -156,8 +170,9 @@ def cluster_on(net: Network, host: Host, base: Path) -> LocalCluster:
 
 @contextmanager
 def fleet_world(workers: tuple[str, ...] = ("w1", "w2"), scale: float = 0.05, start_workers: bool = True,
-                ) -> Iterator[World]:
-    """The whole world, built once; torn down in reverse whatever happens."""
+                verify_after_backup: bool = True) -> Iterator[World]:
+    """The whole world, built once; torn down in reverse whatever happens. verify_after_backup=False
+    disables the verify run each completed backup sets off (see switch_off_verify_after_backup)."""
     from pgkeeper.sample_crm import create_crm
     from tests.helpers import create_database
 
@@ -233,6 +248,8 @@ def fleet_world(workers: tuple[str, ...] = ("w1", "w2"), scale: float = 0.05, st
         result = subprocess.CompletedProcess(setup.args, setup.returncode, out.read(), err.read())
         assert result.returncode == 0, result.stdout + result.stderr
         assert PASSWORD not in result.stdout + result.stderr
+        if not verify_after_backup:
+            assert switch_off_verify_after_backup(world) >= 1, "no verify/daily trigger to switch off"
         for host_name, databases in DATABASES.items():
             c = clusters[host_name]
             for db in databases:

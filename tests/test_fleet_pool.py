@@ -32,7 +32,9 @@ HELD: dict[str, list[int]] = {}  # restore run id -> pids of the worker-side pro
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    with fleet_world() as w:
+    # No verify run after each backup: nothing here asserts them (test_alerting_e2e proves that chain),
+    # and each took a worker slot and ~5 CPU-s.
+    with fleet_world(verify_after_backup=False) as w:
         yield w
 
 
