@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -94,13 +94,13 @@ def service(service_env, module_smtp) -> Iterator[tuple[str, dict[str, str], lis
         env = {**base_env, **service_env, "PREFECT_API_URL": api, "ENABLE_EMAIL_ALERTS": "true",
                "ALERT_EMAIL": "dba@example.com", "SMTP_HOST": host, "SMTP_PORT": str(smtp_port),
                "SMTP_PASS": SMTP_PASS, "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
-        result = run_cli("setup", env=env)
-        assert result.returncode == 0, result.stdout + result.stderr
         worker_log = open(home / "worker.log", "wb")  # noqa: SIM115
-        # `pgkeeper serve`: what a user runs to work the schedules (a process worker for the pool).
-        worker = subprocess.Popen([sys.executable, "-m", "pgkeeper.cli.main", "serve"], env=env, cwd=ROOT,
-                                  stdout=worker_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  start_new_session=True)
+        # `pgkeeper serve`: what a user runs to work the schedules (a process worker for the pool),
+        # started as soon as setup has made the pool, beside the rest of setup (fleet_world does the same).
+        result, worker = setup_beside_worker(api, env, home, lambda: subprocess.Popen(
+            [sys.executable, "-m", "pgkeeper.cli.main", "serve"], env=env, cwd=ROOT, stdout=worker_log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
+        assert result.returncode == 0, result.stdout + result.stderr
         yield api, env, messages
         # Runs the tests set off finish first: a worker stopped mid-run waits for it. verify/daily
         # follows every completed backup, a moment later (an event, then the trigger): wait for
@@ -118,6 +118,45 @@ def service(service_env, module_smtp) -> Iterator[tuple[str, dict[str, str], lis
             stop(worker)
         run_cli("server", "stop", env=base_env)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def pool_exists(api: str, pool: str = "pgkeeper") -> bool:
+    import httpx
+
+    try:
+        api_call(api, "GET", f"/work_pools/{pool}")
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            return False
+        raise
+    return True
+
+
+def setup_beside_worker(api: str, env: dict[str, str], home: Path, start_worker: Callable[[], subprocess.Popen],
+                        ) -> tuple[subprocess.CompletedProcess, subprocess.Popen | None]:
+    """`pgkeeper setup`, and the worker started once setup has made its pool: the worker's seconds
+    of imports overlap setup's deployments and automations instead of following them. The worker
+    takes runs once there are deployments. Returns setup's outcome and the worker (None when setup
+    failed before it made the pool)."""
+    with open(home / "setup.out", "w+") as out, open(home / "setup.err", "w+") as err:
+        setup = subprocess.Popen([sys.executable, "-m", "pgkeeper.cli.main", "setup"], env=env, cwd=ROOT,
+                                 stdout=out, stderr=err, stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        worker = None
+        try:
+            wait_for(lambda: setup.poll() is not None or pool_exists(api), 300, "setup to create the work pool")
+            if setup.poll() is None:
+                worker = start_worker()
+            if setup.wait(timeout=300) == 0 and worker is None:  # it finished between two looks
+                worker = start_worker()
+        except BaseException:
+            if worker is not None:  # the caller never gets it: stop it here
+                stop(worker)
+            raise
+        finally:
+            stop(setup)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(setup.args, setup.returncode, out.read(), err.read()), worker
 
 
 # The test talks to this server over plain HTTP (and a subprocess for the slot): a Prefect client
@@ -245,8 +284,13 @@ def test_service_end_to_end(service, service_env) -> None:
     text = "\n".join(lines)
     assert "Traceback" not in text and "Engine execution exited" not in text, text[-3000:]
 
-    # Exactly one mail per failure, even after the automation had time to misbehave.
-    time.sleep(5)
+    # Exactly one mail per failure, even after the automation had time to misbehave: 5 s after the
+    # last of these runs ended (the notice and log waits above already used part of them).
+    from datetime import datetime
+
+    ended = max(datetime.fromisoformat(r["end_time"]).timestamp() if r.get("end_time") else time.time()
+                for r in (failed, crashed, unanswered))
+    time.sleep(max(0.0, ended + 5 - time.time()))
     assert not mails_about(messages, unanswered)  # a notice has its own subject, no failure mail
     assert len(mails_about(messages, failed)) == 1
     assert len(mails_about(messages, crashed)) == 1
