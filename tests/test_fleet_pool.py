@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import textwrap
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -142,22 +141,25 @@ def test_restore_waiting_for_approval_holds_no_worker(world: World) -> None:
     assert all(pids == [] for pids in HELD.values()), HELD
 
 
-def run_fleet_from_admin(world: World, blocks: list[str] | None, background: bool = False):  # noqa: ANN201
+def run_fleet_from_admin(world: World, blocks: list[str] | None, background: bool = False,
+                         on_cue: bool = False):  # noqa: ANN201
     """The fleet flow started from the admin's machine (not on a worker), so that killing a worker
-    host cannot take the fleet down with it. Prints its outcome as JSON."""
-    code = textwrap.dedent(f"""
-        import json
-        from pgkeeper.flows.fleet import fleet
-        state = fleet(connection_blocks={blocks!r}, max_parallel=6, return_state=True)
-        print(json.dumps({{"type": state.type.value, "message": state.message}}))
-    """)
+    host cannot take the fleet down with it. Prints its outcome as JSON. on_cue (in the background):
+    the process imports, then waits for a line on its stdin before it starts the fleet, so that its
+    seconds of imports can overlap a wait of the test."""
+    lines = ["import json", "from pgkeeper.flows.fleet import fleet"]
+    if on_cue:
+        lines.append("import sys; sys.stdin.readline()")
+    lines += [f"state = fleet(connection_blocks={blocks!r}, max_parallel=6, return_state=True)",
+              'print(json.dumps({"type": state.type.value, "message": state.message}))']
+    code = "\n".join(lines) + "\n"
     if background:
         import sys
 
         from tests.fleet_world import ROOT
 
         return subprocess.Popen([sys.executable, "-c", code], env=world.env, cwd=ROOT, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, stdin=subprocess.PIPE if on_cue else None, text=True)
     result = world.python(code)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -189,7 +191,7 @@ def test_a_worker_host_dying_mid_backup(world: World) -> None:
     before = {r["id"] for r in world.runs("backup/fleet-member")}
     # Hold a lock the backup needs: it takes beta's slot and then waits, mid-backup, on a worker.
     locker = psycopg.connect(db1.conninfo("beta"))
-    fleet = None
+    fleet = rerun = None
     try:
         locker.execute(f'LOCK TABLE "{schema}"."{table}" IN ACCESS EXCLUSIVE MODE')
         fleet = run_fleet_from_admin(world, None, background=True)
@@ -218,6 +220,8 @@ def test_a_worker_host_dying_mid_backup(world: World) -> None:
         assert world.hosts[victim].kill_all()
         world.workers.pop(victim).wait(30)
         locker.close()
+        # The rerun below, started now: its imports overlap the wait for the crash and the lease.
+        rerun = run_fleet_from_admin(world, [beta], background=True, on_cue=True)
 
         crashed = world.final(member["id"], timeout=300)  # the heartbeat stops; the automation crashes it
         assert crashed["state"]["type"] == "CRASHED" and "heartbeat" in crashed["state"]["message"]
@@ -231,14 +235,17 @@ def test_a_worker_host_dying_mid_backup(world: World) -> None:
         rows = {r["connection block"]: r for r in world.latest_artifact("fleet-backups")}
         assert rows[beta]["result"] == "FAILED" and rows[beta]["state"] == "Crashed"
         assert all(r["result"] == "OK" for b, r in rows.items() if b != beta)
+        # Run the fleet again for that database: the surviving worker backs it up.
+        out, err = rerun.communicate("go\n", timeout=600)
+        assert rerun.returncode == 0, err[-3000:]
+        again = json.loads(out.strip().splitlines()[-1])
     finally:
         locker.close()
-        if fleet is not None and fleet.poll() is None:
-            fleet.kill()
-            fleet.wait()
+        for proc in (fleet, rerun):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
-    # Run the fleet again for that database: the surviving worker backs it up.
-    again = run_fleet_from_admin(world, [beta])
     assert again["type"] == "COMPLETED", again["message"]
     rows = world.latest_artifact("fleet-backups")
     assert [r["connection block"] for r in rows] == [beta] and rows[0]["result"] == "OK"
