@@ -26,8 +26,9 @@ def process_start(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def owner_tag(run_id: str | None = None) -> str:
-    pid = os.getpid()
+def owner_tag(run_id: str | None = None, pid: int | None = None) -> str:
+    """The tag of this process (or of `pid`, a process of ours this one works for)."""
+    pid = pid or os.getpid()
     tag = f"host={socket.gethostname()} pid={pid} start={process_start(pid) or 0}"
     return tag + (f" run={run_id}" if run_id else "")
 
