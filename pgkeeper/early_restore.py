@@ -207,6 +207,8 @@ def start_restore(args: argparse.Namespace, api_url: str) -> EarlyFetch | None:
         workdir, cleared = new_work_dir(root, manifest.dump_file)
         shadow = shadow_spec(args, conn, manifest)
         slot = SlotLease.take(api, shadow.target) if shadow else None  # held before anything is written
+        if slot is not None:
+            slot.record(workdir)
         early = EarlyFetch(conn, repo, manifest, root, workdir, cleared, shadow if slot else None, slot)
         early.fork_stream()
     except BaseException as exc:

@@ -20,9 +20,12 @@ command line's plan takes the shadow's name (`named_as_started`). Nothing here i
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pgkeeper.early_api import Api, ApiError
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 
 SYSTEM_DATABASES = {"postgres", "template0", "template1"}
 RENEW_EVERY_S = LEASE_SECONDS / 3
+LEASE_FILE = ".slot-lease"  # in the work directory: the lease a killed command held (release_recorded_lease)
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,15 @@ class SlotLease:
         self._renewer.join()
         return self.lease
 
+    def record(self, workdir: Path) -> None:
+        """The lease written into the command's work directory (tagged with the command): if the
+        command is killed, the next restore that removes the directory gives the slot back at
+        once, instead of a minute later when the lease runs out (or never, where the API runs
+        no lease service)."""
+        path = workdir / LEASE_FILE
+        path.write_text(json.dumps({"url": self.api.url, "lease_id": self.lease["lease_id"]}))
+        path.chmod(0o600)
+
     def release(self) -> None:
         """Given back, unless handed over already."""
         if self._done.is_set():
@@ -160,3 +173,16 @@ class SlotLease:
             self.api.release_lease(self.lease["lease_id"])
         except ApiError:
             pass  # it expires within LEASE_SECONDS
+
+
+def release_recorded_lease(workdir: Path) -> None:
+    """Give back the restore slot's lease a dead command recorded in its work directory
+    (SlotLease.record), when it was taken from the API this process speaks to (PREFECT_API_URL):
+    the command is gone, and what it started died with it."""
+    try:
+        recorded = json.loads((workdir / LEASE_FILE).read_text())
+        url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
+        if url and recorded.get("url") == url:
+            Api(url).release_lease(str(recorded["lease_id"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ApiError):
+        pass  # none recorded, or the API cannot say: the lease runs out within LEASE_SECONDS

@@ -159,10 +159,12 @@ def test_a_command_killed_mid_restore_leaves_a_shadow_the_next_run_drops(pg, sou
         comment = c.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
                             (left[0],)).fetchone()[0]
     assert comment.startswith(SHADOW_MARK) and f" pid={proc.pid} " in comment  # the command's, not the child's
-    _free_slot(copy_name)  # the test API runs no lease service: the dead command's lease never expires
+    # Its slot's lease is still held (the test API runs no lease service; a server's would end it
+    # within a minute), and recorded in its work directory, which names the dead command.
+    assert not slot_free(copy_name) and [p.name for p in work.iterdir()] != []
 
     again = run_cli_here("restore", "latest", "--into", copy_name, env=env)
-    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.returncode == 0, again.stderr[-3000:]  # the lease given back, without waiting for it
     assert f"dropped shadow database of an interrupted restore {left[0]}" in again.stderr
     assert shadows(pg, copy_name) == [] and list(work.iterdir()) == []
     assert same_as_source(pg, source, copy_name)
