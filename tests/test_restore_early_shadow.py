@@ -168,3 +168,36 @@ def test_a_command_killed_mid_restore_leaves_a_shadow_the_next_run_drops(pg, sou
     assert f"dropped shadow database of an interrupted restore {left[0]}" in again.stderr
     assert shadows(pg, copy_name) == [] and list(work.iterdir()) == []
     assert same_as_source(pg, source, copy_name)
+
+
+def test_replace_restores_early_only_when_confirmed_on_the_command_line(pg, source, work, copy_name, tmp_path):
+    """Replace mode: with --yes the early child restores the shadow and the safety backup still
+    runs beside it; without --yes the answer is typed first, so the early start only fetches."""
+    with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(copy_name),
+                                                                     sql.Identifier(source["POSTGRES_DB"])))
+    with psycopg.connect(pg.conninfo(copy_name), autocommit=True) as c:
+        c.execute("CREATE TABLE added_after_backup (x int)")
+    env = {**source, "PGKEEPER_WORK_DIR": str(work)}
+    kept: list[str] = []
+    try:
+        seen, out = run_probe(PROBE, tmp_path, ["restore", "latest", "--target", copy_name, "--yes"], env)
+        assert seen["code"] == 0 and seen["shadow"] and ADOPTED_RESTORE in out.stderr, out.stderr[-3000:]
+        assert "safety backup of the replaced database: backup_" in out.stdout
+        assert same_as_source(pg, source, copy_name)
+
+        with psycopg.connect(pg.conninfo(copy_name), autocommit=True) as c:
+            c.execute("CREATE TABLE added_again (x int)")
+        seen, out = run_probe(PROBE, tmp_path, ["restore", "latest", "--target", copy_name, "--no-safety-backup"],
+                              env, stdin=copy_name + "\n")
+        assert seen["code"] == 0 and seen["forked"] and seen["shadow"] is None, out.stderr[-3000:]
+        assert seen["adopted"] == seen["backup_id"] and ADOPTED_RESTORE not in out.stderr
+        assert same_as_source(pg, source, copy_name)
+        assert not alive(seen["child"]) and list(work.iterdir()) == [] and shadows(pg, copy_name) == []
+    finally:
+        with psycopg.connect(pg.conninfo()) as c:
+            kept = [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                            (copy_name + "\\_pre\\_restore\\_%",)).fetchall()]
+        for name in kept:
+            drop_database(pg, name)
+    assert len(kept) == 2
