@@ -22,15 +22,21 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pgkeeper.early_api import Api, ApiError
 from pgkeeper.errors import PgkeeperError
-from pgkeeper.slots import LEASE_SECONDS, limit_name
+from pgkeeper.slots import LEASE_SECONDS, QUICK_RETRY_CODES, QUICK_RETRY_FIRST_S, QUICK_RETRY_MAX_S, limit_name
+
+T = TypeVar("T")
+QUICK_RETRY_BUDGET_S = 2.0  # before the fork, on the command's critical path: less than the run's 5 s
 
 if TYPE_CHECKING:
     import argparse
@@ -118,6 +124,32 @@ def named_as_started(spec: ShadowSpec, plan: Any) -> Any:
     return named if fits(spec, named, spec.jobs) else plan
 
 
+def retried(call: Callable[[], T]) -> T:
+    """`call` tried again after a failed request for up to QUICK_RETRY_BUDGET_S, backing off as
+    slots._post does: a write that meets another on Prefect's SQLite database is answered 503
+    (seen under load), and a single answer would send the restore down the slow path."""
+    give_up = time.monotonic() + QUICK_RETRY_BUDGET_S
+    wait = QUICK_RETRY_FIRST_S
+    while True:
+        try:
+            return call()
+        except ApiError:
+            if time.monotonic() + wait > give_up:
+                raise
+        time.sleep(random.uniform(wait / 2, wait))
+        wait = min(wait * 2, QUICK_RETRY_MAX_S)
+
+
+def give_back(api: Api, lease_id: str) -> None:
+    """The lease released, a busy answer tried again (retried); Api.release_lease ignores it."""
+    def release() -> None:
+        status, _ = api.call("POST", "/v2/concurrency_limits/decrement-with-lease", {"lease_id": lease_id})
+        if status in QUICK_RETRY_CODES:
+            raise ApiError(f"releasing lease {lease_id} answered {status}")
+
+    retried(release)
+
+
 class SlotLease:
     """The restore slot's lease taken before the fork, kept alive until the run's slot holds it
     (`hand_over`) or it is given back (`release`)."""
@@ -133,9 +165,13 @@ class SlotLease:
         """The target's restore slot (tasks/restore_steps.restore_slot's limit), or None when
         another restore holds it or the API cannot say."""
         name = limit_name("restore", target)
-        try:
+
+        def take() -> dict[str, Any] | None:
             api.ensure_limit(name)
-            lease = api.try_lease(name, LEASE_SECONDS)
+            return api.try_lease(name, LEASE_SECONDS)
+
+        try:
+            lease = retried(take)
         except ApiError:
             return None
         return cls(api, lease) if lease is not None else None
@@ -170,7 +206,7 @@ class SlotLease:
             return
         self.hand_over()
         try:
-            self.api.release_lease(self.lease["lease_id"])
+            give_back(self.api, self.lease["lease_id"])
         except ApiError:
             pass  # it expires within LEASE_SECONDS
 
@@ -183,6 +219,6 @@ def release_recorded_lease(workdir: Path) -> None:
         recorded = json.loads((workdir / LEASE_FILE).read_text())
         url = os.environ.get("PREFECT_API_URL", "").rstrip("/")
         if url and recorded.get("url") == url:
-            Api(url).release_lease(str(recorded["lease_id"]))
+            give_back(Api(url), str(recorded["lease_id"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ApiError):
         pass  # none recorded, or the API cannot say: the lease runs out within LEASE_SECONDS

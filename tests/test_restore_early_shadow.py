@@ -87,14 +87,16 @@ def slot_free(target: str) -> bool:
     """Whether a second restore of `target` gets its restore slot at this instant (the first
     request of restore_slot's, which then waits and refuses as before); a slot got is given back."""
     from pgkeeper.early_api import Api
+    from pgkeeper.early_shadow import give_back, retried
     from pgkeeper.slots import limit_name
 
     api = Api(os.environ["PREFECT_API_URL"])
-    api.ensure_limit(limit_name("restore", target))
-    lease = api.try_lease(limit_name("restore", target), 60)
+    name = limit_name("restore", target)
+    retried(lambda: api.ensure_limit(name))
+    lease = retried(lambda: api.try_lease(name, 60))  # a busy API (503) asked again
     if lease is None:
         return False
-    api.release_lease(lease["lease_id"])
+    give_back(api, lease["lease_id"])
     return True
 
 
