@@ -20,22 +20,44 @@ directory removed, and the step fetches as it always did. The terminal's confirm
 mode without --yes) is asked while the child runs. It steps aside, and today's path runs, for a
 backup read from S3 (--from-s3), an encrypted backup without a private key in the key directory
 (the run may take it from a Secret block), a base backup, too little room, or any trouble
-before the fork (the run meets it and says so). Nothing is written outside the work directory,
-and nothing in the database, before the run. Nothing here imports Prefect.
+before the fork (the run meets it and says so). Nothing is written outside the work directory
+before the run, and nothing in the database but the early shadow below. Nothing here imports Prefect.
+
+When the run's plan is sure to make the same shadow database (pgkeeper/early_shadow.py says when:
+`--into` a new database, or a replace confirmed with `--yes`), the command also takes the target's
+restore slot over REST before the fork, and the child goes on from the work file to create the
+shadow and pg_restore into it. The command line's plan takes that shadow's name; the run's
+fetch-backup step takes the work file as soon as it is written, and its restore-shadow step waits
+for the child's pg_restore (the content proof's readers start when the run gets there: the shadow's
+data reader as soon as the child says its data section is in). The run adopts that restore only
+when its plan makes exactly that shadow (early_shadow.fits); otherwise the child is stopped, the
+shadow dropped, the slot given back, and the run goes on as today.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pgkeeper.early_stream import ForkedStream, Send, early_choices, same_choice, take_pending
+from pgkeeper.early_stream import (
+    ForkedStream,
+    Send,
+    _error_of,
+    early_choices,
+    peek_pending,
+    same_choice,
+    take_pending,
+)
 
 if TYPE_CHECKING:
     import argparse
 
     from pgkeeper.connection import PlainConnection
+    from pgkeeper.early_shadow import ShadowSpec, SlotLease
     from pgkeeper.manifest import Manifest
     from pgkeeper.repository import PlainRepository, RepositoryVerbs
 
@@ -47,35 +69,111 @@ class EarlyFetch(ForkedStream):
     what = "fetch"
 
     def __init__(self, conn: PlainConnection, repo: PlainRepository, manifest: Manifest, root: Path,
-                 workdir: Path, cleared: list[Path]) -> None:
+                 workdir: Path, cleared: list[Path], shadow: ShadowSpec | None = None,
+                 slot: SlotLease | None = None) -> None:
         super().__init__(conn, repo, manifest.backup_id)
         self.file, self.compression = manifest.dump_file, manifest.compression
         self.root, self.workdir, self.cleared = root, workdir, cleared
         self.dest = workdir / f"{manifest.backup_id}.dump"
+        self.shadow, self.slot = shadow, slot  # the early shadow and its restore slot (early_shadow.py)
+        self.command_pid = os.getpid()  # the shadow's tag names the command, which outlives the child
+        self.shadow_taken = False  # the run holds the slot and owns the shadow (take_restore)
+        self._shadow_undone = False
+        self._data_loaded = False
+        self._on_data_loaded: Callable[[], None] | None = None
 
     def stream(self, send: Send) -> dict[str, Any]:
-        """In the child: the work file written, its stored bytes proven against the manifest."""
+        """In the child: the work file written, its stored bytes proven against the manifest; with
+        an early shadow, then the shadow made and restored."""
         from pgkeeper.workfile import materialize_dump
 
         with self.repo.storage("local").open_plain(self.backup_id, self.file) as source:
             materialize_dump(source, self.file, self.compression, self.dest, f"{self.backup_id}/{self.file.name}")
-        return {"path": str(self.dest)}
+        if self.shadow is None:
+            return {"path": str(self.dest)}
+        send({"fetched": str(self.dest)})
+        return {"path": str(self.dest), "seconds": self._restore_shadow(self.shadow, send)}
+
+    def _restore_shadow(self, spec: ShadowSpec, send: Send) -> float:
+        """In the child: the shadow as prepare_shadow makes it, pg_restore into it as restore_shadow
+        runs it (the content proof's data reader, told by a message, starts when the run has it)."""
+        # tasks/pg_restore imports no Prefect (its connection type only for type checking); it is
+        # where the run's restore-shadow step runs pg_restore, so both run it the same way.
+        from pgkeeper.load_session import LOAD_SETTINGS
+        from pgkeeper.shadowdb import create_shadow
+        from pgkeeper.tasks.pg_restore import pg_restore_into
+
+        create_shadow(self.conn, spec.shadow, spec.properties, spec.owner, pid=self.command_pid)
+        return pg_restore_into(self.conn, self.dest, spec.shadow, jobs=spec.jobs, no_owner=not spec.keep_ownership,
+                               role=spec.owner, timeout=self.repo.dump_timeout_seconds, options=LOAD_SETTINGS,
+                               on_data_loaded=(lambda: send({"data_loaded": True})) if spec.reads_beside else None)
 
     # -- in the run -----------------------------------------------------------------------
 
     def work_file(self) -> Path:
-        """Wait for the child: the proven work file, or its error raised (one line, its kind kept)."""
-        path = Path(self.outcome()["path"])
+        """Wait for the child: the proven work file, or its error raised (one line, its kind kept).
+        With an early shadow the child goes on restoring it: the file is the run's once written."""
+        path = Path(self.outcome()["path"] if self.shadow is None else self._until("fetched")["fetched"])
         if path != self.dest:
             raise RuntimeError(f"the early fetch wrote {path}, not {self.dest}")
         return path
 
+    def take_restore(self) -> dict[str, Any] | None:
+        """For the run's restore slot: the slot's lease when the run adopted the early shadow (the
+        run owns the shadow from here on: it drops it on a failure, swaps it in otherwise), else None."""
+        if self.shadow is None or self.slot is None or not self.adopted or self._shadow_undone or self.pid is None:
+            return None
+        self.shadow_taken = True
+        return self.slot.hand_over()
+
+    def restored(self, on_data_loaded: Callable[[], None] | None) -> float:
+        """Wait for the child's pg_restore into the shadow: its seconds, or its error raised.
+        `on_data_loaded` is called once the child said the data section is in (at once if it did)."""
+        self._on_data_loaded = on_data_loaded
+        if self._data_loaded and on_data_loaded is not None:
+            on_data_loaded()
+        seconds = float(self._until("result")["result"]["seconds"])
+        self.stop()
+        return seconds
+
+    def _until(self, key: str) -> dict[str, Any]:
+        """The child's messages read up to the one with `key` (returned); its error raised."""
+        last: dict[str, Any] = {}
+        try:
+            for line in self.pipe:
+                last = json.loads(line)
+                if "data_loaded" in last:
+                    self._data_loaded = True
+                    if self._on_data_loaded is not None:
+                        self._on_data_loaded()
+                if key in last:
+                    return last
+                if "error" in last or "result" in last:
+                    break
+        except BaseException:
+            self.stop()
+            raise
+        self.stop()
+        raise _error_of(last if "error" in last else {}, self.what)
+
     # -- in the command -------------------------------------------------------------------
 
     def give_up(self) -> None:
-        """The child stopped and the work directory removed (nothing else was made)."""
+        """The child stopped, the work directory removed, and an early shadow the run did not take
+        dropped and its slot given back (nothing else was made). Undone once only: the run may have
+        made a shadow of the same name since."""
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.shadow is not None and not self.shadow_taken and not self._shadow_undone:
+            self._shadow_undone = True
+            from pgkeeper.pgdb import drop_database
+
+            try:
+                drop_database(self.conn, self.shadow.shadow)  # type: ignore[arg-type]
+            except Exception:  # noqa: BLE001  # its tag names this process: the next run drops it
+                pass
+        if self.slot is not None:
+            self.slot.release()  # no-op once handed over
 
     def finish(self) -> None:
         """At the command's end nothing uses the work file any more: an adopted one has been
@@ -91,10 +189,12 @@ def start_restore(args: argparse.Namespace, api_url: str) -> EarlyFetch | None:
     choices = early_choices(args, api_url)
     if choices is None:
         return None
-    _, conn, repo = choices
+    api, conn, repo = choices
     workdir = None
+    slot = None
     try:
         from pgkeeper import keys
+        from pgkeeper.early_shadow import SlotLease, shadow_spec
         from pgkeeper.restore_choice import chosen_backup
         from pgkeeper.workfile import new_work_dir, work_root
 
@@ -105,11 +205,17 @@ def start_restore(args: argparse.Namespace, api_url: str) -> EarlyFetch | None:
             return None  # the run may find the private key in a Secret block
         root = work_root()
         workdir, cleared = new_work_dir(root, manifest.dump_file)
-        early = EarlyFetch(conn, repo, manifest, root, workdir, cleared)
+        shadow = shadow_spec(args, conn, manifest)
+        slot = SlotLease.take(api, shadow.target) if shadow else None  # held before anything is written
+        if slot is not None:
+            slot.record(workdir)
+        early = EarlyFetch(conn, repo, manifest, root, workdir, cleared, shadow if slot else None, slot)
         early.fork_stream()
     except BaseException as exc:
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
+        if slot is not None:
+            slot.release()
         if isinstance(exc, Exception):
             return None  # e.g. no such backup, no room: the run's own steps say so
         raise
@@ -127,14 +233,35 @@ def fits(early: EarlyFetch, conn: Any, repo: RepositoryVerbs, plan: Any) -> bool
             and same_choice(early, conn, repo))
 
 
-def adopt(conn: Any, repo: RepositoryVerbs, plan: Any) -> EarlyFetch | None:
+def adopt(conn: Any, repo: RepositoryVerbs, plan: Any, jobs: int | None = None) -> EarlyFetch | None:
     """For the restore run: this process's early fetch when it fetched what the run's plan
-    restores (`fits`), else None; one that does not fit is undone (child stopped, directory gone)."""
+    restores (`fits`) and, with an early shadow, makes that shadow with `jobs` pg_restore jobs
+    (early_shadow.fits), else None; one that does not fit is undone (child stopped, directory
+    gone, shadow dropped, slot given back)."""
+    from pgkeeper.early_shadow import fits as shadow_fits
+
     early = take_pending(EarlyFetch)
     if early is None:
         return None
-    if not fits(early, conn, repo, plan):
+    if not fits(early, conn, repo, plan) or (
+            early.shadow is not None and (jobs is None or not shadow_fits(early.shadow, plan, jobs))):
         early.give_up()
         return None
     early.adopted = True
     return early
+
+
+def name_shadow(plan: Any) -> Any:
+    """For the command line: its plan with the early shadow's name when the plan is otherwise that
+    shadow's (early_shadow.named_as_started), so that the run can adopt the restore."""
+    from pgkeeper.early_shadow import named_as_started
+
+    early = peek_pending(EarlyFetch)
+    return named_as_started(early.shadow, plan) if early is not None and early.shadow is not None else plan
+
+
+def started_shadow() -> str | None:
+    """The shadow this process's early start made (or is making), before the run adopts it: the
+    run's check of a given plan finds it existing, and it is ours."""
+    early = peek_pending(EarlyFetch)
+    return early.shadow.shadow if early is not None and early.shadow is not None else None

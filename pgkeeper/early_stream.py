@@ -55,6 +55,12 @@ def started_early(start: Callable[[], ForkedStream | None]) -> Iterator[None]:
             early.finish()
 
 
+def peek_pending(kind: type[Early]) -> Early | None:
+    """This process's early start of that kind, left pending (for what the run decides before it
+    adopts one: the command line's plan, the run's check of it)."""
+    return _pending if isinstance(_pending, kind) else None
+
+
 def take_pending(kind: type[Early]) -> Early | None:
     """For the run: this process's early start of that kind, which is then no longer pending. One
     of another kind stays pending (a restore's safety backup runs the backup flow inside the

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 _TAG = re.compile(r"host=(\S+) pid=(\d+) start=(\d+)(?: run=(\S+))?")
@@ -26,8 +27,9 @@ def process_start(pid: int) -> int | None:
     return int(stat.rsplit(")", 1)[1].split()[19])
 
 
-def owner_tag(run_id: str | None = None) -> str:
-    pid = os.getpid()
+def owner_tag(run_id: str | None = None, pid: int | None = None) -> str:
+    """The tag of this process (or of `pid`, a process of ours this one works for)."""
+    pid = pid or os.getpid()
     tag = f"host={socket.gethostname()} pid={pid} start={process_start(pid) or 0}"
     return tag + (f" run={run_id}" if run_id else "")
 
@@ -54,9 +56,10 @@ def claim_dir(path: Path) -> None:
     (path / OWNER_FILE).write_text(owner_tag())
 
 
-def clear_dead_dirs(root: Path, prefix: str) -> list[Path]:
+def clear_dead_dirs(root: Path, prefix: str, before_removal: Callable[[Path], None] | None = None) -> list[Path]:
     """Remove work directories under `root` named `prefix*` whose tagged process is gone (a run
-    killed with SIGKILL leaves its decompressed dump behind); returns what was removed."""
+    killed with SIGKILL leaves its decompressed dump behind); returns what was removed.
+    `before_removal`: called with each such directory first (to undo what it records)."""
     import shutil
 
     removed = []
@@ -70,6 +73,8 @@ def clear_dead_dirs(root: Path, prefix: str) -> list[Path]:
         except OSError:
             continue  # untagged: not ours to judge
         if maker_is_dead(tag):
+            if before_removal is not None:
+                before_removal(path)
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 from pgkeeper.codec import checked_chunks
 from pgkeeper.dumpoffsets import add_data_offsets
+from pgkeeper.early_shadow import release_recorded_lease
 from pgkeeper.errors import RepositoryError
 from pgkeeper.fmt import human_bytes
 from pgkeeper.liveness import claim_dir, clear_dead_dirs
@@ -44,7 +45,8 @@ def new_work_dir(root: Path, file: StoredFile) -> tuple[Path, list[Path]]:
     also the directories of dead restores removed on the way, for the caller to name."""
     root.mkdir(parents=True, exist_ok=True)
     check_room(root, file)
-    cleared = clear_dead_dirs(root, WORK_PREFIX)
+    # A dead restore's directory may record the restore slot's lease its early start held: given back first.
+    cleared = clear_dead_dirs(root, WORK_PREFIX, release_recorded_lease)
     workdir = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=root))
     claim_dir(workdir)
     return workdir, cleared

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     from pgkeeper.config import load_connection, load_repository
+    from pgkeeper.early_restore import name_shadow
     from pgkeeper.errors import ExitCode
     from pgkeeper.flows.restore import restore
     from pgkeeper.fmt import contents, human_seconds
@@ -112,6 +113,7 @@ def _restore(args: argparse.Namespace) -> int:
     # Resolved here so that what was confirmed is what runs, even if a new backup lands meanwhile.
     plan = plan_restore(conn, repo, args.backup, source, mode, target, args.keep_ownership, args.create_roles,
                         args.server)
+    plan = name_shadow(plan)  # the early start's shadow, when this plan is its (early_shadow.py)
     typed = None
     if mode == "replace" and not args.yes:
         typed = ask(plan)

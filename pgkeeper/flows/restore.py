@@ -181,7 +181,7 @@ def restore(
         try:
             # The work file `pgkeeper restore` began fetching before this run existed, when it is
             # the very file this plan restores; fetch-backup then waits for it instead of fetching.
-            early = adopt_early(conn, repo, plan)
+            early = adopt_early(conn, repo, plan, jobs)
             work_file = fetch_backup(repo, plan, early)
             toc = check_readable(plan, work_file)
 
@@ -216,11 +216,17 @@ def restore(
             if confirmation is not None:
                 record_confirmation(repo, plan, confirmation, keep_old)
 
-            with restore_slot(plan.target):
+            # The restore the early start began into this plan's shadow, holding the slot: from here
+            # on the shadow is this run's (dropped on a failure), and its pg_restore is waited for.
+            lease = early.take_restore() if early is not None else None
+            early_restore = early if lease is not None else None
+            shadow_started = early_restore is not None
+            with restore_slot(plan.target, lease=lease):
                 if plan.roles_to_create:
                     create_roles_task(conn, repo, plan)
                 shadow_started = True
-                prepare_shadow(conn, plan)  # first: a locale this server lacks stops the run here
+                if early_restore is None:
+                    prepare_shadow(conn, plan)  # first: a locale this server lacks stops the run here
                 if mode == "replace" and plan.target_exists and safety_backup:  # runs beside the shadow restore
                     safety = start_safety_backup(backup_flow, database=plan.target, connection_block=connection_block,
                                                  host=host, port=port, user=user, repository_block=repository_block,
@@ -229,7 +235,8 @@ def restore(
                 reading = start_archive_reading(plan, work_file)  # the content proof's archive side, meanwhile
                 # Its shadow side, started by restore_shadow once the data section is in (beside post-data).
                 shadow_data = shadow_data_reading(conn, plan)
-                restore_seconds = restore_shadow(conn, plan, work_file, jobs, repo.dump_timeout_seconds, shadow_data)
+                restore_seconds = restore_shadow(conn, plan, work_file, jobs, repo.dump_timeout_seconds, shadow_data,
+                                                 early_restore)
                 tables = _counted_and_proven(conn, plan, work_file, reading, shadow_data)
                 safety_id = safety_result(safety)  # the swap waits for it; a failed one stops the restore here
                 swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id,
@@ -239,6 +246,8 @@ def restore(
                 wait_quietly(safety)
             if shadow_data is not None:
                 shadow_data.stop()  # no pg_dump of ours left reading the shadow that is dropped next
+            if early is not None:
+                early.stop()  # nor the early start's pg_restore writing into it
             dropped = _drop_quietly(conn, plan.shadow) if shadow_started else True
             if not isinstance(exc, Exception):
                 raise

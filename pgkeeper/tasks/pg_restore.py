@@ -30,13 +30,16 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from psycopg import sql
 
 from pgkeeper import pgtools
-from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.load_session import pgoptions
 from pgkeeper.workfile import materialize_dump as materialize_dump  # moved there: the early fetch makes it too
+
+if TYPE_CHECKING:  # a type only: `pgkeeper restore`'s early child restores through here without Prefect
+    from pgkeeper.blocks.postgres import PostgresConnection
 
 # What the data section of a pg_dump archive holds, and the post-data entries that may run while
 # the data is read back (each takes ACCESS EXCLUSIVE on one relation at most; see above).

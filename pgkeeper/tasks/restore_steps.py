@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -24,6 +24,7 @@ from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.codec import checked_chunks
 from pgkeeper.content_check import ArchiveReading, DataReading, prove_content
+from pgkeeper.early_shadow import reads_data_beside
 from pgkeeper.errors import BadName, IntegrityError, RestoreFailed
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import DatabaseProperties, Manifest, StoredFile
@@ -186,8 +187,11 @@ def check_plan(conn: PostgresConnection, plan: RestorePlan, backup: str, source:
     if pgdb.database_exists(conn, plan.target) != plan.target_exists:
         now = "exists now" if not plan.target_exists else "no longer exists"
         raise BadName(f"database {plan.target!r} {now}: plan the restore again")
+    from pgkeeper.early_restore import started_shadow
+
+    early_shadow = started_shadow()  # made by this command's early start for this plan: ours
     for name in (plan.shadow, plan.retire_as):
-        if name and pgdb.database_exists(conn, name):
+        if name and name != early_shadow and pgdb.database_exists(conn, name):
             raise BadName(f"database {name!r} already exists: plan the restore again")
     return plan
 
@@ -221,15 +225,16 @@ def resolve_restore(conn: PostgresConnection, repo: BackupRepository, backup: st
 
 
 @contextmanager
-def restore_slot(target: str, wait_seconds: float = 15) -> Iterator[None]:
+def restore_slot(target: str, wait_seconds: float = 15, lease: dict[str, Any] | None = None) -> Iterator[None]:
     """Never two restores into one database at once (a Prefect global concurrency limit, so it
-    holds across processes and workers). A second restore fails fast instead of queueing."""
+    holds across processes and workers). A second restore fails fast instead of queueing.
+    `lease`: the slot's lease `pgkeeper restore`'s early start took (EarlyFetch.take_restore)."""
     from pgkeeper.slots import limit_name, one_at_a_time
 
     name = limit_name("restore", target)
     with ExitStack() as stack:
         try:
-            stack.enter_context(one_at_a_time(name, timeout_seconds=wait_seconds))
+            stack.enter_context(one_at_a_time(name, timeout_seconds=wait_seconds, lease=lease))
         except TimeoutError:
             raise RestoreFailed(f"another restore into {target} is running (limit {name})") from None
         yield
@@ -315,27 +320,33 @@ def shadow_data_reading(conn: PostgresConnection, plan: RestorePlan) -> DataRead
     whole restore as before: no data to compare (an old manifest), a restore without owners (its
     own passes), or database settings that apply_after_restore sets only after pg_restore (a
     database's client_encoding, say, changes what pg_dump writes; the reader connects before)."""
-    props = plan.properties
-    if not plan.dump_settings or not plan.keep_ownership or (props and (props.settings or props.role_settings)):
+    if not reads_data_beside(plan.dump_settings, plan.keep_ownership, plan.properties):
         return None
     return DataReading(conn, plan.shadow, plan.dump_settings, owners=plan.keep_ownership)
 
 
 @task(name="restore-shadow", cache_policy=NO_CACHE)
 def restore_shadow(conn: PostgresConnection, plan: RestorePlan, work_file: Path, jobs: int, timeout: float,
-                   shadow_data: DataReading | None = None) -> float:
+                   shadow_data: DataReading | None = None, early: EarlyFetch | None = None) -> float:
     """pg_restore into the shadow, then the database's own settings, ACL and connection limit
     (after: a `default_transaction_read_only` or a REVOKE CONNECT would stop pg_restore itself).
     `shadow_data` (shadow_data_reading) is started when pg_restore has loaded the data section,
     where the archive allows it (tasks/pg_restore.py); on a failure here it is stopped.
+    `early`: the pg_restore `pgkeeper restore`'s early start began into this very shadow
+    (EarlyFetch.take_restore): waited for instead of run, its error this step's.
 
     Not retried on its own: a half-done shadow is dropped by the flow and the run fails, so an
     operator decides whether to spend another full restore.
     """
     try:
-        seconds = pg_restore_into(conn, work_file, plan.shadow, jobs=jobs, no_owner=not plan.keep_ownership,
-                                  role=plan.owner, timeout=timeout, options=load_session.LOAD_SETTINGS,
-                                  on_data_loaded=shadow_data.start if shadow_data else None)
+        if early is not None:
+            get_run_logger().info("restoring into %s since before the run (pgkeeper restore's early start): "
+                                  "waiting for it", plan.shadow)
+            seconds = early.restored(shadow_data.start if shadow_data else None)
+        else:
+            seconds = pg_restore_into(conn, work_file, plan.shadow, jobs=jobs, no_owner=not plan.keep_ownership,
+                                      role=plan.owner, timeout=timeout, options=load_session.LOAD_SETTINGS,
+                                      on_data_loaded=shadow_data.start if shadow_data else None)
         load_session.make_durable(conn, plan.shadow)  # pg_restore committed asynchronously: flushed here
         _after_pg_restore(conn, plan, work_file, seconds)
     except BaseException:

@@ -20,21 +20,19 @@ from pydantic import BaseModel
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.errors import SwapFailed
 from pgkeeper.fmt import first_line
-from pgkeeper.liveness import maker_is_dead, owner_tag
-from pgkeeper.manifest import DatabaseProperties
+from pgkeeper.liveness import maker_is_dead
 from pgkeeper.names import check_identifier
-from pgkeeper.pgdb import USER_TABLES, admin_connection, create_database
+from pgkeeper.pgdb import USER_TABLES, admin_connection
 from pgkeeper.pgdb import drop_database as drop_if_exists  # the name restore's callers know
+from pgkeeper.shadowdb import MAX_NAME, SHADOW_MARK, create_shadow, shadow_name  # noqa: F401  # their old home
 from pgkeeper.tasks.policy import RETRYABLE
 
 OLD_COPY_MARK = "pgkeeper pre-restore copy"
-SHADOW_MARK = "pgkeeper restore in progress"
 _KEEP_UNTIL = re.compile(r"keep until (\S+)")
 _SINCE = re.compile(r"since (\S+)")
 # A shadow this old with nobody connected is the leftover of a killed restore, not a slow one:
 # pg_restore stays connected to its shadow for the whole restore.
 STALE_SHADOW = timedelta(hours=24)
-MAX_NAME = 63
 
 
 class SwapResult(BaseModel):
@@ -52,11 +50,6 @@ def database_oid(c: psycopg.Connection, name: str) -> int | None:
 
 def _ident(name: str) -> sql.Identifier:
     return sql.Identifier(name)
-
-
-def shadow_name(target: str, token: str) -> str:
-    suffix = f"_restoring_{token}"
-    return check_identifier("database", target[: MAX_NAME - len(suffix)] + suffix)
 
 
 def old_copy_name(target: str, now: datetime) -> str:
@@ -86,16 +79,6 @@ def terminate_all(c: psycopg.Connection, name: str, wait_s: float = 15.0) -> int
         if time.monotonic() > deadline:
             raise SwapFailed(f"sessions on {name!r} did not end within {wait_s:.0f} s")
         time.sleep(0.05)
-
-
-def create_shadow(conn: PostgresConnection, shadow: str, props: DatabaseProperties | None, owner: str | None,
-                  run_id: str | None = None) -> None:
-    """An empty database for the restore, shaped as the backup's database was (encoding, locale
-    provider and locales, owner, tablespace); settings, ACL and connection limit come after
-    pg_restore. Its comment marks it as a shadow and names the process making it, so the next
-    run can drop it if this one is killed."""
-    create_database(conn, shadow, props, owner,
-                    f"{SHADOW_MARK} since {datetime.now(UTC).isoformat(timespec='seconds')} by {owner_tag(run_id)}")
 
 
 def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as: str | None,
