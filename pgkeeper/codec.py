@@ -94,10 +94,12 @@ class StreamCheck:
     compressed) is ready when the last piece is, not one more pass over the file afterwards.
 
     feed() takes each piece as it goes to storage, in order (the caller hashes the same bytes on
-    their way in); finish() waits for the thread and returns the decompressed size, or raises
-    ValueError (corrupt, checksum mismatch, truncated). The thread decompresses in C without the
-    interpreter lock, beside the loop that reads pg_dump; its queue is bounded, so memory stays
-    flat (each piece decompresses to at most a few MB: the compressor's window)."""
+    their way in); finish(raw) waits for the thread and returns the decompressed size, or raises
+    ValueError (corrupt, checksum mismatch, or not the `raw` bytes that were compressed: a
+    truncated stream). The decompression runs in zstd's stream writer, which leaves the
+    interpreter lock to the loop reading pg_dump (decompressobj keeps it: that loop slowed by a
+    third); the queue is bounded, so memory stays flat (each piece decompresses to at most a few
+    MB: the compressor's window)."""
 
     QUEUE_PIECES = 64
 
@@ -112,25 +114,30 @@ class StreamCheck:
         if piece and self._error is None:
             self._pieces.put(piece)
 
-    def finish(self) -> int:
+    def finish(self, raw: int) -> int:
         self._pieces.put(None)
         self._thread.join()
+        if self._error is None and self._size != raw:
+            self._error = f"zstd data is truncated: it decompressed to {self._size} of the {raw} bytes compressed"
         if self._error is not None:
             raise ValueError(self._error)
         return self._size
 
+    def write(self, data: bytes) -> int:  # the stream writer's output: counted, not kept
+        self._size += len(data)
+        return len(data)
+
     def _run(self) -> None:
-        d = zstandard.ZstdDecompressor().decompressobj()
-        ended = False
+        writer = zstandard.ZstdDecompressor().stream_writer(self, write_size=CHUNK)
         while (piece := self._pieces.get()) is not None:
             if self._error is not None:
                 continue  # drain: the writer must never block on a full queue
             try:
-                if ended:  # a second frame: what the compressor writes has one
-                    d = zstandard.ZstdDecompressor().decompressobj()
-                self._size += len(d.decompress(piece))
-                ended = d.eof
+                writer.write(piece)
             except zstandard.ZstdError as exc:
                 self._error = f"zstd data is corrupt: {exc}"
-        if self._error is None and not ended:
-            self._error = "zstd data is truncated"
+        if self._error is None:
+            try:
+                writer.flush()
+            except zstandard.ZstdError as exc:
+                self._error = f"zstd data is corrupt: {exc}"

@@ -109,22 +109,22 @@ def stream_dump(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: str, sn
         except BaseException as exc:
             if check is not None:
                 with suppress(ValueError):  # this failure is the one to report
-                    check.finish()
+                    check.finish(raw)
             if isinstance(exc, OSError):
                 raise RepositoryError(f"writing {backup_id}/{name} failed: {exc.strerror}") from None
             raise
-        decompressed = stream_checked(check, f"{backup_id}/{name}")
+        decompressed = stream_checked(check, raw, f"{backup_id}/{name}")
         toc = dict(listed())
     return storage.stored_file(name, out, raw), toc, decompressed
 
 
-def stream_checked(check: codec.StreamCheck | None, label: str) -> int | None:
+def stream_checked(check: codec.StreamCheck | None, raw: int, label: str) -> int | None:
     """The size the stored bytes decompressed to on the way (None: not checked on the way); a
     stream that did not decompress is UnreadableDump, as quick-verify would find it."""
     if check is None:
         return None
     try:
-        return check.finish()
+        return check.finish(raw)
     except ValueError as exc:
         raise UnreadableDump(f"{label}: {exc}") from None
 

@@ -22,25 +22,25 @@ def compressed_pieces(data: bytes) -> list[bytes]:
     return [*pieces, comp.flush()]
 
 
-def checked(pieces: list[bytes]) -> int:
+def checked(pieces: list[bytes], raw: int) -> int:
     check = codec.StreamCheck()
     for piece in pieces:
         check.feed(piece)
-    return check.finish()
+    return check.finish(raw)
 
 
 def test_the_check_gives_the_decompressed_size_and_finds_corruption_and_truncation():
     data = os.urandom(3 * codec.CHUNK) + b" " * (40 * codec.CHUNK) + b"end"
     pieces = compressed_pieces(data)
-    assert checked(pieces) == len(data)
+    assert checked(pieces, len(data)) == len(data)
     assert zstandard.get_frame_parameters(pieces[0]).has_checksum  # the frame carries its content's XXH64
 
     whole = b"".join(pieces)
     flipped = whole[:-1] + bytes([whole[-1] ^ 1])  # the checksum's last byte
     with pytest.raises(ValueError, match="corrupt"):
-        checked([flipped])
+        checked([flipped], len(data))
     with pytest.raises(ValueError, match="truncated"):
-        checked([whole[:-7]])
+        checked([whole[:-7]], len(data))
 
 
 def test_a_corrupt_stream_never_blocks_the_writer():
@@ -50,7 +50,7 @@ def test_a_corrupt_stream_never_blocks_the_writer():
     for _ in range(codec.StreamCheck.QUEUE_PIECES * 4):
         check.feed(b"x" * 1024)
     with pytest.raises(ValueError, match="corrupt"):
-        check.finish()
+        check.finish(64)
 
 
 def test_quick_verify_reads_the_stored_file_back_against_what_was_checked(pg, conn, repo):
