@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -53,6 +53,9 @@ class DumpResult(BaseModel):
     dump_settings: dict[str, str]
     started_at: datetime
     finished_at: datetime
+    # What the stored bytes decompressed to while they were written (zstd with its frame checksum,
+    # codec.StreamCheck); None when not checked on the way (gzip): quick-verify decompresses then.
+    decompressed: int | None = None
 
 
 def dump_file_name(database: str, compression: str) -> str:
@@ -60,14 +63,20 @@ def dump_file_name(database: str, compression: str) -> str:
 
 
 def stream_dump(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: str, snapshot: str,
-                on_progress: Callable[[int], None] = lambda _n: None) -> tuple[StoredFile, dict[str, int]]:
+                on_progress: Callable[[int], None] = lambda _n: None,
+                ) -> tuple[StoredFile, dict[str, int], int | None]:
     """Run pg_dump in `snapshot` and store its output compressed; (what was stored, its table of
-    contents as pg_restore listed it on the way, for a host that cannot decrypt what it wrote)."""
+    contents as pg_restore listed it on the way, the size its stored bytes decompressed to on the
+    way: zstd only, else None)."""
     storage = repo.storage()
     name = dump_file_name(conn.database, repo.compression)
     argv = [pgtools.tool("pg_dump"), "-Fc", "-Z0", "-w", f"--snapshot={snapshot}"]
     env = {**conn.libpq_env(), **DUMP_ENV}
-    comp = codec.compressor(repo.compression, repo.level())
+    # Decompressed on the way, beside the loop (codec.StreamCheck), when quick-verify can use it:
+    # zstd stored as compressed (an encrypted file is checked by decrypting it afterwards).
+    checked = repo.compression == "zstd" and not repo.encrypts()
+    comp = codec.compressor(repo.compression, repo.level(), checksum=checked)
+    check = codec.StreamCheck() if checked else None
     raw = 0
     buf = bytearray(codec.CHUNK)
     view = memoryview(buf)
@@ -86,16 +95,38 @@ def stream_dump(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: str, sn
                     piece = comp.compress(view[:n])
                     if piece:
                         out.write(piece)
+                        if check is not None:
+                            check.feed(piece)
                     if time.monotonic() - last_report > PROGRESS_EVERY_S:
                         on_progress(raw)
                         last_report = time.monotonic()
-                out.write(comp.flush())
+                piece = comp.flush()
+                out.write(piece)
+                if check is not None:
+                    check.feed(piece)
                 err.seek(0)
                 dump.check(err.read(), repo.dump_timeout_seconds)
-        except OSError as exc:
-            raise RepositoryError(f"writing {backup_id}/{name} failed: {exc.strerror}") from None
+        except BaseException as exc:
+            if check is not None:
+                with suppress(ValueError):  # this failure is the one to report
+                    check.finish(raw)
+            if isinstance(exc, OSError):
+                raise RepositoryError(f"writing {backup_id}/{name} failed: {exc.strerror}") from None
+            raise
+        decompressed = stream_checked(check, raw, f"{backup_id}/{name}")
         toc = dict(listed())
-    return storage.stored_file(name, out, raw), toc
+    return storage.stored_file(name, out, raw), toc, decompressed
+
+
+def stream_checked(check: codec.StreamCheck | None, raw: int, label: str) -> int | None:
+    """The size the stored bytes decompressed to on the way (None: not checked on the way); a
+    stream that did not decompress is UnreadableDump, as quick-verify would find it."""
+    if check is None:
+        return None
+    try:
+        return check.finish(raw)
+    except ValueError as exc:
+        raise UnreadableDump(f"{label}: {exc}") from None
 
 
 def store_small_file(repo: RepositoryVerbs, backup_id: str, name: str, data: bytes) -> StoredFile:
@@ -214,7 +245,7 @@ def dump_in_snapshot(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: st
         counter = threading.Thread(target=count, name="row-counts", daemon=True)
         counter.start()
         try:
-            stored, toc = stream_dump(conn, repo, backup_id, snapshot, on_progress)
+            stored, toc, decompressed = stream_dump(conn, repo, backup_id, snapshot, on_progress)
         except BaseException:
             holder.cancel_safe()  # stop the counting early; the dump failed anyway
             raise
@@ -228,4 +259,4 @@ def dump_in_snapshot(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: st
     return DumpResult(file=stored, toc=toc, globals_file=roles_file, tables=counts["tables"],  # type: ignore[arg-type]
                       objects=counts["objects"], properties=counts["properties"],  # type: ignore[arg-type]
                       roles=counts["roles"], dump_settings=counts["settings"],  # type: ignore[arg-type]
-                      started_at=started, finished_at=datetime.now(UTC))
+                      started_at=started, finished_at=datetime.now(UTC), decompressed=decompressed)

@@ -70,7 +70,8 @@ def backup(
             backup_id = begin_backup(repo, info.server_time, info.server, early)
             try:
                 dumped = dump_database(conn, repo, backup_id, info.table_bytes, early)
-                check = quick_verify(repo, backup_id, dumped.file, repo.compression, len(dumped.tables), dumped.toc)
+                check = quick_verify(repo, backup_id, dumped.file, repo.compression, len(dumped.tables), dumped.toc,
+                                     dumped.decompressed)
                 manifest = write_manifest(repo, backup_id, info, dumped, check, labels or [])
             except BaseException:
                 if early is not None:
