@@ -97,18 +97,21 @@ def prefect_api() -> Iterator[str]:
 
     # The harness's server starts in a process of its own and this one mostly waits for it: make
     # the session's PostgreSQL cluster and CRM template meanwhile (`pg`, `crm_template` take them).
+    # Removed in `finally`: a harness that fails to start must not leave the cluster running.
     _SESSION_CLUSTER.start()
-    # Generous: the harness counts its start-up in polls, and a loaded 2-core box needs minutes.
-    with prefect_test_harness(server_startup_timeout=900):
-        from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+    try:
+        # Generous: the harness counts its start-up in polls, and a loaded 2-core box needs minutes.
+        with prefect_test_harness(server_startup_timeout=900):
+            from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
-        from tests.prefect_template import save_template
+            from tests.prefect_template import save_template
 
-        save_template(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())  # migrated: the e2e servers start from it
-        url = PREFECT_API_URL.value()
-        os.environ["PREFECT_API_URL"] = url  # for the CLI processes tests start
-        yield url
-    _SESSION_CLUSTER.close()  # after every test's teardown: `pg` and `crm_template` only borrow it
+            save_template(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())  # migrated: the e2e servers start from it
+            url = PREFECT_API_URL.value()
+            os.environ["PREFECT_API_URL"] = url  # for the CLI processes tests start
+            yield url
+    finally:
+        _SESSION_CLUSTER.close()  # after every test's teardown: `pg` and `crm_template` only borrow it
     os.environ.pop("PREFECT_API_URL", None)
     shutil.rmtree(_HOME, ignore_errors=True)
 
