@@ -10,8 +10,10 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 # Before anything imports prefect or pgkeeper's retry policy.
@@ -93,16 +95,23 @@ def prefect_api() -> Iterator[str]:
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    # Generous: the harness counts its start-up in polls, and a loaded 2-core box needs minutes.
-    with prefect_test_harness(server_startup_timeout=900):
-        from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
+    # The harness's server starts in a process of its own and this one mostly waits for it: make
+    # the session's PostgreSQL cluster and CRM template meanwhile (`pg`, `crm_template` take them).
+    # Removed in `finally`: a harness that fails to start must not leave the cluster running.
+    _SESSION_CLUSTER.start()
+    try:
+        # Generous: the harness counts its start-up in polls, and a loaded 2-core box needs minutes.
+        with prefect_test_harness(server_startup_timeout=900):
+            from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL
 
-        from tests.prefect_template import save_template
+            from tests.prefect_template import save_template
 
-        save_template(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())  # migrated: the e2e servers start from it
-        url = PREFECT_API_URL.value()
-        os.environ["PREFECT_API_URL"] = url  # for the CLI processes tests start
-        yield url
+            save_template(PREFECT_SERVER_DATABASE_CONNECTION_URL.value())  # migrated: the e2e servers start from it
+            url = PREFECT_API_URL.value()
+            os.environ["PREFECT_API_URL"] = url  # for the CLI processes tests start
+            yield url
+    finally:
+        _SESSION_CLUSTER.close()  # after every test's teardown: `pg` and `crm_template` only borrow it
     os.environ.pop("PREFECT_API_URL", None)
     shutil.rmtree(_HOME, ignore_errors=True)
 
@@ -137,26 +146,73 @@ def backup_key() -> str:
     return recipient
 
 
-@pytest.fixture(scope="session")
-def pg() -> Iterator[LocalCluster]:
-    """One real PostgreSQL 15 cluster for the session; tests make their own databases in it."""
-    with throwaway_cluster("pgkeeper-pg-", PASSWORD) as (cluster, _base):
-        yield cluster
-
-
-@pytest.fixture(scope="session")
-def crm_template(pg: LocalCluster) -> str:
+def make_crm_template(cluster: LocalCluster) -> str:
     """The sample CRM database, generated once per session: filling and analysing it costs the
     server 2-3 s, a copy of it ~0.5 s. Closed to connections, so that no session (autovacuum's
     included) ever blocks a copy; named apart from the tests' `crm_` databases."""
     from pgkeeper.sample_crm import create_crm
 
     name = "pgkeeper_test_template_" + uuid.uuid4().hex[:8]
-    create_database(pg, name)
-    create_crm(pg.conninfo(name), scale=0.3)
-    with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+    create_database(cluster, name)
+    create_crm(cluster.conninfo(name), scale=0.3)
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
         c.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
     return name
+
+
+class _SessionCluster:
+    """The session's cluster and CRM template, made in a thread while the Prefect harness starts
+    (initdb, start and the sample data: ~3 s of waiting on PostgreSQL otherwise taken after the
+    harness's 15-30 s). A failure is raised where `pg` or `crm_template` is asked for, so tests
+    that need neither are not affected by it."""
+
+    def __init__(self) -> None:
+        self._stack = ExitStack()
+        self._thread: threading.Thread | None = None
+        self._made: tuple[LocalCluster, str] | None = None
+        self._error: BaseException | None = None
+
+    def _make(self) -> None:
+        try:
+            cluster, _base = self._stack.enter_context(throwaway_cluster("pgkeeper-pg-", PASSWORD))
+            self._made = (cluster, make_crm_template(cluster))
+        except BaseException as error:  # noqa: BLE001 (raised again in the test's thread)
+            self._error = error
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._make, name="session-cluster", daemon=True)
+            self._thread.start()
+
+    def get(self) -> tuple[LocalCluster, str]:
+        self.start()
+        assert self._thread is not None
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._made is not None
+        return self._made
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        self._stack.close()
+
+
+_SESSION_CLUSTER = _SessionCluster()
+
+
+@pytest.fixture(scope="session")
+def pg() -> LocalCluster:
+    """One real PostgreSQL 15 cluster for the session; tests make their own databases in it.
+    Stopped and removed with the session (prefect_api's teardown, which runs after every other)."""
+    return _SESSION_CLUSTER.get()[0]
+
+
+@pytest.fixture(scope="session")
+def crm_template(pg: LocalCluster) -> str:
+    """The sample CRM database of the session (make_crm_template); its name."""
+    return _SESSION_CLUSTER.get()[1]
 
 
 @pytest.fixture
