@@ -137,7 +137,7 @@ def main() -> int:
 
     from pgkeeper.blocks.repository import BackupRepository
     from pgkeeper.catalog import list_backups
-    from pgkeeper.tasks.pg_restore import materialize_dump
+    from pgkeeper.workfile import materialize_dump
 
     with bench_cluster(args.reuse, "pgkeeper-bench-restore-") as (cluster, work):
         build(cluster, args.scale)

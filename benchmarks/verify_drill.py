@@ -68,7 +68,7 @@ def main() -> int:
     from pgkeeper.blocks.repository import BackupRepository
     from pgkeeper.manifest import Manifest
     from pgkeeper.tasks.drill import restore_drill
-    from pgkeeper.tasks.pg_restore import materialize_dump
+    from pgkeeper.workfile import materialize_dump
 
     @flow(name="drill-bench", validate_parameters=False)
     def content_drill(conn: PostgresConnection, dump: Path, jobs: int, manifest: Manifest,

@@ -253,7 +253,7 @@ class DataReading:
     """The database's data entries (database_data_entries), read in a background thread once
     start() is called: a restore starts it as soon as its data section is loaded, so that the
     read runs beside the index and constraint builds of the post-data section (see
-    tasks/pg_restore.py for when that is safe). Not started, prove_content reads the data itself,
+    pgrestore.py for when that is safe). Not started, prove_content reads the data itself,
     after the restore, as it always did."""
 
     def __init__(self, conn: PostgresConnection, database: str, settings: dict[str, str],

@@ -97,11 +97,11 @@ class EarlyFetch(ForkedStream):
     def _restore_shadow(self, spec: ShadowSpec, send: Send) -> float:
         """In the child: the shadow as prepare_shadow makes it, pg_restore into it as restore_shadow
         runs it (the content proof's data reader, told by a message, starts when the run has it)."""
-        # tasks/pg_restore imports no Prefect (its connection type only for type checking); it is
+        # pgkeeper.pgrestore imports no Prefect (its connection type only for type checking); it is
         # where the run's restore-shadow step runs pg_restore, so both run it the same way.
         from pgkeeper.load_session import LOAD_SETTINGS
+        from pgkeeper.pgrestore import pg_restore_into
         from pgkeeper.shadowdb import create_shadow
-        from pgkeeper.tasks.pg_restore import pg_restore_into
 
         create_shadow(self.conn, spec.shadow, spec.properties, spec.owner, pid=self.command_pid)
         return pg_restore_into(self.conn, self.dest, spec.shadow, jobs=spec.jobs, no_owner=not spec.keep_ownership,

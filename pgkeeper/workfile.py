@@ -54,7 +54,7 @@ def new_work_dir(root: Path, file: StoredFile) -> tuple[Path, list[Path]]:
 
 def materialize_dump(source: BinaryIO, file: StoredFile, compression: str, dest: Path, label: str) -> Path:
     """Write the decompressed archive to `dest`, refusing it if its sha256 is not the manifest's;
-    then (the stored bytes proven) write its data offsets into its TOC (tasks/pg_restore.py)."""
+    then (the stored bytes proven) write its data offsets into its TOC (pgrestore.py)."""
     try:
         with open(dest, "wb") as out:
             dest.chmod(0o600)

@@ -16,7 +16,7 @@ def test_each_injected_difference_is_named(pg, crm_db, conn, env, repo, tmp_path
     from pgkeeper.flows.backup import backup
     from pgkeeper.flows.restore import restore
     from pgkeeper.storage.local import LocalStorage
-    from pgkeeper.tasks.pg_restore import materialize_dump
+    from pgkeeper.workfile import materialize_dump
 
     reader = f"reader_{crm_db}"
     with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:

@@ -21,8 +21,8 @@ def test_pgoptions_escapes_spaces_and_backslashes():
 def test_the_settings_reach_pg_restores_sessions_and_the_durable_point_commits(pg, crm_db, conn, tmp_path: Path):
     from pgkeeper import pgtools
     from pgkeeper.load_session import LOAD_SETTINGS, make_durable
+    from pgkeeper.pgrestore import pg_restore_into
     from pgkeeper.pgtools import ToolFailed
-    from pgkeeper.tasks.pg_restore import pg_restore_into
 
     archive = tmp_path / "crm.dump"
     pgtools.run([pgtools.tool("pg_dump"), "-w", "-Fc", "-f", str(archive)], env=conn.libpq_env(crm_db), timeout=300)

@@ -1,5 +1,5 @@
 """The content proof's read of the shadow's data runs beside pg_restore's post-data section
-(tasks/pg_restore.py): the restored database is the same, a change made to the shadow after its
+(pgrestore.py): the restored database is the same, a change made to the shadow after its
 data section is still caught, and archives whose post-data could lock against the reader
 (a materialized view's refresh, partitions) are restored and read as before."""
 
@@ -38,7 +38,7 @@ def _section_ids(path: Path, section: str) -> set[str]:
 
 
 def test_which_archives_let_the_data_be_read_beside_post_data(pg, crm_db, tmp_path: Path):
-    from pgkeeper.tasks.pg_restore import overlap_data_items
+    from pgkeeper.pgrestore import overlap_data_items
 
     plain = _archive(pg, crm_db, tmp_path / "crm.dump")
     assert overlap_data_items(plain) == _section_ids(plain, "data") != set()
@@ -55,7 +55,7 @@ def test_which_archives_let_the_data_be_read_beside_post_data(pg, crm_db, tmp_pa
 def test_finished_items_are_found_however_the_processes_lines_interleave():
     """pg_restore -j writes "pg_restore:", " " and the message apart, from the leader and the
     workers at once: each line below was seen in -j2 runs of the CRM archive."""
-    from pgkeeper.tasks.pg_restore import finished_item
+    from pgkeeper.pgrestore import finished_item
 
     assert finished_item(b"pg_restore: finished item 3402 TABLE DATA deal\n") == "3402"
     assert finished_item(b"pg_restore:pg_restore: finished item 3229 CONSTRAINT company company_domain_key\n") == "3229"

@@ -21,7 +21,7 @@ from pgkeeper.catalog import list_backups, resolve_backup
 from pgkeeper.config import repository_from_env
 from pgkeeper.errors import IntegrityError
 from pgkeeper.names import new_backup_id
-from pgkeeper.tasks.pg_restore import materialize_dump
+from pgkeeper.workfile import materialize_dump
 from tests.helpers import ROOT, create_database, drop_database, run_cli, run_cli_here, table_fingerprints
 from tests.s3_faults import FaultyProxy
 from tests.test_retention_flow import make_backup, s3_env

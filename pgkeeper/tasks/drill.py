@@ -39,7 +39,7 @@ from pgkeeper.pgdb import (
     databases_with_prefix,
     drop_database,
 )
-from pgkeeper.tasks.pg_restore import pg_restore_into
+from pgkeeper.pgrestore import pg_restore_into
 from pgkeeper.tasks.policy import RETRYABLE
 
 SCRATCH_PREFIX = "pgkeeper_verify_"

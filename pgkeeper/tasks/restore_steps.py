@@ -29,8 +29,8 @@ from pgkeeper.errors import BadName, IntegrityError, RestoreFailed
 from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import DatabaseProperties, Manifest, StoredFile
 from pgkeeper.names import check_identifier, parse_backup_ref
+from pgkeeper.pgrestore import pg_restore_into, public_revokes
 from pgkeeper.restore_choice import chosen_backup
-from pgkeeper.tasks.pg_restore import pg_restore_into, public_revokes
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.tasks.report import artifact_key
 from pgkeeper.tasks.swap import old_copy_name, shadow_name
@@ -331,7 +331,7 @@ def restore_shadow(conn: PostgresConnection, plan: RestorePlan, work_file: Path,
     """pg_restore into the shadow, then the database's own settings, ACL and connection limit
     (after: a `default_transaction_read_only` or a REVOKE CONNECT would stop pg_restore itself).
     `shadow_data` (shadow_data_reading) is started when pg_restore has loaded the data section,
-    where the archive allows it (tasks/pg_restore.py); on a failure here it is stopped.
+    where the archive allows it (pgrestore.py); on a failure here it is stopped.
     `early`: the pg_restore `pgkeeper restore`'s early start began into this very shadow
     (EarlyFetch.take_restore): waited for instead of run, its error this step's.
 

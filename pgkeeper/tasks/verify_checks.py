@@ -28,9 +28,9 @@ from pgkeeper.fmt import contents, human_bytes, human_seconds
 from pgkeeper.manifest import Manifest
 from pgkeeper.pgdb import database_differences
 from pgkeeper.tasks.drill import DrillResult
-from pgkeeper.tasks.pg_restore import materialize_dump
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.tasks.verify import UnreadableDump, check_table_count, read_dump_toc, toc_kinds
+from pgkeeper.workfile import materialize_dump
 
 Status = Literal["PASS", "FAIL", "SKIP"]
 

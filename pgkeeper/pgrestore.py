@@ -36,7 +36,6 @@ from psycopg import sql
 
 from pgkeeper import pgtools
 from pgkeeper.load_session import pgoptions
-from pgkeeper.workfile import materialize_dump as materialize_dump  # moved there: the early fetch makes it too
 
 if TYPE_CHECKING:  # a type only: `pgkeeper restore`'s early child restores through here without Prefect
     from pgkeeper.blocks.postgres import PostgresConnection
