@@ -9,6 +9,7 @@ renamed only when pg_dump has exited cleanly.
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import tempfile
 import threading
@@ -23,7 +24,7 @@ import psycopg
 from psycopg import sql
 from pydantic import BaseModel
 
-from pgkeeper import codec, pgtools
+from pgkeeper import codec, pgtools, yielding
 from pgkeeper.dbprops import read_properties
 from pgkeeper.errors import RepositoryError, UnreadableDump
 from pgkeeper.manifest import DatabaseProperties, StoredFile, globals_file_name
@@ -67,6 +68,9 @@ def stream_dump(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: str, sn
     name = dump_file_name(conn.database, repo.compression)
     argv = [pgtools.tool("pg_dump"), "-Fc", "-Z0", "-w", f"--snapshot={snapshot}"]
     env = {**conn.libpq_env(), **DUMP_ENV}
+    record = yielding.current()
+    if record is not None:  # a name of its own (under the server's 63 bytes), to find its backend by
+        env["PGAPPNAME"] = f"pgkeeper yielding {secrets.token_hex(8)}"
     comp = codec.compressor(repo.compression, repo.level())
     raw = 0
     buf = bytearray(codec.CHUNK)
@@ -74,7 +78,7 @@ def stream_dump(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: str, sn
     with tempfile.TemporaryFile() as err, toc_listing(f"{backup_id}/{name}") as (to_listing, listed), pgtools.child(
         argv, env=env, timeout=repo.dump_timeout_seconds,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-    ) as dump:
+    ) as dump, lowered_backend(conn, env["PGAPPNAME"], record):
         try:
             with storage.write_file(backup_id, name) as out:
                 last_report = time.monotonic()
@@ -96,6 +100,40 @@ def stream_dump(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: str, sn
             raise RepositoryError(f"writing {backup_id}/{name} failed: {exc.strerror}") from None
         toc = dict(listed())
     return storage.stored_file(name, out, raw), toc
+
+
+@contextmanager
+def lowered_backend(conn: ConnectionVerbs, appname: str, record: yielding.Yielding | None) -> Iterator[None]:
+    """For yielding work (pgkeeper/yielding.py): while the block runs, find the server backend of
+    the session named `appname` (pg_dump's, which does the COPY's work) and renice it, from a
+    thread of its own and a connection of its own (the dump must not wait for this)."""
+    if record is None:
+        yield
+        return
+    done = threading.Event()
+
+    def find_and_lower() -> None:
+        try:
+            with conn.connect(autocommit=True) as c:
+                deadline = time.monotonic() + 30.0
+                while not done.is_set() and time.monotonic() < deadline:
+                    row = c.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
+                                    (appname,)).fetchone()
+                    if row:
+                        yielding.lower_backend(row[0], conn.host, conn.user, conn.database, record)
+                        return
+                    done.wait(0.05)
+                record.notes.append(f"pg_dump's server backend not seen ({appname}): left at its priority")
+        except Exception as exc:  # best effort: the dump goes on at its priority
+            record.notes.append(f"pg_dump's server backend not lowered: {exc}")
+
+    finder = threading.Thread(target=find_and_lower, name="lower-backend", daemon=True)
+    finder.start()
+    try:
+        yield
+    finally:
+        done.set()
+        finder.join()
 
 
 def store_small_file(repo: RepositoryVerbs, backup_id: str, name: str, data: bytes) -> StoredFile:
@@ -199,6 +237,9 @@ def dump_in_snapshot(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: st
     started = datetime.now(UTC)
     counts: dict[str, object] = {}
     with exported_snapshot(conn) as (holder, snapshot):
+        record = yielding.current()
+        if record is not None:  # the counts' backend scans every table: it yields too
+            yielding.lower_backend(holder.info.backend_pid, conn.host, conn.user, conn.database, record)
         # Count rows while pg_dump streams: same snapshot, no extra wall time.
         def count() -> None:
             try:
