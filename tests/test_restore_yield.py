@@ -1,11 +1,12 @@
 """Replace mode's safety backup yields the CPU to the shadow restore (pgkeeper/yielding.py): its
 pg_dump and the server backends it uses run at nice 19, read from /proc of the real processes,
-while the restore's own work keeps its priority; the safety backup is still the proven, listed
-backup the swap waits for."""
+while the restore's own work keeps its priority, and get it back once the restore waits for the
+backup; the safety backup is still the proven, listed backup the swap waits for."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
 from pathlib import Path
 
@@ -47,22 +48,43 @@ def children() -> dict[int, str]:
     return found
 
 
-def test_the_safety_backup_runs_at_the_lowest_priority_beside_the_restore(pg, crm_db, env, repo):
+GATE = """
+CREATE FUNCTION gate_open() RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    -- A restore's COPY into this table waits here while the test's gate file exists.
+    WHILE (pg_stat_file(%s, true)).size IS NOT NULL LOOP
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN true;
+END $$;
+CREATE TABLE gate (x int CHECK (gate_open()));
+INSERT INTO gate VALUES (1);
+"""
+
+
+def test_the_safety_backup_yields_while_the_shadow_is_restored_and_no_longer_once_waited_for(pg, crm_db, env, repo):
     from pgkeeper.catalog import list_backups
     from pgkeeper.flows.backup import backup
     from pgkeeper.flows.restore import restore
 
+    # Two real gates, so that each state can be looked at while it lasts: the shadow restore's COPY
+    # of `gate` waits while a file exists (a CHECK that polls it), and the safety backup's pg_dump
+    # and counts wait on a lock the test holds on the target's `company`.
+    gate_dir = Path(tempfile.mkdtemp(prefix="pgkeeper-gate-", dir="/tmp"))
+    gate_dir.chmod(0o755)  # the server's OS user stats the file
+    gate_file = gate_dir / "closed"
+    with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
+        c.execute(GATE.replace("%s", "'" + str(gate_file) + "'"))
     at_backup = table_fingerprints(pg.conninfo(crm_db))
     backup()
     with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:
         c.execute("DELETE FROM activity WHERE id % 3 = 0")
     changed = table_fingerprints(pg.conninfo(crm_db))
 
-    # The safety backup's pg_dump and its counts wait on this lock, so they can be looked at while
-    # they live; the shadow restore, which never touches the target's tables, goes on meanwhile.
+    gate_file.touch()
     blocker = psycopg.connect(pg.conninfo(crm_db))
     blocker.execute("LOCK TABLE company IN ACCESS EXCLUSIVE MODE")
-    seen: dict[str, set[int]] = {"pg_dump": set(), "shadow pg_restore": set(), "backends": set()}
+    seen: dict[str, set[int]] = {"pg_dump": set(), "shadow pg_restore": set()}
     outcome: dict[str, object] = {}
     watching = threading.Event()
 
@@ -77,13 +99,21 @@ def test_the_safety_backup_runs_at_the_lowest_priority_beside_the_restore(pg, cr
         while not watching.is_set():
             for pid, cmd in children().items():
                 nice = nice_of(pid)
-                if nice is None:
-                    continue
-                if "pg_dump" in cmd and "--snapshot=" in cmd:
+                if nice is not None and "pg_dump" in cmd and "--snapshot=" in cmd:
                     seen["pg_dump"].add(nice)
-                elif "pg_restore" in cmd and "--dbname=" in cmd:
+                elif nice is not None and "pg_restore" in cmd and "--dbname=" in cmd:
                     seen["shadow pg_restore"].add(nice)
             watching.wait(0.01)
+
+    def dump_and_restore(nice: int, shadow_running: bool):  # noqa: ANN202
+        rows = admin.execute("SELECT pid, datname, wait_event_type FROM pg_stat_activity "
+                             "WHERE datname LIKE %s", (crm_db + "%",)).fetchall()
+        waiting = {pid: nice_of(pid) for pid, db, event in rows if db == crm_db and event == "Lock"}
+        restoring = any(db.startswith(crm_db + "_restoring_") for _, db, _ in rows)
+        # pg_dump's backend (LOCK TABLE) and the counts' backend (count(*)), both at `nice`.
+        if len(waiting) == 2 and set(waiting.values()) == {nice} and restoring == shadow_running:
+            return waiting
+        return None
 
     restoring = threading.Thread(target=run)
     watcher = threading.Thread(target=watch)
@@ -92,30 +122,29 @@ def test_the_safety_backup_runs_at_the_lowest_priority_beside_the_restore(pg, cr
         restoring.start()
         watcher.start()
         with psycopg.connect(pg.conninfo(), autocommit=True) as admin:
-            def waiting_backends() -> dict[int, int | None] | None:
-                rows = admin.execute("SELECT pid, application_name, wait_event_type, left(query, 60) "
-                                     "FROM pg_stat_activity WHERE datname = %s", (crm_db,)).fetchall()
-                pids = [r[0] for r in rows if r[2] == "Lock"]
-                niced = {pid: nice_of(pid) for pid in pids}
-                return niced if len(pids) == 2 and all(n == 19 for n in niced.values()) else None
-
-            # pg_dump's backend (LOCK TABLE) and the counts' backend (count(*)), both lowered.
-            backends = wait_for(waiting_backends, 120, "the safety backup's two server backends at nice 19",
-                                interval=0.2)
-            seen["backends"] = set(backends.values())
-            # The shadow restore did not wait for the blocked backup: it ran, at the normal priority.
-            wait_for(lambda: seen["shadow pg_restore"] and seen["pg_dump"], 120,
-                     "the shadow's pg_restore and the safety pg_dump seen", interval=0.1)
+            # While the shadow is being restored, the safety backup yields: its server backends ...
+            wait_for(lambda: dump_and_restore(19, shadow_running=True), 120,
+                     "the safety backup's two server backends at nice 19 beside the shadow restore", interval=0.2)
+            # ... and its pg_dump, while the shadow's pg_restore keeps the normal priority.
+            wait_for(lambda: seen["shadow pg_restore"] and seen["pg_dump"], 60, "both children seen", interval=0.1)
+            assert seen == {"pg_dump": {19}, "shadow pg_restore": {before}}
+            # The shadow is restored and proven; the restore now waits for the backup, which is
+            # given its priority back (the tests run as root, who may raise it).
+            gate_file.unlink()
+            wait_for(lambda: dump_and_restore(before, shadow_running=False), 120,
+                     "the safety backup's server backends back at the normal priority", interval=0.2)
+            wait_for(lambda: before in seen["pg_dump"], 30, "pg_dump back at the normal priority", interval=0.1)
     finally:
+        gate_file.unlink(missing_ok=True)
         blocker.rollback()
         blocker.close()
         restoring.join(300)
         watching.set()
         watcher.join()
+        gate_dir.rmdir()
     try:
         assert "error" not in outcome, outcome.get("error")
         report = outcome["report"]
-        assert seen == {"pg_dump": {19}, "shadow pg_restore": {before}, "backends": {19}}
         assert outcome["thread nice"] == before == os.getpriority(os.PRIO_PROCESS, 0)
         # What the safety backup holds is the database it replaced, and it is listed as such.
         assert table_fingerprints(pg.conninfo(crm_db)) == at_backup
