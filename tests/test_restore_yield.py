@@ -1,7 +1,7 @@
 """Replace mode's safety backup yields the CPU to the shadow restore (pgkeeper/yielding.py): its
 pg_dump and the server backends it uses run at nice 19, read from /proc of the real processes,
-while the restore's own work keeps its priority, and get it back once the restore waits for the
-backup; the safety backup is still the proven, listed backup the swap waits for."""
+while the restore's own work and every thread of the process keep their priority, and get it back
+once the restore waits for the backup; the safety backup is still the proven, listed backup the swap waits for."""
 
 from __future__ import annotations
 
@@ -128,6 +128,9 @@ def test_the_safety_backup_yields_while_the_shadow_is_restored_and_no_longer_onc
             # ... and its pg_dump, while the shadow's pg_restore keeps the normal priority.
             wait_for(lambda: seen["shadow pg_restore"] and seen["pg_dump"], 60, "both children seen", interval=0.1)
             assert seen == {"pg_dump": {19}, "shadow pg_restore": {before}}
+            # No thread of this process was lowered (the backup's Python shares the GIL with the
+            # restore's threads: pgkeeper/yielding.py).
+            assert {nice_of(int(t.name)) for t in Path("/proc/self/task").iterdir()} - {None} == {before}
             # The shadow is restored and proven; the restore now waits for the backup, which is
             # given its priority back (the tests run as root, who may raise it).
             gate_file.unlink()

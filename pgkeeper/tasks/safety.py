@@ -5,10 +5,10 @@ can run side by side; the swap waits for the backup (flows/restore.py calls `saf
 before it) and a failed safety backup stops the restore before anything is swapped. The backup
 flow is handed in by the caller: tasks never import flows.
 
-The backup yields the CPU to the restore (pgkeeper/yielding.py): it runs in a thread of its own
-at nice 19, its pg_dump and pg_restore --list children and its server backends too where this
-OS user may renice them. It is the same backup, proven the same way, only scheduled last: the
-restore the user waits for gets the cores first, and the backup fills what the restore leaves idle.
+The backup yields the CPU to the restore (pgkeeper/yielding.py): its pg_dump and pg_restore --list
+children run at nice 19, and its server backends too where this OS user may renice them. It is
+the same backup, proven the same way, only scheduled last: the restore the user waits for gets
+the cores first, and the backup fills what the restore leaves idle.
 Once the restore waits for it (`safety_result`, or `wait_quietly` after a failure) it gets its
 priority back where the OS lets this user, so other work on a busy machine does not stretch the wait.
 """
@@ -26,7 +26,7 @@ from prefect.context import TaskRunContext
 from prefect.futures import PrefectFuture
 
 from pgkeeper.runinfo import RUN_TAG
-from pgkeeper.yielding import Yielding, run_yielding
+from pgkeeper.yielding import Yielding, yielding_work
 
 PRE_RESTORE_LABELS = ["pre-restore"]
 
@@ -48,14 +48,14 @@ def safety_backup(backup_flow: Callable[..., Any], params: dict[str, Any]) -> st
 
     The restore's task runs are untagged (runinfo.untagged_tasks); the backup flow run gets the
     `pgkeeper` tag back here, so its failure still matches the failure automation. It runs at the
-    lowest CPU priority; what was lowered, and what could not be, is in the log at debug level."""
+    lowest CPU priority (its tools and server backends); what was lowered, and what could not be,
+    is in the log at debug level."""
     context = TaskRunContext.get()
     run_id = context.task_run.id if context else None
     record = _record(run_id) if run_id else Yielding()
     try:
-        with tags(RUN_TAG):
-            backup_id, _ = run_yielding(lambda: backup_flow(**params, labels=PRE_RESTORE_LABELS).backup_id,
-                                        "the safety backup", record)
+        with tags(RUN_TAG), yielding_work(record):
+            backup_id: str = backup_flow(**params, labels=PRE_RESTORE_LABELS).backup_id
     finally:
         get_run_logger().debug("safety backup at the lowest CPU priority: %s", "; ".join(record.notes) or "-")
         with _LOCK:
