@@ -25,11 +25,11 @@ its folder and gives the slot back. Nothing here imports Prefect.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pgkeeper.early_api import Api, ApiError, Beside
+from pgkeeper.early_lease import SlotLease
 from pgkeeper.early_stream import (
     CONNECTION_SLUG,
     REPOSITORY_SLUG,
@@ -52,8 +52,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CONNECTION_SLUG", "REPOSITORY_SLUG", "EarlyBackup", "adopt", "same_choice", "start_backup"]
 
-RENEW_EVERY_S = LEASE_SECONDS / 3
-
 
 class EarlyBackup(ForkedStream):
     """A backup begun before its run existed: slot lease, preflight answer, claimed id, stream."""
@@ -64,8 +62,7 @@ class EarlyBackup(ForkedStream):
                  info: ServerInfo, alerts: list[tuple[str, str, dict[str, Any]]], backup_id: str) -> None:
         super().__init__(conn, repo, backup_id)
         self.api, self.lease, self.info, self.alerts = api, lease, info, alerts
-        self._renewing = threading.Event()  # set: stop renewing (the run holds the lease, or it is given back)
-        self._renewer: threading.Thread | None = None
+        self._slot: SlotLease | None = None  # kept alive from the fork until the run's slot holds it
 
     def stream(self, send: Send) -> dict[str, Any]:
         from pgkeeper.dumpstream import dump_in_snapshot
@@ -89,30 +86,18 @@ class EarlyBackup(ForkedStream):
     def fork_stream(self) -> None:
         """The dump in a child process (ForkedStream), and the slot's lease kept alive meanwhile."""
         super().fork_stream()
-        self._renewer = threading.Thread(target=self._renew, name="early-slot-lease", daemon=True)
-        self._renewer.start()
-
-    def _renew(self) -> None:
-        # The import and the run's creation take seconds; a lease lasts a minute. A busy machine
-        # can stretch the seconds, so the lease is kept alive until the run's slot holds it.
-        while not self._renewing.wait(RENEW_EVERY_S):
-            try:
-                self.api.renew_lease(self.lease["lease_id"], LEASE_SECONDS)
-            except ApiError:
-                pass  # the next try, or the run's own renewal, will tell
+        self._slot = SlotLease(self.api, self.lease)
 
     def hand_over_lease(self) -> dict[str, Any]:
         """The lease, for the run's backup slot (which renews and releases it from now on)."""
-        self._renewing.set()
-        if self._renewer is not None:
-            self._renewer.join()
-        return self.lease
+        return self._slot.hand_over() if self._slot is not None else self.lease
 
     def give_up(self) -> None:
         """Undo a start no run adopted: the stream stopped, its folder removed, the slot given back."""
         super().give_up()
-        if not self._renewing.is_set():
-            self.hand_over_lease()
+        if self._slot is not None:
+            self._slot.release()
+        else:  # not forked: nothing renews it
             try:
                 self.api.release_lease(self.lease["lease_id"])
             except ApiError:

@@ -57,7 +57,8 @@ if TYPE_CHECKING:
     import argparse
 
     from pgkeeper.connection import PlainConnection
-    from pgkeeper.early_shadow import ShadowSpec, SlotLease
+    from pgkeeper.early_lease import SlotLease
+    from pgkeeper.early_shadow import ShadowSpec
     from pgkeeper.manifest import Manifest
     from pgkeeper.repository import PlainRepository, RepositoryVerbs
 
@@ -194,7 +195,8 @@ def start_restore(args: argparse.Namespace, api_url: str) -> EarlyFetch | None:
     slot = None
     try:
         from pgkeeper import keys
-        from pgkeeper.early_shadow import SlotLease, shadow_spec
+        from pgkeeper.early_lease import SlotLease
+        from pgkeeper.early_shadow import shadow_spec
         from pgkeeper.restore_choice import chosen_backup
         from pgkeeper.workfile import new_work_dir, work_root
 

@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 from pgkeeper.codec import checked_chunks
 from pgkeeper.dumpoffsets import add_data_offsets
-from pgkeeper.early_shadow import release_recorded_lease
+from pgkeeper.early_lease import release_recorded_lease
 from pgkeeper.errors import RepositoryError
 from pgkeeper.fmt import human_bytes
 from pgkeeper.liveness import claim_dir, clear_dead_dirs

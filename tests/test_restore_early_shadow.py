@@ -87,7 +87,7 @@ def slot_free(target: str) -> bool:
     """Whether a second restore of `target` gets its restore slot at this instant (the first
     request of restore_slot's, which then waits and refuses as before); a slot got is given back."""
     from pgkeeper.early_api import Api
-    from pgkeeper.early_shadow import give_back, retried
+    from pgkeeper.early_lease import give_back, retried
     from pgkeeper.slots import limit_name
 
     api = Api(os.environ["PREFECT_API_URL"])
