@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +51,7 @@ from pgkeeper.early_stream import (
     same_choice,
     take_pending,
 )
+from pgkeeper.liveness import remove_claimed_dir
 
 if TYPE_CHECKING:
     import argparse
@@ -164,7 +164,7 @@ class EarlyFetch(ForkedStream):
         dropped and its slot given back (nothing else was made). Undone once only: the run may have
         made a shadow of the same name since."""
         self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        remove_claimed_dir(self.workdir)
         if self.shadow is not None and not self.shadow_taken and not self._shadow_undone:
             self._shadow_undone = True
             from pgkeeper.pgdb import drop_database
@@ -215,7 +215,7 @@ def start_restore(args: argparse.Namespace, api_url: str) -> EarlyFetch | None:
         early.fork_stream()
     except BaseException as exc:
         if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_claimed_dir(workdir)
         if slot is not None:
             slot.release()
         if isinstance(exc, Exception):

@@ -56,12 +56,32 @@ def claim_dir(path: Path) -> None:
     (path / OWNER_FILE).write_text(owner_tag())
 
 
+def remove_claimed_dir(path: Path) -> None:
+    """Remove a tagged work directory, its tag last: a process killed halfway leaves a directory
+    that still names it, which the next clear_dead_dirs removes (rmtree alone could delete the tag
+    first and leave an untagged directory no run would judge)."""
+    import shutil
+
+    try:
+        entries = [p for p in path.iterdir() if p.name != OWNER_FILE]
+    except OSError:
+        return  # gone already
+    for entry in entries:
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    (path / OWNER_FILE).unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)  # something appeared meanwhile: nobody claims it now
+
+
 def clear_dead_dirs(root: Path, prefix: str, before_removal: Callable[[Path], None] | None = None) -> list[Path]:
     """Remove work directories under `root` named `prefix*` whose tagged process is gone (a run
     killed with SIGKILL leaves its decompressed dump behind); returns what was removed.
     `before_removal`: called with each such directory first (to undo what it records)."""
-    import shutil
-
     removed = []
     try:
         candidates = [p for p in root.iterdir() if p.name.startswith(prefix) and p.is_dir()]
@@ -75,6 +95,6 @@ def clear_dead_dirs(root: Path, prefix: str, before_removal: Callable[[Path], No
         if maker_is_dead(tag):
             if before_removal is not None:
                 before_removal(path)
-            shutil.rmtree(path, ignore_errors=True)
+            remove_claimed_dir(path)
             removed.append(path)
     return removed

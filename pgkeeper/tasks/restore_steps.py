@@ -6,7 +6,6 @@ database. Putting the shadow in place is pgkeeper.tasks.swap's job.
 
 from __future__ import annotations
 
-import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -27,6 +26,7 @@ from pgkeeper.content_check import ArchiveReading, DataReading, prove_content
 from pgkeeper.early_shadow import reads_data_beside
 from pgkeeper.errors import BadName, IntegrityError, RestoreFailed
 from pgkeeper.fmt import contents, human_bytes, human_seconds
+from pgkeeper.liveness import remove_claimed_dir
 from pgkeeper.manifest import DatabaseProperties, Manifest, StoredFile
 from pgkeeper.names import check_identifier, parse_backup_ref
 from pgkeeper.pgrestore import pg_restore_into, public_revokes
@@ -266,7 +266,7 @@ def fetch_backup(repo: BackupRepository, plan: RestorePlan, early: EarlyFetch | 
             with repo.storage(plan.source).open_plain(plan.backup_id, plan.file) as stream:
                 materialize_dump(stream, plan.file, plan.compression, dest, f"{plan.backup_id}/{plan.file.name}")
         except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_claimed_dir(workdir)
             raise
     logger.info("fetched %s: checksum matches, %s decompressed", plan.backup_id, human_bytes(dest.stat().st_size))
     return dest
@@ -285,7 +285,7 @@ def check_readable(plan: RestorePlan, work_file: Path) -> dict[str, int]:
 
 
 def cleanup_work_file(work_file: Path) -> None:
-    shutil.rmtree(work_file.parent, ignore_errors=True)
+    remove_claimed_dir(work_file.parent)
 
 
 @task(name="create-roles", cache_policy=NO_CACHE)
