@@ -36,7 +36,6 @@ shadow dropped, the slot given back, and the run goes on as today.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +44,6 @@ from typing import TYPE_CHECKING, Any
 from pgkeeper.early_stream import (
     ForkedStream,
     Send,
-    _error_of,
     early_choices,
     peek_pending,
     same_choice,
@@ -114,7 +112,10 @@ class EarlyFetch(ForkedStream):
     def work_file(self) -> Path:
         """Wait for the child: the proven work file, or its error raised (one line, its kind kept).
         With an early shadow the child goes on restoring it: the file is the run's once written."""
-        path = Path(self.outcome()["path"] if self.shadow is None else self._until("fetched")["fetched"])
+        if self.shadow is None:
+            path = Path(self.outcome()["path"])
+        else:
+            path = Path(self.message_with("fetched", self._message)["fetched"])
         if path != self.dest:
             raise RuntimeError(f"the early fetch wrote {path}, not {self.dest}")
         return path
@@ -133,29 +134,13 @@ class EarlyFetch(ForkedStream):
         self._on_data_loaded = on_data_loaded
         if self._data_loaded and on_data_loaded is not None:
             on_data_loaded()
-        seconds = float(self._until("result")["result"]["seconds"])
-        self.stop()
-        return seconds
+        return float(self.outcome(self._message)["seconds"])
 
-    def _until(self, key: str) -> dict[str, Any]:
-        """The child's messages read up to the one with `key` (returned); its error raised."""
-        last: dict[str, Any] = {}
-        try:
-            for line in self.pipe:
-                last = json.loads(line)
-                if "data_loaded" in last:
-                    self._data_loaded = True
-                    if self._on_data_loaded is not None:
-                        self._on_data_loaded()
-                if key in last:
-                    return last
-                if "error" in last or "result" in last:
-                    break
-        except BaseException:
-            self.stop()
-            raise
-        self.stop()
-        raise _error_of(last if "error" in last else {}, self.what)
+    def _message(self, message: dict[str, Any]) -> None:
+        if "data_loaded" in message:
+            self._data_loaded = True
+            if self._on_data_loaded is not None:
+                self._on_data_loaded()
 
     # -- in the command -------------------------------------------------------------------
 

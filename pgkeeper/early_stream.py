@@ -129,22 +129,32 @@ class ForkedStream:
         self._stream_taken = True
         return True
 
+    def message_with(self, key: str, on_message: Callable[[dict[str, Any]], None] = lambda _: None) -> dict[str, Any]:
+        """Read the child's messages up to the first that holds `key` and return it (the child goes
+        on unless that was its result); the others go to `on_message`. A child that ends or fails
+        first is stopped and its error raised (one line, its kind kept)."""
+        last: dict[str, Any] = {}
+        try:
+            for line in self.pipe:
+                last = json.loads(line)
+                if key in last:
+                    return last
+                if "result" in last or "error" in last:
+                    break
+                on_message(last)
+        except BaseException:
+            self.stop()
+            raise
+        self.stop()
+        raise _error_of(last if "error" in last else {}, self.what)
+
     def outcome(self, on_message: Callable[[dict[str, Any]], None] = lambda _: None) -> dict[str, Any]:
         """Wait for the child: its progress messages go to `on_message`; its result is returned,
         its error raised (one line, its kind kept)."""
-        outcome: dict[str, Any] = {}
         try:
-            for line in self.pipe:
-                message = json.loads(line)
-                if "result" in message or "error" in message:
-                    outcome = message
-                else:
-                    on_message(message)
+            return self.message_with("result", on_message)["result"]
         finally:
             self.stop()
-        if "result" in outcome:
-            return outcome["result"]
-        raise _error_of(outcome, self.what)
 
     # -- in the command -------------------------------------------------------------------
 
