@@ -52,15 +52,22 @@ def read_dump_toc(repo: BackupRepository, backup_id: str, file: StoredFile, comp
     })
 
 
+def stored_bytes_match(repo: BackupRepository, backup_id: str, file: StoredFile, head: int = 0) -> bytes:
+    """Read the stored file back: its sha256 and size must be the manifest's (IntegrityError
+    otherwise); returns its first `head` bytes."""
+    with repo.storage().open_file(backup_id, file.name) as f:
+        reader = HashingReader(f)
+        first = reader.read(head) if head else b""
+        reader.drain()
+    check_digest(reader, file.size, file.sha256, f"{backup_id}/{file.name}")
+    return first
+
+
 def check_sealed_dump(repo: BackupRepository, backup_id: str, file: StoredFile, toc: dict[str, int]) -> QuickCheck:
     """On a host that holds only the public key: the stored ciphertext reads back with the
     manifest's sha256 and size, and the table of contents is the one pg_restore listed while
     the dump was written. Decryption is proven by the verify drill, where the private key is."""
-    with repo.storage().open_file(backup_id, file.name) as f:
-        reader = HashingReader(f)
-        head = reader.read(len(AGE_MAGIC))
-        reader.drain()
-    check_digest(reader, file.size, file.sha256, f"{backup_id}/{file.name}")
+    head = stored_bytes_match(repo, backup_id, file, len(AGE_MAGIC))
     if head != AGE_MAGIC:
         raise IntegrityError(f"{backup_id}/{file.name}: the manifest says age-encrypted, the file is not")
     kinds = Counter(toc)
@@ -80,10 +87,7 @@ def check_streamed_dump(repo: BackupRepository, backup_id: str, file: StoredFile
     not decompressed a second time: the same proof as decompressing the file read back, without
     the second pass over the raw dump after the stream."""
     label = f"{backup_id}/{file.name}"
-    with repo.storage().open_file(backup_id, file.name) as f:
-        reader = HashingReader(f)
-        reader.drain()
-    check_digest(reader, file.size, file.sha256, label)
+    stored_bytes_match(repo, backup_id, file)
     if file.raw_size is not None and decompressed != file.raw_size:
         raise IntegrityError(f"{label}: decompressed to {decompressed} bytes, manifest says {file.raw_size}")
     kinds = Counter(toc)
@@ -101,7 +105,7 @@ def quick_verify(repo: BackupRepository, backup_id: str, file: StoredFile, compr
                  decompressed: int | None = None) -> QuickCheck:
     """The stored dump decompresses, its hash matches, and it holds every table we counted.
     `decompressed`: what the dump's stored bytes decompressed to while they were written."""
-    if decompressed is not None and toc_at_dump is not None and not file.encryption and compression == "zstd":
+    if decompressed is not None and toc_at_dump is not None:  # zstd, not encrypted: dumpstream checked it
         check = check_streamed_dump(repo, backup_id, file, toc_at_dump, decompressed)
     elif file.encryption and toc_at_dump is not None and not repo.storage().keys.identities():
         check = check_sealed_dump(repo, backup_id, file, toc_at_dump)
