@@ -8,6 +8,9 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -52,6 +55,35 @@ def drop_database(cluster: LocalCluster, name: str) -> None:
 def database_exists(cluster: LocalCluster, name: str) -> bool:
     with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
         return bool(c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone())
+
+
+def shadows_of(cluster: LocalCluster, target: str) -> list[str]:
+    """The shadow databases a restore of `target` made (`<target>_restoring_<id>`)."""
+    with psycopg.connect(cluster.conninfo()) as c:
+        return [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
+                                        (target + "\\_restoring\\_%",)).fetchall()]
+
+
+@contextmanager
+def backed_up_copy(cluster: LocalCluster, template: str, repo_dir: Path, prefix: str,
+                   *statements: str) -> Iterator[dict[str, str]]:
+    """A database copied from `template` (then `statements` run in it), backed up once by
+    `pgkeeper backup` into `repo_dir`: the old scripts' variables pointing at both; dropped after."""
+    name = prefix + uuid.uuid4().hex[:8]
+    with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(template)))
+    try:
+        if statements:
+            with psycopg.connect(cluster.conninfo(name), autocommit=True) as c:
+                for statement in statements:
+                    c.execute(statement)
+        env = {"POSTGRES_HOST": cluster.host, "POSTGRES_PORT": str(cluster.port), "POSTGRES_USER": "postgres",
+               "POSTGRES_PASSWORD": cluster.password, "POSTGRES_DB": name, "BACKUP_DIR": str(repo_dir)}
+        made = run_cli_here("backup", env=env)
+        assert made.returncode == 0, made.stderr[-3000:]
+        yield env
+    finally:
+        drop_database(cluster, name)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -20,7 +20,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from tests.early_probe import alive, probe_script, run_probe
-from tests.helpers import database_exists, drop_database, run_cli_here, wait_for
+from tests.helpers import backed_up_copy, database_exists, drop_database, run_cli_here, shadows_of, wait_for
 
 # What the early start did (tests/early_probe.py), and its work directory. PROBE_MOVE_WORK_DIR:
 # the run's work root differs from the early start's (it is changed right after the fork).
@@ -34,19 +34,8 @@ PROBE = probe_script("pgkeeper.early_restore", "EarlyFetch", """\
 def source(pg, crm_template, tmp_path_factory) -> Iterator[dict[str, str]]:
     """A database and a repository with one backup of it, for the whole file: the old scripts'
     variables pointing at them."""
-    name = "early_src_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(pg.conninfo(), autocommit=True) as c:
-        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                                     sql.Identifier(crm_template)))
-    env = {"POSTGRES_HOST": pg.host, "POSTGRES_PORT": str(pg.port), "POSTGRES_USER": "postgres",
-           "POSTGRES_PASSWORD": pg.password, "POSTGRES_DB": name,
-           "BACKUP_DIR": str(tmp_path_factory.mktemp("early-repo"))}
-    try:
-        made = run_cli_here("backup", env=env)
-        assert made.returncode == 0, made.stderr[-3000:]
+    with backed_up_copy(pg, crm_template, tmp_path_factory.mktemp("early-repo"), "early_src_") as env:
         yield env
-    finally:
-        drop_database(pg, name)
 
 
 @pytest.fixture
@@ -62,14 +51,8 @@ def copy_name(pg) -> Iterator[str]:
     """A database name the test restores into; dropped afterwards with any shadow of it."""
     name = "early_copy_" + uuid.uuid4().hex[:8]
     yield name
-    for db in [name, *shadows(pg, name)]:
+    for db in [name, *shadows_of(pg, name)]:
         drop_database(pg, db)
-
-
-def shadows(pg, target: str) -> list[str]:
-    with psycopg.connect(pg.conninfo()) as c:
-        return [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                        (target + "\\_restoring\\_%",)).fetchall()]
 
 
 def probe(tmp_path: Path, env: dict[str, str], *args: str, background: bool = False,  # noqa: ANN201
@@ -143,7 +126,7 @@ def test_a_killed_early_start_leaves_nothing_the_next_restore_keeps(pg, source, 
     seen = json.loads(report.read_text())
     assert seen["forked"]
     wait_for(lambda: not alive(seen["child"]), 60, "the early child to die with its parent")
-    assert not database_exists(pg, copy_name) and shadows(pg, copy_name) == []  # nothing created
+    assert not database_exists(pg, copy_name) and shadows_of(pg, copy_name) == []  # nothing created
     # At most the dead command's work directory (it names the dead process): the next restore removes it.
     assert [p.name for p in work.iterdir()] in ([], [Path(seen["workdir"]).name])
     again = run_cli_here("restore", "latest", "--into", copy_name, env={**source, "PGKEEPER_WORK_DIR": str(work)})
@@ -171,7 +154,7 @@ def test_a_flipped_byte_is_refused_in_one_line_and_nothing_is_created(pg, source
     assert len(errors) == 1, out.stderr[-3000:]
     assert damaged in errors[0] and f"database {copy_name} was not created" in errors[0]
     assert "sha256 mismatch" in errors[0] or "corrupt" in errors[0].lower()
-    assert not database_exists(pg, copy_name) and shadows(pg, copy_name) == []
+    assert not database_exists(pg, copy_name) and shadows_of(pg, copy_name) == []
     assert not alive(seen["child"]) and list(work.iterdir()) == []
 
 

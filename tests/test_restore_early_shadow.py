@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 
 from tests.early_probe import alive, probe_script, run_probe
-from tests.helpers import database_exists, drop_database, run_cli_here, wait_for
+from tests.helpers import backed_up_copy, database_exists, drop_database, run_cli_here, shadows_of, wait_for
 from tests.test_restore_faults import pids_with_arg
 from tests.test_restore_kill import _free_slot
 
@@ -37,22 +37,10 @@ ADOPTED_RESTORE = "since before the run (pgkeeper restore's early start)"
 def source(pg, crm_template, tmp_path_factory) -> Iterator[dict[str, str]]:
     """A database with a table that takes pg_restore a moment, and a repository with one backup
     of it, for the whole file: the old scripts' variables pointing at them."""
-    name = "shadow_src_" + uuid.uuid4().hex[:8]
-    with psycopg.connect(pg.conninfo(), autocommit=True) as c:
-        c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name),
-                                                                     sql.Identifier(crm_template)))
-    with psycopg.connect(pg.conninfo(name), autocommit=True) as c:
-        c.execute("CREATE TABLE bulk AS SELECT i, md5(i::text) AS t FROM generate_series(1, 300000) i")
-        c.execute("ALTER TABLE bulk ADD PRIMARY KEY (i)")
-    env = {"POSTGRES_HOST": pg.host, "POSTGRES_PORT": str(pg.port), "POSTGRES_USER": "postgres",
-           "POSTGRES_PASSWORD": pg.password, "POSTGRES_DB": name,
-           "BACKUP_DIR": str(tmp_path_factory.mktemp("shadow-repo"))}
-    try:
-        made = run_cli_here("backup", env=env)
-        assert made.returncode == 0, made.stderr[-3000:]
+    with backed_up_copy(pg, crm_template, tmp_path_factory.mktemp("shadow-repo"), "shadow_src_",
+                        "CREATE TABLE bulk AS SELECT i, md5(i::text) AS t FROM generate_series(1, 300000) i",
+                        "ALTER TABLE bulk ADD PRIMARY KEY (i)") as env:
         yield env
-    finally:
-        drop_database(pg, name)
 
 
 @pytest.fixture
@@ -67,20 +55,14 @@ def copy_name(pg) -> Iterator[str]:
     """A database name the test restores into; dropped afterwards with any shadow of it."""
     name = "shadow_copy_" + uuid.uuid4().hex[:8]
     yield name
-    for db in [name, *shadows(pg, name)]:
+    for db in [name, *shadows_of(pg, name)]:
         drop_database(pg, db)
     _free_slot(name)
 
 
-def shadows(pg, target: str) -> list[str]:
-    with psycopg.connect(pg.conninfo()) as c:
-        return [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
-                                        (target + "\\_restoring\\_%",)).fetchall()]
-
-
 def restoring_into(pg, target: str) -> bool:
     """A pg_restore into a shadow of `target` runs (/proc scanned only once a shadow exists)."""
-    return bool(shadows(pg, target)) and bool(pids_with_arg(f"--dbname={target}_restoring_".encode()))
+    return bool(shadows_of(pg, target)) and bool(pids_with_arg(f"--dbname={target}_restoring_".encode()))
 
 
 def slot_free(target: str) -> bool:
@@ -123,7 +105,7 @@ def test_the_run_adopts_the_early_restore_which_holds_the_slot(pg, source, work,
     assert seen["shadow"] and seen["shadow"].startswith(copy_name + "_restoring_")
     assert seen["adopted"] == seen["backup_id"] and ADOPTED_RESTORE in err
     assert not alive(seen["child"]) and list(work.iterdir()) == []
-    assert shadows(pg, copy_name) == []  # the shadow became the target
+    assert shadows_of(pg, copy_name) == []  # the shadow became the target
     assert same_as_source(pg, source, copy_name)
     assert slot_free(copy_name)  # the run gave the slot back
 
@@ -135,7 +117,7 @@ def test_a_plan_that_does_not_fit_undoes_the_early_shadow(pg, source, work, copy
     assert seen["adopted"] is None  # the run's shadow is another: nothing of the early start taken
     assert ADOPTED_RESTORE not in out.stderr and "fetched before the run" not in out.stderr
     assert not alive(seen["child"]) and list(work.iterdir()) == []
-    assert not database_exists(pg, seen["shadow"]) and shadows(pg, copy_name) == []
+    assert not database_exists(pg, seen["shadow"]) and shadows_of(pg, copy_name) == []
     assert same_as_source(pg, source, copy_name)
     assert slot_free(copy_name)
 
@@ -155,7 +137,7 @@ def test_a_command_killed_mid_restore_leaves_a_shadow_the_next_run_drops(pg, sou
     assert proc.returncode == -signal.SIGKILL
     arg = f"--dbname={copy_name}_restoring_".encode()
     wait_for(lambda: not pids_with_arg(arg), 60, "pg_restore to die with the killed command")
-    left = shadows(pg, copy_name)
+    left = shadows_of(pg, copy_name)
     assert left and not database_exists(pg, copy_name)
     with psycopg.connect(pg.conninfo()) as c:
         comment = c.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
@@ -168,7 +150,7 @@ def test_a_command_killed_mid_restore_leaves_a_shadow_the_next_run_drops(pg, sou
     again = run_cli_here("restore", "latest", "--into", copy_name, env=env)
     assert again.returncode == 0, again.stderr[-3000:]  # the lease given back, without waiting for it
     assert f"dropped shadow database of an interrupted restore {left[0]}" in again.stderr
-    assert shadows(pg, copy_name) == [] and list(work.iterdir()) == []
+    assert shadows_of(pg, copy_name) == [] and list(work.iterdir()) == []
     assert same_as_source(pg, source, copy_name)
 
 
@@ -195,7 +177,7 @@ def test_replace_restores_early_only_when_confirmed_on_the_command_line(pg, sour
         assert seen["code"] == 0 and seen["forked"] and seen["shadow"] is None, out.stderr[-3000:]
         assert seen["adopted"] == seen["backup_id"] and ADOPTED_RESTORE not in out.stderr
         assert same_as_source(pg, source, copy_name)
-        assert not alive(seen["child"]) and list(work.iterdir()) == [] and shadows(pg, copy_name) == []
+        assert not alive(seen["child"]) and list(work.iterdir()) == [] and shadows_of(pg, copy_name) == []
     finally:
         with psycopg.connect(pg.conninfo()) as c:
             kept = [r[0] for r in c.execute("SELECT datname FROM pg_database WHERE datname LIKE %s",
