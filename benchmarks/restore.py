@@ -1,6 +1,6 @@
 """Restore: whole `pgkeeper restore` processes against a bare `pg_restore -j2`, same dump, alternating.
 
-    .venv/bin/python benchmarks/restore.py [--scale 50] [--rounds 3] [--jobs 2] [--reuse DIR]
+    .venv/bin/python benchmarks/restore.py [--scale 50] [--rounds 3] [--jobs 2] [--reuse DIR] [--cold]
 
 A throwaway PostgreSQL 15 cluster gets a database of about 1 GB at the default scale
 (pgbench -i -s 50, plus a table of text and jsonb, see bench_db.py), which the backup flow backs
@@ -27,6 +27,12 @@ result is the file `pg_dump -Fc -f FILE` writes), so it no longer pays that scan
 --with-offsets adds a third timing per round: the peer restoring `pg_dump -Fc -Z0 -f FILE` of the
 same database (offsets in its TOC), what a user who dumps to a file has; the ratios to it are
 printed too, and they are the stricter contest now that pgkeeper restores with offsets.
+
+The content proof's archive side (pg_restore's SQL of the archive, hashed) is kept per stored
+dump on the host that read it (pgkeeper/archive_digests.py); in service the verify drill that
+follows every backup reads it first. So the benchmark runs that drill once, untimed, before the
+rounds. --cold skips it and forgets the kept side before every pgkeeper restore: a host that never
+proved this backup, each restore reading the archive as SQL beside its shadow restore.
 
 --reuse DIR keeps the cluster (with its database) and the repository (with the backup) in DIR
 between runs, so the build and the backup are paid once.
@@ -130,6 +136,9 @@ def main() -> int:
     ap.add_argument("--steps", action="store_true", help="print each restore run's task durations (profiling)")
     ap.add_argument("--with-offsets", action="store_true",
                     help="also time the peer on a `pg_dump -Fc -Z0 -f FILE` archive (with data offsets)")
+    ap.add_argument("--cold", action="store_true",
+                    help="no verify drill first, and the proof's kept archive side forgotten before every "
+                         "pgkeeper restore (a host that never proved this backup)")
     args = ap.parse_args()
 
     from prefect.settings import PREFECT_API_URL
@@ -166,6 +175,20 @@ def main() -> int:
                 manifest = backup(connection_block="none", repository_block="none")
                 print(f"backup {manifest.backup_id}: {manifest.size / 2**20:.0f} MB stored, "
                       f"{sum(manifest.tables.values())} rows, {time.monotonic() - t0:.1f} s")
+            # The proof's archive side is kept per stored dump on the host that read it
+            # (pgkeeper/archive_digests.py). In service the verify drill that follows every backup
+            # reads it first; the benchmark does the same, once and untimed, after forgetting what an
+            # earlier run kept. --cold forgets it before every pgkeeper restore instead.
+            from pgkeeper import archive_digests
+            from pgkeeper.flows.verify import verify
+
+            sha = manifest.dump_file.sha256
+            archive_digests.forget(sha)
+            if not args.cold:
+                t0 = time.monotonic()
+                verify(backup=manifest.backup_id, connection_block="none", repository_block="none")
+                print(f"verify drill of the backup (untimed, as the service runs after each backup): "
+                      f"{time.monotonic() - t0:.1f} s")
             dump = work / "dump.fc"
             with storage.open_plain(manifest.backup_id, manifest.dump_file) as stream:
                 materialize_dump(stream, manifest.dump_file, manifest.compression, dump, "bench")
@@ -186,10 +209,14 @@ def main() -> int:
                 bare_s.append(bare_restore(cluster, dump, args.jobs))
                 if args.with_offsets:
                     offsets_s.append(bare_restore(cluster, with_offsets, args.jobs))
+                if args.cold:
+                    archive_digests.forget(sha)
                 into_s.append(pgkeeper_restore(env, [manifest.backup_id, "--into", INTO_DB, "-j", jobs]))
                 if args.steps:
                     print(steps_of_last_run(), flush=True)
                 admin(cluster, f"DROP DATABASE {INTO_DB}")  # untimed, as the bare database's drop
+                if args.cold:
+                    archive_digests.forget(sha)
                 replace_s.append(pgkeeper_restore(env, [manifest.backup_id, "--target", TARGET_DB, "--yes",
                                                         "-j", jobs]))
                 if args.steps:
@@ -200,10 +227,13 @@ def main() -> int:
                 print(f"round {i + 1}: bare pg_restore -j{jobs} {bare_s[-1]:.2f} s{offsets}, "
                       f"--into {into_s[-1]:.2f} s, replace {replace_s[-1]:.2f} s", flush=True)
             admin(cluster, f"DROP DATABASE {TARGET_DB}")
+            archive_digests.forget(sha)  # nothing of the benchmark's left in the pgkeeper home
 
         bare_m = statistics.median(bare_s)
         print()
-        print(f"{args.rounds} rounds, pgbench scale {args.scale:g}, dump {dump.stat().st_size / 2**20:.0f} MB")
+        side = "read anew by each restore (--cold)" if args.cold else "kept from the verify drill"
+        print(f"{args.rounds} rounds, pgbench scale {args.scale:g}, dump {dump.stat().st_size / 2**20:.0f} MB, "
+              f"the proof's archive side {side}")
         print(f"  bare CREATE DATABASE + pg_restore -j{jobs}:  {stats(bare_s)}")
         if offsets_s:
             print(f"  the same, archive with data offsets:     {stats(offsets_s)} "

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pgkeeper import dbprops, pgdb, pgtools
+from pgkeeper import archive_digests, dbprops, pgdb, pgtools
 from pgkeeper.blocks.postgres import PostgresConnection
 from pgkeeper.errors import IntegrityError
 from pgkeeper.manifest import DatabaseProperties
@@ -226,12 +226,23 @@ def entry_differences(expected: dict[str, str], actual: dict[str, str], what: st
 
 class ArchiveReading:
     """Reads the archive's schema and data entries in a background thread, so it overlaps the
-    restore that is going on meanwhile (they need only the archive file)."""
+    restore that is going on meanwhile (they need only the archive file).
 
-    def __init__(self, archive: Path, owners: bool = True) -> None:
+    `kept`: the stored dump this archive was decompressed from, once its checksum is proven: the
+    entries kept for it on this host are used instead of reading the archive again, and a
+    complete read is kept for the next time (archive_digests.py)."""
+
+    def __init__(self, archive: Path, owners: bool = True, kept: str | None = None) -> None:
         self.schema: dict[str, str] = {}
         self.data: dict[str, str] = {}
         self.error: BaseException | None = None
+        self.key = archive_digests.DigestKey(kept, owners) if kept else None
+        found = archive_digests.load(self.key) if self.key else None
+        self.reused = found is not None
+        self._thread: threading.Thread | None = None
+        if found is not None:
+            self.schema, self.data = found
+            return
         self._thread = threading.Thread(target=self._run, args=(archive, owners), name="archive-hashes", daemon=True)
         self._thread.start()
 
@@ -241,9 +252,13 @@ class ArchiveReading:
             self.data = archive_entries(archive, "data", owners)
         except BaseException as exc:  # handed to the caller by result()
             self.error = exc
+            return
+        if self.key is not None:
+            archive_digests.save(self.key, self.schema, self.data)
 
     def result(self) -> tuple[dict[str, str], dict[str, str]]:
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
         if self.error is not None:
             raise IntegrityError(f"the archive could not be read back as SQL: {self.error}")
         return self.schema, self.data

@@ -153,7 +153,9 @@ def restore_drill(scratch: PostgresConnection, archive: str, name: str, jobs: in
     clear_leftovers(scratch, name, manifest.database if manifest else None)
     props = manifest.database_properties if manifest else None
     created_roles = _roles_for_drill(scratch, repo, source, manifest) if manifest and repo else []
-    reading = ArchiveReading(Path(archive))  # reads the archive as SQL while pg_restore runs
+    # Reads the archive as SQL while pg_restore runs (or takes what this host kept for the dump,
+    # whose checksum test 1 proved); a complete read is kept for the restores that follow.
+    reading = ArchiveReading(Path(archive), kept=manifest.dump_file.sha256 if manifest else None)
     failed = True
     try:
         create_database(scratch, name, props, props.owner if props else None,

@@ -388,8 +388,9 @@ def check_counts(conn: PostgresConnection, database: str, plan: RestorePlan) -> 
 
 def start_archive_reading(plan: RestorePlan, work_file: Path) -> ArchiveReading:
     """Start reading the archive's side of the content proof (pg_restore's SQL of it, hashed entry
-    by entry) in the background, so it runs during the shadow restore instead of after it."""
-    return ArchiveReading(work_file, owners=plan.keep_ownership)
+    by entry) in the background, so it runs during the shadow restore instead of after it; or take
+    the entries kept for this stored dump on this host (the work file's checksum is proven by now)."""
+    return ArchiveReading(work_file, owners=plan.keep_ownership, kept=plan.file.sha256)
 
 
 @task(name="check-content", cache_policy=NO_CACHE)
@@ -404,7 +405,9 @@ def check_content(conn: PostgresConnection, database: str, plan: RestorePlan, wo
     if diffs:
         more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
         raise IntegrityError(f"{database} does not match backup {plan.backup_id}: {'; '.join(diffs[:3])}{more}")
-    get_run_logger().info("%s: schema, grants, data and database properties equal the backup's", database)
+    kept = " (the archive's side as read on this host before: archive_digests.py)" \
+        if reading is not None and reading.reused else ""
+    get_run_logger().info("%s: schema, grants, data and database properties equal the backup's%s", database, kept)
     return diffs
 
 
