@@ -200,25 +200,36 @@ def main() -> int:
                 subprocess.run([pgtools.tool("pg_dump"), "-w", "-Fc", "-Z0", "-f", str(with_offsets)],
                                env={**os.environ, **cluster.libpq_env(SOURCE_DB)}, check=True)
 
+            from cpu_tree import CpuMeter
+
+            meter = CpuMeter(cluster.datadir)
+            cpu: dict[str, list[float]] = {"bare": [], "into": [], "replace": []}
+
+            def timed(contest: str, run, *run_args) -> float:  # noqa: ANN001
+                meter.start()
+                seconds = run(*run_args)
+                cpu[contest].append(meter.stop())
+                return seconds
+
             bare_s: list[float] = []
             into_s: list[float] = []
             replace_s: list[float] = []
             offsets_s: list[float] = []
             jobs = str(args.jobs)
             for i in range(args.rounds):
-                bare_s.append(bare_restore(cluster, dump, args.jobs))
+                bare_s.append(timed("bare", bare_restore, cluster, dump, args.jobs))
                 if args.with_offsets:
                     offsets_s.append(bare_restore(cluster, with_offsets, args.jobs))
                 if args.cold:
                     archive_digests.forget(sha)
-                into_s.append(pgkeeper_restore(env, [manifest.backup_id, "--into", INTO_DB, "-j", jobs]))
+                into_s.append(timed("into", pgkeeper_restore, env, [manifest.backup_id, "--into", INTO_DB, "-j", jobs]))
                 if args.steps:
                     print(steps_of_last_run(), flush=True)
                 admin(cluster, f"DROP DATABASE {INTO_DB}")  # untimed, as the bare database's drop
                 if args.cold:
                     archive_digests.forget(sha)
-                replace_s.append(pgkeeper_restore(env, [manifest.backup_id, "--target", TARGET_DB, "--yes",
-                                                        "-j", jobs]))
+                replace_s.append(timed("replace", pgkeeper_restore, env,
+                                       [manifest.backup_id, "--target", TARGET_DB, "--yes", "-j", jobs]))
                 if args.steps:
                     print(steps_of_last_run(), flush=True)
                 for name in old_copies(cluster, TARGET_DB):
@@ -242,6 +253,14 @@ def main() -> int:
         print(f"  pgkeeper restore (replace, safety backup): {stats(replace_s)}")
         print(f"  ratio --into / bare:  {statistics.median(into_s) / bare_m:.2f}x (target <= 1.1x)")
         print(f"  ratio replace / bare: {statistics.median(replace_s) / bare_m:.2f}x (target <= 1.3x)")
+        # CPU-seconds of everything each contest ran (the command's process tree, the cluster's
+        # backends, the Prefect server): on this machine's cores they bound its wall time from below.
+        cores = os.cpu_count() or 1
+        print(f"  CPU-seconds (command, server backends and Prefect API; median), and the least wall time "
+              f"they allow on {cores} cores, as a ratio to bare:")
+        for contest in ("bare", "into", "replace"):
+            used = statistics.median(cpu[contest])
+            print(f"    {contest:8s} {used:6.1f} CPU-s  -> at least {used / cores / bare_m:.2f}x")
         if offsets_s:
             offsets_m = statistics.median(offsets_s)
             print(f"  ratio --into / archive with offsets:  {statistics.median(into_s) / offsets_m:.2f}x")
