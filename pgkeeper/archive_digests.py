@@ -13,7 +13,12 @@ by the sha256 of the stored bytes (which the fetch proves before anything is res
 them), the owners flag and the pg_restore binary's identity (size and mtime: a package update
 may change the SQL it writes). Written only from a complete read, atomically; a file that does
 not parse or names another dump is ignored and read again. What it holds (hashes of the SQL of
-each entry) says nothing the database on this host does not. The newest KEEP files are kept.
+each entry) says nothing the database on this host does not. The newest KEEP files are kept
+(restores and drills take recent backups; a schema of many thousand objects makes files of MBs).
+
+Not Prefect's task cache: its results are pickled by default, so a file in a cache directory
+would be code the proof runs; here it is JSON, read as data, that can only make a proof fail
+(a hash that does not match what the shadow holds), never pass one a fresh read would fail.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from pgkeeper import pgtools
 from pgkeeper.home import pgkeeper_home
 
 FORMAT = 1
-KEEP = 64
+KEEP = 16
 
 
 @dataclass(frozen=True)
