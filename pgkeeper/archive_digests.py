@@ -17,8 +17,9 @@ each entry) says nothing the database on this host does not. The newest KEEP fil
 (restores and drills take recent backups; a schema of many thousand objects makes files of MBs).
 
 Not Prefect's task cache: its results are pickled by default, so a file in a cache directory
-would be code the proof runs; here it is JSON, read as data, that can only make a proof fail
-(a hash that does not match what the shadow holds), never pass one a fresh read would fail.
+would be code the proof runs; here it is JSON, read as data. A wrong file makes the proof fail
+(its hashes do not match the shadow); to make a wrong shadow pass, it would have to be written
+to match that shadow, which takes this OS user's rights, and those reach the database anyway.
 """
 
 from __future__ import annotations
