@@ -3,7 +3,9 @@
 Prefect records a run's parameters through FastAPI's `jsonable_encoder`, and importing FastAPI
 (the web framework, Starlette, its OpenAPI models) costs a command about 0.2-0.3 s of CPU and
 5 MB before its first step. pgkeeper's flow parameters are names, numbers, flags and lists of
-them: JSON already, recorded as they are. Any other value goes through Prefect's own encoding.
+them: JSON already, recorded as they are; a pydantic model (the restore's plan) is recorded as
+`jsonable_encoder` records it, its `model_dump(mode="json", by_alias=True)`. Any other value goes
+through Prefect's own encoding.
 
 Prefect also builds a flow's parameter schema (pydantic models per parameter, docstrings parsed,
 pydantic.v1 imported to rule out v1 types) when the flow is declared, i.e. while a command
@@ -20,6 +22,7 @@ from typing import Any
 import prefect.flows
 from prefect.flows import Flow
 from prefect.utilities.callables import parameter_schema  # what prefect.flows calls, from where it lives
+from pydantic import BaseModel
 
 JSON_SCALARS = (str, int, float, bool, type(None))
 
@@ -62,9 +65,16 @@ class PlainParametersFlow(Flow):
         self.__dict__["_parameters"] = value
 
     def serialize_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
-        if not (self.ismethod or self.isclassmethod) and all(is_plain_json(v) for v in parameters.values()):
-            return dict(parameters)
+        if not (self.ismethod or self.isclassmethod) and all(is_plain_json(v) or _is_model(v)
+                                                             for v in parameters.values()):
+            return {k: v.model_dump(mode="json", by_alias=True) if _is_model(v) else v for k, v in parameters.items()}
         return super().serialize_parameters(parameters)
+
+
+def _is_model(value: Any) -> bool:
+    """A pydantic (v2) model: what FastAPI's jsonable_encoder turns into model_dump(mode="json",
+    by_alias=True) before encoding that dict again, which changes nothing in a JSON-mode dump."""
+    return isinstance(value, BaseModel)
 
 
 # Flow.__init__ looks the name up in prefect.flows at each declaration; other flows get the

@@ -11,14 +11,14 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Literal
 
-from prefect import flow, get_run_logger
+from prefect import get_run_logger
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run, suspend_flow_run
 from prefect.states import Cancelled, Completed, State
 
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.early_restore import adopt as adopt_early
-from pgkeeper.flows.backup import backup as backup_flow
+from pgkeeper.flows.quick import flow  # parameters recorded without FastAPI, the schema built when read
 from pgkeeper.runinfo import completed, database_tag, describe_run, name_from_parameters, untagged_tasks
 from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.archive import make_readable
@@ -228,6 +228,9 @@ def restore(
                 if early_restore is None:
                     prepare_shadow(conn, plan)  # first: a locale this server lacks stops the run here
                 if mode == "replace" and plan.target_exists and safety_backup:  # runs beside the shadow restore
+                    # Imported only here: a restore without a safety backup never loads the backup flow.
+                    from pgkeeper.flows.backup import backup as backup_flow
+
                     safety = start_safety_backup(backup_flow, database=plan.target, connection_block=connection_block,
                                                  host=host, port=port, user=user, repository_block=repository_block,
                                                  backup_dir=backup_dir)
