@@ -15,7 +15,11 @@ tools would have). Then each round times, one after the other:
               plus the pre-restore safety backup of bench_target (1 GB, the same data) and the
               one-transaction swap; the previous database is kept, as by default (it is dropped
               afterwards, untimed, as the bare run's database is).
-It prints each contest's median, min and max, and the ratios of the medians to bare.
+Before each timed contest, untimed: the replace target vacuumed and analyzed and a CHECKPOINT
+(settle), so that no contest pays for the autovacuum or checkpoint of the one before it.
+It prints each contest's median, min and max, the ratios of the medians to bare, and each
+contest's CPU-seconds (benchmarks/cpu_tree.py) with the least wall time they allow on this
+machine's cores.
 Targets (issue 18, target 4): into <= 1.1x, replace <= 1.3x.
 
 What is compared: the peer restores the backup's dump as stored (`pg_dump -Fc -Z0` written to a
@@ -67,6 +71,19 @@ def admin(cluster, statement: str) -> None:
 
     with psycopg.connect(cluster.conninfo(), autocommit=True) as c:
         c.execute(statement)
+
+
+def settle(cluster, kept: str | None = None) -> None:
+    """Between contests, untimed: the database a contest leaves (`kept`) vacuumed and analyzed, as
+    autovacuum would do a minute later, and a checkpoint, so that neither the autovacuum of 5
+    million new rows nor a checkpoint of the last restore's writes falls into the next contest's
+    time and CPU."""
+    import psycopg
+
+    if kept:
+        with psycopg.connect(cluster.conninfo(kept), autocommit=True) as c:
+            c.execute("VACUUM (ANALYZE)")
+    admin(cluster, "CHECKPOINT")
 
 
 def bare_restore(cluster, dump: Path, jobs: int) -> float:
@@ -206,6 +223,7 @@ def main() -> int:
             cpu: dict[str, list[float]] = {"bare": [], "into": [], "replace": []}
 
             def timed(contest: str, run, *run_args) -> float:  # noqa: ANN001
+                settle(cluster, TARGET_DB)
                 meter.start()
                 seconds = run(*run_args)
                 cpu[contest].append(meter.stop())
