@@ -5,13 +5,19 @@ SQL again, and it never makes a proof pass that a fresh read would fail."""
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psycopg
 
 from tests.helpers import drop_database
-from tests.test_restore import env  # noqa: F401
+from tests.test_restore import env, plain_dump  # noqa: F401
 
 
 def _kept_files(sha256: str) -> list[Path]:
@@ -39,6 +45,17 @@ def test_a_kept_archive_side_proves_as_a_fresh_read_does(pg, crm_db, conn, env, 
         assert stat.S_IMODE(kept.stat().st_mode) == 0o600
         assert stat.S_IMODE(kept.parent.stat().st_mode) == 0o700
         assert json.loads(kept.read_text())["dump_sha256"] == sha
+
+        # The next restore of the same dump proves with the kept side (the file is not written
+        # again), and what it gives back is the original, in pg_dump's own words.
+        written = kept.stat().st_mtime_ns
+        again = f"{crm_db}_kept2"
+        try:
+            restore(m.backup_id, mode="new", target=again)
+            assert kept.stat().st_mtime_ns == written
+            assert plain_dump(pg, again) == plain_dump(pg, crm_db)
+        finally:
+            drop_database(pg, again)
 
         archive = tmp_path / "archive.dump"
         with LocalStorage(Path(repo.path)).open_plain(m.backup_id, m.dump_file) as stream:
@@ -92,3 +109,39 @@ def test_only_the_newest_files_are_kept(tmp_path: Path, monkeypatch):
         save(key, {"Name: t; Type: TABLE; Schema: public": str(i)}, {})
     assert [load(k) is not None for k in keys] == [False, False, True, True, True]
     assert load(DigestKey(keys[4].dump_sha256, owners=False)) is None  # the other variant: not kept
+
+
+WRITER = """
+import sys
+from pgkeeper.archive_digests import DigestKey, save
+entries = {f"Data for Name: t{i}; Type: TABLE DATA; Schema: public": "%064x" % i for i in range(50000)}
+print("ready", flush=True)
+while True:
+    save(DigestKey(sys.argv[1], owners=True), {"Name: t; Type: TABLE; Schema: public": "1"}, entries)
+"""
+
+
+def test_a_writer_killed_at_any_point_leaves_no_half_file(tmp_path: Path, monkeypatch):
+    """SIGKILL a process that keeps writing the kept side: the file under its real name is
+    always whole (or absent), a half-written temporary file is never read, and it is removed
+    once it is old."""
+    from pgkeeper.archive_digests import DigestKey, _directory, load, save
+
+    monkeypatch.setenv("PGKEEPER_HOME", str(tmp_path))
+    key = DigestKey("a" * 64, owners=True)
+    for _ in range(4):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, key.dump_sha256], env={**os.environ},
+                                  stdout=subprocess.PIPE, text=True)
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        time.sleep(random.uniform(0.05, 1.5))
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        found = load(key)
+        assert found is None or (len(found[1]) == 50000 and found[0] == {"Name: t; Type: TABLE; Schema: public": "1"})
+    leftovers = list(_directory().glob(".tmp-*"))
+    assert leftovers, "no writer was killed mid-write"
+    hour_ago = time.time() - 7200
+    for tmp in leftovers:
+        os.utime(tmp, (hour_ago, hour_ago))
+    save(DigestKey("b" * 64, owners=True), {"Name: t; Type: TABLE; Schema: public": "1"}, {})
+    assert list(_directory().glob(".tmp-*")) == []
