@@ -183,6 +183,34 @@ def test_a_swap_that_cannot_complete_puts_everything_back(pg, conn):
             drop_database(pg, name)
 
 
+def test_a_retried_swap_counts_the_sessions_its_first_attempt_ended(pg, conn):
+    """Ending a session is not undone when the attempt's transaction is: a swap that had to try
+    again still reports the sessions its first attempt threw out."""
+    from pgkeeper.tasks.swap import swap_databases
+
+    live, incoming, retire = "swap_live2", "swap_incoming2", "swap_retired2"
+    for name in (live, incoming):
+        create_database(pg, name)
+    clients = [psycopg.connect(pg.conninfo(live)) for _ in range(3)]
+    # COMMENT ON DATABASE in an open transaction locks the database object: the first attempt's
+    # rename waits for it past its lock timeout, after it has ended the three sessions.
+    holder = psycopg.connect(pg.conninfo())
+    holder.execute(f"COMMENT ON DATABASE {live} IS 'held'")
+    release = threading.Timer(2.0, holder.commit)
+    release.start()
+    try:
+        result = swap_databases(conn, live=live, incoming=incoming, retire_as=retire, lock_timeout_s=1)
+        assert result.retired_as == retire
+        assert result.terminated == 3
+    finally:
+        release.join()
+        holder.close()
+        for c in clients:
+            c.close()
+        for name in (live, incoming, retire):
+            drop_database(pg, name)
+
+
 def test_expired_old_copies_and_killed_restores_shadows_are_dropped_by_the_next_restore(
         pg, crm_db, env, repo):  # noqa: F811
     from pgkeeper.flows.backup import backup

@@ -68,19 +68,6 @@ def sessions_on(c: psycopg.Connection, name: str) -> int:
     return int(row[0]) if row else 0
 
 
-def terminate_all(c: psycopg.Connection, name: str, wait_s: float = 15.0) -> int:
-    """End every session on `name` and wait until they are really gone (termination is async)."""
-    ended = 0
-    deadline = time.monotonic() + wait_s
-    while True:
-        ended += _terminate(c, name)
-        if sessions_on(c, name) == 0:
-            return ended
-        if time.monotonic() > deadline:
-            raise SwapFailed(f"sessions on {name!r} did not end within {wait_s:.0f} s")
-        time.sleep(0.05)
-
-
 def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as: str | None,
                    comment: str | None = None, live_comment: str | None = None, attempts: int = 5,
                    lock_timeout_s: float = 10.0) -> SwapResult:
@@ -100,13 +87,15 @@ def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as
         exists = database_oid(c, live) is not None
         if exists and retire_as is None:
             raise SwapFailed(f"database {live!r} exists and no name to keep it under was given")
-        ended = 0
+        # Termination is not transactional: sessions ended by an attempt that failed stay ended, and count.
+        ended: set[int] = set()
         last_error = "unknown"
         for attempt in range(attempts):
             try:
                 with c.transaction():
                     c.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_s)}s")))
-                    found = _terminate(c, live) if exists else 0
+                    if exists:
+                        ended |= _terminate(c, live)
                     _terminate(c, incoming)
                     if exists:
                         assert retire_as is not None
@@ -116,8 +105,7 @@ def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as
                     c.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(_ident(incoming), _ident(live)))
                     c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                         _ident(live), sql.Literal(live_comment) if live_comment else sql.NULL))
-                ended += found
-                return SwapResult(target=live, retired_as=retire_as if exists else None, terminated=ended,
+                return SwapResult(target=live, retired_as=retire_as if exists else None, terminated=len(ended),
                                   seconds=time.monotonic() - started, oid=oid)
             except (psycopg.errors.ObjectInUse, psycopg.errors.LockNotAvailable) as exc:
                 last_error = first_line(exc, type(exc).__name__)  # a session slipped in before the lock: again
@@ -128,11 +116,11 @@ def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as
         raise SwapFailed(f"could not swap {incoming!r} into place as {live!r}: {last_error}")
 
 
-def _terminate(c: psycopg.Connection, name: str) -> int:
-    """Ask every other session on `name` to end (the rename then waits up to 5 s for them)."""
-    rows = c.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+def _terminate(c: psycopg.Connection, name: str) -> set[int]:
+    """Ask every other session on `name` to end (the rename then waits up to 5 s for them); their pids."""
+    rows = c.execute("SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity "
                      "WHERE datname = %s AND pid <> pg_backend_pid()", (name,)).fetchall()
-    return sum(1 for (ok,) in rows if ok)
+    return {pid for pid, ok in rows if ok}
 
 
 def old_copy_comment(target: str, backup_id: str, keep_hours: float, now: datetime) -> str:
