@@ -94,11 +94,10 @@ def swap_databases(conn: PostgresConnection, live: str, incoming: str, retire_as
             try:
                 with c.transaction():
                     c.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_s)}s")))
-                    if exists:
-                        ended |= _terminate(c, live)
                     _terminate(c, incoming)
                     if exists:
                         assert retire_as is not None
+                        ended |= _terminate(c, live)
                         c.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(_ident(live), _ident(retire_as)))
                         c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
                             _ident(retire_as), sql.Literal(comment) if comment else sql.NULL))
