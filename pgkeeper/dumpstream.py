@@ -9,7 +9,6 @@ renamed only when pg_dump has exited cleanly.
 
 from __future__ import annotations
 
-import secrets
 import subprocess
 import tempfile
 import threading
@@ -24,7 +23,7 @@ import psycopg
 from psycopg import sql
 from pydantic import BaseModel
 
-from pgkeeper import codec, pgtools, yielding
+from pgkeeper import codec, pgtools
 from pgkeeper.dbprops import read_properties
 from pgkeeper.errors import RepositoryError, UnreadableDump
 from pgkeeper.manifest import DatabaseProperties, StoredFile, globals_file_name
@@ -78,16 +77,13 @@ def stream_dump(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: str, sn
     checked = repo.compression == "zstd" and not repo.encrypts()
     comp = codec.compressor(repo.compression, repo.level(), checksum=checked)
     check = codec.StreamCheck() if checked else None
-    record = yielding.current()
-    if record is not None:  # a name of its own (under the server's 63 bytes), to find its backend by
-        env["PGAPPNAME"] = f"pgkeeper yielding {secrets.token_hex(8)}"
     raw = 0
     buf = bytearray(codec.CHUNK)
     view = memoryview(buf)
     with tempfile.TemporaryFile() as err, toc_listing(f"{backup_id}/{name}") as (to_listing, listed), pgtools.child(
         argv, env=env, timeout=repo.dump_timeout_seconds,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-    ) as dump, lowered_backend(conn, env["PGAPPNAME"], record):
+    ) as dump:
         try:
             with storage.write_file(backup_id, name) as out:
                 last_report = time.monotonic()
@@ -131,40 +127,6 @@ def stream_checked(check: codec.StreamCheck | None, raw: int, label: str) -> int
         return check.finish(raw)
     except ValueError as exc:
         raise UnreadableDump(f"{label}: {exc}") from None
-
-
-@contextmanager
-def lowered_backend(conn: ConnectionVerbs, appname: str, record: yielding.Yielding | None) -> Iterator[None]:
-    """For yielding work (pgkeeper/yielding.py): while the block runs, find the server backend of
-    the session named `appname` (pg_dump's, which does the COPY's work) and renice it, from a
-    thread of its own and a connection of its own (the dump must not wait for this)."""
-    if record is None:
-        yield
-        return
-    done = threading.Event()
-
-    def find_and_lower() -> None:
-        try:
-            with conn.connect(autocommit=True) as c:
-                deadline = time.monotonic() + 30.0
-                while not done.is_set() and time.monotonic() < deadline:
-                    row = c.execute("SELECT pid FROM pg_stat_activity WHERE application_name = %s",
-                                    (appname,)).fetchone()
-                    if row:
-                        yielding.lower_backend(row[0], conn.host, conn.user, conn.database, record)
-                        return
-                    done.wait(0.05)
-                record.notes.append(f"pg_dump's server backend not seen ({appname}): left at its priority")
-        except Exception as exc:  # best effort: the dump goes on at its priority
-            record.notes.append(f"pg_dump's server backend not lowered: {exc}")
-
-    finder = threading.Thread(target=find_and_lower, name="lower-backend", daemon=True)
-    finder.start()
-    try:
-        yield
-    finally:
-        done.set()
-        finder.join()
 
 
 def store_small_file(repo: RepositoryVerbs, backup_id: str, name: str, data: bytes) -> StoredFile:
@@ -268,9 +230,6 @@ def dump_in_snapshot(conn: ConnectionVerbs, repo: RepositoryVerbs, backup_id: st
     started = datetime.now(UTC)
     counts: dict[str, object] = {}
     with exported_snapshot(conn) as (holder, snapshot):
-        record = yielding.current()
-        if record is not None:  # the counts' backend scans every table: it yields too
-            yielding.lower_backend(holder.info.backend_pid, conn.host, conn.user, conn.database, record)
         # Count rows while pg_dump streams: same snapshot, no extra wall time.
         def count() -> None:
             try:

@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from pgkeeper import yielding
 from pgkeeper.errors import NotFound, ToolFailed
 
 SERVER_USER = "postgres"  # the OS user PostgreSQL runs as when we are root (it refuses to run as root)
@@ -100,18 +99,8 @@ class Child:
         self.argv = list(argv)
         self.name = Path(argv[0]).name
         parent = os.getpid()
-        # Started by work that yields the CPU (the pre-restore safety backup): the child lowers
-        # itself before exec, and is raised back when that work stops yielding.
-        record = yielding.current()
-        lower_self = yielding.child_preexec(record)
-
-        def before_exec() -> None:
-            _die_with_parent(parent)
-            lower_self()
-
         self.proc = subprocess.Popen(argv, env=full_env, start_new_session=True,  # type: ignore[arg-type]
-                                     preexec_fn=before_exec, **popen)
-        yielding.forked(record, self.proc.pid, self.name)
+                                     preexec_fn=lambda: _die_with_parent(parent), **popen)
         self.timed_out = False
         self._timer: threading.Timer | None = None
         if timeout:

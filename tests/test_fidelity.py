@@ -41,7 +41,7 @@ from tests.app_schema import (
     snapshot,
     tool_env,
 )
-from tests.helpers import run_cli, run_cli_here, table_fingerprints
+from tests.helpers import run_cli, run_cli_here, table_fingerprints, waited_safety_backup
 
 PREFIX = f"fid{uuid.uuid4().hex[:6]}_"
 CLI_TIMEOUT = 180
@@ -260,6 +260,7 @@ def test_replace_with_a_client_connected_keeps_everything_and_the_search_path_wo
     try:
         done = run_cli_here("restore", "latest", "--yes", env=app.env(b.database, repo))
         assert done.returncode == 0, tail(done)
+        waited_safety_backup(done.stdout)
         with pytest.raises(psycopg.OperationalError):  # the held session was ended
             held.execute("SELECT 1").fetchone()
     finally:

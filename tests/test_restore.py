@@ -10,6 +10,7 @@ import pytest
 
 from pgkeeper.errors import BadName, NotFound
 from tests.helpers import database_exists, drop_database, table_fingerprints
+from tests.test_clusters import dump_text
 
 
 @pytest.fixture
@@ -57,6 +58,8 @@ def test_replace_puts_back_the_backup_state_and_keeps_the_old_copy(pg, crm_db, e
     change_data(pg, crm_db)
     changed = table_fingerprints(pg.conninfo(crm_db))
     assert changed != at_backup
+    with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+        c.execute(f"COMMENT ON DATABASE {crm_db} IS 'the CRM, live'")
 
     report = restore("latest", confirmed=True)
 
@@ -71,6 +74,19 @@ def test_replace_puts_back_the_backup_state_and_keeps_the_old_copy(pg, crm_db, e
     safety = [m for m in list_backups(repo.local(), crm_db) if "pre-restore" in m.labels]
     assert [m.backup_id for m in safety] == [report.safety_backup_id]
     assert safety[0].tables == {t: n for t, (n, _) in changed.items()}
+    # It was taken from the kept copy after the swap, recorded under the name and comment the
+    # database had; the copy's mark says so, and restored, the safety backup is that copy.
+    assert safety[0].database_properties.comment == "the CRM, live"
+    with psycopg.connect(pg.conninfo()) as c:
+        [mark] = c.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                           (old,)).fetchone()
+    assert f"safety backup {report.safety_backup_id}" in mark
+    back = crm_db + "_safety"
+    try:
+        restore(report.safety_backup_id, mode="new", target=back)
+        assert dump_text(pg, back) == dump_text(pg, old)
+    finally:
+        drop_database(pg, back)
     # ... and `latest` still means the regular backup, not the safety copy.
     again = restore("latest", confirmed=True, safety_backup=False, keep_old=False)
     assert again.backup_id == manifest.backup_id
@@ -309,7 +325,7 @@ def test_restore_steps_ask_for_no_tag_slots_and_the_safety_backup_keeps_the_tag(
         def steps():  # noqa: ANN202
             runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
             names = {t.name.rsplit("-", 1)[0] for t in runs}
-            return runs if {"restore-shadow", "check-content", "swap-into-place", "safety-backup"} <= names else None
+            return runs if {"restore-shadow", "check-content", "swap-into-place", "drop-database"} <= names else None
 
         tasks = wait_for(steps, 60, "the restore's task runs")
         [safety] = client.read_flow_runs(flow_run_filter=FlowRunFilter(

@@ -19,7 +19,15 @@ import pytest
 from psycopg import sql
 
 from tests.early_probe import alive, probe_script, run_probe
-from tests.helpers import backed_up_copy, database_exists, drop_database, run_cli_here, shadows_of, wait_for
+from tests.helpers import (
+    backed_up_copy,
+    database_exists,
+    drop_database,
+    run_cli_here,
+    shadows_of,
+    wait_for,
+    waited_safety_backup,
+)
 from tests.test_restore_faults import pids_with_arg
 from tests.test_restore_kill import _free_slot
 
@@ -155,8 +163,9 @@ def test_a_command_killed_mid_restore_leaves_a_shadow_the_next_run_drops(pg, sou
 
 
 def test_replace_restores_early_only_when_confirmed_on_the_command_line(pg, source, work, copy_name, tmp_path):
-    """Replace mode: with --yes the early child restores the shadow and the safety backup still
-    runs beside it; without --yes the answer is typed first, so the early start only fetches."""
+    """Replace mode: with --yes the early child restores the shadow and the safety backup of the
+    replaced copy runs on after the command; without --yes the answer is typed first, so the early
+    start only fetches."""
     with psycopg.connect(pg.conninfo(), autocommit=True) as c:
         c.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(copy_name),
                                                                      sql.Identifier(source["POSTGRES_DB"])))
@@ -167,8 +176,14 @@ def test_replace_restores_early_only_when_confirmed_on_the_command_line(pg, sour
     try:
         seen, out = run_probe(PROBE, tmp_path, ["restore", "latest", "--target", copy_name, "--yes"], env)
         assert seen["code"] == 0 and seen["shadow"] and ADOPTED_RESTORE in out.stderr, out.stderr[-3000:]
-        assert "safety backup of the replaced database: backup_" in out.stdout
         assert same_as_source(pg, source, copy_name)
+        # The command ended with the database in service; the safety backup of the replaced copy
+        # runs on as a process of its own, and the copy is held until it is listed.
+        copy = waited_safety_backup(out.stdout)
+        with psycopg.connect(pg.conninfo()) as c:
+            [mark] = c.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                               (copy,)).fetchone()
+        assert "; safety backup backup_" in mark and '"safety": "backup_' in mark, mark
 
         with psycopg.connect(pg.conninfo(copy_name), autocommit=True) as c:
             c.execute("CREATE TABLE added_again (x int)")

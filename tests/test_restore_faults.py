@@ -272,19 +272,49 @@ def test_properties_this_server_cannot_reproduce_are_refused_before_anything_cha
         assert_untouched(pg, crm_db, before)
 
 
-def test_a_failed_safety_backup_stops_the_restore_before_the_swap(pg, crm_db, env, repo):  # noqa: F811
-    """The safety backup runs beside the shadow restore; the swap waits for it, so when it fails
-    (here: the target refuses new connections, so its pg_dump cannot connect) nothing is swapped."""
+def test_a_failed_safety_backup_holds_the_replaced_copy_until_one_is_listed(pg, crm_db, env, repo,  # noqa: F811
+                                                                            caplog):
+    """The safety backup is taken from the replaced copy after the swap. When it fails (here: the
+    target refuses new connections, which its renamed copy keeps, so pg_dump cannot connect) the
+    restore stands, and the copy is held, with keep_old=False and past its time, until a backup of
+    it is listed; that backup is recorded under the target's name and comment, labelled pre-restore."""
     from pgkeeper.catalog import list_backups
+    from pgkeeper.config import load_connection
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+    from pgkeeper.tasks.swap import expire_old_copies
 
     m, before = backup_then_change(pg, crm_db)
+    at_backup_counts = m.tables
     with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+        c.execute(f"COMMENT ON DATABASE {crm_db} IS 'the CRM, live'")
         c.execute(f"ALTER DATABASE {crm_db} ALLOW_CONNECTIONS false")
+    copy = None
     try:
-        message = failed_restore()
+        report = restore("latest", confirmed=True, keep_old=False, keep_old_hours=0)
+        copy = report.old_copy
+        assert copy and report.safety_backup_id is None
+        assert "connect" in report.safety_backup_error and "\n" not in report.safety_backup_error
+        assert f"it is kept as {copy} until one is listed" in report.safety_line()
+        assert [b for b in list_backups(repo.local(), crm_db) if "pre-restore" in b.labels] == []
+        with psycopg.connect(pg.conninfo(crm_db)) as c:  # the restore stands, in service
+            assert c.execute("SELECT count(*) FROM company").fetchone()[0] == at_backup_counts["public.company"]
+
+        # Past its time, with no safety backup: the next restore's expiry leaves it.
+        conn = load_connection(None)
+        caplog.clear()
+        assert expire_old_copies(conn) == [] and database_exists(pg, copy)
+        assert f"pre-restore copy {copy} is past its time but its safety backup was never listed: kept" in caplog.text
+
+        with psycopg.connect(pg.conninfo(), autocommit=True) as c:
+            c.execute(f"ALTER DATABASE {copy} ALLOW_CONNECTIONS true")
+        safety = backup(database=copy)
+        assert safety.database == crm_db and safety.labels == ["pre-restore"]
+        assert safety.database_properties.comment == "the CRM, live"
+        assert safety.tables == {t: n for t, (n, _) in before.items()}
+        assert expire_old_copies(conn) == [copy] and not database_exists(pg, copy)
     finally:
         with psycopg.connect(pg.conninfo(), autocommit=True) as c:
             c.execute(f"ALTER DATABASE {crm_db} ALLOW_CONNECTIONS true")
-    assert f"database {crm_db} is unchanged" in message
-    assert not [b for b in list_backups(repo.local(), crm_db) if "pre-restore" in b.labels]
-    assert_untouched(pg, crm_db, before)
+        if copy:
+            drop_database(pg, copy)

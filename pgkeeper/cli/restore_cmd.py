@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 from pgkeeper.cli.common import (
     add_archive_args,
@@ -29,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     p.add_argument("--jobs", "-j", type=int, default=2, help="parallel pg_restore jobs (default 2)")
     p.add_argument("--no-safety-backup", action="store_true",
-                   help="do not back up the current database before replacing it")
+                   help="do not back up the replaced database (by default it is backed up right after the "
+                        "swap, as a run of its own, and kept until that backup is listed)")
     p.add_argument("--drop-old", action="store_true", help="drop the replaced database instead of keeping it")
     p.add_argument("--keep-old-hours", type=float, default=72,
                    help="how long the replaced database is kept (default 72)")
@@ -126,14 +130,42 @@ def _restore(args: argparse.Namespace) -> int:
         report = restore(backup=plan.backup_id, mode=mode, target=plan.target, source=source, confirmed=True,
                          safety_backup=not args.no_safety_backup, keep_old=not args.drop_old,
                          keep_old_hours=args.keep_old_hours, keep_ownership=args.keep_ownership,
-                         create_roles=args.create_roles, jobs=args.jobs, plan=plan,
+                         create_roles=args.create_roles, jobs=args.jobs, plan=plan, detach_safety_backup=True,
                          **conn_params, **repo_params, **archive_params(args))
     print(f"restored {report.backup_id} into {report.target}: "
           f"{contents(len(report.tables), report.objects.get('indexes', 0), sum(report.tables.values()))}, "
           f"content proven against the backup; RTO {human_seconds(report.rto_seconds)}")
-    if report.safety_backup_id:
-        print(f"safety backup of the replaced database: {report.safety_backup_id}")
+    if report.safety_backup_pending:
+        pid, log = start_safety_backup(args, report.safety_backup_pending)
+        print(f"safety backup of the replaced database ({report.safety_backup_pending}, kept until it is listed): "
+              f"running on as process {pid}, its own run in the Prefect UI; log: {log}")
+    elif report.safety_backup_id or report.safety_backup_error:
+        print(report.safety_line(), file=sys.stderr if report.safety_backup_error else sys.stdout)
     if report.old_copy and report.old_copy_keep_until:
         print(f"previous database kept as {report.old_copy} until "
               f"{report.old_copy_keep_until:%Y-%m-%d %H:%M} UTC")
     return 0
+
+
+def start_safety_backup(args: argparse.Namespace, copy: str) -> tuple[int, Path]:
+    """Start `pgkeeper backup` of the replaced database as a process of its own, which outlives
+    this command (the database is back in service: nobody waits for it); its pid and log file.
+    Secrets reach it as they reached this command (environment, blocks, files), never in argv."""
+    from pgkeeper.home import pgkeeper_home
+
+    logs = pgkeeper_home() / "logs"
+    logs.mkdir(mode=0o700, exist_ok=True)
+    log = logs / f"safety-backup-{copy}.log"
+    argv = [sys.executable, "-m", "pgkeeper.cli.main", "backup", "--database", copy, "--label", "pre-restore"]
+    for flag, value in (("--host", args.host), ("--port", args.port), ("--user", args.user),
+                        ("--connection-block", args.connection_block), ("--backup-dir", args.backup_dir),
+                        ("--repository-block", args.repository_block)):
+        if value is not None:
+            argv += [flag, str(value)]
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=subprocess.STDOUT,
+                                 start_new_session=True)  # not ended with this command's terminal
+    finally:
+        os.close(fd)
+    return child.pid, log

@@ -78,6 +78,12 @@ def backup(
                     early.stop()  # no stream may write into a folder being removed
                 abandon_backup(repo, backup_id)
                 raise
+        if manifest.database != conn.database:  # a restore's pre-restore copy (pgkeeper/old_copy.py)
+            from pgkeeper.tasks.swap import record_safety_backup
+
+            describe_run(f"backup {manifest.database} {today()} ({KIND_PRE_RESTORE})",
+                         [database_tag(manifest.database), KIND_PRE_RESTORE])
+            record_safety_backup(conn, conn.database, backup_id)  # it may expire from now on
         # The summary artifact and the success event/mail need only the manifest: they wait on the
         # API beside the steps that change the repository (upload, retention, garbage collection).
         with beside(report_and_announce, manifest, repo, info.warnings):

@@ -1,8 +1,9 @@
-"""The restore flow: resolve → fetch → prove readable → confirm → safety backup (beside the shadow
-restore) → shadow restore (the proof's read of its data starts beside the post-data section) →
-count and prove the content (side by side) → swap → check the swap → report. Nothing destructive
-happens before the swap, and the swap is a single transaction; any failure leaves the target as
-it was and says so.
+"""The restore flow: resolve → fetch → prove readable → confirm → shadow restore (the proof's read
+of its data starts beside the post-data section) → count and prove the content (side by side) →
+swap → check the swap → safety backup of the replaced database → report. Nothing destructive
+happens before the swap, and the swap is a single transaction; any failure before it leaves the
+target as it was and says so. The replaced database is kept, renamed, until its safety backup is
+listed (tasks/safety.py).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from pgkeeper.tasks.restore_steps import (
     start_archive_reading,
     unchanged_line,
 )
-from pgkeeper.tasks.safety import safety_result, start_safety_backup, wait_quietly
+from pgkeeper.tasks.safety import back_up_old_copy
 from pgkeeper.tasks.swap import check_swapped, drop_database_task, expire_old_copies, swap_back, swap_into_place
 
 if TYPE_CHECKING:
@@ -99,6 +100,7 @@ def restore(
     archive_poll_seconds: float = 60.0,
     server: str | None = None,
     expire_run: str | None = None,
+    detach_safety_backup: bool = False,
 ) -> RestoreReport | State:
     """Restore a backup into a database without risking the one that is there.
 
@@ -119,7 +121,9 @@ def restore(
         confirmed: skip the confirmation form (the CLI sets it after asking on the terminal).
             Ignored in a deployment run: there the form always asks.
         confirm_timeout_seconds: how long the form waits; then the run is cancelled, unchanged.
-        safety_backup: back up the current target (label `pre-restore`) before replacing it.
+        safety_backup: back up the replaced database (label `pre-restore`, recorded under the
+            target's name) right after the swap, from the copy the swap keeps; that copy is held,
+            whatever `keep_old` says, until the backup is listed.
         keep_old: keep the replaced database (renamed) instead of dropping it after the swap.
         keep_old_hours: how long a kept copy is kept; each restore drops copies past their time.
         keep_ownership: restore the original owners and GRANTs (default). The roles must exist
@@ -147,6 +151,9 @@ def restore(
             only ends the suspended one Cancelled if nobody answered (see below).
         server: whose backups `latest` means when several servers' backups share the database's
             name (host:port, system identifier or server key). Default: the connection's server.
+        detach_safety_backup: with `keep_old`, leave the safety backup to the caller, which starts it
+            as a run of its own once this one ends (`pgkeeper restore` does, so the command ends
+            when the database is back in service); the report names the copy to back up.
     """
     # Its task runs carry no tags: no concurrency-slot round trips per step (runinfo.untagged_tasks);
     # the safety backup, the one subflow, gets the tag back (tasks/safety.py).
@@ -174,8 +181,6 @@ def restore(
         work_file = None
         shadow_started = False
         waited = 0.0
-        safety_id = None
-        safety = None
         shadow_data = None
         early = None
         try:
@@ -227,26 +232,16 @@ def restore(
                 shadow_started = True
                 if early_restore is None:
                     prepare_shadow(conn, plan)  # first: a locale this server lacks stops the run here
-                if mode == "replace" and plan.target_exists and safety_backup:  # runs beside the shadow restore
-                    # Imported only here: a restore without a safety backup never loads the backup flow.
-                    from pgkeeper.flows.backup import backup as backup_flow
-
-                    safety = start_safety_backup(backup_flow, database=plan.target, connection_block=connection_block,
-                                                 host=host, port=port, user=user, repository_block=repository_block,
-                                                 backup_dir=backup_dir)
-
                 reading = start_archive_reading(plan, work_file)  # the content proof's archive side, meanwhile
                 # Its shadow side, started by restore_shadow once the data section is in (beside post-data).
                 shadow_data = shadow_data_reading(conn, plan)
                 restore_seconds = restore_shadow(conn, plan, work_file, jobs, repo.dump_timeout_seconds, shadow_data,
                                                  early_restore)
                 tables = _counted_and_proven(conn, plan, work_file, reading, shadow_data)
-                safety_id = safety_result(safety)  # the swap waits for it; a failed one stops the restore here
                 swap = swap_into_place(conn, plan.target, plan.shadow, plan.retire_as, plan.backup_id,
-                                       keep_old_hours, plan.properties.comment if plan.properties else None)
+                                       keep_old_hours, plan.properties.comment if plan.properties else None,
+                                       safety_pending=mode == "replace" and safety_backup)
         except BaseException as exc:
-            if isinstance(exc, Exception):
-                wait_quietly(safety)
             if shadow_data is not None:
                 shadow_data.stop()  # no pg_dump of ours left reading the shadow that is dropped next
             if early is not None:
@@ -269,18 +264,31 @@ def restore(
             raise RestoreFailed(f"restore of {plan.backup_id}: the swapped-in database did not check out ({exc}); "
                                 f"the swap was undone and {unchanged_line(plan)}") from exc
 
+        # The database is back in service: the RTO ends here, before the safety backup.
+        rto = time.monotonic() - started - (0.0 if kept else waited)
+        copy = swap.retired_as
+        unsaved = copy if copy and mode == "replace" and safety_backup else None
+        safety_id = safety_error = None
+        if unsaved and not (keep_old and detach_safety_backup):
+            # Imported only here: a restore without a safety backup never loads the backup flow.
+            from pgkeeper.flows.backup import backup as backup_flow
+
+            safety_id, safety_error = back_up_old_copy(
+                backup_flow, unsaved, connection_block=connection_block, host=host, port=port, user=user,
+                repository_block=repository_block, backup_dir=backup_dir)
+            unsaved = None if safety_id else unsaved
         keep_until = None
-        if swap.retired_as and not keep_old:
-            drop_database_task(conn, swap.retired_as)
-        elif swap.retired_as:
+        if copy and not keep_old and not unsaved:
+            drop_database_task(conn, copy)
+        elif copy:
             keep_until = datetime.now(UTC) + timedelta(hours=keep_old_hours)
 
         report = RestoreReport(
             backup_id=plan.backup_id, source=plan.source, target=plan.target, mode=plan.mode, tables=tables,
-            objects=plan.objects, restore_seconds=restore_seconds,
-            rto_seconds=time.monotonic() - started - (0.0 if kept else waited), waited_seconds=waited,
-            terminated_sessions=swap.terminated, old_copy=swap.retired_as if keep_old else None,
-            old_copy_keep_until=keep_until, safety_backup_id=safety_id,
+            objects=plan.objects, restore_seconds=restore_seconds, rto_seconds=rto, waited_seconds=waited,
+            terminated_sessions=swap.terminated, old_copy=copy if keep_old or unsaved else None,
+            old_copy_keep_until=keep_until, safety_backup_id=safety_id, safety_backup_error=safety_error,
+            safety_backup_pending=unsaved if safety_error is None else None,
             confirmation=confirmation_line(confirmation) if confirmation else None,
         )
         report_restore(report)

@@ -138,7 +138,7 @@ def restore_done_mail(r, url: str | None) -> tuple[str, str]:  # r: RestoreRepor
         f"RTO:            {human_seconds(r.rto_seconds)} (pg_restore {human_seconds(r.restore_seconds)}; "
         f"waiting for confirmation not counted)",
         f"Previous copy:  {old}",
-        f"Safety backup:  {r.safety_backup_id or 'none'}",
+        f"Safety backup:  {r.safety_backup_id or r.safety_line()}",
         f"Sessions ended: {r.terminated_sessions}",
     ]
     if url:

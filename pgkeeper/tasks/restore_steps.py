@@ -92,7 +92,21 @@ class RestoreReport(BaseModel):
     old_copy: str | None
     old_copy_keep_until: datetime | None
     safety_backup_id: str | None
+    safety_backup_pending: str | None = None  # the kept copy whose safety backup the caller starts
+    safety_backup_error: str | None = None  # why the safety backup failed (the copy is held)
     confirmation: str | None = None  # how a replace was confirmed (restore_confirmation.py)
+
+    def safety_line(self) -> str:
+        """Where the safety backup of the replaced database stands."""
+        if self.safety_backup_id:
+            return f"safety backup of the replaced database: {self.safety_backup_id}"
+        if self.safety_backup_error:
+            return (f"the safety backup of the replaced database failed ({self.safety_backup_error}): "
+                    f"it is kept as {self.old_copy} until one is listed")
+        if self.safety_backup_pending:
+            return (f"the safety backup of the replaced database ({self.safety_backup_pending}, kept until it "
+                    "is listed) is taken next, as a run of its own")
+        return "no safety backup"
 
 
 def plan_restore(conn: PostgresConnection, repo: BackupRepository, backup: str, source: str,
@@ -442,12 +456,12 @@ def confirmation_description(plan: RestorePlan, toc: dict[str, int], safety_back
         "",
     ]
     steps = [f"the backup is restored into a new database `{plan.shadow}` and its row counts checked"]
-    if plan.target_exists and safety_backup:
-        steps[0] = (f"a safety backup of the current `{plan.target}` (label `pre-restore`) is taken while "
-                    f"{steps[0]}; nothing is swapped unless the safety backup completes")
     if plan.target_exists:
         steps.append(f"connections to `{plan.target}` are refused and ended, then `{plan.target}` is renamed "
                      f"to `{plan.retire_as}` and the restored copy takes its name (one transaction)")
+        if safety_backup:
+            steps.append(f"`{plan.retire_as}`, exactly what was replaced, is backed up (label `pre-restore`, "
+                         f"listed under `{plan.target}`); it is never dropped before that backup is listed")
     else:
         steps.append(f"the restored copy is renamed to `{plan.target}`")
     steps.append("if anything fails before the swap, the current database is left exactly as it is")
@@ -488,7 +502,7 @@ def summary_markdown(r: RestoreReport) -> str:
         "counts, schema, grants, data and properties equal the backup",
         f"- **Sessions ended**: {r.terminated_sessions}",
         f"- **Previous database**: {old}",
-        f"- **Safety backup**: {f'`{r.safety_backup_id}`' if r.safety_backup_id else 'none'}",
+        f"- **Safety backup**: {f'`{r.safety_backup_id}`' if r.safety_backup_id else r.safety_line()}",
         *([f"- **Confirmation**: {r.confirmation}"] if r.confirmation else []),
         "",
         "| Table | Rows |",

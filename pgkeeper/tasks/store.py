@@ -13,6 +13,7 @@ from pgkeeper.blocks.repository import BackupRepository
 from pgkeeper.claim import claim_backup_id
 from pgkeeper.manifest import Manifest, Verification
 from pgkeeper.names import backup_id_server
+from pgkeeper.old_copy import recorded_as
 from pgkeeper.serverinfo import ServerInfo
 from pgkeeper.tasks.dump import DumpResult
 from pgkeeper.tasks.verify import QuickCheck
@@ -34,9 +35,11 @@ def begin_backup(repo: BackupRepository, server_time: datetime | None = None, se
 @task(name="write-manifest", cache_policy=NO_CACHE)
 def write_manifest(repo: BackupRepository, backup_id: str, info: ServerInfo, dumped: DumpResult,
                    check: QuickCheck, labels: list[str]) -> Manifest:
-    """Write manifest.json last: from this moment on the backup exists and is listed."""
+    """Write manifest.json last: from this moment on the backup exists and is listed. A restore's
+    pre-restore copy is recorded as the database it was (pgkeeper/old_copy.py)."""
+    database, properties, labels = recorded_as(info.database, dumped.properties, labels)
     manifest = Manifest(
-        backup_id=backup_id, kind="logical", database=info.database,
+        backup_id=backup_id, kind="logical", database=database,
         server_version=info.server_version, system_identifier=info.system_identifier,
         server=backup_id_server(backup_id), host=info.host, port=info.port,
         tool_version=f"pgkeeper {__version__}", started_at=dumped.started_at,
@@ -45,7 +48,7 @@ def write_manifest(repo: BackupRepository, backup_id: str, info: ServerInfo, dum
         raw_size=(dumped.file.raw_size or 0) + (dumped.globals_file.raw_size or 0),
         database_size=info.database_size, files=[dumped.file, dumped.globals_file],
         tables=dumped.tables, objects=dumped.objects, labels=labels,
-        database_properties=dumped.properties, roles=dumped.roles, dump_settings=dumped.dump_settings,
+        database_properties=properties, roles=dumped.roles, dump_settings=dumped.dump_settings,
         verifications=[Verification(at=datetime.now(UTC), method="quick", ok=True, checks=check.checks)],
     )
     repo.storage().finish_backup(backup_id, manifest.to_bytes())

@@ -22,13 +22,13 @@ from pgkeeper.errors import SwapFailed
 from pgkeeper.fmt import first_line
 from pgkeeper.liveness import maker_is_dead
 from pgkeeper.names import check_identifier
+from pgkeeper.old_copy import OLD_COPY_MARK, PENDING, old_copy_comment, read_mark, with_safety_backup
 from pgkeeper.pgdb import USER_TABLES, admin_connection
 from pgkeeper.pgdb import drop_database as drop_if_exists  # the name restore's callers know
 from pgkeeper.shadowdb import MAX_NAME, SHADOW_MARK, create_shadow, shadow_name  # noqa: F401  # their old home
 from pgkeeper.tasks.policy import RETRYABLE
 
-OLD_COPY_MARK = "pgkeeper pre-restore copy"
-_KEEP_UNTIL = re.compile(r"keep until (\S+)")
+_KEEP_UNTIL = re.compile(r"keep until ([^;\s]+)")
 _SINCE = re.compile(r"since (\S+)")
 # A shadow this old with nobody connected is the leftover of a killed restore, not a slow one:
 # pg_restore stays connected to its shadow for the whole restore.
@@ -122,12 +122,6 @@ def _terminate(c: psycopg.Connection, name: str) -> set[int]:
     return {pid for pid, ok in rows if ok}
 
 
-def old_copy_comment(target: str, backup_id: str, keep_hours: float, now: datetime) -> str:
-    until = (now + timedelta(hours=keep_hours)).astimezone(UTC).isoformat(timespec="seconds")
-    return (f"{OLD_COPY_MARK} of {target}, replaced by backup {backup_id} at "
-            f"{now.astimezone(UTC).isoformat(timespec='seconds')}; keep until {until}")
-
-
 def _marked_databases(conn: PostgresConnection, mark: str,
                       when: re.Pattern[str]) -> list[tuple[str, datetime, str]]:
     """(name, time, comment) of databases whose comment starts with `mark`, the time read with `when`."""
@@ -147,10 +141,44 @@ def _marked_databases(conn: PostgresConnection, mark: str,
     return found
 
 
-def expired_old_copies(conn: PostgresConnection, now: datetime | None = None) -> list[str]:
-    """Pre-restore copies (found by their comment) whose keep-until time has passed."""
+def expired_old_copies(conn: PostgresConnection, now: datetime | None = None) -> tuple[list[str], list[str]]:
+    """Pre-restore copies (found by their comment) whose keep-until time has passed: those that may
+    go, and those kept because their safety backup was never listed (the only copy of what a
+    restore replaced)."""
     now = now or datetime.now(UTC)
-    return [name for name, until, _ in _marked_databases(conn, OLD_COPY_MARK, _KEEP_UNTIL) if until <= now]
+    expired, unsaved = [], []
+    for name, until, comment in _marked_databases(conn, OLD_COPY_MARK, _KEEP_UNTIL):
+        if until <= now:
+            mark = read_mark(comment)
+            (unsaved if mark is not None and mark.safety == PENDING else expired).append(name)
+    return expired, unsaved
+
+
+def comment_of(conn: PostgresConnection, name: str) -> str | None:
+    with admin_connection(conn) as c:
+        row = c.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                        (name,)).fetchone()
+    return row[0] if row else None
+
+
+def unsaved_copy(conn: PostgresConnection, name: str) -> bool:
+    """Whether `name` is a pre-restore copy whose safety backup is not listed yet."""
+    mark = read_mark(comment_of(conn, name))
+    return mark is not None and mark.safety == PENDING
+
+
+@task(name="record-safety-backup", cache_policy=NO_CACHE, **RETRYABLE)
+def record_safety_backup(conn: PostgresConnection, copy: str, backup_id: str) -> None:
+    """Write the listed safety backup's id into the pre-restore copy's mark: from now on the copy
+    may expire (or be dropped by `--drop-old`), its content being in the repository."""
+    comment = comment_of(conn, copy)
+    if read_mark(comment) is None:
+        return
+    assert comment is not None
+    with admin_connection(conn) as c:
+        c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+            _ident(copy), sql.Literal(with_safety_backup(comment, backup_id))))
+    get_run_logger().info("%s: its safety backup %s is listed; it may now expire", copy, backup_id)
 
 
 def stale_shadows(conn: PostgresConnection, now: datetime | None = None) -> list[str]:
@@ -163,12 +191,13 @@ def stale_shadows(conn: PostgresConnection, now: datetime | None = None) -> list
 
 @task(name="swap-into-place", cache_policy=NO_CACHE)
 def swap_into_place(conn: PostgresConnection, target: str, shadow: str, retire_as: str | None, backup_id: str,
-                    keep_hours: float, comment: str | None = None) -> SwapResult:
+                    keep_hours: float, comment: str | None = None, safety_pending: bool = False) -> SwapResult:
     """End the target's sessions and rename in one transaction; the restored database gets the
-    backup's database comment."""
+    backup's database comment, the previous one a mark (pgkeeper/old_copy.py) that keeps its own
+    comment and, with `safety_pending`, holds it until its safety backup is listed."""
     now = datetime.now(UTC)
     retire_as = retire_as or old_copy_name(target, now)  # the target may have appeared since the plan
-    old_comment = old_copy_comment(target, backup_id, keep_hours, now)
+    old_comment = old_copy_comment(target, backup_id, keep_hours, now, comment_of(conn, target), safety_pending)
     result = swap_databases(conn, live=target, incoming=shadow, retire_as=retire_as, comment=old_comment,
                             live_comment=comment)
     logger = get_run_logger()
@@ -222,7 +251,11 @@ def expire_old_copies(conn: PostgresConnection) -> list[str]:
     a database someone is connected to is left alone."""
     logger = get_run_logger()
     dropped = []
-    for name, what in [*((n, "expired pre-restore copy") for n in expired_old_copies(conn)),
+    expired, unsaved = expired_old_copies(conn)
+    for name in unsaved:
+        logger.warning("pre-restore copy %s is past its time but its safety backup was never listed: kept "
+                       "(back it up with `pgkeeper backup --database %s`, or drop it)", name, name)
+    for name, what in [*((n, "expired pre-restore copy") for n in expired),
                        *((n, "shadow database of an interrupted restore") for n in stale_shadows(conn))]:
         with admin_connection(conn) as c:
             if sessions_on(c, name):
