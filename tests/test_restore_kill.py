@@ -113,3 +113,67 @@ def test_a_restore_killed_at_any_instant_leaves_the_target_usable(pg, crm_db, en
         for name in old_copies(pg, crm_db) + leftovers(pg, crm_db):
             if database_exists(pg, name):
                 drop_database(pg, name)
+
+
+def _dumps_running() -> list[int]:
+    """pg_dump processes a backup started (they dump in an exported snapshot)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read()  # noqa: SIM115
+            except OSError:
+                continue
+            if b"pg_dump" in cmdline and b"--snapshot=" in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def test_a_safety_backup_killed_at_any_instant_leaves_the_replaced_copy_held(pg, crm_db, env, repo):  # noqa: F811
+    """The safety backup a replace leaves running (as `pgkeeper restore` starts it), SIGKILLed with
+    its children at a random instant: nothing half-made is listed, no pg_dump goes on, and the
+    replaced copy stays held past its time (its mark pending) unless its backup got listed; a backup
+    taken again records itself in the mark and lets the copy go."""
+    from prefect.client.orchestration import get_client
+
+    from pgkeeper.catalog import list_backups
+    from pgkeeper.config import load_connection
+    from pgkeeper.flows.backup import backup
+    from pgkeeper.flows.restore import restore
+    from pgkeeper.old_copy import PENDING, read_mark
+    from pgkeeper.slots import database_limit_name
+    from pgkeeper.tasks.swap import comment_of, expire_old_copies
+
+    backup()
+    change_data(pg, crm_db)
+    report = restore("latest", confirmed=True, keep_old_hours=0, detach_safety_backup=True)
+    copy = report.old_copy
+    assert copy and report.safety_backup_pending == copy and report.safety_backup_id is None
+    conn = load_connection(None)
+    try:
+        for pause in (random.uniform(0.2, 1.5), random.uniform(1.5, 4.0)):
+            proc = subprocess.Popen([sys.executable, "-m", "pgkeeper.cli.main", "backup", "--database", copy,
+                                     "--label", "pre-restore"], env={**os.environ, **env}, cwd=ROOT,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            time.sleep(pause)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+            with get_client(sync_client=True) as client:  # the harness runs no lease service (see _free_slot)
+                try:
+                    client.delete_global_concurrency_limit_by_name(database_limit_name(copy, f"{pg.host}:{pg.port}"))
+                except Exception:
+                    pass
+            time.sleep(1.0)  # a child that survived its parent would still be running now
+            assert _dumps_running() == [], "pg_dump outlived the killed safety backup"
+            listed = [m.backup_id for m in list_backups(repo.local(), crm_db) if "pre-restore" in m.labels]
+            mark = read_mark(comment_of(conn, copy))
+            assert mark is not None and len(listed) <= 1
+            assert mark.safety in (PENDING, *listed)  # killed between the manifest and the mark: still held
+            if mark.safety == PENDING:
+                assert expire_old_copies(conn) == [] and database_exists(pg, copy)
+        safety = backup(database=copy)
+        assert read_mark(comment_of(conn, copy)).safety == safety.backup_id
+        assert expire_old_copies(conn) == [copy] and not database_exists(pg, copy)
+    finally:
+        for name in old_copies(pg, crm_db):
+            drop_database(pg, name)
