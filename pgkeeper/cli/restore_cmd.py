@@ -136,9 +136,15 @@ def _restore(args: argparse.Namespace) -> int:
           f"{contents(len(report.tables), report.objects.get('indexes', 0), sum(report.tables.values()))}, "
           f"content proven against the backup; RTO {human_seconds(report.rto_seconds)}")
     if report.safety_backup_pending:
-        pid, log = start_safety_backup(args, report.safety_backup_pending)
-        print(f"safety backup of the replaced database ({report.safety_backup_pending}, kept until it is listed): "
-              f"running on as process {pid}, its own run in the Prefect UI; log: {log}")
+        copy = report.safety_backup_pending
+        try:
+            pid, log = start_safety_backup(args, copy)
+        except OSError as exc:  # the restore stands; the copy is held until a backup of it is listed
+            print(f"could not start the safety backup of the replaced database ({exc.strerror}): {copy} is kept "
+                  f"until one is listed; run `pgkeeper backup --database {copy}`", file=sys.stderr)
+        else:
+            print(f"safety backup of the replaced database ({copy}, kept until it is listed): "
+                  f"running on as process {pid}, its own run in the Prefect UI; log: {log}")
     elif report.safety_backup_id or report.safety_backup_error:
         print(report.safety_line(), file=sys.stderr if report.safety_backup_error else sys.stdout)
     if report.old_copy and report.old_copy_keep_until:

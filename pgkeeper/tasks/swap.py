@@ -161,12 +161,6 @@ def comment_of(conn: PostgresConnection, name: str) -> str | None:
     return row[0] if row else None
 
 
-def unsaved_copy(conn: PostgresConnection, name: str) -> bool:
-    """Whether `name` is a pre-restore copy whose safety backup is not listed yet."""
-    mark = read_mark(comment_of(conn, name))
-    return mark is not None and mark.safety == PENDING
-
-
 @task(name="record-safety-backup", cache_policy=NO_CACHE, **RETRYABLE)
 def record_safety_backup(conn: PostgresConnection, copy: str, backup_id: str) -> None:
     """Write the listed safety backup's id into the pre-restore copy's mark: from now on the copy
@@ -175,9 +169,15 @@ def record_safety_backup(conn: PostgresConnection, copy: str, backup_id: str) ->
     if read_mark(comment) is None:
         return
     assert comment is not None
-    with admin_connection(conn) as c:
-        c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-            _ident(copy), sql.Literal(with_safety_backup(comment, backup_id))))
+    try:
+        with admin_connection(conn) as c:
+            c.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                _ident(copy), sql.Literal(with_safety_backup(comment, backup_id))))
+    except psycopg.errors.InsufficientPrivilege as exc:  # a backup-only role: the backup stands
+        get_run_logger().warning("%s: its safety backup %s is listed, but the copy's mark could not say so (%s): "
+                                 "it stays held; drop it when you no longer need it", copy, backup_id,
+                                 first_line(exc, type(exc).__name__))
+        return
     get_run_logger().info("%s: its safety backup %s is listed; it may now expire", copy, backup_id)
 
 
