@@ -25,6 +25,7 @@ def test_restore_asks_for_the_name_then_replaces(pg, crm_db, pg_env):
         assert refused.returncode == 6  # not confirmed
         assert "nothing was changed" in refused.stderr
         assert f"Replace database {crm_db}" in refused.stdout
+        assert "is then backed up (label pre-restore) and not dropped before that backup is listed" in refused.stdout
         assert table_fingerprints(pg.conninfo(crm_db)) == changed and old_copies(pg, crm_db) == []
 
         done = cli_with_input("restore", "latest", "--no-safety-backup", env=pg_env, answer=crm_db + "\n")

@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def describe_plan(plan) -> str:  # plan: RestorePlan
+def describe_plan(plan, safety_backup: bool = True) -> str:  # plan: RestorePlan
     from pgkeeper.fmt import contents, human_bytes, human_seconds
 
     now = (f"exists, {human_bytes(plan.target_size)}; it will be kept as {plan.retire_as}"
@@ -66,12 +66,14 @@ def describe_plan(plan) -> str:  # plan: RestorePlan
         *([f"  roles:    {', '.join(plan.roles_to_create)} will be created from the backup"]
           if plan.roles_to_create else []),
         "The backup is restored into a new database and checked before anything is swapped.",
+        *([f"{plan.retire_as} is then backed up (label pre-restore) and not dropped before that backup is listed."]
+          if plan.target_exists and safety_backup else []),
     ])
 
 
-def ask(plan) -> str | None:
+def ask(plan, safety_backup: bool = True) -> str | None:
     """The terminal's confirmation: the target's name typed back (returned), else None."""
-    print(describe_plan(plan))
+    print(describe_plan(plan, safety_backup))
     try:
         typed = input(f"Type the database name ({plan.target}) to go ahead: ")
     except EOFError:
@@ -120,7 +122,7 @@ def _restore(args: argparse.Namespace) -> int:
     plan = name_shadow(plan)  # the early start's shadow, when this plan is its (early_shadow.py)
     typed = None
     if mode == "replace" and not args.yes:
-        typed = ask(plan)
+        typed = ask(plan, not args.no_safety_backup)
         if typed is None:
             return ExitCode.NOT_CONFIRMED
     print(f"restoring {plan.backup_id} (database {plan.backup_database}, from {plan.source}) into {plan.target}")
