@@ -115,10 +115,11 @@ def pgkeeper_restore(env: dict[str, str], args: list[str]) -> tuple[float, str]:
 
 
 def safety_backup_seconds(stdout: str, timeout: float = 600) -> float:
-    """Wait for the safety backup a replace left running as a process of its own; seconds waited."""
+    """Wait for the safety backup a replace left running as a process of its own; seconds waited.
+    Its log file (in the pgkeeper home) is removed: nothing of the benchmark's stays behind."""
     import re
 
-    found = re.search(r"running on as process (\d+)", stdout)
+    found = re.search(r"running on as process (\d+), .*; log: (\S+)", stdout)
     if not found:
         raise SystemExit(f"pgkeeper restore started no safety backup:\n{stdout[-2000:]}")
     started = time.monotonic()
@@ -126,11 +127,15 @@ def safety_backup_seconds(stdout: str, timeout: float = 600) -> float:
         try:
             stat = Path(f"/proc/{found[1]}/stat").read_text()
         except OSError:
-            return time.monotonic() - started
+            break
         if stat[stat.rindex(")") + 2] == "Z":
-            return time.monotonic() - started
+            break
         time.sleep(0.1)
-    raise SystemExit(f"the safety backup (process {found[1]}) did not end within {timeout:.0f} s")
+    else:
+        raise SystemExit(f"the safety backup (process {found[1]}) did not end within {timeout:.0f} s")
+    waited = time.monotonic() - started
+    Path(found[2]).unlink(missing_ok=True)
+    return waited
 
 
 def old_copies(cluster, target: str) -> list[str]:
