@@ -119,20 +119,16 @@ def safety_backup_seconds(stdout: str, timeout: float = 600) -> float:
     Its log file (in the pgkeeper home) is removed: nothing of the benchmark's stays behind."""
     import re
 
+    from tests.helpers import alive
+
     found = re.search(r"running on as process (\d+), .*; log: (\S+)", stdout)
     if not found:
         raise SystemExit(f"pgkeeper restore started no safety backup:\n{stdout[-2000:]}")
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        try:
-            stat = Path(f"/proc/{found[1]}/stat").read_text()
-        except OSError:
-            break
-        if stat[stat.rindex(")") + 2] == "Z":
-            break
+    while alive(int(found[1])):
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"the safety backup (process {found[1]}) did not end within {timeout:.0f} s")
         time.sleep(0.1)
-    else:
-        raise SystemExit(f"the safety backup (process {found[1]}) did not end within {timeout:.0f} s")
     waited = time.monotonic() - started
     Path(found[2]).unlink(missing_ok=True)
     return waited

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 OLD_COPY_MARK = "pgkeeper pre-restore copy"
 PENDING = "pending"
+_PENDING_NOTE = "; its safety backup is pending"
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class OldCopyMark:
 def old_copy_comment(target: str, backup_id: str, keep_hours: float, now: datetime,
                      previous_comment: str | None = None, safety_pending: bool = False) -> str:
     until = (now + timedelta(hours=keep_hours)).astimezone(UTC).isoformat(timespec="seconds")
-    safety = "; its safety backup is pending" if safety_pending else ""
+    safety = _PENDING_NOTE if safety_pending else ""
     data = {"of": target, "comment": previous_comment, "safety": PENDING if safety_pending else None}
     return (f"{OLD_COPY_MARK} of {target}, replaced by backup {backup_id} at "
             f"{now.astimezone(UTC).isoformat(timespec='seconds')}; keep until {until}{safety}\n"
@@ -59,7 +60,7 @@ def with_safety_backup(comment: str, backup_id: str) -> str:
     human, data = comment.rsplit("\n", 1)
     record = json.loads(data)
     record["safety"] = backup_id
-    human = human.replace("; its safety backup is pending", "") + f"; safety backup {backup_id}"
+    human = human.replace(_PENDING_NOTE, "") + f"; safety backup {backup_id}"
     return f"{human}\n{json.dumps(record)}"
 
 

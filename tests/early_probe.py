@@ -67,14 +67,3 @@ def run_probe(script: str, tmp_path: Path, argv: list[str], env: dict[str, str],
     out = subprocess.run(full, env=full_env, capture_output=True, text=True, timeout=300, cwd=ROOT, input=stdin)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(report.read_text()), out
-
-
-def alive(pid: int | None) -> bool:
-    """Whether `pid` runs (a zombie does not count)."""
-    if pid is None:
-        return False
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "State:\tZ" not in status

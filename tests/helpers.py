@@ -194,6 +194,17 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):  # no
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def alive(pid: int | None) -> bool:
+    """Whether `pid` runs (a zombie does not count)."""
+    if pid is None:
+        return False
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
 def waited_safety_backup(stdout: str, timeout: float = 180) -> str:
     """After `pgkeeper restore` in replace mode: wait for the safety backup it left running as a
     process of its own (no test leaves it behind); the name of the copy it backed up."""
@@ -202,15 +213,7 @@ def waited_safety_backup(stdout: str, timeout: float = 180) -> str:
     found = re.search(r"safety backup of the replaced database \((\S+), kept until it is listed\): "
                       r"running on as process (\d+)", stdout)
     assert found, stdout
-
-    def gone() -> bool:
-        try:
-            state = Path(f"/proc/{found[2]}/stat").read_text()
-        except OSError:
-            return True
-        return state[state.rindex(")") + 2] == "Z"  # ended, not yet reaped by init
-
-    wait_for(gone, timeout, "the safety backup's process")
+    wait_for(lambda: not alive(int(found[2])), timeout, "the safety backup's process")
     return found[1]
 
 

@@ -18,8 +18,8 @@ import psycopg
 from psycopg import sql
 from pydantic import SecretStr
 
-from tests.early_probe import alive, probe_script, run_probe
-from tests.helpers import wait_for
+from tests.early_probe import probe_script, run_probe
+from tests.helpers import alive, wait_for
 
 # What the early start did (tests/early_probe.py), and whether the slot was held when the stream
 # was forked.

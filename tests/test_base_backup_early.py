@@ -20,8 +20,8 @@ from pgkeeper.wal.archive import segments_between
 from pgkeeper.wal.spool import LocalWalStore
 from pgkeeper.wal.testing import ArchivingCluster, archiving_cluster
 from tests.conftest import PASSWORD
-from tests.early_probe import alive, probe_script, run_probe
-from tests.helpers import wait_for
+from tests.early_probe import probe_script, run_probe
+from tests.helpers import alive, wait_for
 
 PROBE = probe_script("pgkeeper.early_base", "EarlyBaseBackup")  # what the early start did
 

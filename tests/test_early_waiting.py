@@ -11,8 +11,7 @@ import os
 import subprocess
 import sys
 
-from tests.early_probe import alive
-from tests.helpers import ROOT, wait_for
+from tests.helpers import ROOT, alive, wait_for
 
 SCRIPT = """
 import json, os, sys, time

@@ -19,8 +19,8 @@ import pytest
 from psycopg import sql
 from pydantic import SecretStr
 
-from tests.early_probe import alive, probe_script, run_probe
-from tests.helpers import backed_up_copy, database_exists, drop_database, run_cli_here, shadows_of, wait_for
+from tests.early_probe import probe_script, run_probe
+from tests.helpers import alive, backed_up_copy, database_exists, drop_database, run_cli_here, shadows_of, wait_for
 
 # What the early start did (tests/early_probe.py), and its work directory. PROBE_MOVE_WORK_DIR:
 # the run's work root differs from the early start's (it is changed right after the fork).

@@ -18,8 +18,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.early_probe import alive, probe_script, run_probe
+from tests.early_probe import probe_script, run_probe
 from tests.helpers import (
+    alive,
     backed_up_copy,
     database_exists,
     drop_database,

@@ -105,7 +105,8 @@ def test_a_killed_pg_restore_leaves_the_target_as_it_was(pg, crm_db, env, repo):
     assert_untouched(pg, crm_db, before)
 
 
-def pids_with_arg(arg: bytes) -> list[int]:
+def pids_with_arg(arg: bytes, tool: bytes = b"pg_restore") -> list[int]:
+    """Processes of `tool` with `arg` in their command line."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -114,7 +115,7 @@ def pids_with_arg(arg: bytes) -> list[int]:
             cmdline = Path("/proc", entry, "cmdline").read_bytes()
         except OSError:
             continue
-        if b"pg_restore" in cmdline and arg in cmdline:
+        if tool in cmdline and arg in cmdline:
             found.append(int(entry))
     return found
 

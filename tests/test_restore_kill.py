@@ -115,20 +115,6 @@ def test_a_restore_killed_at_any_instant_leaves_the_target_usable(pg, crm_db, en
                 drop_database(pg, name)
 
 
-def _dumps_running() -> list[int]:
-    """pg_dump processes a backup started (they dump in an exported snapshot)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = open(f"/proc/{entry}/cmdline", "rb").read()  # noqa: SIM115
-            except OSError:
-                continue
-            if b"pg_dump" in cmdline and b"--snapshot=" in cmdline:
-                found.append(int(entry))
-    return found
-
-
 def test_a_safety_backup_killed_at_any_instant_leaves_the_replaced_copy_held(pg, crm_db, env, repo):  # noqa: F811
     """The safety backup a replace leaves running (as `pgkeeper restore` starts it), SIGKILLed with
     its children at a random instant: nothing half-made is listed, no pg_dump goes on, and the
@@ -164,7 +150,7 @@ def test_a_safety_backup_killed_at_any_instant_leaves_the_replaced_copy_held(pg,
                 except Exception:
                     pass
             time.sleep(1.0)  # a child that survived its parent would still be running now
-            assert _dumps_running() == [], "pg_dump outlived the killed safety backup"
+            assert pids_with_arg(b"--snapshot=", b"pg_dump") == [], "pg_dump outlived the killed safety backup"
             listed = [m.backup_id for m in list_backups(repo.local(), crm_db) if "pre-restore" in m.labels]
             mark = read_mark(comment_of(conn, copy))
             assert mark is not None and len(listed) <= 1

@@ -267,18 +267,19 @@ def restore(
         # The database is back in service: the RTO ends here, before the safety backup.
         rto = time.monotonic() - started - (0.0 if kept else waited)
         copy = swap.retired_as
-        unsaved = copy if copy and mode == "replace" and safety_backup else None
+        wanted = copy is not None and mode == "replace" and safety_backup
+        detached = wanted and keep_old and detach_safety_backup  # the caller starts it (tasks/safety.py)
         safety_id = safety_error = None
-        if unsaved and not (keep_old and detach_safety_backup):
+        if wanted and not detached:
             # Imported only here: a restore without a safety backup never loads the backup flow.
             from pgkeeper.flows.backup import backup as backup_flow
 
             safety_id, safety_error = back_up_old_copy(
-                backup_flow, unsaved, connection_block=connection_block, host=host, port=port, user=user,
+                backup_flow, copy, connection_block=connection_block, host=host, port=port, user=user,
                 repository_block=repository_block, backup_dir=backup_dir)
-            unsaved = None if safety_id else unsaved
+        held = wanted and safety_id is None  # kept, whatever keep_old says, until its backup is listed
         keep_until = None
-        if copy and not keep_old and not unsaved:
+        if copy and not keep_old and not held:
             drop_database_task(conn, copy)
         elif copy:
             keep_until = datetime.now(UTC) + timedelta(hours=keep_old_hours)
@@ -286,9 +287,9 @@ def restore(
         report = RestoreReport(
             backup_id=plan.backup_id, source=plan.source, target=plan.target, mode=plan.mode, tables=tables,
             objects=plan.objects, restore_seconds=restore_seconds, rto_seconds=rto, waited_seconds=waited,
-            terminated_sessions=swap.terminated, old_copy=copy if keep_old or unsaved else None,
+            terminated_sessions=swap.terminated, old_copy=copy if keep_old or held else None,
             old_copy_keep_until=keep_until, safety_backup_id=safety_id, safety_backup_error=safety_error,
-            safety_backup_pending=unsaved if safety_error is None else None,
+            safety_backup_pending=copy if detached else None,
             confirmation=confirmation_line(confirmation) if confirmation else None,
         )
         report_restore(report)
