@@ -136,8 +136,9 @@ class Done:
     stderr: str = ""
 
 
-def in_process(what: str, env: dict[str, str], target: str | None = None, **params: Any) -> Done:
-    """Run the backup flow, or a restore `--into target`, with the old scripts' variables set."""
+def in_process(what: str, env: dict[str, str], target: str | None = None, backup: str = "latest",
+               **params: Any) -> Done:
+    """Run the backup flow, or a restore of `backup` `--into target`, with the old scripts' variables set."""
     import os
 
     saved = {k: os.environ.get(k) for k in env}
@@ -150,7 +151,7 @@ def in_process(what: str, env: dict[str, str], target: str | None = None, **para
             return Done(0, f"backup {m.backup_id} done")
         from pgkeeper.flows.restore import restore
 
-        report = restore("latest", mode="new", target=target, connection_block="none", repository_block="none",
+        report = restore(backup, mode="new", target=target, connection_block="none", repository_block="none",
                          **params)
         return Done(0, f"restored {report.backup_id} into {report.target}")
     except Exception as exc:  # reported by the test's assertion, with the line
@@ -260,7 +261,7 @@ def test_replace_with_a_client_connected_keeps_everything_and_the_search_path_wo
     try:
         done = run_cli_here("restore", "latest", "--yes", env=app.env(b.database, repo))
         assert done.returncode == 0, tail(done)
-        waited_safety_backup(done.stdout)
+        copy = waited_safety_backup(done.stdout)
         with pytest.raises(psycopg.OperationalError):  # the held session was ended
             held.execute("SELECT 1").fetchone()
     finally:
@@ -276,6 +277,20 @@ def test_replace_with_a_client_connected_keeps_everything_and_the_search_path_wo
     with psycopg.connect(app.pg.conninfo()) as c:
         assert c.execute("SELECT datallowconn FROM pg_database WHERE datname = %s", (b.database,)).fetchone() == (
             True,)
+        [mark] = c.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s",
+                           (copy,)).fetchone()
+    # The safety backup, taken from the replaced copy after the swap, is that database whole: the
+    # replaced database was the original, and restored, its safety backup equals it (owners,
+    # grants, settings and comment included).
+    from pgkeeper.old_copy import read_mark
+
+    safety_id = read_mark(mark).safety
+    assert safety_id and safety_id.startswith("backup_"), mark
+    back = app.name("default_safety")
+    done = in_process("restore", app.env(b.database, repo), target=back, backup=safety_id)
+    assert done.returncode == 0, tail(done)
+    assert_same(app.original["default"], snapshot(app.pg.conninfo(), back, r),
+                "the safety backup of the replaced database")
 
 
 # ---------------------------------------------------------------------------------------------
