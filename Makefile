@@ -36,11 +36,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check pgkeeper tests benchmarks
 	$(BYTECODE) tests
-	# Two workers, whole files each (a file's tests share clusters and servers), the longest files first
-	# (tests/conftest.py SLOWEST_FIRST). 1644 s in the last CI run before that; 1226 s (20 min) on 2026-11-30 on an
-	# otherwise idle 2-core box, 1332 s in CI; 1141 s idle after the fifth pass; 879, 921 and 802 s idle after the sixth (307 tests); 658 and 537 s idle after the seventh (315, 317 tests).
-	# Process start-ups dominate, waits as much as CPU now (-n 3 took 1251 s in the fifth pass); see docs/performance.md section 6.
-	$(BIN)/pytest -q -n 2 --dist loadfile
+	# Three workers, whole files each (a file's tests share clusters and servers), the longest files first
+	# (tests/conftest.py SLOWEST_FIRST). On the 2-core box of 2026-12-02, idle: 936 s with two workers (both cores
+	# ~85 % busy), 865 s with three (97 % busy): the third fills the two workers' waits. docs/performance.md section 6.
+	$(BIN)/pytest -q -n 3 --dist loadfile
 
 # Stops the demo's PostgreSQL and Prefect server, then asks whether to remove the demo directory
 # (REMOVE=1 removes it without asking; without a terminal it is kept).
