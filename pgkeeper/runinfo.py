@@ -79,8 +79,9 @@ def name_from_parameters(kind: str, *keys: str) -> Callable[[], str]:
     return name
 
 
-def describe_run(name: str, tags: Iterable[str]) -> None:
-    """Rename the current flow run and add `tags` to the ones it has (a deployment's stay).
+def describe_run(name: str, tags: Iterable[str], replacing: Iterable[str] = ()) -> None:
+    """Rename the current flow run and add `tags` to the ones it has (a deployment's stay), less
+    the tags in `replacing`.
 
     Best effort: a run that cannot be renamed still does its work.
     """
@@ -93,7 +94,8 @@ def describe_run(name: str, tags: Iterable[str]) -> None:
         return
     try:
         # The run's tags as this process created it (a deployment's included): no read needed.
-        merged = list(dict.fromkeys([*ctx.flow_run.tags, *tags]))
+        gone = set(replacing)
+        merged = list(dict.fromkeys([*(t for t in ctx.flow_run.tags if t not in gone), *tags]))
         with get_client(sync_client=True) as client:
             client.update_flow_run(ctx.flow_run.id, name=name, tags=merged)
         ctx.flow_run.name, ctx.flow_run.tags = name, merged

@@ -333,3 +333,6 @@ def test_restore_steps_ask_for_no_tag_slots_and_the_safety_backup_keeps_the_tag(
     steps_run = [t for t in tasks if not t.name.startswith("backup-")]  # backup-<id>: the subflow's link, not run
     assert all("pgkeeper" not in t.tags for t in steps_run), [(t.name, t.tags) for t in steps_run]
     assert "pgkeeper" in safety.tags and "pre-restore" in safety.tags
+    # Found under the database it backs up, not under the copy's passing name.
+    assert f"db:{crm_db}" in safety.tags and not any(t.startswith(f"db:{crm_db}_pre_restore") for t in safety.tags)
+    assert safety.name.startswith(f"backup {crm_db} ")

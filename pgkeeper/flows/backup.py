@@ -81,8 +81,9 @@ def backup(
         if manifest.database != conn.database:  # a restore's pre-restore copy (pgkeeper/old_copy.py)
             from pgkeeper.tasks.swap import record_safety_backup
 
+            # Named and tagged by the database it was: the copy's name is a restore's detail.
             describe_run(f"backup {manifest.database} {today()} ({KIND_PRE_RESTORE})",
-                         [database_tag(manifest.database), KIND_PRE_RESTORE])
+                         [database_tag(manifest.database), KIND_PRE_RESTORE], replacing=[database_tag(conn.database)])
             record_safety_backup(conn, conn.database, backup_id)  # it may expire from now on
         # The summary artifact and the success event/mail need only the manifest: they wait on the
         # API beside the steps that change the repository (upload, retention, garbage collection).
