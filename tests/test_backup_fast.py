@@ -49,6 +49,20 @@ def test_backup_without_a_bucket_does_not_import_prefect_aws(pg_env):
     assert probe == {"code": 0, "loaded": []}
 
 
+def test_backup_imports_its_flow_without_the_collector_and_turns_it_back_on(pg_env):
+    """pgkeeper/lean_imports.py: the collector is off while the flow is imported, then on again
+    with what was imported frozen; a backup made that way is listed as any other."""
+    code = ("import gc, json, sys\n"
+            "from pgkeeper.cli.main import main\n"
+            "code = main(sys.argv[1:])\n"
+            "print(json.dumps({'code': code, 'enabled': gc.isenabled(), 'frozen': gc.get_freeze_count()}))\n")
+    probe = fresh(code, "backup", env=pg_env)
+    assert probe["code"] == 0 and probe["enabled"] and probe["frozen"] > 50_000, probe
+    listed = subprocess.run([sys.executable, "-m", "pgkeeper.cli.main", "list"], env={**os.environ, **pg_env},
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert listed.returncode == 0 and pg_env["POSTGRES_DB"] in listed.stdout, listed.stdout + listed.stderr
+
+
 def test_backup_from_saved_blocks_without_a_bucket_does_not_import_prefect_aws(conn, repo, pg_env):
     suffix = uuid.uuid4().hex[:8]
     conn.save(f"fast-db-{suffix}")

@@ -21,9 +21,11 @@ def run(args: argparse.Namespace) -> int:
     url = ensure_api()
     from pgkeeper.early import start_backup
     from pgkeeper.early_stream import started_early
+    from pgkeeper.lean_imports import imports_without_gc
 
     with started_early(lambda: start_backup(args, url)):  # the dump may start while Prefect is imported
-        from pgkeeper.flows.backup import backup
+        with imports_without_gc():
+            from pgkeeper.flows.backup import backup
 
         state = backup(**connection_params(args), **repository_params(args), labels=args.label, return_state=True)
     state.result()  # raises the run's error if it failed

@@ -33,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
     from pgkeeper.local_server import ensure_api
 
     ensure_api()
-    from pgkeeper.flows.pitr import pitr
+    from pgkeeper.lean_imports import imports_without_gc
+
+    with imports_without_gc():
+        from pgkeeper.flows.pitr import pitr
 
     r = pitr(data_dir=args.data_dir, port=args.port, target_time=args.target_time, target_lsn=args.target_lsn,
              target_name=args.target_name, latest=args.latest, source=args.source, wal_config=args.wal_config,

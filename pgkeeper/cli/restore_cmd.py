@@ -101,13 +101,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from pgkeeper.config import load_connection, load_repository
-    from pgkeeper.early_restore import name_shadow
-    from pgkeeper.errors import ExitCode
-    from pgkeeper.flows.restore import restore
-    from pgkeeper.fmt import contents, human_seconds
-    from pgkeeper.tasks.restore_confirmation import confirmed_at_terminal
-    from pgkeeper.tasks.restore_steps import plan_restore
+    from pgkeeper.lean_imports import imports_without_gc
+
+    with imports_without_gc():
+        from pgkeeper.config import load_connection, load_repository
+        from pgkeeper.early_restore import name_shadow
+        from pgkeeper.errors import ExitCode
+        from pgkeeper.flows.restore import restore
+        from pgkeeper.fmt import contents, human_seconds
+        from pgkeeper.tasks.restore_confirmation import confirmed_at_terminal
+        from pgkeeper.tasks.restore_steps import plan_restore
 
     conn_params, repo_params = connection_params(args), repository_params(args)
     mode = "new" if args.into else "replace"

@@ -20,7 +20,10 @@ def run(args: argparse.Namespace) -> int:
 
     ensure_api()
     from pgkeeper.cli.common import print_table
-    from pgkeeper.flows.retention import retention
+    from pgkeeper.lean_imports import imports_without_gc
+
+    with imports_without_gc():
+        from pgkeeper.flows.retention import retention
 
     reports = retention(**repository_params(args), sources=["s3"] if args.s3 else ["local"], dry_run=args.dry_run)
     for r in reports:

@@ -50,8 +50,11 @@ def run(args: argparse.Namespace) -> int:
     from pgkeeper.local_server import ensure_api
 
     ensure_api(announce=False)
-    from pgkeeper.flows.verify import verify
-    from pgkeeper.tasks.verify_checks import VerificationFailed
+    from pgkeeper.lean_imports import imports_without_gc
+
+    with imports_without_gc():
+        from pgkeeper.flows.verify import verify
+        from pgkeeper.tasks.verify_checks import VerificationFailed
 
     params = {**connection_params(args), **repository_params(args)}
     try:

@@ -94,9 +94,11 @@ def run_base_backup(args: argparse.Namespace) -> int:
     url = ensure_api()
     from pgkeeper.early_base import start_base_backup
     from pgkeeper.early_stream import started_early
+    from pgkeeper.lean_imports import imports_without_gc
 
     with started_early(lambda: start_base_backup(args, url)):  # the stream may start while Prefect is imported
-        from pgkeeper.flows.base_backup import base_backup
+        with imports_without_gc():
+            from pgkeeper.flows.base_backup import base_backup
 
         m = base_backup(**connection_params(args), **repository_params(args), wal_config=args.wal_config,
                         verify=not args.no_verify, labels=args.label)
@@ -112,7 +114,10 @@ def run_wal_ship(args: argparse.Namespace) -> int:
     from pgkeeper.local_server import ensure_api
 
     ensure_api()
-    from pgkeeper.flows.wal_ship import wal_ship
+    from pgkeeper.lean_imports import imports_without_gc
+
+    with imports_without_gc():
+        from pgkeeper.flows.wal_ship import wal_ship
     from pgkeeper.fmt import human_seconds
 
     s = wal_ship(**connection_params(args), **repository_params(args), wal_config=args.wal_config,
