@@ -105,18 +105,23 @@ def test_a_killed_pg_restore_leaves_the_target_as_it_was(pg, crm_db, env, repo):
     assert_untouched(pg, crm_db, before)
 
 
-def pids_with_arg(arg: bytes, tool: bytes = b"pg_restore") -> list[int]:
-    """Processes of `tool` with `arg` in their command line."""
+def pids_with_arg(arg: bytes, tool: bytes = b"pg_restore", environ: bytes | None = None) -> list[int]:
+    """Processes of `tool` with `arg` in their command line and, given `environ` (e.g.
+    b"PGDATABASE=x"), that entry in their environment: only this test's, when the other xdist
+    workers run the same tools for tests of their own."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             cmdline = Path("/proc", entry, "cmdline").read_bytes()
-        except OSError:
+            if tool not in cmdline or arg not in cmdline:
+                continue
+            if environ is not None and environ not in Path("/proc", entry, "environ").read_bytes().split(b"\0"):
+                continue
+        except OSError:  # gone meanwhile
             continue
-        if tool in cmdline and arg in cmdline:
-            found.append(int(entry))
+        found.append(int(entry))
     return found
 
 

@@ -150,7 +150,9 @@ def test_a_safety_backup_killed_at_any_instant_leaves_the_replaced_copy_held(pg,
                 except Exception:
                     pass
             time.sleep(1.0)  # a child that survived its parent would still be running now
-            assert pids_with_arg(b"--snapshot=", b"pg_dump") == [], "pg_dump outlived the killed safety backup"
+            # Only the copy's pg_dump: the other xdist workers' tests run backups meanwhile.
+            assert pids_with_arg(b"--snapshot=", b"pg_dump", environ=f"PGDATABASE={copy}".encode()) == [], \
+                "pg_dump outlived the killed safety backup"
             listed = [m.backup_id for m in list_backups(repo.local(), crm_db) if "pre-restore" in m.labels]
             mark = read_mark(comment_of(conn, copy))
             assert mark is not None and len(listed) <= 1

@@ -227,18 +227,19 @@ def test_a_killed_verify_leaves_no_pg_restore_and_the_next_one_drops_its_scratch
     take_backup(env)
     work = tmp_path / "work"  # the verify's work area (TMPDIR for the killed one)
     work.mkdir()
+    mine = f"TMPDIR={work}".encode()  # this verify's pg_restore, not another xdist worker's drill
     proc = subprocess.Popen([sys.executable, "-m", "pgkeeper.cli.main", "verify"],
                             env={**os.environ, **env, "TMPDIR": str(work)},
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while not pids_with_arg(b"--dbname=pgkeeper_verify_") and time.monotonic() < deadline:
+        while not pids_with_arg(b"--dbname=pgkeeper_verify_", environ=mine) and time.monotonic() < deadline:
             assert proc.poll() is None, "verify ended before its drill could be interrupted"
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         time.sleep(1.0)
-        assert pids_with_arg(b"--dbname=pgkeeper_verify_") == []  # died with its parent
+        assert pids_with_arg(b"--dbname=pgkeeper_verify_", environ=mine) == []  # died with its parent
         left = scratch_databases(pg)
         assert len(left) == 1  # the killed run's, with nobody writing into it
         assert [p.name.startswith("pgkeeper-verify-") for p in work.iterdir()] == [True]  # its dump
