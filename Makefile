@@ -37,8 +37,8 @@ test: $(STAMP)
 	$(BIN)/ruff check pgkeeper tests benchmarks
 	$(BYTECODE) tests
 	# Three workers, whole files each (a file's tests share clusters and servers), the longest files first
-	# (tests/conftest.py SLOWEST_FIRST). On the 2-core box of 2026-12-02, idle: 936 s with two workers (both cores
-	# ~85 % busy), 865 s with three (97 % busy): the third fills the two workers' waits. docs/performance.md section 6.
+	# (tests/conftest.py SLOWEST_FIRST). On the 2-core box of 2026-12-02, idle, in one hour: 936 s with two workers,
+	# 865 s with three (cores 97 % busy): the third fills the others' waits. docs/performance.md section 6.
 	$(BIN)/pytest -q -n 3 --dist loadfile
 
 # Stops the demo's PostgreSQL and Prefect server, then asks whether to remove the demo directory

@@ -205,6 +205,26 @@ def alive(pid: int | None) -> bool:
     return "State:\tZ" not in status
 
 
+def pids_with_arg(arg: bytes, tool: bytes = b"pg_restore", environ: bytes | None = None) -> list[int]:
+    """Processes of `tool` with `arg` in their command line and, given `environ` (e.g.
+    b"PGDATABASE=x"), that entry in their environment: only this test's, when the other xdist
+    workers run the same tools for tests of their own."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmdline = Path("/proc", entry, "cmdline").read_bytes()
+            if tool not in cmdline or arg not in cmdline:
+                continue
+            if environ is not None and environ not in Path("/proc", entry, "environ").read_bytes().split(b"\0"):
+                continue
+        except OSError:  # gone meanwhile
+            continue
+        found.append(int(entry))
+    return found
+
+
 def waited_safety_backup(stdout: str, timeout: float = 180) -> str:
     """After `pgkeeper restore` in replace mode: wait for the safety backup it left running as a
     process of its own (no test leaves it behind); the name of the copy it backed up."""

@@ -24,12 +24,12 @@ from tests.helpers import (
     backed_up_copy,
     database_exists,
     drop_database,
+    pids_with_arg,
     run_cli_here,
     shadows_of,
     wait_for,
     waited_safety_backup,
 )
-from tests.test_restore_faults import pids_with_arg
 from tests.test_restore_kill import _free_slot
 
 # What the early start did: its work directory and the shadow it restores into (None: fetch only).

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.helpers import create_database, database_exists, drop_database, table_fingerprints
+from tests.helpers import create_database, database_exists, drop_database, pids_with_arg, table_fingerprints
 from tests.test_restore import change_data, env, leftovers, old_copies  # noqa: F401
 
 
@@ -103,26 +103,6 @@ def test_a_killed_pg_restore_leaves_the_target_as_it_was(pg, crm_db, env, repo):
         state.result()
     assert f"database {crm_db} is unchanged" in str(exc.value)
     assert_untouched(pg, crm_db, before)
-
-
-def pids_with_arg(arg: bytes, tool: bytes = b"pg_restore", environ: bytes | None = None) -> list[int]:
-    """Processes of `tool` with `arg` in their command line and, given `environ` (e.g.
-    b"PGDATABASE=x"), that entry in their environment: only this test's, when the other xdist
-    workers run the same tools for tests of their own."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmdline = Path("/proc", entry, "cmdline").read_bytes()
-            if tool not in cmdline or arg not in cmdline:
-                continue
-            if environ is not None and environ not in Path("/proc", entry, "environ").read_bytes().split(b"\0"):
-                continue
-        except OSError:  # gone meanwhile
-            continue
-        found.append(int(entry))
-    return found
 
 
 def test_missing_roles_are_named_before_anything_is_touched_and_created_on_request(

@@ -12,9 +12,8 @@ import time
 
 import psycopg
 
-from tests.helpers import ROOT, database_exists, drop_database, table_fingerprints
+from tests.helpers import ROOT, database_exists, drop_database, pids_with_arg, table_fingerprints
 from tests.test_restore import change_data, env, leftovers, old_copies  # noqa: F401
-from tests.test_restore_faults import pids_with_arg
 
 
 def _swap_running(watch: psycopg.Connection, target: str) -> bool:

@@ -219,8 +219,7 @@ def test_a_killed_verify_leaves_no_pg_restore_and_the_next_one_drops_its_scratch
 
     import psycopg
 
-    from tests.helpers import ROOT
-    from tests.test_restore_faults import pids_with_arg
+    from tests.helpers import ROOT, pids_with_arg
 
     with psycopg.connect(pg.conninfo(crm_db), autocommit=True) as c:  # a drill that takes a moment
         c.execute("CREATE TABLE bulk AS SELECT i, md5(i::text) AS t FROM generate_series(1, 300000) i")
