@@ -21,6 +21,13 @@ if TYPE_CHECKING:
     from pgkeeper.repository import RepositoryVerbs
 
 
+# backup_manifest's per-file checksums. PostgreSQL's default: CRC32C costs the walsender (one
+# process, on the stream's path) and the check on the way in (tarstream.py) a fraction of
+# SHA-256's time (docs/performance.md section 2). It guards the transfer; what is stored is
+# guarded by the repository manifest's SHA-256 of every stored file, signed.
+MANIFEST_CHECKSUMS = "CRC32C"
+
+
 class Started(NamedTuple):
     tool: pgtools.Child
     stderr: IO[bytes]  # the file the tool's stderr goes to
@@ -34,10 +41,10 @@ def label_of(backup_id: str) -> str:
 
 @contextmanager
 def started_pg_basebackup(conn: ConnectionVerbs, repo: RepositoryVerbs, label: str) -> Iterator[Started]:
-    """pg_basebackup streaming a tar to its stdout (checksums for backup_manifest: SHA256), with
+    """pg_basebackup streaming a tar to its stdout (checksums for backup_manifest: CRC32C), with
     the repository's timeout; it never outlives the block (nor its starter: PR_SET_PDEATHSIG)."""
     argv = [pgtools.tool("pg_basebackup"), "-D", "-", "-Ft", "-X", "none", "--checkpoint=fast",
-            "--manifest-checksums=SHA256", "-l", label, "-w"]
+            f"--manifest-checksums={MANIFEST_CHECKSUMS}", "-l", label, "-w"]
     with tempfile.TemporaryFile() as err, pgtools.child(
         argv, env=conn.libpq_env(), timeout=repo.dump_timeout_seconds,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,

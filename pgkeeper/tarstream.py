@@ -3,9 +3,10 @@
 `pg_basebackup -Ft -D -` writes one tar to stdout with backup_manifest injected as its last
 member. `TarChecker.feed()` takes that stream chunk by chunk and returns what to store (the
 same bytes without the backup_manifest member, which is stored as a file of its own); on the
-way it hashes every regular file. `check_against_manifest()` then does what pg_verifybackup
-does with the files of a plain directory: the manifest's own checksum, and every file listed
-with its size and SHA256 present, and nothing else. It does not parse the WAL (pg_waldump does
+way it takes the CRC-32C of every regular file (the checksum basebackup_tool.py asks
+PostgreSQL for). `check_against_manifest()` then does what pg_verifybackup does with the files
+of a plain directory: the manifest's own checksum (SHA-256), and every file listed with its size
+and CRC-32C present, and nothing else. It does not parse the WAL (pg_waldump does
 that, see tasks/basebackup.py), and the tar is hashed before compression: a full
 `pg_verifybackup` of an unpacked copy is what the PITR drill adds.
 """
@@ -15,6 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 
+import crc32c
+
+from pgkeeper.basebackup_tool import MANIFEST_CHECKSUMS
 from pgkeeper.errors import IntegrityError
 
 BLOCK = 512
@@ -31,6 +35,12 @@ def _octal(field: bytes) -> int:
     return int(text, 8) if text else 0
 
 
+def crc_hex_forms(value: int) -> tuple[str, str]:
+    """How backup_manifest may write a CRC-32C: PostgreSQL hex-encodes the value's four bytes as
+    they lie in the server's memory, so little-endian on almost every server, big-endian on a few."""
+    return value.to_bytes(4, "little").hex(), value.to_bytes(4, "big").hex()
+
+
 def _pax_path(data: bytes) -> str | None:
     for record in data.split(b"\n"):
         _, _, kv = record.partition(b" ")
@@ -44,13 +54,13 @@ class TarChecker:
     """A streaming tar splitter: hashes members, holds back backup_manifest."""
 
     def __init__(self) -> None:
-        self.files: dict[str, tuple[int, str]] = {}  # path -> (size, sha256)
+        self.files: dict[str, tuple[int, int]] = {}  # path -> (size, CRC-32C)
         self.manifest = bytearray()
         self.raw_size = 0  # bytes passed on
         self._header = bytearray()  # a header being collected across chunks
         self._left = 0  # data + padding bytes of the current member still to come
         self._data_left = 0  # of which data
-        self._hash: hashlib._Hash | None = None
+        self._crc: int | None = None  # of the current regular member's data so far
         self._name = ""
         self._size = 0
         self._kind = b"0"
@@ -71,8 +81,8 @@ class TarChecker:
                 data = min(self._data_left, take)
                 if data:
                     part = mv[pos:pos + data]
-                    if self._hash is not None:
-                        self._hash.update(part)
+                    if self._crc is not None:
+                        self._crc = crc32c.crc32c(part, self._crc)
                     if self._meta is not None:
                         self._meta += part
                     if self._divert:
@@ -129,16 +139,16 @@ class TarChecker:
         self._data_left = size
         self._left = size + (-size % BLOCK)
         self._divert = self._name == PG_MANIFEST and kind in REGULAR
-        self._hash = hashlib.sha256() if kind in REGULAR and not self._divert else None
+        self._crc = 0 if kind in REGULAR and not self._divert else None
         self._meta = bytearray() if kind in (b"L", b"x") else None
         self._kind = kind
         if not self._left:
             self._member_done()
 
     def _member_done(self) -> None:
-        if self._hash is not None:
-            self.files[self._name] = (self._size, self._hash.hexdigest())
-            self._hash = None
+        if self._crc is not None:
+            self.files[self._name] = (self._size, self._crc)
+            self._crc = None
         if self._meta is not None:
             if self._kind == b"L":
                 self._long_name = bytes(self._meta).split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
@@ -167,7 +177,7 @@ def manifest_checksum_ok(data: bytes) -> bool:
 
 def check_against_manifest(checker: TarChecker) -> int:
     """Raise IntegrityError unless the streamed files are exactly those of backup_manifest, with
-    its sizes and SHA256 checksums; how many files were checked."""
+    its sizes and CRC-32C checksums; how many files were checked."""
     if not checker.ended:
         raise IntegrityError("the base backup's tar stream ended before its end-of-archive marker")
     if not checker.manifest:
@@ -187,9 +197,9 @@ def check_against_manifest(checker: TarChecker) -> int:
             raise IntegrityError(f"{path} is listed in backup_manifest but not in the backup")
         if got[0] != entry["Size"]:
             raise IntegrityError(f"{path} has size {got[0]} in the backup, {entry['Size']} in backup_manifest")
-        if entry.get("Checksum-Algorithm") != "SHA256":
-            raise IntegrityError(f"backup_manifest has no SHA256 checksum for {path}")
-        if got[1] != entry["Checksum"]:
+        if entry.get("Checksum-Algorithm") != MANIFEST_CHECKSUMS:
+            raise IntegrityError(f"backup_manifest has no {MANIFEST_CHECKSUMS} checksum for {path}")
+        if entry["Checksum"] not in crc_hex_forms(got[1]):
             raise IntegrityError(f"{path}: checksum mismatch against backup_manifest")
     extra = [p for p in seen if p not in IGNORED and not p.startswith("pg_wal/")]
     if extra:

@@ -1,5 +1,6 @@
 """The streaming tar checker (pgkeeper.tarstream) on tars built here: what it passes on, what it
-hashes, what it holds back; any chunking gives the same result."""
+hashes, what it holds back; any chunking gives the same result. (The manifests pg_basebackup
+writes are checked by the base backup tests: tests/test_base_backup*.py.)"""
 
 from __future__ import annotations
 
@@ -8,17 +9,24 @@ import io
 import json
 import tarfile
 
+import crc32c
 import pytest
 
 from pgkeeper.errors import IntegrityError
 from pgkeeper.tarstream import TarChecker, check_against_manifest, manifest_checksum_ok
 
 
-def pg_manifest(files: dict[str, bytes]) -> bytes:
+def pg_crc(data: bytes, byteorder: str = "little") -> str:
+    """A file's CRC-32C as backup_manifest writes it: the value's bytes in the server's order."""
+    return crc32c.crc32c(data).to_bytes(4, byteorder).hex()  # type: ignore[arg-type]
+
+
+def pg_manifest(files: dict[str, bytes], checksum: str = "CRC32C", byteorder: str = "little") -> bytes:
     """A backup_manifest in PostgreSQL's layout, its checksum over all lines but the last."""
     lines = ['{ "PostgreSQL-Backup-Manifest-Version": 1,', '"Files": [']
-    entries = [json.dumps({"Path": p, "Size": len(d), "Checksum-Algorithm": "SHA256",
-                           "Checksum": hashlib.sha256(d).hexdigest()}) for p, d in files.items()]
+    digest = pg_crc if checksum == "CRC32C" else lambda d, _order: hashlib.sha256(d).hexdigest()
+    entries = [json.dumps({"Path": p, "Size": len(d), "Checksum-Algorithm": checksum,
+                           "Checksum": digest(d, byteorder)}) for p, d in files.items()]
     lines.append(",\n".join(entries))
     lines.append("],")
     lines.append('"WAL-Ranges": [{ "Timeline": 1, "Start-LSN": "0/2000028", "End-LSN": "0/2000100" }],')
@@ -95,3 +103,12 @@ def test_a_tampered_manifest_a_missing_manifest_and_a_cut_stream_are_refused() -
     whole = build_tar(FILES, manifest)
     with pytest.raises(IntegrityError, match="ended before its end-of-archive marker"):
         check_against_manifest(run(whole[:len(whole) // 2], 4096)[0])
+
+
+def test_the_crc_is_postgresqls_in_either_byte_order_and_no_other_algorithm_is_taken() -> None:
+    assert pg_crc(b"123456789", "big") == "e3069283"  # CRC-32C's published check value
+    big_endian_server = pg_manifest(FILES, byteorder="big")
+    assert check_against_manifest(run(build_tar(FILES, big_endian_server), 4096)[0]) == len(FILES)
+    sha = pg_manifest(FILES, checksum="SHA256")
+    with pytest.raises(IntegrityError, match="backup_manifest has no CRC32C checksum for "):
+        check_against_manifest(run(build_tar(FILES, sha), 4096)[0])

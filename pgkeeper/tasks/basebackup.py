@@ -33,6 +33,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pgkeeper import __version__, pgtools
+from pgkeeper.basebackup_tool import MANIFEST_CHECKSUMS
 from pgkeeper.basestream import (
     PG_MANIFEST,
     READ_CHUNK,
@@ -98,7 +99,7 @@ def take_base_backup(conn: PostgresConnection, repo: BackupRepository, backup_id
     with storage.scratch("basebackup") as scratch:  # a retried attempt starts clean
         staging = scratch / STAGING
         argv = [pgtools.tool("pg_basebackup"), "-D", str(staging), "-Ft", "-X", "none", "--checkpoint=fast",
-                f"--compress={_compress_option(repo)}", "--manifest-checksums=SHA256", "-l",
+                f"--compress={_compress_option(repo)}", f"--manifest-checksums={MANIFEST_CHECKSUMS}", "-l",
                 f"pgkeeper {backup_id}", "-w"]
         started = datetime.now(UTC)
         pgtools.run(argv, env=conn.libpq_env(), timeout=repo.dump_timeout_seconds)
@@ -297,8 +298,8 @@ def _verify_streamed(repo: BackupRepository, backup_id: str, backup: BaseBackupF
     get_run_logger().info("base backup %s: stored files read back, WAL %s..%s parsed", backup_id, segments[0],
                           segments[-1])
     return {"checksums": "PASS: every stored file read back matches its sha256 in the manifest",
-            "backup_manifest": f"PASS: {backup.streamed_check} files match backup_manifest's sizes and SHA256 "
-                               "checksums (checked as pg_basebackup streamed them)",
+            "backup_manifest": f"PASS: {backup.streamed_check} files match backup_manifest's sizes and "
+                               f"{MANIFEST_CHECKSUMS} checksums (checked as pg_basebackup streamed them)",
             "wal": f"PASS: WAL {segments[0]}..{segments[-1]} parsed by pg_waldump from {backup.start_lsn} "
                    f"to {backup.stop_lsn}"}
 
