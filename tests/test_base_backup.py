@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import crc32c
 import psycopg
 import pytest
+import zstandard
 from pydantic import SecretStr
 
 from pgkeeper.blocks.postgres import PostgresConnection
@@ -51,6 +54,14 @@ def test_base_backup_is_stored_verified_and_its_wal_archived(arch: ArchivingClus
     assert sorted(p.name for p in folder.iterdir()) == sorted(names | {"manifest.json"})
     pg_manifest = json.loads((folder / "backup_manifest").read_text())
     assert pg_manifest["WAL-Ranges"][0]["Start-LSN"] == m.start_lsn
+    # CRC32C per file (PostgreSQL's default), as the server writes it: the value's bytes in its
+    # own (here little-endian) order; the stored tar holds the same bytes.
+    [version] = [e for e in pg_manifest["Files"] if e["Path"] == "PG_VERSION"]
+    assert {e["Checksum-Algorithm"] for e in pg_manifest["Files"]} == {"CRC32C"}
+    with (folder / "base.tar.zst").open("rb") as raw, tarfile.open(
+            fileobj=zstandard.ZstdDecompressor().stream_reader(raw), mode="r|") as tar:
+        stored = next(tar.extractfile(t).read() for t in tar if t.name in ("PG_VERSION", "./PG_VERSION"))
+    assert crc32c.crc32c(stored).to_bytes(4, "little").hex() == version["Checksum"]
     assert m.status == "checked"
     assert all(v.startswith("PASS") for v in m.verifications[0].checks.values())
     # Streamed: every file was checked against backup_manifest on the way, the WAL parsed after.
