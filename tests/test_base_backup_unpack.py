@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from pgkeeper.base_unpack import unpack_backup
 from pgkeeper.errors import IntegrityError
 from pgkeeper.manifest import StoredFile
 from pgkeeper.storage.streams import CheckedReader
-from pgkeeper.tasks.basebackup import unpack_backup
 
 pytestmark = pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar is not installed")
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pgkeeper.base_unpack import sync_cluster_dir, writing_back
 from pgkeeper.storage.atomic import sync_filesystem
-from pgkeeper.tasks.recovery import start_options, sync_cluster_dir, syncfs_reports_errors, writing_back
+from pgkeeper.tasks.recovery import start_options, syncfs_reports_errors
 
 
 def test_sync_filesystem_syncs_and_reports_a_bad_path(tmp_path: Path) -> None:

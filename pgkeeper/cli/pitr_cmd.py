@@ -32,16 +32,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pgkeeper.local_server import ensure_api
 
-    ensure_api()
+    url = ensure_api()
+    from pgkeeper.early_pitr import start_unpack
+    from pgkeeper.early_stream import started_early
     from pgkeeper.lean_imports import imports_without_gc
 
-    with imports_without_gc():
-        from pgkeeper.flows.pitr import pitr
+    with started_early(lambda: start_unpack(args, url)):  # the unpack may start while Prefect is imported
+        with imports_without_gc():
+            from pgkeeper.flows.pitr import pitr
 
-    r = pitr(data_dir=args.data_dir, port=args.port, target_time=args.target_time, target_lsn=args.target_lsn,
-             target_name=args.target_name, latest=args.latest, source=args.source, wal_config=args.wal_config,
-             keep_archiving=args.keep_archiving, timeout_seconds=args.timeout,
-             system_identifier=args.system_identifier, **repository_params(args), **archive_params(args))
+        r = pitr(data_dir=args.data_dir, port=args.port, target_time=args.target_time, target_lsn=args.target_lsn,
+                 target_name=args.target_name, latest=args.latest, source=args.source, wal_config=args.wal_config,
+                 keep_archiving=args.keep_archiving, timeout_seconds=args.timeout,
+                 system_identifier=args.system_identifier, **repository_params(args), **archive_params(args))
     print(f"recovered cluster {r.system_identifier} into {r.data_dir} from {r.backup_id} to {r.target}: "
           f"PostgreSQL is running on port {r.port}, "
           f"promoted (timeline {r.timeline}); {r.reached}")

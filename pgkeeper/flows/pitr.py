@@ -11,6 +11,7 @@ import time
 from prefect import flow
 
 from pgkeeper.config import DEFAULT_REPOSITORY_BLOCK, load_repository
+from pgkeeper.recovery_choice import parse_target
 from pgkeeper.runinfo import name_from_parameters, untagged_tasks
 from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.archive import make_readable
@@ -20,7 +21,6 @@ from pgkeeper.tasks.recovery import (
     choose_base_backup,
     configure_recovery,
     forget_recovery_secrets,
-    parse_target,
     report_recovery,
     resolve_source,
     restore_base_backup,

@@ -18,6 +18,7 @@ from prefect import flow
 from pgkeeper.config import DEFAULT_CONNECTION_BLOCK, DEFAULT_REPOSITORY_BLOCK, load_connection, load_repository
 from pgkeeper.localcluster import free_port, scratch_dir
 from pgkeeper.manifest import Manifest
+from pgkeeper.recovery_choice import parse_target
 from pgkeeper.runinfo import name_from_parameters
 from pgkeeper.sentry import report_failure
 from pgkeeper.tasks.basebackup import verify_unpacked_backup
@@ -35,7 +36,6 @@ from pgkeeper.tasks.recovery import (
     archive_cluster,
     choose_base_backup,
     configure_recovery,
-    parse_target,
     resolve_source,
     restore_base_backup,
     start_recovery,

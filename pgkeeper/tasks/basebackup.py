@@ -19,20 +19,16 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import tarfile
-import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
-import zstandard
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pgkeeper import __version__, pgtools
+from pgkeeper.base_unpack import unpack_backup
 from pgkeeper.basebackup_tool import MANIFEST_CHECKSUMS
 from pgkeeper.basestream import (
     PG_MANIFEST,
@@ -152,83 +148,6 @@ def check_wal_archived(walcfg: WalConfig, start_lsn: str, stop_lsn: str, timelin
     get_run_logger().info("WAL %s..%s (%d segment(s)) is archived in %s", needed[0], needed[-1], len(needed),
                           archive.describe())
     return needed
-
-
-def _member_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
-    # Tablespace links point at the source host's directories: tablespaces are unpacked in place
-    # (pg_tblspc/<oid>/) instead. Everything else must stay inside `dest`.
-    if member.name.startswith("pg_tblspc/") and member.issym():
-        return None
-    return tarfile.tar_filter(member, dest)
-
-
-def unpack_backup(open_plain: Callable[[StoredFile], BinaryIO], files: list[StoredFile], dest: Path,
-                  extract_as: list[str] | None = None) -> None:
-    """Unpack base.tar.* (and tablespace tars) into `dest`, each checked against its sha256.
-
-    With `extract_as` (a prefix such as pgtools.as_server_user(); [] for this user) a backup that
-    is one base tar is extracted by GNU tar running as that user, fed by this process, which reads,
-    checks and decompresses: two processes on two cores instead of one, and a user that cannot
-    write a setuid-root file or outside what it owns. Otherwise Python's tarfile extracts with
-    the `tar` filter.
-
-    A mismatch raises IntegrityError after the fact: the caller must discard `dest`.
-    """
-    tars = sorted((f for f in files if ".tar" in f.name), key=lambda f: not f.name.startswith("base."))
-    if not tars or not tars[0].name.startswith("base."):
-        raise IntegrityError("the backup has no base.tar file")
-    gnu_tar = shutil.which("tar") if extract_as is not None and len(tars) == 1 else None
-    for f in tars:
-        target = dest if f.name.startswith("base.") else dest / "pg_tblspc" / f.name.split(".")[0]
-        target.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open_plain(f) as hashed:
-            if f.name.endswith(".zst"):
-                stream = zstandard.ZstdDecompressor().stream_reader(hashed, read_across_frames=True)
-            elif f.name.endswith(".gz"):
-                import gzip
-
-                stream = gzip.GzipFile(fileobj=hashed)  # type: ignore[arg-type]
-            else:
-                stream = hashed  # type: ignore[assignment]
-            try:
-                if gnu_tar:
-                    _extract_with_tar(stream, target, [*(extract_as or []), gnu_tar], f.name)
-                else:
-                    with tarfile.open(fileobj=stream, mode="r|", bufsize=READ_CHUNK,  # type: ignore[call-overload]
-                                      copybufsize=READ_CHUNK) as tf:
-                        tf.extractall(target, filter=_member_filter)
-                while hashed.read(READ_CHUNK):  # to the end, where the stored bytes are checked
-                    pass
-            except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
-                raise IntegrityError(f"{f.name} cannot be unpacked: {exc}") from None
-
-
-def _extract_with_tar(stream: BinaryIO, target: Path, tar: list[str], label: str) -> None:
-    """Feed the decompressed tar to `tar -x` (GNU tar: leading '/' stripped, members with '..'
-    refused, symlinks that could lead out extracted as placeholders until the end)."""
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([*tar, "-x", "-p", "--no-same-owner", "-f", "-", "-C", str(target)],
-                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, bufsize=0)
-        try:
-            assert proc.stdin is not None
-            try:
-                while chunk := stream.read(READ_CHUNK):
-                    # stdin is unbuffered: a write into the pipe that a signal interrupts returns what
-                    # it wrote so far, and the rest must follow, or tar sees a stream with a hole.
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[proc.stdin.write(view) or 0:]
-            except BrokenPipeError:  # tar stopped reading: at the end-of-archive blocks, or failed
-                pass
-            proc.stdin.close()
-            code = proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        if code != 0:
-            err.seek(0)
-            raise IntegrityError(f"{label} cannot be unpacked: tar: {pgtools.last_line(err.read())}")
 
 
 def copy_checked(storage: Storage, backup_id: str, file: StoredFile, dest: Path) -> None:

@@ -9,54 +9,36 @@ timeline into the original's archive.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Literal
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from pgkeeper import pgtools
+from pgkeeper.base_unpack import unpack_cluster
 from pgkeeper.blocks.repository import BackupRepository
-from pgkeeper.catalog import list_backups
-from pgkeeper.errors import BadName, NotFound, RecoveryFailed
+from pgkeeper.errors import BadName, RecoveryFailed
 from pgkeeper.manifest import Manifest
-from pgkeeper.storage.atomic import atomic_write_bytes, sync_filesystem
-from pgkeeper.tasks.basebackup import unpack_backup
+from pgkeeper.recovery_choice import RecoveryTarget, newest_before, physical_backups
+from pgkeeper.storage.atomic import atomic_write_bytes
 from pgkeeper.tasks.policy import RETRYABLE
 from pgkeeper.wal import config as walconfig
 from pgkeeper.wal import identity
-from pgkeeper.wal.command import conf_quote, pgkeeper_command, restore_command
-from pgkeeper.wal.naming import parse_lsn, segment_name
+from pgkeeper.wal.command import conf_quote, pgkeeper_command, probe_in_background, restore_command
+from pgkeeper.wal.naming import segment_name
 from pgkeeper.wal.setup import server_ids
 
 WAL_CONFIG_NAME = "pgkeeper-wal.json"
 FETCH_QUEUE_NAME = "wal-queue"
 LOG_NAME = "log/pgkeeper-pitr.log"
-
-
-class RecoveryTarget(BaseModel):
-    kind: Literal["time", "lsn", "name", "latest"]
-    value: str | None = None
-
-    def describe(self) -> str:
-        return "the end of the archived WAL" if self.kind == "latest" else f"{self.kind} {self.value}"
-
-    def settings(self) -> dict[str, str]:
-        if self.kind == "latest":
-            return {}
-        return {f"recovery_target_{self.kind}": conf_quote(str(self.value)),
-                "recovery_target_action": "'promote'"}
 
 
 class RecoveryResult(BaseModel):
@@ -71,37 +53,6 @@ class RecoveryResult(BaseModel):
     seconds: float
 
 
-def parse_target(target_time: str | None = None, target_lsn: str | None = None,
-                 target_name: str | None = None, latest: bool = False) -> RecoveryTarget:
-    """Exactly one target; a time without a zone is taken as UTC."""
-    given = [k for k, v in (("time", target_time), ("lsn", target_lsn), ("name", target_name),
-                            ("latest", latest)) if v]
-    if len(given) != 1:
-        raise BadName("give exactly one recovery target: --target-time, --target-lsn, --target-name or --latest")
-    if target_time:
-        try:
-            when = datetime.fromisoformat(target_time.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise BadName(f"recovery target time {target_time!r} is not a time like "
-                          "'2024-03-15 14:30:00+00'") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return RecoveryTarget(kind="time", value=when.astimezone(UTC).isoformat(sep=" "))
-    if target_lsn:
-        if not re.fullmatch(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}", target_lsn.strip()):
-            raise BadName(f"recovery target LSN {target_lsn!r} is not like 0/3000060")
-        return RecoveryTarget(kind="lsn", value=target_lsn.strip().upper())
-    if target_name:
-        if len(target_name) > 63 or "'" in target_name or "\n" in target_name:
-            raise BadName(f"restore point name {target_name!r} is not acceptable")
-        return RecoveryTarget(kind="name", value=target_name)
-    return RecoveryTarget(kind="latest")
-
-
-def physical_backups(repo: BackupRepository, source: str) -> list[Manifest]:
-    return [m for m in list_backups(repo.storage(source)) if m.kind == "physical"]
-
-
 @task(name="resolve-source", cache_policy=NO_CACHE)
 def resolve_source(repo: BackupRepository, source: str) -> str:
     """'auto': the local repository if it holds a base backup, else the offsite bucket."""
@@ -109,7 +60,7 @@ def resolve_source(repo: BackupRepository, source: str) -> str:
         return source
     if source != "auto":
         raise BadName(f"unknown source {source!r}: use 'local', 's3' or 'auto'")
-    return "local" if physical_backups(repo, "local") or not repo.offsite else "s3"
+    return "local" if physical_backups(repo.storage("local")) or not repo.offsite else "s3"
 
 
 @task(name="archive-cluster", cache_policy=NO_CACHE, **RETRYABLE)
@@ -128,146 +79,34 @@ def archive_cluster(walcfg: walconfig.WalConfig, system_identifier: str | None =
     return found.system_identifier if found else None
 
 
-def of_cluster(backups: list[Manifest], system_identifier: str | None, where: str) -> tuple[list[Manifest], str]:
-    """Only the base backups of one cluster; with none named, there must be only one."""
-    clusters = sorted({m.system_identifier or "?" for m in backups})
-    if system_identifier is None:
-        if len(clusters) > 1:
-            raise BadName(f"{where} holds base backups of several clusters ({', '.join(clusters)}): "
-                          "name one with --system-identifier")
-        return backups, clusters[0] if clusters else "?"
-    mine = [m for m in backups if m.system_identifier == system_identifier]
-    if backups and not mine:
-        raise NotFound(f"no base backup of cluster {system_identifier} in {where} "
-                       f"(it holds cluster(s) {', '.join(clusters)})")
-    return mine, system_identifier
-
-
 @task(name="choose-base-backup", cache_policy=NO_CACHE)
 def choose_base_backup(repo: BackupRepository, source: str, target: RecoveryTarget,
                        system_identifier: str | None = None) -> Manifest:
     """The newest base backup of the cluster that was consistent before the target."""
     where = repo.storage(source).describe()
-    backups, cluster = of_cluster(physical_backups(repo, source), system_identifier, where)
-    if not backups:
-        raise NotFound(f"no base backups in {where}: run `pgkeeper base-backup` first")
-    if target.kind == "time":
-        when = datetime.fromisoformat(str(target.value))
-        eligible = [m for m in backups if m.finished_at <= when]
-        if not eligible:
-            first = min(backups, key=lambda m: m.finished_at)
-            raise NotFound(f"the target {when.isoformat(sep=' ')} is before the oldest base backup "
-                           f"({first.backup_id}, consistent from {first.finished_at.isoformat(sep=' ')})")
-        chosen = max(eligible, key=lambda m: m.finished_at)
-    elif target.kind == "lsn":
-        want = parse_lsn(str(target.value))
-        eligible = [m for m in backups if m.stop_lsn and parse_lsn(m.stop_lsn) <= want]
-        if not eligible:
-            raise NotFound(f"the target LSN {target.value} is before the oldest base backup's end "
-                           f"({backups[0].backup_id}, {backups[0].stop_lsn})")
-        chosen = max(eligible, key=lambda m: parse_lsn(m.stop_lsn or "0/0"))
-    else:
-        chosen = backups[-1]
+    chosen, cluster = newest_before(physical_backups(repo.storage(source)), target, system_identifier, where)
     get_run_logger().info("recovering cluster %s from base backup %s (%s, WAL from %s) to %s", cluster,
                           chosen.backup_id, where, chosen.start_lsn, target.describe())
     return chosen
 
 
-def _chown_tree(path: Path) -> None:
-    ids = server_ids()
-    if ids is None:
-        return
-    os.chown(path, *ids)
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.chown(os.path.join(root, name), *ids, follow_symlinks=False)
-
-
-def find_restore_command() -> None:
-    """Start finding how the server user runs pgkeeper (pgkeeper_command: one or two Python starts
-    as that user, about half a second) on a thread, beside the unpack; configure_recovery's
-    restore_command then takes its answer (or waits for it)."""
-    threading.Thread(target=_probe_quietly, name="pgkeeper-command-probe", daemon=True).start()
-
-
-def _probe_quietly() -> None:
-    try:
-        pgkeeper_command()
-    except Exception:  # noqa: BLE001 - configure_recovery asks again and reports it
-        pass
-
-
 @task(name="restore-base-backup", cache_policy=NO_CACHE)
 def restore_base_backup(repo: BackupRepository, source: str, manifest: Manifest, data_dir: str) -> str:
-    """Unpack the base backup into a new (or empty) data directory, every file checksum-checked."""
+    """Unpack the base backup into a new (or empty) data directory, every file checksum-checked
+    (or take the unpack `pgkeeper pitr` began before this run existed, when it chose the same)."""
+    from pgkeeper.early_pitr import adopt
+
     dest = Path(data_dir)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
-        raise BadName(f"{dest} is not empty: pitr only recovers into a new or empty directory")
-    created = not dest.exists()
-    pgtools.make_server_dir(dest)
-    storage = repo.storage(source)
-    find_restore_command()  # probed as the server user meanwhile: configure_recovery needs it next
-    try:
-        with writing_back(dest):
-            unpack_backup(lambda f: storage.open_plain(manifest.backup_id, f), manifest.files, dest,
-                          extract_as=pgtools.as_server_user())  # dest is the server user's (make_server_dir)
-        for leftover in ("postmaster.pid", "postmaster.opts", "standby.signal"):
-            (dest / leftover).unlink(missing_ok=True)
-        (dest / "pg_wal" / "archive_status").mkdir(parents=True, exist_ok=True)
-        (dest / "log").mkdir(exist_ok=True)
-        _chown_tree(dest)
-        dest.chmod(0o700)
-        sync_cluster_dir(dest)
-    except BaseException:
-        if created:
-            shutil.rmtree(dest, ignore_errors=True)
-        else:
-            for child in dest.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        raise
+    early = adopt(repo, source, manifest.backup_id, dest)
+    probe_in_background()  # how the server user runs pgkeeper, meanwhile: configure_recovery needs it next
+    if early is not None:
+        get_run_logger().info("base backup %s: unpacking began before the run (pgkeeper pitr's early start); "
+                              "waiting for it", manifest.backup_id)
+        early.result()
+    else:
+        unpack_cluster(repo.storage(source), manifest, dest)
     get_run_logger().info("base backup %s unpacked into %s", manifest.backup_id, dest)
     return str(dest)
-
-
-@contextlib.contextmanager
-def writing_back(dest: Path, every: float = 0.5) -> Iterator[None]:
-    """While the block runs, a thread syncs dest's file system over and over, so the unpacked
-    files go to disk while the next ones are being decompressed (two processes busy on the CPU,
-    the disk idle otherwise): the sync owed at the end (sync_cluster_dir) then finds little left.
-    Its errors are left to that final sync, which reports them."""
-    done = threading.Event()
-
-    def loop() -> None:
-        while not done.wait(every):
-            try:
-                sync_filesystem(dest)
-            except OSError:
-                return
-
-    thread = threading.Thread(target=loop, name="pgkeeper-writeback", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-
-
-def sync_cluster_dir(dest: Path) -> None:
-    """Every unpacked file on disk before PostgreSQL is told about it: one syncfs per file system
-    the cluster spans (data directory, pg_wal, tablespaces). GNU tar leaves the whole tree dirty in
-    the page cache; PostgreSQL's start-up sync would otherwise fsync it one file (and one journal
-    commit) at a time, seconds for a thousand files where one syncfs takes well under one."""
-    tablespaces = sorted((dest / "pg_tblspc").iterdir()) if (dest / "pg_tblspc").is_dir() else []
-    devices: set[int] = set()
-    for path in (dest, dest / "pg_wal", *tablespaces):
-        try:
-            device = path.resolve().stat().st_dev
-        except OSError:
-            continue
-        if device not in devices:
-            devices.add(device)
-            sync_filesystem(path.resolve())
 
 
 def syncfs_reports_errors() -> bool:

@@ -42,6 +42,18 @@ def pgkeeper_command(user: str = SERVER_USER) -> str:
         return _probe_command(user)
 
 
+def probe_in_background(user: str = SERVER_USER) -> None:
+    """Start finding how `user` runs pgkeeper on a thread (one or two Python starts as that user,
+    about half a second), beside other work; pgkeeper_command then takes its answer or waits."""
+    def probe() -> None:
+        try:
+            pgkeeper_command(user)
+        except Exception:  # noqa: BLE001 - the caller that needs the answer asks again and reports it
+            pass
+
+    threading.Thread(target=probe, name="pgkeeper-command-probe", daemon=True).start()
+
+
 def forget_pgkeeper_command() -> None:
     """Probe again next time (after `wal-setup --apply` installed a copy the user can run)."""
     with _probing:

@@ -1,0 +1,159 @@
+"""`pgkeeper pitr`'s early start (pgkeeper/early_pitr.py): the base backup is chosen and unpacked
+before Prefect is imported, and the run's restore-base-backup step adopts the unpack; whenever the
+run could choose otherwise, today's path runs, and what an unadopted unpack wrote is removed.
+
+Each command runs in a fresh process (only there is Prefect not imported yet); a small probe
+around pgkeeper's own functions reports what the early start did. Never a time."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from pgkeeper.localcluster import LocalCluster, free_port, scratch_dir
+from pgkeeper.wal.testing import ArchivingCluster, archiving_cluster
+from tests.conftest import PASSWORD
+from tests.early_probe import probe_script, run_probe
+from tests.helpers import alive, wait_for
+from tests.test_pitr import wait_archived
+
+PROBE = probe_script("pgkeeper.early_pitr", "EarlyUnpack")
+
+
+@pytest.fixture(scope="module")
+def arch() -> Iterator[ArchivingCluster]:
+    """A cluster archiving through wal-push, one base backup taken by the command, 500 rows after it."""
+    from pgkeeper import keys
+
+    keys.mac_keys(create=True)  # without a manifest key the run would look for Secret blocks
+    with archiving_cluster(PASSWORD, prefix="pgkeeper-pitrearly-") as a:
+        with psycopg.connect(a.cluster.conninfo(), autocommit=True) as c:
+            c.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
+        env = {**env_of(a), "POSTGRES_HOST": a.cluster.host, "POSTGRES_PORT": str(a.cluster.port),
+               "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": a.cluster.password, "POSTGRES_DB": "postgres"}
+        run_probe(PROBE, a.repo_path.parent, ["base-backup", "--wal-config", str(a.config_path)], env)
+        with psycopg.connect(a.cluster.conninfo(), autocommit=True) as c:
+            c.execute("INSERT INTO t SELECT g FROM generate_series(1001, 1500) g")
+        wait_archived(a.cluster)
+        yield a
+
+
+@pytest.fixture
+def into() -> Iterator[Path]:
+    """A place for recovered data directories; their servers stopped and all removed afterwards."""
+    base = scratch_dir("pgkeeper-pitrearly-into-")
+    try:
+        yield base
+    finally:
+        for d in base.iterdir():
+            if (d / "postmaster.pid").exists():
+                LocalCluster(d).stop("immediate")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def env_of(a: ArchivingCluster, **extra: str) -> dict[str, str]:
+    return {**os.environ, "BACKUP_DIR": str(a.repo_path), **extra}
+
+
+def pitr_argv(a: ArchivingCluster, data_dir: Path, port: int) -> list[str]:
+    return ["pitr", "--latest", "--data-dir", str(data_dir), "--port", str(port), "--wal-config", str(a.config_path)]
+
+
+def tar_pids(data_dir: Path) -> list[int]:
+    """GNU tar processes extracting into `data_dir`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv and argv[0].endswith(b"tar") and str(data_dir).encode() in argv:
+                found.append(int(entry.name))
+    return found
+
+
+def test_the_run_adopts_the_unpack_begun_before_prefect(arch, into, tmp_path):
+    data_dir, port = into / "latest", free_port()
+    seen, out = run_probe(PROBE, tmp_path, pitr_argv(arch, data_dir, port), env_of(arch))
+    assert seen["code"] == 0 and seen["forked"], seen
+    assert seen["adopted"] == seen["backup_id"]  # the backup the run chose is the one unpacked
+    assert f"from {seen['backup_id']}" in out.stdout and "promoted" in out.stdout
+    assert not alive(seen["child"]) and not tar_pids(data_dir)
+    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres password={PASSWORD}") as c:
+        assert c.execute("SELECT count(*), max(id) FROM t").fetchone() == (1500, 1500)
+        assert c.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
+    assert (data_dir.stat().st_mode & 0o777) == 0o700
+
+
+def test_a_directory_that_is_not_empty_is_refused_before_anything_is_unpacked(arch, into, tmp_path):
+    data_dir = into / "full"
+    data_dir.mkdir()
+    (data_dir / "keep.txt").write_text("mine")
+    proc, report = run_probe(PROBE, tmp_path, pitr_argv(arch, data_dir, free_port()), env_of(arch), background=True)
+    _, err = proc.communicate(timeout=300)
+    seen = json.loads(report.read_text())
+    assert not seen["forked"] and seen["code"] != 0
+    errors = [line for line in err.splitlines() if line.startswith("pgkeeper: error:")]
+    assert len(errors) == 1 and "is not empty" in errors[0], err[-2000:]
+    assert [p.name for p in data_dir.iterdir()] == ["keep.txt"]
+
+
+def test_a_killed_early_start_leaves_no_process(arch, into, tmp_path):
+    data_dir = into / "killed"
+    proc, report = run_probe(PROBE, tmp_path, pitr_argv(arch, data_dir, free_port()),
+                             env_of(arch, PROBE_DIE_AFTER_FORK="1"), background=True)
+    proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    seen = json.loads(report.read_text())
+    assert seen["forked"]
+    wait_for(lambda: not alive(seen["child"]), 60, "the early child to die with its parent")
+    wait_for(lambda: not tar_pids(data_dir), 60, "tar to die with the child")
+
+
+def test_a_run_adopts_only_what_it_would_have_chosen(tmp_path):
+    """Another backup, repository, directory or source: the unpack is undone (what it wrote
+    removed, a directory it made too, one it found kept) and the run takes today's path."""
+    from datetime import UTC, datetime
+
+    import pgkeeper.early_pitr as early_pitr
+    import pgkeeper.early_stream as early_stream
+    from pgkeeper.blocks.repository import BackupRepository
+    from pgkeeper.manifest import Manifest
+    from pgkeeper.repository import PlainRepository
+
+    now = datetime.now(UTC)
+    manifest = Manifest(backup_id="backup_b", database="", kind="physical", server_version="15", tool_version="x",
+                        started_at=now, finished_at=now, compression="zstd", size=0, files=[])
+    repo = PlainRepository(path=str(tmp_path / "repo"))
+    block_repo = BackupRepository(path=str(tmp_path / "repo"))
+
+    def pending(dest: Path) -> early_pitr.EarlyUnpack:
+        early = early_pitr.EarlyUnpack(repo, manifest, dest)
+        dest.mkdir(exist_ok=True)
+        (dest / "PG_VERSION").write_text("15\n")  # as if the child had begun
+        early_stream._pending = early
+        return early
+
+    made = tmp_path / "made"
+    for args in ((block_repo, "local", "backup_other", made), (block_repo, "s3", "backup_b", made),
+                 (BackupRepository(path=str(tmp_path / "other")), "local", "backup_b", made),
+                 (block_repo, "local", "backup_b", tmp_path / "elsewhere")):
+        pending(made)
+        assert early_pitr.adopt(*args) is None
+        assert not made.exists()  # the early start made it: removed
+    found = tmp_path / "found"
+    found.mkdir()
+    pending(found)
+    assert early_pitr.adopt(block_repo, "local", "backup_other", found) is None
+    assert found.is_dir() and not any(found.iterdir())  # it was there before: emptied, kept
+    early = pending(made)
+    assert early_pitr.adopt(block_repo, "local", "backup_b", made) is early and early.adopted
+    early_stream._pending = None
