@@ -3,11 +3,11 @@
 The same idea as the backups' early starts (pgkeeper/early.py, early_base.py; what they share is
 in pgkeeper/early_stream.py): when the run is sure to choose what the command line can choose
 without Prefect (the repository from BACKUP_DIR or --backup-dir, no repository block saved under
-the default name, a local base backup, the WAL archive's cluster known from the spool), the
-command chooses the base backup as the run's choose-base-backup step does
-(`recovery_choice.newest_before`) and forks a child that unpacks it into the data directory
-(`base_unpack.unpack_cluster`: every stored file checked against its sha256, the tree owned by
-the server user and synced). The child dies with this process (PR_SET_PDEATHSIG; GNU tar dies
+the default name, a local base backup, the WAL archive's cluster known from the spool, the
+private key of an encrypted backup in the key directory), the command chooses the base backup as
+the run's choose-base-backup step does (`recovery_choice.newest_before`) and forks a child that
+unpacks it into the data directory (`base_unpack.unpack_cluster`: every stored file checked
+against its sha256, the tree owned by the server user and synced). The child dies with this process (PR_SET_PDEATHSIG; GNU tar dies
 with the child) and reports its result, or its error in one line, through a pipe.
 
 The run's restore-base-backup step adopts it when it chose the same backup from the same
@@ -114,6 +114,7 @@ def start_unpack(args: argparse.Namespace, api_url: str) -> EarlyUnpack | None:
 
 def _chosen(args: argparse.Namespace, repo: PlainRepository) -> Manifest | None:
     """The base backup the run's steps will choose, when the local repository decides it."""
+    from pgkeeper import keys
     from pgkeeper.recovery_choice import newest_before, parse_target, physical_backups
     from pgkeeper.wal import config as walconfig
     from pgkeeper.wal import identity
@@ -131,7 +132,10 @@ def _chosen(args: argparse.Namespace, repo: PlainRepository) -> Manifest | None:
             return None  # the run asks the bucket which cluster the archive is
         cluster = found.system_identifier if found else None
     target = parse_target(args.target_time, args.target_lsn, args.target_name, args.latest)
-    return newest_before(backups, target, cluster, local.describe())[0]
+    chosen = newest_before(backups, target, cluster, local.describe())[0]
+    if any(f.encryption for f in chosen.files) and not keys.identities():
+        return None  # its private key may be a Secret block: only the run reads those
+    return chosen
 
 
 def adopt(repo: RepositoryVerbs, source: str, backup_id: str, dest: Path) -> EarlyUnpack | None:
