@@ -7,8 +7,9 @@ the default name, a local base backup, the WAL archive's cluster known from the 
 private key of an encrypted backup in the key directory), the command chooses the base backup as
 the run's choose-base-backup step does (`recovery_choice.newest_before`) and forks a child that
 unpacks it into the data directory (`base_unpack.unpack_cluster`: every stored file checked
-against its sha256, the tree owned by the server user and synced). The child dies with this process (PR_SET_PDEATHSIG; GNU tar dies
-with the child) and reports its result, or its error in one line, through a pipe.
+against its sha256, the tree owned by the server user and synced). The child dies with this
+process (PR_SET_PDEATHSIG; GNU tar dies with the child) and reports its result, or its error in
+one line, through a pipe.
 
 The run's restore-base-backup step adopts it when it chose the same backup from the same
 repository into the same directory, and waits for it; everything after the unpack (recovery
