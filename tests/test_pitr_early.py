@@ -157,3 +157,41 @@ def test_a_run_adopts_only_what_it_would_have_chosen(tmp_path):
     early = pending(made)
     assert early_pitr.adopt(block_repo, "local", "backup_b", made) is early and early.adopted
     early_stream._pending = None
+
+
+def test_the_command_chooses_the_runs_backup_or_steps_aside(tmp_path, monkeypatch):
+    """The command's choice is the run's rule (newest base backup consistent before the target,
+    of the archive's cluster); it steps aside for an encrypted one without its private key in the
+    key directory, when the local repository has none, and it fails (so the command steps aside)
+    for a cluster it holds no base backup of."""
+    from argparse import Namespace
+    from datetime import UTC, datetime, timedelta
+
+    import pyrage
+
+    from pgkeeper.early_pitr import _chosen
+    from pgkeeper.manifest import Manifest, StoredFile
+    from pgkeeper.repository import PlainRepository
+
+    monkeypatch.setenv("PGKEEPER_KEYS_DIR", str(tmp_path / "keys"))
+    repo = PlainRepository(path=str(tmp_path / "repo"))
+    args = Namespace(system_identifier="7", wal_config=None, target_time=None, target_lsn=None, target_name=None,
+                     latest=True)
+    assert _chosen(args, repo) is None  # nothing local: the run decides (auto reads the bucket)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    storage = repo.storage()
+    for day, encryption in ((1, None), (2, "age")):
+        m = Manifest(backup_id=f"backup_2026010{day}_000000", kind="physical", database="", server_version="15",
+                     tool_version="x", system_identifier="7", started_at=start + timedelta(days=day),
+                     finished_at=start + timedelta(days=day, hours=1), compression="zstd", size=1,
+                     files=[StoredFile(name="base.tar.zst", size=1, sha256="0" * 64, encryption=encryption)])
+        storage.begin_backup(m.backup_id)
+        storage.write_manifest(m.backup_id, m.to_bytes())
+    assert _chosen(args, repo) is None  # the newest is encrypted and no private key is in the key directory
+    (tmp_path / "keys" / "identities.txt").write_text(str(pyrage.x25519.Identity.generate()) + "\n")
+    assert _chosen(args, repo).backup_id == "backup_20260102_000000"
+    args.latest, args.target_time = False, "2026-01-02 12:00:00+00"
+    assert _chosen(args, repo).backup_id == "backup_20260101_000000"
+    args.system_identifier = "8"
+    with pytest.raises(Exception, match="no base backup of cluster 8"):
+        _chosen(args, repo)  # start_unpack turns it into None: the run says it
