@@ -225,6 +225,21 @@ def pids_with_arg(arg: bytes, tool: bytes = b"pg_restore", environ: bytes | None
     return found
 
 
+def pids_running(tool: bytes, *args: bytes) -> list[int]:
+    """Processes whose program is `tool` (the end of argv[0]) with any of `args` as a whole
+    argument: unlike pids_with_arg, no other program that mentions them matches."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                argv = Path("/proc", entry, "cmdline").read_bytes().split(b"\0")
+            except OSError:  # gone meanwhile
+                continue
+            if argv and argv[0].endswith(tool) and set(args) & set(argv):
+                found.append(int(entry))
+    return found
+
+
 def waited_safety_backup(stdout: str, timeout: float = 180) -> str:
     """After `pgkeeper restore` in replace mode: wait for the safety backup it left running as a
     process of its own (no test leaves it behind); the name of the copy it backed up."""

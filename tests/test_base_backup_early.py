@@ -21,7 +21,7 @@ from pgkeeper.wal.spool import LocalWalStore
 from pgkeeper.wal.testing import ArchivingCluster, archiving_cluster
 from tests.conftest import PASSWORD
 from tests.early_probe import probe_script, run_probe
-from tests.helpers import alive, wait_for
+from tests.helpers import alive, pids_running, wait_for
 
 PROBE = probe_script("pgkeeper.early_base", "EarlyBaseBackup")  # what the early start did
 
@@ -67,16 +67,7 @@ def basebackup_pids(backup_id: str, command_pid: int | None = None) -> list[int]
     from pgkeeper.early_base import early_label
 
     labels = {label_of(backup_id).encode()} | ({early_label(command_pid).encode()} if command_pid else set())
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"pg_basebackup") and labels & set(argv):
-                found.append(int(entry.name))
-    return found
+    return pids_running(b"pg_basebackup", *labels)
 
 
 def test_the_run_adopts_the_stream_started_before_prefect(arch, tmp_path):

@@ -21,7 +21,7 @@ from pgkeeper.localcluster import LocalCluster, free_port, scratch_dir
 from pgkeeper.wal.testing import ArchivingCluster, archiving_cluster
 from tests.conftest import PASSWORD
 from tests.early_probe import probe_script, run_probe
-from tests.helpers import alive, wait_for
+from tests.helpers import alive, pids_running, wait_for
 from tests.test_pitr import wait_archived
 
 PROBE = probe_script("pgkeeper.early_pitr", "EarlyUnpack")
@@ -66,27 +66,13 @@ def pitr_argv(a: ArchivingCluster, data_dir: Path, port: int) -> list[str]:
     return ["pitr", "--latest", "--data-dir", str(data_dir), "--port", str(port), "--wal-config", str(a.config_path)]
 
 
-def tar_pids(data_dir: Path) -> list[int]:
-    """GNU tar processes extracting into `data_dir`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"tar") and str(data_dir).encode() in argv:
-                found.append(int(entry.name))
-    return found
-
-
 def test_the_run_adopts_the_unpack_begun_before_prefect(arch, into, tmp_path):
     data_dir, port = into / "latest", free_port()
     seen, out = run_probe(PROBE, tmp_path, pitr_argv(arch, data_dir, port), env_of(arch))
     assert seen["code"] == 0 and seen["forked"], seen
     assert seen["adopted"] == seen["backup_id"]  # the backup the run chose is the one unpacked
     assert f"from {seen['backup_id']}" in out.stdout and "promoted" in out.stdout
-    assert not alive(seen["child"]) and not tar_pids(data_dir)
+    assert not alive(seen["child"]) and not pids_running(b"tar", str(data_dir).encode())
     with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres password={PASSWORD}") as c:
         assert c.execute("SELECT count(*), max(id) FROM t").fetchone() == (1500, 1500)
         assert c.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
@@ -115,7 +101,7 @@ def test_a_killed_early_start_leaves_no_process(arch, into, tmp_path):
     seen = json.loads(report.read_text())
     assert seen["forked"]
     wait_for(lambda: not alive(seen["child"]), 60, "the early child to die with its parent")
-    wait_for(lambda: not tar_pids(data_dir), 60, "tar to die with the child")
+    wait_for(lambda: not pids_running(b"tar", str(data_dir).encode()), 60, "tar to die with the child")
 
 
 def test_a_run_adopts_only_what_it_would_have_chosen(tmp_path):
