@@ -20,11 +20,10 @@ itself when the command made it). Nothing here imports Prefect.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pgkeeper.early_stream import ForkedStream, Send, take_pending
+from pgkeeper.early_stream import ForkedStream, Send, early_repository, take_pending
 
 if TYPE_CHECKING:
     import argparse
@@ -80,30 +79,19 @@ def start_unpack(args: argparse.Namespace, api_url: str) -> EarlyUnpack | None:
     """Begin unpacking the base backup `pgkeeper pitr` will recover from, before Prefect is
     imported, when the run is sure to choose the same; None (today's path) otherwise, including
     any trouble choosing: the run meets it and says so."""
-    from pgkeeper.settings import early_start_enabled
-
-    if not early_start_enabled() or os.environ.get("PREFECT_API_URL") != api_url:
-        return None  # an API from a Prefect profile may carry credentials only Prefect reads
-    if args.repository_block or args.source == "s3" or not (args.backup_dir or os.environ.get("BACKUP_DIR")):
+    repo = None if args.source == "s3" else early_repository(args, api_url)
+    if repo is None:
         return None
-    from pgkeeper import keys
-    from pgkeeper.early_api import Api, ApiError
-    from pgkeeper.early_stream import REPOSITORY_SLUG
+    from pgkeeper.base_unpack import check_empty_target
     from pgkeeper.errors import PgkeeperError
-    from pgkeeper.names import DEFAULT_REPOSITORY_BLOCK
-    from pgkeeper.repository import repository_from_env
 
+    dest = Path(args.data_dir)
     try:
-        repo = repository_from_env(path=args.backup_dir)
-        if not keys.mac_keys():  # without a manifest key in the key directory the run looks for Secret blocks
-            return None
-        if Api(api_url).block_exists(REPOSITORY_SLUG, DEFAULT_REPOSITORY_BLOCK):
-            return None  # the run takes its repository from that block
+        check_empty_target(dest)  # else the run's step refuses it, in one line
         manifest = _chosen(args, repo)
-        dest = Path(args.data_dir)
-        if manifest is None or (dest.exists() and (not dest.is_dir() or any(dest.iterdir()))):
-            return None  # the run's step refuses a directory that is not empty, in one line
-    except (ApiError, PgkeeperError, OSError, ValueError):
+    except (PgkeeperError, OSError, ValueError):
+        return None  # the run meets it and says so
+    if manifest is None:
         return None
     early = EarlyUnpack(repo, manifest, dest)
     early.fork_stream()

@@ -78,23 +78,43 @@ def early_choices(args: argparse.Namespace, api_url: str) -> tuple[Api, PlainCon
     named on the command line or saved under the default names, no BACKUP_DIR or --backup-dir, an
     API not configured through the environment, no manifest key in the key directory,
     PGKEEPER_EARLY_START=0. Trouble asking also means None: the run meets it and says so."""
+    found = _early_settings(args, api_url, with_connection=True)
+    if found is None:
+        return None
+    api, conn, repo = found
+    assert conn is not None
+    return api, conn, repo
+
+
+def early_repository(args: argparse.Namespace, api_url: str) -> PlainRepository | None:
+    """For a command that connects to no database (pitr): the repository its run is sure to
+    choose, on early_choices' conditions without those of the connection."""
+    found = _early_settings(args, api_url, with_connection=False)
+    return None if found is None else found[2]
+
+
+def _early_settings(args: argparse.Namespace, api_url: str,
+                    with_connection: bool) -> tuple[Api, PlainConnection | None, PlainRepository] | None:
     from pgkeeper.settings import early_start_enabled
 
     if not early_start_enabled() or os.environ.get("PREFECT_API_URL") != api_url:
         return None  # an API from a Prefect profile may carry credentials only Prefect reads
-    if args.connection_block or args.repository_block or not (args.backup_dir or os.environ.get("BACKUP_DIR")):
+    if getattr(args, "connection_block", None) or args.repository_block \
+            or not (args.backup_dir or os.environ.get("BACKUP_DIR")):
         return None
     from pgkeeper import keys
     from pgkeeper.repository import repository_from_env
 
     api = Api(api_url)
     try:
-        conn = connection_from_env(database=args.database, host=args.host, port=args.port, user=args.user)
+        conn = None
+        if with_connection:
+            conn = connection_from_env(database=args.database, host=args.host, port=args.port, user=args.user)
         repo = repository_from_env(path=args.backup_dir)
         if not keys.mac_keys():  # without a manifest key in the key directory the run looks for Secret blocks
             return None
         repository_block = Beside(lambda: api.block_exists(REPOSITORY_SLUG, DEFAULT_REPOSITORY_BLOCK))
-        connection_block = api.block_exists(CONNECTION_SLUG, DEFAULT_CONNECTION_BLOCK)  # both asked at once
+        connection_block = with_connection and api.block_exists(CONNECTION_SLUG, DEFAULT_CONNECTION_BLOCK)  # at once
         if repository_block.result() or connection_block:
             return None  # the run takes its settings from those blocks
     except (ApiError, PgkeeperError, OSError, ValueError):

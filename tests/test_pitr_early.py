@@ -21,7 +21,7 @@ from pgkeeper.localcluster import LocalCluster, free_port, scratch_dir
 from pgkeeper.wal.testing import ArchivingCluster, archiving_cluster
 from tests.conftest import PASSWORD
 from tests.early_probe import probe_script, run_probe
-from tests.helpers import alive, pids_running, wait_for
+from tests.helpers import alive, pids_running, run_cli, wait_for
 from tests.test_pitr import wait_archived
 
 PROBE = probe_script("pgkeeper.early_pitr", "EarlyUnpack")
@@ -36,9 +36,10 @@ def arch() -> Iterator[ArchivingCluster]:
     with archiving_cluster(PASSWORD, prefix="pgkeeper-pitrearly-") as a:
         with psycopg.connect(a.cluster.conninfo(), autocommit=True) as c:
             c.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
-        env = {**env_of(a), "POSTGRES_HOST": a.cluster.host, "POSTGRES_PORT": str(a.cluster.port),
-               "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": a.cluster.password, "POSTGRES_DB": "postgres"}
-        run_probe(PROBE, a.repo_path.parent, ["base-backup", "--wal-config", str(a.config_path)], env)
+        took = run_cli("base-backup", "--wal-config", str(a.config_path), env={
+            "BACKUP_DIR": str(a.repo_path), "POSTGRES_HOST": a.cluster.host, "POSTGRES_PORT": str(a.cluster.port),
+            "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": a.cluster.password, "POSTGRES_DB": "postgres"})
+        assert took.returncode == 0, took.stderr[-3000:]
         with psycopg.connect(a.cluster.conninfo(), autocommit=True) as c:
             c.execute("INSERT INTO t SELECT g FROM generate_series(1001, 1500) g")
         wait_archived(a.cluster)

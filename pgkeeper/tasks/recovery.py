@@ -98,12 +98,12 @@ def restore_base_backup(repo: BackupRepository, source: str, manifest: Manifest,
 
     dest = Path(data_dir)
     early = adopt(repo, source, manifest.backup_id, dest)
-    probe_in_background()  # how the server user runs pgkeeper, meanwhile: configure_recovery needs it next
-    if early is not None:
+    if early is not None:  # it started the server-user probe too
         get_run_logger().info("base backup %s: unpacking began before the run (pgkeeper pitr's early start); "
                               "waiting for it", manifest.backup_id)
         early.result()
     else:
+        probe_in_background()  # how the server user runs pgkeeper, meanwhile: configure_recovery needs it next
         unpack_cluster(repo.storage(source), manifest, dest)
     get_run_logger().info("base backup %s unpacked into %s", manifest.backup_id, dest)
     return str(dest)
