@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,23 +26,55 @@ from tests.helpers import alive, pids_running, run_cli, wait_for
 from tests.test_pitr import wait_archived
 
 PROBE = probe_script("pgkeeper.early_pitr", "EarlyUnpack")
+APP_ROLES = """
+CREATE ROLE pe_owner NOLOGIN;
+CREATE ROLE pe_app LOGIN PASSWORD 'pe-app-pw';
+"""
+APP_SCHEMA = """
+CREATE EXTENSION citext;
+CREATE SCHEMA app AUTHORIZATION pe_owner;
+SET ROLE pe_owner;
+CREATE TABLE app.accounts (id int PRIMARY KEY, owner_name text NOT NULL, note public.citext);
+ALTER TABLE app.accounts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_rows ON app.accounts USING (owner_name = current_user);
+CREATE FUNCTION app.account_count() RETURNS bigint LANGUAGE sql SECURITY DEFINER SET search_path = app
+    AS 'SELECT count(*) FROM accounts';
+REVOKE EXECUTE ON FUNCTION app.account_count() FROM PUBLIC;
+GRANT USAGE ON SCHEMA app TO pe_app;
+GRANT SELECT, INSERT ON app.accounts TO pe_app;
+GRANT EXECUTE ON FUNCTION app.account_count() TO pe_app;
+INSERT INTO app.accounts VALUES (1, 'pe_app', 'Café'), (2, 'someone_else', 'hidden');
+SELECT lo_from_bytea(424243, 'a large object');
+RESET ROLE;
+"""
 
 
 @pytest.fixture(scope="module")
 def arch() -> Iterator[ArchivingCluster]:
-    """A cluster archiving through wal-push, one base backup taken by the command, 500 rows after it."""
+    """A cluster archiving through wal-push with an application's database (roles, owners, grants,
+    RLS, a definer function, an extension, a large object, database settings), one base backup
+    taken by the command, 500 rows and a grant after it."""
     from pgkeeper import keys
 
     keys.mac_keys(create=True)  # without a manifest key the run would look for Secret blocks
     with archiving_cluster(PASSWORD, prefix="pgkeeper-pitrearly-") as a:
         with psycopg.connect(a.cluster.conninfo(), autocommit=True) as c:
             c.execute("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g")
+            c.execute(APP_ROLES)
+            c.execute("CREATE DATABASE crm OWNER pe_owner")
+            c.execute("ALTER DATABASE crm SET search_path = app, public")
+            c.execute("ALTER ROLE pe_app IN DATABASE crm SET statement_timeout = '30s'")
+        with psycopg.connect(a.cluster.conninfo(dbname="crm"), autocommit=True) as c:
+            c.execute(APP_SCHEMA)
         took = run_cli("base-backup", "--wal-config", str(a.config_path), env={
             "BACKUP_DIR": str(a.repo_path), "POSTGRES_HOST": a.cluster.host, "POSTGRES_PORT": str(a.cluster.port),
             "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": a.cluster.password, "POSTGRES_DB": "postgres"})
         assert took.returncode == 0, took.stderr[-3000:]
         with psycopg.connect(a.cluster.conninfo(), autocommit=True) as c:
             c.execute("INSERT INTO t SELECT g FROM generate_series(1001, 1500) g")
+        with psycopg.connect(a.cluster.conninfo(dbname="crm"), autocommit=True) as c:
+            c.execute("INSERT INTO app.accounts VALUES (3, 'pe_app', 'written after the base backup')")
+            c.execute("GRANT UPDATE ON app.accounts TO pe_app")
         wait_archived(a.cluster)
         yield a
 
@@ -67,6 +100,15 @@ def pitr_argv(a: ArchivingCluster, data_dir: Path, port: int) -> list[str]:
     return ["pitr", "--latest", "--data-dir", str(data_dir), "--port", str(port), "--wal-config", str(a.config_path)]
 
 
+def roles_of(conninfo: str) -> str:
+    """`pg_dumpall --roles-only`: every role with its attributes, password hash and settings."""
+    from tests.app_schema import PG_BINDIR, normalize_dump, tool_env
+
+    done = subprocess.run([str(PG_BINDIR / "pg_dumpall"), "--roles-only"], env=tool_env(conninfo, "postgres"),
+                          capture_output=True, text=True, timeout=60, check=True)
+    return normalize_dump(done.stdout, "postgres")  # without the random \restrict key of each run
+
+
 def test_the_run_adopts_the_unpack_begun_before_prefect(arch, into, tmp_path):
     data_dir, port = into / "latest", free_port()
     seen, out = run_probe(PROBE, tmp_path, pitr_argv(arch, data_dir, port), env_of(arch))
@@ -74,10 +116,21 @@ def test_the_run_adopts_the_unpack_begun_before_prefect(arch, into, tmp_path):
     assert seen["adopted"] == seen["backup_id"]  # the backup the run chose is the one unpacked
     assert f"from {seen['backup_id']}" in out.stdout and "promoted" in out.stdout
     assert not alive(seen["child"]) and not pids_running(b"tar", str(data_dir).encode())
-    with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres password={PASSWORD}") as c:
+    recovered = f"host=127.0.0.1 port={port} user=postgres dbname=postgres password={PASSWORD}"
+    with psycopg.connect(recovered) as c:
         assert c.execute("SELECT count(*), max(id) FROM t").fetchone() == (1500, 1500)
         assert c.execute("SELECT pg_is_in_recovery()").fetchone()[0] is False
     assert (data_dir.stat().st_mode & 0o777) == 0o700
+    # PostgreSQL's own view: every database and role as the original has them, up to the end of the WAL.
+    from tests.app_schema import dump_data, dump_schema, short_diff
+
+    original = arch.cluster.conninfo()
+    for db in ("postgres", "crm"):
+        assert dump_schema(recovered, db) == dump_schema(original, db), short_diff(
+            dump_schema(original, db), dump_schema(recovered, db))
+        assert dump_data(recovered, db) == dump_data(original, db)
+    assert "written after the base backup" in dump_data(recovered, "crm")
+    assert roles_of(recovered) == roles_of(original)
 
 
 def test_a_directory_that_is_not_empty_is_refused_before_anything_is_unpacked(arch, into, tmp_path):
