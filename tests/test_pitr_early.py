@@ -158,6 +158,24 @@ def test_a_killed_early_start_leaves_no_process(arch, into, tmp_path):
     wait_for(lambda: not pids_running(b"tar", str(data_dir).encode()), 60, "tar to die with the child")
 
 
+def test_a_command_killed_at_a_random_moment_leaves_no_unpack_running(arch, into, tmp_path):
+    """SIGKILL anywhere in the first seconds (Prefect's import, the unpack, the server's start):
+    the early child and its tar die with the command. (A server it had already started is a
+    recovery under way, as without the early start; the fixture stops it.)"""
+    import random
+    import sys
+    import time
+
+    data_dir = into / "random-kill"
+    proc, _ = run_probe(PROBE, tmp_path, pitr_argv(arch, data_dir, free_port()), env_of(arch), background=True)
+    time.sleep(random.uniform(0.2, 3.0))
+    proc.kill()
+    proc.communicate(timeout=60)
+    wait_for(lambda: not pids_running(sys.executable.encode(), str(data_dir).encode()), 60,
+             "the command's early child to die with it")
+    wait_for(lambda: not pids_running(b"tar", str(data_dir).encode()), 60, "tar to die with the child")
+
+
 def test_a_run_adopts_only_what_it_would_have_chosen(tmp_path):
     """Another backup, repository, directory or source: the unpack is undone (what it wrote
     removed, a directory it made too, one it found kept) and the run takes today's path."""
