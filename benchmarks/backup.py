@@ -44,7 +44,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from bench_db import PASSWORD, SOURCE_DB, bench_arguments, bench_cluster, build  # noqa: E402
+from bench_db import PASSWORD, SOURCE_DB, bench_arguments, bench_cluster, build, machine_phase  # noqa: E402
 from measure import compile_package, peak_rss_kb, process  # noqa: E402,F401 (process: early_start.py imports it from here)
 
 
@@ -311,7 +311,7 @@ def main() -> int:
                 print(f"round {i + 1}: raw floor {a_s[-1]:.2f} s, pg_dump -Fc {b_s[-1]:.2f} s, "
                       f"pgkeeper backup {d_s[-1]:.2f} s ({d_rss[-1]:.0f} MB), "
                       f"flow body {c[-1]['body_s']:.2f} s (run {c[-1]['flow_s']:.2f} s), "
-                      f"encrypted {e[-1]['body_s']:.2f} s", flush=True)
+                      f"encrypted {e[-1]['body_s']:.2f} s; {machine_phase()}", flush=True)
             small = None
             if args.also_scale:
                 small_db = SOURCE_DB + "_small"

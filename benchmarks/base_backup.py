@@ -40,7 +40,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from bench_db import PASSWORD, SOURCE_DB, bench_arguments, bench_cluster, build  # noqa: E402
+from bench_db import PASSWORD, SOURCE_DB, bench_arguments, bench_cluster, build, machine_phase  # noqa: E402
 from pgbackrest_peer import PgBackRest, ensure_installed  # noqa: E402
 
 
@@ -137,7 +137,8 @@ def main() -> int:
                     their_sizes.append(tree_size(new_entry(backups, before | {"backup.info", "backup.info.copy",
                                                                              "latest", "backup.history"})))
                     print(f"round {i + 1}: pgkeeper base-backup {ours[-1]:.2f} s "
-                          f"({out.stdout.strip().splitlines()[-1]}), pgbackrest {theirs[-1]:.2f} s", flush=True)
+                          f"({out.stdout.strip().splitlines()[-1]}), pgbackrest {theirs[-1]:.2f} s; "
+                          f"{machine_phase()}", flush=True)
         finally:
             if not args.reuse:
                 shutil.rmtree(base, ignore_errors=True)

@@ -24,6 +24,27 @@ PASSWORD = "bench-pw"
 CLUSTER_SETTINGS = {"shared_buffers": "256MB", "max_wal_size": "4GB", "checkpoint_timeout": "15min"}
 
 
+def new_memory_seconds_per_gb(megabytes: int = 256) -> float:
+    """Seconds per GB to touch memory this process never had (a buffer written once, then freed).
+
+    On the VMs these benchmarks have run on, the host takes freed guest memory back (free page
+    reporting), so the first touch of a page costs a fault on the host too: 0.55-3.7 s per GB
+    measured on one machine within an hour, against a few tenths on bare metal. Whatever a contest
+    writes anew (the page cache of a restored database, its WAL, a work file, a Python heap) pays
+    that, so the machine's phase moves every figure; the benchmarks print this beside their rounds
+    to read the ratios by (docs/performance.md, "New memory")."""
+    started = time.monotonic()
+    buffer = bytearray(megabytes << 20)  # zero-filled by a memset: every page written once
+    seconds = time.monotonic() - started
+    del buffer
+    return seconds * 1024 / megabytes
+
+
+def machine_phase() -> str:
+    """One line for a round's printout: what new memory costs right now."""
+    return f"new memory {new_memory_seconds_per_gb():.2f} s/GB"
+
+
 def bench_arguments(ap: argparse.ArgumentParser) -> None:
     """--scale, --rounds and --reuse, as every benchmark on this database takes them."""
     ap.add_argument("--scale", type=float, default=50, help="pgbench scale (50: about 1 GB in all)")

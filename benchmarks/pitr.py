@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_db import machine_phase  # noqa: E402
 from pgbackrest_peer import PgBackRest, ensure_installed  # noqa: E402
 
 from pgkeeper import pgtools  # noqa: E402
@@ -219,7 +220,8 @@ def main() -> None:
                 times[label].append(took)
                 if redo is not None:
                     redos[label].append(redo)
-                print(f"  round {n + 1}: {label}: {took:.1f} s (redo, from the server's log: {redo} s)", flush=True)
+                print(f"  round {n + 1}: {label}: {took:.1f} s (redo, from the server's log: {redo} s); "
+                      f"{machine_phase()}", flush=True)
         print(f"\nPITR to the end of {args.wal_mb} MB of WAL (scale {args.scale}), {args.rounds} rounds, alternating:")
         print(f"{'':32}{'median':>9}{'min':>9}{'max':>9}")
         for label, xs in times.items():

@@ -62,7 +62,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_db import PASSWORD, SOURCE_DB, bench_cluster, build  # noqa: E402
+from bench_db import PASSWORD, SOURCE_DB, bench_cluster, build, machine_phase  # noqa: E402
 
 TARGET_DB = "bench_target"  # what replace mode replaces (a copy of the source at first)
 INTO_DB = "bench_into"  # what --into creates
@@ -282,7 +282,7 @@ def main() -> int:
                 offsets = f" (archive with offsets {offsets_s[-1]:.2f} s)" if offsets_s else ""
                 print(f"round {i + 1}: bare pg_restore -j{jobs} {bare_s[-1]:.2f} s{offsets}, "
                       f"--into {into_s[-1]:.2f} s, replace {replace_s[-1]:.2f} s (its safety backup listed "
-                      f"{safety_s[-1]:.2f} s later)", flush=True)
+                      f"{safety_s[-1]:.2f} s later); {machine_phase()}", flush=True)
             admin(cluster, f"DROP DATABASE {TARGET_DB}")
             archive_digests.forget(sha)  # nothing of the benchmark's left in the pgkeeper home
 
