@@ -147,6 +147,7 @@ def rpo_probe(c: psycopg.Connection, command: str, archive_timeout: int, probes:
 def against_peer(segments: int, rounds: int, push_ahead: int) -> None:
     """wal-push and pgbackrest archive-async drain the same backlog size, alternately."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_db import machine_phase
     from pgbackrest_peer import PgBackRest, ensure_installed
 
     ensure_installed()
@@ -171,7 +172,7 @@ def against_peer(segments: int, rounds: int, push_ahead: int) -> None:
                 for label in order:
                     _lat, rate = drain(cluster, c, labels[label], segments)
                     rates[label].append(rate)
-                    print(f"  round {n + 1}: {label}: {rate:.0f} segments/min", flush=True)
+                    print(f"  round {n + 1}: {label}: {rate:.0f} segments/min; {machine_phase()}", flush=True)
                     c.execute("TRUNCATE load")
                     c.execute("CHECKPOINT")
         print(f"\nPostgreSQL's archiver draining {segments} ready 16 MB segments, {rounds} rounds, alternating "
