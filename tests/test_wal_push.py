@@ -301,3 +301,24 @@ def test_the_shell_claim_confirms_only_the_file_and_config_that_were_pushed_ahea
     assert run_shell(command, tmp_path, names[3]) == 0
     assert run_shell(command, tmp_path, names[4]) == 0
     assert markers(spool) == [names[2]]  # the replaced file's marker is never confirmed
+
+
+def test_a_marker_left_by_an_older_version_is_confirmed_by_wal_push_not_by_the_shell(tmp_path: Path) -> None:
+    """Markers are one line now (the shell claim reads them with `read`); one in the two-line form
+    older versions wrote, found after an upgrade, fails the shell claim and is confirmed by the full
+    wal-push, which reads either form."""
+    from pgkeeper.wal.ahead import file_identity
+    from pgkeeper.wal.command import archive_command, shell_claim
+    from pgkeeper.wal.config import WalConfig, write
+
+    spool = tmp_path / "spool"
+    config = write(tmp_path / "wal.json", WalConfig(spool=str(spool)))
+    pg_wal, names = fake_pg_wal(tmp_path, 3)
+    assert run_cli("wal-push", "--config", str(config), str(pg_wal / names[0])).returncode == 0
+    marker = spool / ".pushed-ahead" / names[1]
+    text = marker.read_text()
+    assert text.endswith("\n") and text.count("\n") == 1  # one line, as `read` needs it
+    marker.write_text(f"{file_identity(str(pg_wal / names[1]))}\n{file_identity(str(config))}")
+    assert run_shell(shell_claim(str(spool), config), tmp_path, names[1]) != 0 and names[1] in markers(spool)
+    assert run_shell(archive_command(config, claim_spool=str(spool)), tmp_path, names[1]) == 0
+    assert names[1] not in markers(spool)

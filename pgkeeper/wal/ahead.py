@@ -38,7 +38,7 @@ READY = ".ready"
 
 
 def file_identity(path: str) -> str:
-    """Device, inode, size and mtime, spelt as `stat -L -c %d:%i:%s:%.9Y` prints them, so that
+    """Device, inode, size and mtime, spelt as `stat -L` prints IDENTITY_FORMAT, so that
     the shell claim in archive_command (wal/command.py) can compare a marker without Python."""
     st = os.stat(path)
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns // 10**9}.{st.st_mtime_ns % 10**9:09d}"
@@ -56,8 +56,20 @@ def config_stamp(config_path: str | None) -> str:
         return ""
 
 
+# A marker is one line, each identity followed by SEPARATOR, as `stat -L --printf` with
+# IDENTITY_FORMAT + SEPARATOR prints the WAL file and the config: the shell claim reads it with
+# the `read` builtin (one process fewer per segment than `$(cat ...)`), and `read` needs the newline.
+IDENTITY_FORMAT = "%d:%i:%s:%.9Y"
+SEPARATOR = "/"  # not special to sh, never in a number: the claim needs no quoting for it
+
+
 def _content(identity: str, stamp: str) -> str:
-    return f"{identity}\n{stamp}" if stamp else identity
+    return f"{identity}{SEPARATOR}{stamp}{SEPARATOR}\n" if stamp else f"{identity}{SEPARATOR}\n"
+
+
+def _recorded_identity(text: str) -> str:
+    """The WAL file's identity in a marker: this format's, or the two lines older versions wrote."""
+    return text.split("\n", 1)[0].split(SEPARATOR, 1)[0]
 
 
 def _marker(spool: str, name: str) -> str:
@@ -112,7 +124,7 @@ def claim(spool: str, name: str, wal_path: str) -> bool:
         time.sleep(0.002)
     try:
         with open(marker) as f:
-            recorded = f.read().split("\n", 1)[0]  # this call reads its config itself: the file's own line
+            recorded = _recorded_identity(f.read())  # this call reads its config itself: the file's own
         if recorded != file_identity(wal_path):
             return False
         os.unlink(marker)

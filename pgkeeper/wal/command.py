@@ -100,18 +100,23 @@ def archive_command(config_path: Path | str, user: str = SERVER_USER, claim_spoo
 
 def shell_claim(spool: str, config_path: Path | str) -> str:
     """The claim of wal/ahead.py without starting Python: when `%f` was pushed ahead from exactly
-    this file under exactly this config file (the marker holds both identities, as `stat -L -c
-    %d:%i:%s:%.9Y` prints them), consume the marker and succeed. Anything else (no marker, another
-    file or config, a stat without that format, a failed rm) fails, and the full wal-push runs.
+    this file under exactly this config file (the marker's one line holds both identities, as
+    `stat -L --printf` prints them: wal/ahead.py), consume the marker and succeed. Anything else
+    (no marker, another file or config, a marker of an older version, a stat without that
+    format, a failed rm) fails, and the full wal-push runs.
 
-    With a backlog the archiver calls the command once per segment, serially; this path costs
-    ~3 ms of CPU where a Python start costs ~30 (and much more on a busy machine), which is what
-    the archiver's rate depends on once push-ahead keeps the spool ahead of it. The grouping
-    braces keep a caller's `&& other_command` from binding to the rm."""
-    from pgkeeper.wal.ahead import MARKER_DIR
+    With a backlog the archiver calls the command once per segment, serially, and once push-ahead
+    keeps the spool ahead of it, this claim is what the archiver's rate depends on: ~3 ms of CPU
+    where a Python start costs ~30 (and much more on a busy machine). The marker is read by the
+    shell's `read` builtin, so a claim starts two programs (`stat`, `rm`) after the shell, not
+    three: on VMs where each new process's pages cost a fault on the host, that was a quarter of
+    the claim (docs/performance.md, section 5). The grouping braces keep a caller's
+    `&& other_command` from binding to the rm."""
+    from pgkeeper.wal.ahead import IDENTITY_FORMAT, MARKER_DIR, SEPARATOR
 
     marker = shlex.quote(f"{spool}/{MARKER_DIR}/") + "%f"
-    return (f'[ -f {marker} ] && [ "$(cat {marker})" = "$(stat -L -c %d:%i:%s:%.9Y %p '
+    printf = IDENTITY_FORMAT + SEPARATOR
+    return (f'[ -f {marker} ] && read -r m < {marker} && [ "$m" = "$(stat -L --printf={printf} %p '
             f'{shlex.quote(str(config_path))})" ] && rm {marker}')
 
 
