@@ -40,7 +40,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from bench_db import PASSWORD, SOURCE_DB, bench_arguments, bench_cluster, build, machine_phase  # noqa: E402
+from bench_db import PASSWORD, SOURCE_DB, bench_arguments, bench_cluster, build, machine_phase, use_own_home  # noqa: E402
 from pgbackrest_peer import PgBackRest, ensure_installed  # noqa: E402
 
 
@@ -104,6 +104,7 @@ def main() -> int:
             both = f"{archive_command(wal_cfg)} && {peer.archive_command().strip(chr(39))}"
             cluster.write_conf({"wal_level": "replica", "archive_mode": "on", "archive_command": conf_quote(both)})
             peer.prepare_cluster()  # writes its config and restarts: archive_mode takes effect
+            use_own_home(base / "home")  # after the restart: the server's wal-push keeps its user's own
             peer.run("stanza-create")
             env = {**os.environ, "POSTGRES_HOST": cluster.host, "POSTGRES_PORT": str(cluster.port),
                    "POSTGRES_USER": "postgres", "POSTGRES_PASSWORD": PASSWORD, "POSTGRES_DB": SOURCE_DB,

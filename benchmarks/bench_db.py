@@ -40,6 +40,15 @@ def new_memory_seconds_per_gb(megabytes: int = 256) -> float:
     return seconds * 1024 / megabytes
 
 
+def use_own_home(home: Path) -> None:
+    """Point PGKEEPER_HOME at `home` for this benchmark and the commands it starts: the manifest key
+    a first backup makes, the proofs a drill keeps and the commands' logs land there, not in the
+    user's ~/.pgkeeper. Called once the cluster runs: its server (and a wal-push it would run as
+    the server user) must not inherit a home only this user can read. With --reuse, `home` sits
+    beside the kept repository, whose manifests its key signed."""
+    os.environ["PGKEEPER_HOME"] = str(home)
+
+
 def machine_phase() -> str:
     """One line for a round's printout: what new memory costs right now."""
     return f"new memory {new_memory_seconds_per_gb():.2f} s/GB"

@@ -62,7 +62,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_db import PASSWORD, SOURCE_DB, bench_cluster, build, machine_phase  # noqa: E402
+from bench_db import PASSWORD, SOURCE_DB, bench_cluster, build, machine_phase, use_own_home  # noqa: E402
 
 TARGET_DB = "bench_target"  # what replace mode replaces (a copy of the source at first)
 INTO_DB = "bench_into"  # what --into creates
@@ -189,6 +189,7 @@ def main() -> int:
     from pgkeeper.workfile import materialize_dump
 
     with bench_cluster(args.reuse, "pgkeeper-bench-restore-") as (cluster, work):
+        use_own_home(Path(args.reuse, "home") if args.reuse else work / "home")
         build(cluster, args.scale)
         repo_dir = Path(args.reuse, "repo") if args.reuse else work / "repo"
         repo_dir.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_db import PASSWORD, SOURCE_DB, bench_cluster, build  # noqa: E402
+from bench_db import PASSWORD, SOURCE_DB, bench_cluster, build, use_own_home  # noqa: E402
 
 
 def count_only_drill(cluster, conn, dump: Path, jobs: int) -> float:
@@ -76,6 +76,7 @@ def main() -> int:
         return restore_drill(conn, str(dump), "bench_drill_content", jobs, 6 * 3600, manifest, repo).differences
 
     with bench_cluster(args.reuse, "pgkeeper-bench-drill-") as (cluster, work):
+        use_own_home(work / "home")  # its repository is in `work` too, gone afterwards
         build(cluster, args.scale)
         conn = PostgresConnection(host=cluster.host, port=cluster.port, user="postgres",
                                   password=SecretStr(PASSWORD), database=SOURCE_DB)
