@@ -52,6 +52,16 @@ if TYPE_CHECKING:
 
 __all__ = ["CONNECTION_SLUG", "REPOSITORY_SLUG", "EarlyBackup", "adopt", "same_choice", "start_backup"]
 
+# Why this process's start_backup stepped aside, in a few words (None: it did not, or was not
+# called). Never shown to users (the run meets the same trouble and says it); read by the tests'
+# probe, so that an early start that stepped aside under load says why.
+stepped_aside: str | None = None
+
+
+def _aside(reason: str) -> None:
+    global stepped_aside
+    stepped_aside = reason
+
 
 class EarlyBackup(ForkedStream):
     """A backup begun before its run existed: slot lease, preflight answer, claimed id, stream."""
@@ -109,11 +119,13 @@ def start_backup(args: argparse.Namespace, api_url: str) -> EarlyBackup | None:
     connection and repository; None (today's path) otherwise. See the module's docstring."""
     choices = early_choices(args, api_url)
     if choices is None:
+        _aside("its choices could differ from the run's, or were not all known")
         return None
     api, conn, repo = choices
     try:
         limit = database_limit_name(conn.database, f"{conn.host}:{conn.port}")
-    except (PgkeeperError, ValueError):
+    except (PgkeeperError, ValueError) as exc:
+        _aside(f"no slot name: {exc}")
         return None
 
     def take_slot() -> dict[str, Any] | None:
@@ -133,6 +145,7 @@ def start_backup(args: argparse.Namespace, api_url: str) -> EarlyBackup | None:
         info = server_facts(conn, repo, lambda kind, message, **details: alerts.append((kind, message, details)))
         lease = slot.result()
         if lease is None:
+            _aside("the database's backup slot is held")
             return None  # another backup of this database runs: the run waits for it as before
         backup_id = claim_backup_id(repo.storage(), info.server_time, info.server)
         early = EarlyBackup(api, conn, repo, lease, info, alerts, backup_id)
@@ -151,6 +164,7 @@ def start_backup(args: argparse.Namespace, api_url: str) -> EarlyBackup | None:
             except ApiError:
                 pass  # it expires within LEASE_SECONDS
         if isinstance(exc, Exception):
+            _aside(f"{type(exc).__name__}: {exc}")
             return None  # e.g. no room, the wrong cluster, the API: the run's own steps say so
         raise
     return early

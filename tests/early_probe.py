@@ -45,6 +45,7 @@ from pgkeeper.cli.main import main
 try:
     seen["code"] = main(sys.argv[2:])
 finally:
+    seen["aside"] = getattr(early, "stepped_aside", None)  # why it stepped aside, where the module says
     with open(report, "w") as f:
         json.dump(seen, f)
 """

@@ -98,6 +98,7 @@ def test_a_held_slot_leaves_the_early_start_aside_and_the_run_waits(pg_env, tmp_
     assert proc.returncode == 0, err[-3000:]
     seen = json.loads(report.read_text())
     assert not seen["forked"] and seen["adopted"] is None
+    assert seen["aside"] == "the database's backup slot is held"
     assert len(listed(pg_env["BACKUP_DIR"])) == 1
 
 
@@ -198,7 +199,7 @@ def test_a_failed_early_stream_fails_the_run_and_leaves_nothing(pg, pg_env, crm_
                 proc.kill()
     _, err = proc.communicate()
     seen = json.loads(report.read_text())
-    assert seen["forked"] and seen["adopted"] == seen["backup_id"]
+    assert seen["forked"] and seen["adopted"] == seen["backup_id"], seen  # "aside": why it did not start
     assert seen["code"] != 0
     errors = [ln for ln in err.splitlines() if ln.startswith("pgkeeper: error:")]
     assert len(errors) == 1 and "pg_dump was killed by signal 9" in errors[0], err[-3000:]
