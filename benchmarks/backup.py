@@ -44,7 +44,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from bench_db import PASSWORD, SOURCE_DB, bench_arguments, bench_cluster, build, machine_phase  # noqa: E402
+from bench_db import PASSWORD, SOURCE_DB, bench_arguments, bench_cluster, build, machine_phase, use_own_home  # noqa: E402
 from measure import compile_package, peak_rss_kb, process  # noqa: E402,F401 (process: early_start.py imports it from here)
 
 
@@ -109,7 +109,7 @@ def prefect_api(given: str | None, work: Path) -> Iterator[str]:
         return
     from pgkeeper.localcluster import free_port
 
-    os.environ["PGKEEPER_HOME"] = str(work / "home")  # the server's data and credential, the keys
+    use_own_home(work / "home")  # the server's data and credential, the keys
     os.environ["PGKEEPER_SERVER_PORT"] = str(free_port())
     from pgkeeper.local_server import start_local_server, stop_local_server
 

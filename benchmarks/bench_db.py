@@ -28,8 +28,8 @@ def new_memory_seconds_per_gb(megabytes: int = 256) -> float:
     """Seconds per GB to touch memory this process never had (a buffer written once, then freed).
 
     On the VMs these benchmarks have run on, the host takes freed guest memory back (free page
-    reporting), so the first touch of a page costs a fault on the host too: 0.55-3.7 s per GB
-    measured on one machine within an hour, against a few tenths on bare metal. Whatever a contest
+    reporting), so the first touch of a page costs a fault on the host too: 0.5-3.7 s per GB
+    measured on one machine within an hour (not measured here without a hypervisor). Whatever a contest
     writes anew (the page cache of a restored database, its WAL, a work file, a Python heap) pays
     that, so the machine's phase moves every figure; the benchmarks print this beside their rounds
     to read the ratios by (docs/performance.md, "New memory")."""
