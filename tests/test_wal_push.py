@@ -322,3 +322,57 @@ def test_a_marker_left_by_an_older_version_is_confirmed_by_wal_push_not_by_the_s
     assert run_shell(shell_claim(str(spool), config), tmp_path, names[1]) != 0 and names[1] in markers(spool)
     assert run_shell(archive_command(config, claim_spool=str(spool)), tmp_path, names[1]) == 0
     assert names[1] not in markers(spool)
+
+
+def test_the_shell_claim_waits_for_a_file_in_flight_without_starting_python(tmp_path: Path) -> None:
+    """A file the push-ahead child is still pushing has a locked in-flight file: the shell claim
+    waits on that lock (flock) and confirms once the marker is there. A push that ends without a
+    marker (it failed, or the child died), or an in-flight file nobody holds, fails the claim at
+    once, and the full wal-push runs."""
+    from pgkeeper.wal import ahead
+    from pgkeeper.wal.command import shell_claim
+    from pgkeeper.wal.config import WalConfig, write
+
+    spool = tmp_path / "spool"
+    config = write(tmp_path / "wal.json", WalConfig(spool=str(spool)))
+    pg_wal, names = fake_pg_wal(tmp_path, 4)
+    assert run_cli("wal-push", "--config", str(config), str(pg_wal / names[0])).returncode == 0
+    for name in names[1:]:
+        (spool / ".pushed-ahead" / name).unlink()  # as if the child had not pushed them yet
+    claim = shell_claim(str(spool), config).replace("%p", f"pg_wal/{names[1]}").replace("%f", names[1])
+    assert "flock" in claim
+
+    held = ahead._mark_in_flight(str(spool), names[1], "a-child.lock")
+    waiting = subprocess.Popen(["/bin/sh", "-c", claim], cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.5)
+        assert waiting.poll() is None  # waiting on the lock, not failed
+        ahead.record(str(spool), names[1], ahead.file_identity(str(pg_wal / names[1])),
+                     ahead.config_stamp(str(config)))
+        (spool / ".pushed-ahead" / f".{names[1]}.inflight").unlink()
+        os.close(held)
+        out, err = waiting.communicate(timeout=10)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 0 and out == err == b""
+    assert names[1] not in markers(spool)
+
+    # The push ended without a marker: the claim fails as soon as the lock is dropped.
+    held = ahead._mark_in_flight(str(spool), names[2], "a-child.lock")
+    os.close(held)
+    started = time.monotonic()
+    assert run_shell(shell_claim(str(spool), config), tmp_path, names[2]) != 0
+    assert time.monotonic() - started < 5
+    # Nothing in flight and no marker: fails at once, creating nothing.
+    before = sorted(p.name for p in (spool / ".pushed-ahead").iterdir())
+    assert run_shell(shell_claim(str(spool), config), tmp_path, names[3]) != 0
+    assert sorted(p.name for p in (spool / ".pushed-ahead").iterdir()) == before
+    # The whole archive_command then pushes them itself.
+    from pgkeeper.wal.command import archive_command
+
+    command = archive_command(config, claim_spool=str(spool))
+    for name in names[2:]:
+        assert run_shell(command, tmp_path, name) == 0

@@ -15,7 +15,9 @@ instead of every ninth call doing nine files while the eight calls between leave
 The child never takes the file the archiver is on (the oldest ready one, when not pushed ahead).
 A call for a file in flight waits for its marker while the child lives (`.<walfile>.inflight`
 names the child's lock file, which it holds with flock; the kernel drops it if it dies), and
-pushes the file itself otherwise.
+pushes the file itself otherwise. The in-flight file is itself locked by the child until the
+file's marker is written, so the shell claim in archive_command waits on it with `flock -s`
+rather than starting Python to wait (wal/command.py).
 
 A marker (`<spool>/.pushed-ahead/<walfile>`) holds the identity of the file that was read
 (device, inode, size, mtime in ns) and is written only after the object is fsynced. A marker
@@ -269,16 +271,34 @@ def continue_in_background(push_one: Callable[[str, str], object], wal_path: str
             batch = ready_files(wal_path, spool, room, valid, skip_current=True)
             if not batch:
                 break
-            for name, _path in batch:
-                with open(_inflight(spool, name), "w") as f:
-                    f.write(lock_name)
-            _push_batch(push_one, batch, spool, workers, os.path.dirname(wal_path), stamp)
+            held = {name: _mark_in_flight(spool, name, lock_name) for name, _path in batch}
+            _push_batch(push_one, batch, spool, workers, os.path.dirname(wal_path), stamp, held)
             waited = time.monotonic()
     finally:
         try:
             os.unlink(lock_path)
         finally:
             os._exit(0)
+
+
+def _mark_in_flight(spool: str, name: str, lock_name: str) -> int:
+    """Name `name` in flight (its file says which child's lock to ask) and return the descriptor
+    of that file, locked exclusively until the push is over: the shell claim waits on that lock
+    (`flock -s`) instead of starting Python to wait for the marker. Locked before it appears, so
+    no claim can find it unlocked while the push is still going."""
+    import fcntl
+
+    path = _inflight(spool, name)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, lock_name.encode())
+        os.replace(tmp, path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _unmark(spool: str, batch: list[tuple[str, str]]) -> None:
@@ -290,9 +310,10 @@ def _unmark(spool: str, batch: list[tuple[str, str]]) -> None:
 
 
 def _push_batch(push_one: Callable[[str, str], object], batch: list[tuple[str, str]], spool: str,
-                workers: int, wal_dir: str, stamp: str = "") -> None:
+                workers: int, wal_dir: str, stamp: str = "", held: dict[str, int] | None = None) -> None:
     """Push each file of `batch` on `workers` threads; mark each that landed and is still waiting
-    for the archiver (a marker for a file it archived meanwhile would never be claimed)."""
+    for the archiver (a marker for a file it archived meanwhile would never be claimed). `held`:
+    the locked in-flight file of each name (_mark_in_flight), released once its marker is there."""
     def push(item: tuple[str, str]) -> None:
         name, path = item
         try:
@@ -305,6 +326,8 @@ def _push_batch(push_one: Callable[[str, str], object], batch: list[tuple[str, s
             pass
         finally:
             _unmark(spool, [item])
+            if held and name in held:
+                os.close(held.pop(name))  # wakes a claim waiting in the shell: the marker is there
 
     on_threads(batch, push, workers)
 
