@@ -376,3 +376,23 @@ def test_the_shell_claim_waits_for_a_file_in_flight_without_starting_python(tmp_
     command = archive_command(config, claim_spool=str(spool))
     for name in names[2:]:
         assert run_shell(command, tmp_path, name) == 0
+
+
+def test_archive_command_always_fits_what_postgresql_expands(tmp_path: Path) -> None:
+    """PostgreSQL 15 cuts an expanded archive_command at 1023 bytes without a word: the claim's wait,
+    then the claim, are left out when they would not fit (wal-push alone is whole), and a config
+    path too long for even that is refused, naming the problem."""
+    import pytest
+
+    from pgkeeper.errors import PgkeeperError
+    from pgkeeper.wal.command import ARCHIVE_COMMAND_MAX, archive_command, expanded_length
+
+    config = tmp_path / "wal.json"
+    forms = set()
+    for n in range(0, 1000, 20):
+        command = archive_command(config, claim_spool=f"/srv/{'s' * n}")
+        assert expanded_length(command) <= ARCHIVE_COMMAND_MAX
+        forms.add(("flock" in command, "read -r" in command))
+    assert forms == {(True, True), (False, True), (False, False)}
+    with pytest.raises(PgkeeperError, match=r"PostgreSQL cuts it at 1023: use a shorter path"):
+        archive_command(tmp_path / ("c" * 1000) / "wal.json", claim_spool=str(tmp_path))

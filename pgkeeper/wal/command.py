@@ -89,16 +89,38 @@ def system_pythons() -> list[str]:
     return [p for p in (f"/usr/bin/{version}", f"/usr/local/bin/{version}", "/usr/bin/python3") if Path(p).exists()]
 
 
+# PostgreSQL 15 expands archive_command into a buffer of MAXPGPATH (1024) bytes and silently cuts
+# what does not fit (shell_archive.c): a cut command fails every time, or worse, runs half. The
+# longest %f the archiver hands over is a backup history file's name (40 characters), and %p is
+# "pg_wal/" and that name.
+ARCHIVE_COMMAND_MAX = 1023
+_LONGEST_F = "0" * 24 + ".00000028.backup"
+_LONGEST_P = f"pg_wal/{_LONGEST_F}"
+
+
+def expanded_length(command: str) -> int:
+    """How long `command` is once the archiver has put the longest %p and %f into it."""
+    return len(command.replace("%%", "%").replace("%p", _LONGEST_P).replace("%f", _LONGEST_F))
+
+
 def archive_command(config_path: Path | str, user: str = SERVER_USER, claim_spool: str | None = None) -> str:
     """wal-push for `%p`; with `claim_spool` (the config's spool, when push-ahead is on), preceded by
-    a shell claim of a pushed-ahead file's marker (see `shell_claim`)."""
+    a shell claim of a pushed-ahead file's marker (see `shell_claim`). The claim's wait for a file
+    in flight, then the claim itself, are left out when the command would not fit what
+    PostgreSQL expands (ARCHIVE_COMMAND_MAX): they only save time, wal-push alone is whole."""
     push = f"{pgkeeper_command(user)} wal-push --config {shlex.quote(str(config_path))} %p"
-    if not claim_spool:
-        return push
-    return f"{{ {shell_claim(claim_spool, config_path)} || {push}; }}"
+    if expanded_length(push) > ARCHIVE_COMMAND_MAX:
+        raise PgkeeperError(f"archive_command would be {expanded_length(push)} bytes, and PostgreSQL cuts it at "
+                            f"{ARCHIVE_COMMAND_MAX}: use a shorter path for the WAL config file ({config_path})")
+    if claim_spool:
+        for wait in (True, False):
+            command = f"{{ {shell_claim(claim_spool, config_path, wait=wait)} || {push}; }}"
+            if expanded_length(command) <= ARCHIVE_COMMAND_MAX:
+                return command
+    return push
 
 
-def shell_claim(spool: str, config_path: Path | str) -> str:
+def shell_claim(spool: str, config_path: Path | str, wait: bool = True) -> str:
     """The claim of wal/ahead.py without starting Python: when `%f` was pushed ahead from exactly
     this file under exactly this config file (the marker's one line holds both identities, as
     `stat -L --printf` prints them: wal/ahead.py), consume the marker and succeed. Anything else
@@ -110,31 +132,28 @@ def shell_claim(spool: str, config_path: Path | str) -> str:
     where a Python start costs ~30 (and much more on a busy machine). The marker is read by the
     shell's `read` builtin, so a claim starts two programs (`stat`, `rm`) after the shell, not
     three: on VMs where each new process's pages cost a fault on the host, that was a quarter of
-    the claim (docs/performance.md, section 5). The grouping braces keep a caller's
-    `&& other_command` from binding to the rm.
+    the claim (docs/performance.md, section 5). The marker directory is named once, in a shell
+    variable, to keep the command short (ARCHIVE_COMMAND_MAX).
 
-    When the push-ahead child is still pushing `%f`, its in-flight file is locked until the marker
-    is written (wal/ahead.py), and the claim waits for that lock with util-linux's `flock` (one
-    small process) instead of failing over to a Python wal-push that would wait for the same
-    marker: in a drain where the child is the pace, that was most calls (38 Python starts in 62
-    calls, 2 after), each ~30 ms of CPU taken from the child's compression."""
+    `wait`: when the push-ahead child is still pushing `%f`, its in-flight file is locked until
+    the marker is written (wal/ahead.py), and the claim waits for that lock with util-linux's
+    `flock` (one small process) instead of failing over to a Python wal-push that would wait for
+    the same marker: in a drain where the child is the pace, that was most calls (38 Python
+    starts in 62 calls, 2 after), each ~30 ms of CPU taken from the child's compression. The
+    redirection opens the in-flight file without creating it; any failure there (no such file,
+    no flock, a timeout) falls through to the checks."""
     import shutil
 
     from pgkeeper.wal.ahead import IDENTITY_FORMAT, INFLIGHT, MARKER_DIR, SEPARATOR, WAIT_SECONDS
 
-    directory = shlex.quote(f"{spool}/{MARKER_DIR}/")
-    marker = f"{directory}%f"
-    printf = IDENTITY_FORMAT + SEPARATOR
+    marker = '"${d}%f"'
     found = f"[ -f {marker} ]"
-    flock = shutil.which("flock")
-    if flock is not None and "%" not in flock and "%" not in spool:
-        # Not there yet but in flight: wait (at most as long as wal-push would) for the child's lock
-        # on the in-flight file, which it drops once the marker is written. Opened with `<`, never
-        # created; any failure (no such file, no flock, a timeout) falls through to the checks.
-        found = (f"{{ {found} || {shlex.quote(flock)} -s -w {int(WAIT_SECONDS)} 9 9< {directory}.%f{INFLIGHT}; "
-                 "} 2>/dev/null")
-    return (f'{found} && read -r m < {marker} && [ "$m" = "$(stat -L --printf={printf} %p '
-            f'{shlex.quote(str(config_path))})" ] && rm {marker}')
+    flock = shutil.which("flock") if wait else None
+    if flock is not None and "%" not in flock:
+        found = f'{{ {found} || {shlex.quote(flock)} -s -w {int(WAIT_SECONDS)} 9 9< "${{d}}.%f{INFLIGHT}"; }} 2>/dev/null'
+    printf = IDENTITY_FORMAT + SEPARATOR
+    return (f"d={shlex.quote(f'{spool}/{MARKER_DIR}/')}; {found} && read -r m < {marker} && "
+            f'[ "$m" = "$(stat -L --printf={printf} %p {shlex.quote(str(config_path))})" ] && rm {marker}')
 
 
 def restore_command(config_path: Path | str, user: str = SERVER_USER, fetch_queue: str | None = None) -> str:
