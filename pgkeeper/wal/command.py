@@ -150,7 +150,8 @@ def shell_claim(spool: str, config_path: Path | str, wait: bool = True) -> str:
     found = f"[ -f {marker} ]"
     flock = shutil.which("flock") if wait else None
     if flock is not None and "%" not in flock:
-        found = f'{{ {found} || {shlex.quote(flock)} -s -w {int(WAIT_SECONDS)} 9 9< "${{d}}.%f{INFLIGHT}"; }} 2>/dev/null'
+        wait_for = f'{shlex.quote(flock)} -s -w {int(WAIT_SECONDS)} 9 9< "${{d}}.%f{INFLIGHT}"'
+        found = f"{{ {found} || {wait_for}; }} 2>/dev/null"
     printf = IDENTITY_FORMAT + SEPARATOR
     return (f"d={shlex.quote(f'{spool}/{MARKER_DIR}/')}; {found} && read -r m < {marker} && "
             f'[ "$m" = "$(stat -L --printf={printf} %p {shlex.quote(str(config_path))})" ] && rm {marker}')
