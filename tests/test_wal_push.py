@@ -396,3 +396,35 @@ def test_archive_command_always_fits_what_postgresql_expands(tmp_path: Path) -> 
     assert forms == {(True, True), (False, True), (False, False)}
     with pytest.raises(PgkeeperError, match=r"PostgreSQL cuts it at 1023: use a shorter path"):
         archive_command(tmp_path / ("c" * 1000) / "wal.json", claim_spool=str(tmp_path))
+
+
+def test_a_shell_claim_waiting_on_a_killed_pusher_falls_back_to_wal_push(tmp_path: Path) -> None:
+    """The process holding a file in flight is SIGKILLed while a claim waits on it: the kernel drops
+    its lock, the claim fails at once (no marker), the full archive_command pushes the file itself,
+    and nothing is left waiting."""
+    from pgkeeper.wal.command import archive_command, shell_claim
+    from pgkeeper.wal.config import WalConfig, write
+
+    spool = tmp_path / "spool"
+    config = write(tmp_path / "wal.json", WalConfig(spool=str(spool), push_ahead=0))
+    pg_wal, names = fake_pg_wal(tmp_path, 1)
+    (spool / ".pushed-ahead").mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time; from pgkeeper.wal import ahead; "
+                               f"ahead._mark_in_flight({str(spool)!r}, {names[0]!r}, 'a-child.lock'); "
+                               "print('held', flush=True); time.sleep(600)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # type: ignore[union-attr]
+        line = shell_claim(str(spool), config).replace("%p", f"pg_wal/{names[0]}").replace("%f", names[0])
+        waiting = subprocess.Popen(["/bin/sh", "-c", line], cwd=tmp_path, stderr=subprocess.PIPE)
+        time.sleep(0.5)
+        assert waiting.poll() is None
+        holder.send_signal(signal.SIGKILL)
+        _, err = waiting.communicate(timeout=10)
+        assert waiting.returncode != 0 and err == b""
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_shell(archive_command(config, claim_spool=str(spool)), tmp_path, names[0]) == 0
+    assert len(list(spool.rglob("*.zst"))) == 1

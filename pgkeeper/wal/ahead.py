@@ -272,7 +272,7 @@ def continue_in_background(push_one: Callable[[str, str], object], wal_path: str
             if not batch:
                 break
             held = {name: _mark_in_flight(spool, name, lock_name) for name, _path in batch}
-            _push_batch(push_one, batch, spool, workers, os.path.dirname(wal_path), stamp, held)
+            _push_batch(push_one, batch, held, spool, workers, os.path.dirname(wal_path), stamp)
             waited = time.monotonic()
     finally:
         try:
@@ -309,8 +309,8 @@ def _unmark(spool: str, batch: list[tuple[str, str]]) -> None:
             pass
 
 
-def _push_batch(push_one: Callable[[str, str], object], batch: list[tuple[str, str]], spool: str,
-                workers: int, wal_dir: str, stamp: str = "", held: dict[str, int] | None = None) -> None:
+def _push_batch(push_one: Callable[[str, str], object], batch: list[tuple[str, str]], held: dict[str, int],
+                spool: str, workers: int, wal_dir: str, stamp: str = "") -> None:
     """Push each file of `batch` on `workers` threads; mark each that landed and is still waiting
     for the archiver (a marker for a file it archived meanwhile would never be claimed). `held`:
     the locked in-flight file of each name (_mark_in_flight), released once its marker is there."""
@@ -326,8 +326,7 @@ def _push_batch(push_one: Callable[[str, str], object], batch: list[tuple[str, s
             pass
         finally:
             _unmark(spool, [item])
-            if held and name in held:
-                os.close(held.pop(name))  # wakes a claim waiting in the shell: the marker is there
+            os.close(held.pop(name))  # wakes a claim waiting in the shell: the marker is there
 
     on_threads(batch, push, workers)
 

@@ -150,10 +150,14 @@ def shell_claim(spool: str, config_path: Path | str, wait: bool = True) -> str:
     found = f"[ -f {marker} ]"
     flock = shutil.which("flock") if wait else None
     if flock is not None and "%" not in flock:
+        # After a wait the marker may still be missing (the push failed): the read's redirection
+        # then fails, quietly, as the wait's own does: nothing of it reaches the server's log.
         wait_for = f'{shlex.quote(flock)} -s -w {int(WAIT_SECONDS)} 9 9< "${{d}}.%f{INFLIGHT}"'
-        found = f"{{ {found} || {wait_for}; }} 2>/dev/null"
+        found = f"{{ {{ {found} || {wait_for}; }} && read -r m < {marker}; }} 2>/dev/null"
+    else:
+        found = f"{found} && read -r m < {marker}"
     printf = IDENTITY_FORMAT + SEPARATOR
-    return (f"d={shlex.quote(f'{spool}/{MARKER_DIR}/')}; {found} && read -r m < {marker} && "
+    return (f"d={shlex.quote(f'{spool}/{MARKER_DIR}/')}; {found} && "
             f'[ "$m" = "$(stat -L --printf={printf} %p {shlex.quote(str(config_path))})" ] && rm {marker}')
 
 
